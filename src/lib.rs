@@ -1,0 +1,21 @@
+//! sparq: SPLADE learned-sparse encoding at scale on libtorch, exact to sentence-transformers.
+#![warn(missing_docs)]
+
+pub mod encode;
+pub mod model;
+
+use std::path::PathBuf;
+
+/// The bundled default model: `models/splade-bert-tiny-nq` under the working directory if it
+/// is there, else the one in the source tree sparq was built from.
+pub fn default_model_dir() -> PathBuf {
+    let local = PathBuf::from("models/splade-bert-tiny-nq");
+    if local.is_dir() {
+        local
+    } else {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/splade-bert-tiny-nq"
+        ))
+    }
+}

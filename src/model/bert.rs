@@ -1,0 +1,190 @@
+//! BERT with its masked-language-model head (`BertForMaskedLM`), the backbone of SPLADE.
+//!
+//! Devlin et al., "BERT" (arXiv:1810.04805); upstream: Hugging Face
+//! `transformers/models/bert/modeling_bert.py`. Tensor keys equal the HF state dict.
+
+use tch::{Kind, Tensor};
+
+use super::config::BertConfig;
+use super::layers::{
+    activation, attention_mask, lookup, self_attention, LayerNorm, Linear, Parameters,
+};
+use super::weights::WeightMap;
+use super::ModelError;
+
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// `BertForMaskedLM`: encoder plus the `cls.predictions` head.
+pub struct Bert {
+    cfg: BertConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    transform: Linear,
+    transform_norm: LayerNorm,
+    /// `[vocab, hidden]`; the word embeddings when the checkpoint ties them.
+    decoder: Tensor,
+    /// `[vocab]`.
+    decoder_bias: Tensor,
+    /// The decoder shares the word embeddings' storage (kept shared across casts).
+    tied: bool,
+}
+
+impl Bert {
+    /// Loads every tensor from `w` (keys `bert.*` and `cls.predictions.*`).
+    pub fn load(w: &mut WeightMap, cfg: &BertConfig) -> Result<Self, ModelError> {
+        let (h, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let eps = cfg.layer_norm_eps;
+        let e = "bert.embeddings";
+        let embeddings = Embeddings {
+            word: w.take_shaped(&format!("{e}.word_embeddings.weight"), &[v, h])?,
+            position: w.take_shaped(
+                &format!("{e}.position_embeddings.weight"),
+                &[cfg.max_position_embeddings, h],
+            )?,
+            token_type: w.take_shaped(
+                &format!("{e}.token_type_embeddings.weight"),
+                &[cfg.type_vocab_size, h],
+            )?,
+            norm: LayerNorm::load(w, &format!("{e}.LayerNorm"), h, eps)?,
+        };
+        let mut layers = Vec::new();
+        for n in 0..cfg.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{n}");
+            layers.push(Layer {
+                query: Linear::load(w, &format!("{p}.attention.self.query"), h, h)?,
+                key: Linear::load(w, &format!("{p}.attention.self.key"), h, h)?,
+                value: Linear::load(w, &format!("{p}.attention.self.value"), h, h)?,
+                attn_out: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: Linear::load(w, &format!("{p}.intermediate.dense"), h, i)?,
+                output: Linear::load(w, &format!("{p}.output.dense"), i, h)?,
+                out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        let c = "cls.predictions";
+        let transform = Linear::load(w, &format!("{c}.transform.dense"), h, h)?;
+        let transform_norm = LayerNorm::load(w, &format!("{c}.transform.LayerNorm"), h, eps)?;
+        // A tied decoder is saved without its weight: it is the word embedding matrix.
+        let decoder_weight = w.take(&format!("{c}.decoder.weight"));
+        let tied = decoder_weight.is_none();
+        let decoder = match decoder_weight {
+            Some(t) if t.size() == [v, h] => t,
+            Some(t) => {
+                return Err(ModelError::WeightShape {
+                    path: w.source().to_path_buf(),
+                    key: format!("{c}.decoder.weight"),
+                    expected: vec![v, h],
+                    found: t.size(),
+                })
+            }
+            None => embeddings.word.shallow_clone(),
+        };
+        // Older checkpoints store the bias as `cls.predictions.bias`, newer ones (also) as
+        // `cls.predictions.decoder.bias`; both are the same parameter.
+        let bias_key = if w.contains(&format!("{c}.bias")) {
+            format!("{c}.bias")
+        } else {
+            format!("{c}.decoder.bias")
+        };
+        let decoder_bias = w.take_shaped(&bias_key, &[v])?;
+        let _ = w.take(&format!("{c}.decoder.bias"));
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings,
+            layers,
+            transform,
+            transform_norm,
+            decoder,
+            decoder_bias,
+            tied,
+        })
+    }
+
+    /// Runs the encoder and the MLM transform: `[batch, seq, hidden]`, before the vocabulary
+    /// projection (see [`Bert::decoder`]).
+    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
+        let (_, len) = ids.size2()?;
+        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
+        let types = ids.f_zeros_like()?;
+        let e = &self.embeddings;
+        let x = lookup(&e.word, ids)?
+            .f_add(&lookup(&e.position, &positions)?)?
+            .f_add(&lookup(&e.token_type, &types)?)?;
+        let mut x = e.norm.forward(&x)?;
+        let attend = attention_mask(mask)?;
+        let heads = self.cfg.num_attention_heads;
+        for layer in &self.layers {
+            let ctx = self_attention(
+                &layer.query.forward(&x)?,
+                &layer.key.forward(&x)?,
+                &layer.value.forward(&x)?,
+                heads,
+                &attend,
+            )?;
+            x = layer
+                .attn_norm
+                .forward(&layer.attn_out.forward(&ctx)?.f_add(&x)?)?;
+            let inner = activation(&self.cfg.hidden_act, &layer.intermediate.forward(&x)?)?;
+            x = layer
+                .out_norm
+                .forward(&layer.output.forward(&inner)?.f_add(&x)?)?;
+        }
+        let t = activation(&self.cfg.hidden_act, &self.transform.forward(&x)?)?;
+        self.transform_norm.forward(&t)
+    }
+
+    /// Moves and casts every parameter, keeping a tied decoder tied.
+    pub fn to(&mut self, device: tch::Device, kind: Kind) {
+        for t in self.parameters_mut() {
+            *t = t.to_device(device).to_kind(kind);
+        }
+        if self.tied {
+            self.decoder = self.embeddings.word.shallow_clone();
+        } else {
+            self.decoder = self.decoder.to_device(device).to_kind(kind);
+        }
+    }
+
+    /// The vocabulary projection: weight `[vocab, hidden]` and bias `[vocab]`.
+    pub fn decoder(&self) -> (&Tensor, &Tensor) {
+        (&self.decoder, &self.decoder_bias)
+    }
+}
+
+impl Parameters for Bert {
+    fn parameters_mut(&mut self) -> Vec<&mut Tensor> {
+        let e = &mut self.embeddings;
+        let mut out = vec![&mut e.word, &mut e.position, &mut e.token_type];
+        out.extend(e.norm.parameters_mut());
+        for l in &mut self.layers {
+            out.extend(l.query.parameters_mut());
+            out.extend(l.key.parameters_mut());
+            out.extend(l.value.parameters_mut());
+            out.extend(l.attn_out.parameters_mut());
+            out.extend(l.attn_norm.parameters_mut());
+            out.extend(l.intermediate.parameters_mut());
+            out.extend(l.output.parameters_mut());
+            out.extend(l.out_norm.parameters_mut());
+        }
+        out.extend(self.transform.parameters_mut());
+        out.extend(self.transform_norm.parameters_mut());
+        out.push(&mut self.decoder_bias);
+        out
+    }
+}

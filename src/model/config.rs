@@ -1,0 +1,100 @@
+//! Model configuration as Hugging Face writes it in `config.json`.
+
+use serde::Deserialize;
+
+/// The fields of a BERT `config.json` that the forward pass needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    /// Vocabulary size (output dimension of the masked-LM head).
+    pub vocab_size: i64,
+    /// Hidden size of every layer.
+    pub hidden_size: i64,
+    /// Number of transformer layers.
+    pub num_hidden_layers: i64,
+    /// Number of attention heads per layer.
+    pub num_attention_heads: i64,
+    /// Width of the feed-forward block.
+    pub intermediate_size: i64,
+    /// Activation of the feed-forward block and the MLM transform.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Number of learned absolute positions.
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    /// Number of token type (segment) embeddings.
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Only `absolute` is supported (as in every published SPLADE model).
+    #[serde(default = "default_position_type")]
+    pub position_embedding_type: String,
+}
+
+/// The fields of a DistilBERT `config.json` that the forward pass needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DistilBertConfig {
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Hidden size.
+    pub dim: i64,
+    /// Number of transformer layers.
+    pub n_layers: i64,
+    /// Number of attention heads.
+    pub n_heads: i64,
+    /// Width of the feed-forward block.
+    pub hidden_dim: i64,
+    /// Activation of the feed-forward block and the MLM transform.
+    #[serde(default = "default_act")]
+    pub activation: String,
+    /// Number of positions.
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    /// Sinusoidal position embeddings are stored as weights too, so they load alike.
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
+}
+
+/// The architecture named by `config.json`, with its configuration.
+#[derive(Debug, Clone)]
+pub enum ArchConfig {
+    /// `BertForMaskedLM` (`model_type: bert`).
+    Bert(BertConfig),
+    /// `DistilBertForMaskedLM` (`model_type: distilbert`).
+    DistilBert(DistilBertConfig),
+}
+
+impl ArchConfig {
+    /// Vocabulary size, the dimension of the sparse vectors.
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            ArchConfig::Bert(c) => c.vocab_size,
+            ArchConfig::DistilBert(c) => c.vocab_size,
+        }
+    }
+
+    /// Largest sequence length the position embeddings allow.
+    pub fn max_position_embeddings(&self) -> i64 {
+        match self {
+            ArchConfig::Bert(c) => c.max_position_embeddings,
+            ArchConfig::DistilBert(c) => c.max_position_embeddings,
+        }
+    }
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_positions() -> i64 {
+    512
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_position_type() -> String {
+    "absolute".into()
+}

@@ -1,0 +1,167 @@
+//! DistilBERT with its masked-language-model head (`DistilBertForMaskedLM`).
+//!
+//! Sanh et al., "DistilBERT" (arXiv:1910.01108); upstream: Hugging Face
+//! `transformers/models/distilbert/modeling_distilbert.py`. Tensor keys equal the HF state dict.
+
+use tch::{Kind, Tensor};
+
+use super::config::DistilBertConfig;
+use super::layers::{
+    activation, attention_mask, lookup, self_attention, LayerNorm, Linear, Parameters,
+};
+use super::weights::WeightMap;
+use super::ModelError;
+
+/// DistilBERT's LayerNorm epsilon is fixed in the upstream code, not configured.
+const EPS: f64 = 1e-12;
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    sa_norm: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+    out_norm: LayerNorm,
+}
+
+/// `DistilBertForMaskedLM`: encoder plus `vocab_transform`/`vocab_layer_norm`/`vocab_projector`.
+pub struct DistilBert {
+    cfg: DistilBertConfig,
+    word: Tensor,
+    position: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    transform: Linear,
+    transform_norm: LayerNorm,
+    decoder: Tensor,
+    decoder_bias: Tensor,
+    tied: bool,
+}
+
+impl DistilBert {
+    /// Loads every tensor from `w` (keys `distilbert.*` and `vocab_*`).
+    pub fn load(w: &mut WeightMap, cfg: &DistilBertConfig) -> Result<Self, ModelError> {
+        let (d, v, f) = (cfg.dim, cfg.vocab_size, cfg.hidden_dim);
+        let e = "distilbert.embeddings";
+        let word = w.take_shaped(&format!("{e}.word_embeddings.weight"), &[v, d])?;
+        let position = w.take_shaped(
+            &format!("{e}.position_embeddings.weight"),
+            &[cfg.max_position_embeddings, d],
+        )?;
+        let emb_norm = LayerNorm::load(w, &format!("{e}.LayerNorm"), d, EPS)?;
+        let mut layers = Vec::new();
+        for n in 0..cfg.n_layers {
+            let p = format!("distilbert.transformer.layer.{n}");
+            layers.push(Layer {
+                q: Linear::load(w, &format!("{p}.attention.q_lin"), d, d)?,
+                k: Linear::load(w, &format!("{p}.attention.k_lin"), d, d)?,
+                v: Linear::load(w, &format!("{p}.attention.v_lin"), d, d)?,
+                out: Linear::load(w, &format!("{p}.attention.out_lin"), d, d)?,
+                sa_norm: LayerNorm::load(w, &format!("{p}.sa_layer_norm"), d, EPS)?,
+                lin1: Linear::load(w, &format!("{p}.ffn.lin1"), d, f)?,
+                lin2: Linear::load(w, &format!("{p}.ffn.lin2"), f, d)?,
+                out_norm: LayerNorm::load(w, &format!("{p}.output_layer_norm"), d, EPS)?,
+            });
+        }
+        let transform = Linear::load(w, "vocab_transform", d, d)?;
+        let transform_norm = LayerNorm::load(w, "vocab_layer_norm", d, EPS)?;
+        let projector = w.take("vocab_projector.weight");
+        let tied = projector.is_none();
+        let decoder = match projector {
+            Some(t) if t.size() == [v, d] => t,
+            Some(t) => {
+                return Err(ModelError::WeightShape {
+                    path: w.source().to_path_buf(),
+                    key: "vocab_projector.weight".into(),
+                    expected: vec![v, d],
+                    found: t.size(),
+                })
+            }
+            None => word.shallow_clone(),
+        };
+        let decoder_bias = w.take_shaped("vocab_projector.bias", &[v])?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            word,
+            position,
+            emb_norm,
+            layers,
+            transform,
+            transform_norm,
+            decoder,
+            decoder_bias,
+            tied,
+        })
+    }
+
+    /// Runs the encoder and the MLM transform: `[batch, seq, dim]`.
+    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
+        let (_, len) = ids.size2()?;
+        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
+        let x = lookup(&self.word, ids)?.f_add(&lookup(&self.position, &positions)?)?;
+        let mut x = self.emb_norm.forward(&x)?;
+        let attend = attention_mask(mask)?;
+        for layer in &self.layers {
+            let ctx = self_attention(
+                &layer.q.forward(&x)?,
+                &layer.k.forward(&x)?,
+                &layer.v.forward(&x)?,
+                self.cfg.n_heads,
+                &attend,
+            )?;
+            x = layer
+                .sa_norm
+                .forward(&layer.out.forward(&ctx)?.f_add(&x)?)?;
+            let inner = activation(&self.cfg.activation, &layer.lin1.forward(&x)?)?;
+            x = layer
+                .out_norm
+                .forward(&layer.lin2.forward(&inner)?.f_add(&x)?)?;
+        }
+        let t = activation(&self.cfg.activation, &self.transform.forward(&x)?)?;
+        self.transform_norm.forward(&t)
+    }
+
+    /// Moves and casts every parameter, keeping a tied decoder tied.
+    pub fn to(&mut self, device: tch::Device, kind: Kind) {
+        for t in self.parameters_mut() {
+            *t = t.to_device(device).to_kind(kind);
+        }
+        self.decoder = if self.tied {
+            self.word.shallow_clone()
+        } else {
+            self.decoder.to_device(device).to_kind(kind)
+        };
+    }
+
+    /// The vocabulary projection: weight `[vocab, dim]` and bias `[vocab]`.
+    pub fn decoder(&self) -> (&Tensor, &Tensor) {
+        (&self.decoder, &self.decoder_bias)
+    }
+}
+
+impl Parameters for DistilBert {
+    fn parameters_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![&mut self.word, &mut self.position];
+        out.extend(self.emb_norm.parameters_mut());
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.out,
+                &mut l.lin1,
+                &mut l.lin2,
+            ] {
+                out.extend(lin.parameters_mut());
+            }
+            out.extend(l.sa_norm.parameters_mut());
+            out.extend(l.out_norm.parameters_mut());
+        }
+        out.extend(self.transform.parameters_mut());
+        out.extend(self.transform_norm.parameters_mut());
+        out.push(&mut self.decoder_bias);
+        out
+    }
+}

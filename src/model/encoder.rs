@@ -1,0 +1,315 @@
+//! [`SpladeEncoder`]: text → SPLADE sparse vectors, equal to sentence-transformers'
+//! `SparseEncoder.encode_query` / `encode_document` on the same model folder.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use tch::{Device, Kind, Tensor};
+
+use super::layout::ModelLayout;
+use super::mlm::MaskedLm;
+use super::pooling::SpladePooling;
+use super::tokenizer::SpladeTokenizer;
+use super::weights::WeightMap;
+use super::ModelError;
+use crate::encode::SparseVector;
+
+/// Where the model runs: `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The libtorch device, checking that it exists.
+    pub fn resolve(self) -> Result<Device, ModelError> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => {
+                let count = if tch::Cuda::is_available() {
+                    tch::Cuda::device_count() as usize
+                } else {
+                    0
+                };
+                if n < count {
+                    Ok(Device::Cuda(n))
+                } else if count == 0 {
+                    Err(ModelError::Device {
+                        device: self.to_string(),
+                        detail:
+                            "libtorch sees no CUDA device here (no GPU, no driver, or a CPU-only \
+                                 libtorch): use --device cpu"
+                                .into(),
+                    })
+                } else {
+                    Err(ModelError::Device {
+                        device: self.to_string(),
+                        detail: format!("only {count} CUDA device(s) (cuda:0..cuda:{})", count - 1),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// fp32: the reference mode, exact to sentence-transformers.
+    F32,
+    /// bfloat16 weights and activations (pooling output in fp32).
+    Bf16,
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Dtype::F32),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(format!("`{s}` is not a dtype: use f32 or bf16")),
+        }
+    }
+}
+
+impl Dtype {
+    /// bf16 on CUDA, fp32 on CPU.
+    pub fn default_for(device: DeviceSpec) -> Self {
+        match device {
+            DeviceSpec::Cpu => Dtype::F32,
+            DeviceSpec::Cuda(_) => Dtype::Bf16,
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Dtype::F32 => Kind::Float,
+            Dtype::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// Whether texts are queries or documents (selects the prompt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// `encode_query`.
+    Query,
+    /// `encode_document`.
+    Document,
+}
+
+/// Per-call encoding options.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Keep only the K largest weights of each vector (`None`: the model's saved default).
+    pub max_active_dims: Option<usize>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            max_active_dims: None,
+        }
+    }
+}
+
+/// A loaded SPLADE model: tokenizer, masked-LM backbone and pooling on one device.
+pub struct SpladeEncoder {
+    layout: ModelLayout,
+    tokenizer: SpladeTokenizer,
+    model: MaskedLm,
+    device: Device,
+    dtype: Dtype,
+}
+
+impl SpladeEncoder {
+    /// Loads the model folder `dir` onto `device` in `dtype` (default: bf16 on CUDA, fp32 on CPU).
+    pub fn load(dir: &Path, device: DeviceSpec, dtype: Option<Dtype>) -> Result<Self, ModelError> {
+        let layout = ModelLayout::read(dir)?;
+        let tokenizer = SpladeTokenizer::load(&layout)?;
+        let torch_device = device.resolve()?;
+        let dtype = dtype.unwrap_or(Dtype::default_for(device));
+        let mut weights = WeightMap::load(&layout.transformer_dir)?;
+        let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
+        model.to(torch_device, dtype.kind());
+        Ok(Self {
+            layout,
+            tokenizer,
+            model,
+            device: torch_device,
+            dtype,
+        })
+    }
+
+    /// The folder layout (pooling, prompts, limits).
+    pub fn layout(&self) -> &ModelLayout {
+        &self.layout
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &SpladeTokenizer {
+        &self.tokenizer
+    }
+
+    /// Output dimension (vocabulary size).
+    pub fn dimension(&self) -> i64 {
+        self.layout.arch.vocab_size()
+    }
+
+    /// Precision in use.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The pooling settings.
+    pub fn pooling(&self) -> SpladePooling {
+        self.layout.pooling
+    }
+
+    /// The prompt applied to `kind` inputs, if any.
+    pub fn prompt(&self, kind: InputKind) -> Option<&str> {
+        match kind {
+            InputKind::Query => self.layout.query_prompt.as_deref(),
+            InputKind::Document => self.layout.document_prompt.as_deref(),
+        }
+        .filter(|p| !p.is_empty())
+    }
+
+    /// Token ids of each text with the prompt of `kind` prepended (as sentence-transformers
+    /// prepends it to the string).
+    pub fn tokenize(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Vec<u32>>, ModelError> {
+        let prompt = self.prompt(kind).unwrap_or("");
+        let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        self.tokenizer.encode_batch(owned)
+    }
+
+    /// Encodes texts; `None` gives an empty vector. Output order equals input order.
+    pub fn encode(
+        &self,
+        texts: &[Option<&str>],
+        kind: InputKind,
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        let present: Vec<(usize, &str)> = texts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .collect();
+        let ids = self.tokenize(&present.iter().map(|p| p.1).collect::<Vec<_>>(), kind)?;
+        // Longest first, as the reference orders batches; similar lengths pad little.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out = vec![SparseVector::default(); texts.len()];
+        for chunk in order.chunks(opts.batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            for (&i, vector) in chunk
+                .iter()
+                .zip(self.encode_ids(&batch, opts.max_active_dims)?)
+            {
+                out[present[i].0] = vector;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over already tokenized sequences.
+    pub fn encode_ids(
+        &self,
+        batch: &[&[u32]],
+        max_active_dims: Option<usize>,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = batch.len() as i64;
+        let width = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1) as i64;
+        let mut ids = vec![0i64; (rows * width) as usize];
+        let mut mask = vec![0i64; (rows * width) as usize];
+        let mut lengths = Vec::with_capacity(batch.len());
+        for (r, seq) in batch.iter().enumerate() {
+            let base = r * width as usize;
+            for (t, &id) in seq.iter().enumerate() {
+                ids[base + t] = id as i64;
+                mask[base + t] = 1;
+            }
+            lengths.push(seq.len() as i64);
+        }
+        if lengths.iter().any(|&n| n == 0) {
+            return Err(ModelError::Option("an input has no tokens at all".into()));
+        }
+        let k = max_active_dims.or(self.layout.max_active_dims);
+        tch::no_grad(|| -> Result<Vec<SparseVector>, ModelError> {
+            let ids = Tensor::from_slice(&ids)
+                .f_view([rows, width])?
+                .f_to_device(self.device)?;
+            let mask = Tensor::from_slice(&mask)
+                .f_view([rows, width])?
+                .f_to_device(self.device)?;
+            let hidden = self.model.transformed(&ids, &mask)?;
+            let pooled = self
+                .layout
+                .pooling
+                .pool(&hidden, &lengths, self.model.decoder())?;
+            sparse_rows(&pooled, k)
+        })
+    }
+}
+
+/// Extracts the non-zeros of each row of `[rows, vocab]` on the device (only they cross to the
+/// host), after keeping the top `k` of each row if asked.
+pub fn sparse_rows(pooled: &Tensor, k: Option<usize>) -> Result<Vec<SparseVector>, ModelError> {
+    let (rows, vocab) = pooled.size2()?;
+    let pooled = match k {
+        Some(k) if (k as i64) < vocab => {
+            let (_, top) = pooled.f_abs()?.f_topk(k as i64, -1, true, false)?;
+            pooled
+                .f_zeros_like()?
+                .f_scatter(-1, &top, &pooled.f_gather(-1, &top, false)?)?
+        }
+        _ => pooled.shallow_clone(),
+    };
+    let nonzero = pooled.f_ne(0.0)?;
+    let coords = nonzero.f_nonzero()?.f_to_device(Device::Cpu)?;
+    let values = pooled.f_masked_select(&nonzero)?.f_to_device(Device::Cpu)?;
+    let count = coords.size()[0] as usize;
+    let coords: Vec<i64> = Vec::<i64>::try_from(coords.f_reshape([-1])?)?;
+    let values: Vec<f32> = Vec::<f32>::try_from(values.f_to_kind(Kind::Float)?)?;
+    let mut out = vec![SparseVector::default(); rows as usize];
+    for n in 0..count {
+        let v = &mut out[coords[2 * n] as usize];
+        v.indices.push(coords[2 * n + 1] as u32);
+        v.values.push(values[n]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,52 @@
+//! The masked-LM backbones sparq runs, behind one type.
+
+use tch::{Device, Kind, Tensor};
+
+use super::bert::Bert;
+use super::config::ArchConfig;
+use super::distilbert::DistilBert;
+use super::weights::WeightMap;
+use super::ModelError;
+
+/// A loaded masked-language model.
+pub enum MaskedLm {
+    /// `BertForMaskedLM`.
+    Bert(Bert),
+    /// `DistilBertForMaskedLM`.
+    DistilBert(DistilBert),
+}
+
+impl MaskedLm {
+    /// Builds the architecture of `arch` from the checkpoint tensors in `weights`; tensors
+    /// left over are ignored (pooler, NSP head), as Hugging Face ignores them.
+    pub fn load(weights: &mut WeightMap, arch: &ArchConfig) -> Result<Self, ModelError> {
+        Ok(match arch {
+            ArchConfig::Bert(c) => MaskedLm::Bert(Bert::load(weights, c)?),
+            ArchConfig::DistilBert(c) => MaskedLm::DistilBert(DistilBert::load(weights, c)?),
+        })
+    }
+
+    /// Encoder + MLM transform: `[batch, seq, hidden]`.
+    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
+        match self {
+            MaskedLm::Bert(m) => m.transformed(ids, mask),
+            MaskedLm::DistilBert(m) => m.transformed(ids, mask),
+        }
+    }
+
+    /// Vocabulary projection weight and bias.
+    pub fn decoder(&self) -> (&Tensor, &Tensor) {
+        match self {
+            MaskedLm::Bert(m) => m.decoder(),
+            MaskedLm::DistilBert(m) => m.decoder(),
+        }
+    }
+
+    /// Moves and casts all parameters.
+    pub fn to(&mut self, device: Device, kind: Kind) {
+        match self {
+            MaskedLm::Bert(m) => m.to(device, kind),
+            MaskedLm::DistilBert(m) => m.to(device, kind),
+        }
+    }
+}

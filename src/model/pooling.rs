@@ -1,0 +1,124 @@
+//! SPLADE pooling: `pool_t act(logits_t)` with `act = log1p∘relu` (or `log1p∘log1p∘relu`),
+//! as sentence-transformers' `SpladePooling` computes it, without the batch × seq × vocab
+//! tensor.
+//!
+//! Formal et al., "SPLADE v2" (arXiv:2109.10086). Max pooling commutes with the monotone
+//! activation, so the vocabulary logits of a few sequences at a time are reduced raw and the
+//! `[batch, vocab]` result is activated once. Padding tokens are skipped entirely (packed
+//! out before the vocabulary projection), which is what masking achieves upstream.
+
+use tch::{Kind, Tensor};
+
+/// How token activations are combined into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingStrategy {
+    /// Max over tokens (SPLADE v2 and later).
+    Max,
+    /// Sum over tokens (original SPLADE).
+    Sum,
+}
+
+/// The activation applied to logits before pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpladeActivation {
+    /// `log1p(relu(x))`.
+    Relu,
+    /// `log1p(log1p(relu(x)))` (OpenSearch SPLADE models).
+    Log1pRelu,
+}
+
+/// SPLADE pooling settings (`1_SpladePooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpladePooling {
+    /// Max or sum.
+    pub strategy: PoolingStrategy,
+    /// Activation before pooling.
+    pub activation: SpladeActivation,
+}
+
+impl Default for SpladePooling {
+    fn default() -> Self {
+        Self {
+            strategy: PoolingStrategy::Max,
+            activation: SpladeActivation::Relu,
+        }
+    }
+}
+
+/// Vocabulary logits held at once, in elements: bounds pooling memory whatever the batch.
+const CHUNK_ELEMENTS: i64 = 32 << 20;
+
+impl SpladePooling {
+    /// Applies the activation elementwise.
+    pub fn activate(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
+        let y = x.f_relu()?.f_log1p()?;
+        match self.activation {
+            SpladeActivation::Relu => Ok(y),
+            SpladeActivation::Log1pRelu => y.f_log1p(),
+        }
+    }
+
+    /// Pools the MLM-transformed hidden states `[batch, seq, hidden]` into `[batch, vocab]`
+    /// fp32 SPLADE vectors. `lengths[b]` is the number of real (unpadded, left-aligned)
+    /// tokens of row `b`; `decoder` is the vocabulary projection.
+    pub fn pool(
+        &self,
+        hidden: &Tensor,
+        lengths: &[i64],
+        decoder: (&Tensor, &Tensor),
+    ) -> Result<Tensor, tch::TchError> {
+        let (batch, seq, width) = hidden.size3()?;
+        let device = hidden.device();
+        let vocab = decoder.0.size()[0];
+        // Flat indices of real tokens, row-major, so each row's tokens are contiguous.
+        let flat: Vec<i64> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &n)| (0..n).map(move |t| b as i64 * seq + t))
+            .collect();
+        let packed = hidden
+            .f_reshape([batch * seq, width])?
+            .f_index_select(0, &Tensor::from_slice(&flat).f_to_device(device)?)?;
+        let chunk_tokens = (CHUNK_ELEMENTS / vocab.max(1)).max(1);
+        let mut pooled = Vec::new();
+        let (mut first, mut offset) = (0usize, 0i64);
+        while first < lengths.len() {
+            // Whole rows per chunk, at least one.
+            let mut last = first + 1;
+            let mut tokens = lengths[first];
+            while last < lengths.len() && tokens + lengths[last] <= chunk_tokens {
+                tokens += lengths[last];
+                last += 1;
+            }
+            let logits = packed
+                .f_narrow(0, offset, tokens)?
+                .f_linear(decoder.0, Some(decoder.1))?;
+            pooled.push(self.reduce_rows(&logits, &lengths[first..last])?);
+            offset += tokens;
+            first = last;
+        }
+        let pooled = Tensor::f_cat(&pooled, 0)?.f_to_kind(Kind::Float)?;
+        match self.strategy {
+            PoolingStrategy::Max => self.activate(&pooled),
+            PoolingStrategy::Sum => Ok(pooled),
+        }
+    }
+
+    /// Reduces the packed logits of consecutive rows: raw max (activated later) or the sum of
+    /// activations (accumulated in fp32).
+    fn reduce_rows(&self, logits: &Tensor, lengths: &[i64]) -> Result<Tensor, tch::TchError> {
+        let mut rows = Vec::with_capacity(lengths.len());
+        let mut start = 0;
+        for &n in lengths {
+            let part = logits.f_narrow(0, start, n)?;
+            rows.push(match self.strategy {
+                PoolingStrategy::Max => part.f_amax([0i64].as_slice(), false)?,
+                PoolingStrategy::Sum => self
+                    .activate(&part.f_to_kind(Kind::Float)?)?
+                    .f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?,
+            });
+            start += n;
+        }
+        Tensor::f_stack(&rows, 0)
+    }
+}

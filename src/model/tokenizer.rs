@@ -1,0 +1,154 @@
+//! The model's tokenizer (`tokenizer.json`) configured as sentence-transformers configures it:
+//! truncation to the max sequence length (longest-first, right side), optional lowercasing,
+//! no padding (the batcher pads).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::layout::{parse_json, ModelLayout};
+use super::ModelError;
+
+/// Tokenizer plus the limits it truncates to.
+pub struct SpladeTokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+}
+
+impl SpladeTokenizer {
+    /// Loads `tokenizer.json` from the transformer folder of `layout`.
+    pub fn load(layout: &ModelLayout) -> Result<Self, ModelError> {
+        let dir = &layout.transformer_dir;
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::MissingFile {
+                path,
+                hint: "sparq needs the fast-tokenizer file; in Python, \
+                       `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)` writes it"
+                    .into(),
+            });
+        }
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| ModelError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let max_length = max_length(layout, dir)?;
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                direction: TruncationDirection::Right,
+                stride: 0,
+            }))
+            .map_err(|e| ModelError::Config {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        inner.with_padding(None);
+        if layout.do_lower_case && !lowercases(&inner) {
+            // Same as sentence-transformers: prepend a Lowercase normalizer.
+            let mut parts = vec![NormalizerWrapper::Lowercase(Lowercase)];
+            if let Some(existing) = inner.get_normalizer() {
+                parts.push(existing.clone());
+            }
+            inner.with_normalizer(Some(NormalizerWrapper::Sequence(Sequence::new(parts))));
+        }
+        let vocab = inner.get_vocab_size(true);
+        if vocab as i64 > layout.arch.vocab_size() {
+            return Err(ModelError::VocabMismatch {
+                path,
+                tokenizer: vocab,
+                model: layout.arch.vocab_size(),
+            });
+        }
+        Ok(Self { inner, max_length })
+    }
+
+    /// Longest token sequence produced (special tokens included).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Token ids of each text, special tokens added, truncated.
+    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, ModelError> {
+        let encodings = self
+            .inner
+            .encode_batch(texts, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
+    }
+
+    /// Token ids of one text.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The vocabulary string of a token id.
+    pub fn token(&self, id: u32) -> String {
+        self.inner
+            .id_to_token(id)
+            .unwrap_or_else(|| format!("[{id}]"))
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
+
+/// `max_seq_length` if the sentence-transformers config sets it, else the tokenizer's
+/// `model_max_length`; never above `max_position_embeddings` (as sentence-transformers caps it).
+fn max_length(layout: &ModelLayout, dir: &Path) -> Result<usize, ModelError> {
+    let positions = layout.arch.max_position_embeddings().max(1) as usize;
+    if let Some(len) = layout.max_seq_length {
+        if len > positions {
+            return Err(ModelError::Config {
+                path: dir.join("sentence_bert_config.json"),
+                detail: format!(
+                    "max_seq_length {len} exceeds the model's max_position_embeddings {positions}: \
+                     set it to at most {positions}"
+                ),
+            });
+        }
+        return Ok(len);
+    }
+    let config_path: PathBuf = dir.join("tokenizer_config.json");
+    let from_tokenizer = if config_path.is_file() {
+        let value: Value = parse_json(&config_path)?;
+        value
+            .get("model_max_length")
+            .and_then(Value::as_f64)
+            .map(|v| v as usize)
+    } else {
+        None
+    };
+    Ok(from_tokenizer.map_or(positions, |len| len.min(positions)))
+}
+
+fn lowercases(tokenizer: &Tokenizer) -> bool {
+    let Some(normalizer) = tokenizer.get_normalizer() else {
+        return false;
+    };
+    let json = serde_json::to_value(normalizer).unwrap_or(Value::Null);
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::Object(map) => {
+                map.get("type").and_then(Value::as_str) == Some("Lowercase")
+                    || map.get("lowercase").and_then(Value::as_bool) == Some(true)
+                    || map.values().any(walk)
+            }
+            Value::Array(items) => items.iter().any(walk),
+            _ => false,
+        }
+    }
+    walk(&json)
+}
