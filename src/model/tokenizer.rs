@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence};
+use tokenizers::normalizers::{BertNormalizer, Lowercase, NormalizerWrapper, Sequence};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::layout::{parse_json, ModelLayout};
@@ -47,6 +47,9 @@ impl SpladeTokenizer {
                 detail: e.to_string(),
             })?;
         inner.with_padding(None);
+        if let Some(normalizer) = bert_normalizer_from_config(dir)? {
+            inner.with_normalizer(Some(normalizer));
+        }
         if layout.do_lower_case && !lowercases(&inner) {
             // Same as sentence-transformers: prepend a Lowercase normalizer.
             let mut parts = vec![NormalizerWrapper::Lowercase(Lowercase)];
@@ -132,6 +135,29 @@ fn max_length(layout: &ModelLayout, dir: &Path) -> Result<usize, ModelError> {
         None
     };
     Ok(from_tokenizer.map_or(positions, |len| len.min(positions)))
+}
+
+/// transformers 5 rebuilds the normalizer of BERT-family tokenizers from
+/// `tokenizer_config.json` (`do_lower_case`, default true; `strip_accents`;
+/// `tokenize_chinese_chars`), ignoring the one in `tokenizer.json`; so does sparq.
+fn bert_normalizer_from_config(dir: &Path) -> Result<Option<NormalizerWrapper>, ModelError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let config: Value = parse_json(&path)?;
+    let class = config.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
+    let bert_family = ["BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast"];
+    if !bert_family.contains(&class) {
+        return Ok(None);
+    }
+    let flag = |key: &str| config.get(key).and_then(Value::as_bool);
+    Ok(Some(NormalizerWrapper::BertNormalizer(BertNormalizer::new(
+        true,
+        flag("tokenize_chinese_chars").unwrap_or(true),
+        flag("strip_accents"),
+        flag("do_lower_case").unwrap_or(true),
+    ))))
 }
 
 fn lowercases(tokenizer: &Tokenizer) -> bool {
