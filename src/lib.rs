@@ -1,7 +1,9 @@
 //! sparq: SPLADE learned-sparse encoding at scale on libtorch, exact to sentence-transformers.
 #![warn(missing_docs)]
 
+pub mod coord;
 pub mod encode;
+pub mod io;
 pub mod model;
 
 use std::path::PathBuf;

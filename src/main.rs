@@ -16,6 +16,11 @@ struct Cli {
 enum Command {
     /// Encode texts from stdin (one JSON string per line) into sparse vectors on stdout.
     EncodeText(sparq::encode::text::EncodeTextArgs),
+    /// Encode parquet corpora (local or S3) with worker processes, exactly once, resumable.
+    Encode(sparq::encode::job::EncodeArgs),
+    /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    EncodeWorker,
 }
 
 fn main() -> ExitCode {
@@ -26,11 +31,46 @@ fn main() -> ExitCode {
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             sparq::encode::text::run(&args, stdin, stdout).map_err(Into::into)
         }
+        Command::Encode(args) => return encode(&args),
+        Command::EncodeWorker => {
+            let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
+            return ExitCode::from(code as u8);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sparq: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
+/// failed (the rest is committed).
+fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
+    match sparq::coord::coordinator::run_encode(args) {
+        Ok((summary, failures)) => {
+            println!("{}", serde_json::to_string(&summary).expect("serializable"));
+            for f in &failures {
+                eprintln!(
+                    "sparq: shard {} ({} rows {}..{}) failed: {}",
+                    if f.part.is_empty() { "-" } else { &f.part },
+                    f.file,
+                    f.rows.0,
+                    f.rows.0 + f.rows.1,
+                    f.causes.join("; then: ")
+                );
+            }
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("sparq: {} shard(s) failed; the rest is committed. Fix the cause and rerun the same command to finish.", failures.len());
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("sparq: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -20,7 +20,9 @@ fn encode_docs(model: &Path) -> Vec<sparq::encode::SparseVector> {
     let encoder = SpladeEncoder::load(model, DeviceSpec::Cpu, None).unwrap();
     let texts = fixture_texts();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
-    encoder.encode(&refs, InputKind::Document, EncodeOptions::default()).unwrap()
+    encoder
+        .encode(&refs, InputKind::Document, EncodeOptions::default())
+        .unwrap()
 }
 
 fn tiny_reference() -> Vec<sparq::encode::SparseVector> {
@@ -32,13 +34,21 @@ fn load_err(model: &Path) -> String {
         Ok(_) => panic!("{} loaded but should not", model.display()),
         Err(e) => {
             let msg = e.to_string();
-            assert!(!msg.contains("Exception raised from"), "libtorch backtrace leaked: {msg}");
+            assert!(
+                !msg.contains("Exception raised from"),
+                "libtorch backtrace leaked: {msg}"
+            );
             msg
         }
     }
 }
 
-const HF_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
+const HF_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
 
 #[test]
 fn v5_mlmtransformer_layout_gives_the_same_vectors() {
@@ -52,14 +62,22 @@ fn v5_mlmtransformer_layout_gives_the_same_vectors() {
             {"idx":1,"name":"1","path":"1_SpladePooling","type":"sentence_transformers.sparse_encoder.models.SpladePooling"}]"#,
     )
     .unwrap();
-    fs::write(m.join("sentence_bert_config.json"), r#"{"max_seq_length": 256, "do_lower_case": false}"#).unwrap();
+    fs::write(
+        m.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 256, "do_lower_case": false}"#,
+    )
+    .unwrap();
     fs::create_dir(m.join("1_SpladePooling")).unwrap();
     fs::write(
         m.join("1_SpladePooling/config.json"),
         r#"{"pooling_strategy":"max","activation_function":"relu","word_embedding_dimension":30522}"#,
     )
     .unwrap();
-    fs::write(m.join("config_sentence_transformers.json"), r#"{"prompts":{"query":"","document":""},"default_prompt_name":null}"#).unwrap();
+    fs::write(
+        m.join("config_sentence_transformers.json"),
+        r#"{"prompts":{"query":"","document":""},"default_prompt_name":null}"#,
+    )
+    .unwrap();
     assert_close("v5", &encode_docs(m), &tiny_reference(), 1e-4, 1e-4);
 }
 
@@ -67,14 +85,24 @@ fn v5_mlmtransformer_layout_gives_the_same_vectors() {
 fn plain_hugging_face_masked_lm_folder_uses_max_relu_pooling() {
     let dir = tempfile::tempdir().unwrap();
     copy(&tiny_model(), dir.path(), &HF_FILES);
-    assert_close("hf", &encode_docs(dir.path()), &tiny_reference(), 1e-4, 1e-4);
+    assert_close(
+        "hf",
+        &encode_docs(dir.path()),
+        &tiny_reference(),
+        1e-4,
+        1e-4,
+    );
 }
 
 #[test]
 fn sharded_safetensors_with_index_load_like_a_single_file() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path();
-    copy(&tiny_model(), m, &["config.json", "tokenizer.json", "tokenizer_config.json"]);
+    copy(
+        &tiny_model(),
+        m,
+        &["config.json", "tokenizer.json", "tokenizer_config.json"],
+    );
     let tensors = tch::Tensor::read_safetensors(tiny_model().join("model.safetensors")).unwrap();
     let (a, b) = tensors.split_at(tensors.len() / 2);
     tch::Tensor::write_safetensors(a, m.join("model-00001-of-00002.safetensors")).unwrap();
@@ -94,15 +122,25 @@ fn sharded_safetensors_with_index_load_like_a_single_file() {
 #[test]
 fn missing_folder_is_a_clear_error() {
     let msg = load_err(Path::new("/nonexistent/model"));
-    assert!(msg.contains("/nonexistent/model") && msg.contains("--model"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/model") && msg.contains("--model"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_weights_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    copy(&tiny_model(), dir.path(), &["config.json", "tokenizer.json", "tokenizer_config.json"]);
+    copy(
+        &tiny_model(),
+        dir.path(),
+        &["config.json", "tokenizer.json", "tokenizer_config.json"],
+    );
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.safetensors") && msg.contains("is missing"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("is missing"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -110,9 +148,16 @@ fn truncated_weights_are_reported_as_corrupt_without_backtrace() {
     let dir = tempfile::tempdir().unwrap();
     copy(&tiny_model(), dir.path(), &HF_FILES);
     let bytes = fs::read(dir.path().join("model.safetensors")).unwrap();
-    fs::write(dir.path().join("model.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+    fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 3],
+    )
+    .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.safetensors") && msg.contains("corrupt"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("corrupt"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -120,14 +165,28 @@ fn weights_of_another_model_name_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     copy(&tiny_model(), dir.path(), &HF_FILES);
     let config = fs::read_to_string(dir.path().join("config.json")).unwrap();
-    fs::write(dir.path().join("config.json"), config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")).unwrap();
+    fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("bert.encoder.layer.2") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("bert.encoder.layer.2") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
     let dir = tempfile::tempdir().unwrap();
     copy(&tiny_model(), dir.path(), &HF_FILES);
-    fs::write(dir.path().join("config.json"), config.replace("\"intermediate_size\": 512", "\"intermediate_size\": 256")).unwrap();
+    fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"intermediate_size\": 512", "\"intermediate_size\": 256"),
+    )
+    .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("intermediate.dense.weight") && msg.contains("[512, 128]"), "{msg}");
+    assert!(
+        msg.contains("intermediate.dense.weight") && msg.contains("[512, 128]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -137,11 +196,16 @@ fn unsupported_architecture_says_what_is_supported() {
     let config = fs::read_to_string(dir.path().join("config.json")).unwrap();
     fs::write(
         dir.path().join("config.json"),
-        config.replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"").replace("BertForMaskedLM", "RobertaForMaskedLM"),
+        config
+            .replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"")
+            .replace("BertForMaskedLM", "RobertaForMaskedLM"),
     )
     .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("roberta") && msg.contains("BertForMaskedLM"), "{msg}");
+    assert!(
+        msg.contains("roberta") && msg.contains("BertForMaskedLM"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -154,7 +218,10 @@ fn unsupported_module_is_named() {
     )
     .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("SparseStaticEmbedding") && msg.contains("modules.json"), "{msg}");
+    assert!(
+        msg.contains("SparseStaticEmbedding") && msg.contains("modules.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -162,9 +229,16 @@ fn tokenizer_larger_than_the_model_vocabulary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy(&tiny_model(), dir.path(), &HF_FILES);
     let config = fs::read_to_string(dir.path().join("config.json")).unwrap();
-    fs::write(dir.path().join("config.json"), config.replace("\"vocab_size\": 30522", "\"vocab_size\": 1000")).unwrap();
+    fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"vocab_size\": 30522", "\"vocab_size\": 1000"),
+    )
+    .unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("tokenizer.json") && msg.contains("30522") && msg.contains("1000"), "{msg}");
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("30522") && msg.contains("1000"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -173,7 +247,9 @@ fn cuda_request_without_gpu_is_a_clear_error() {
         return; // Only meaningful on a machine without a GPU.
     }
     match SpladeEncoder::load(&tiny_model(), DeviceSpec::Cuda(0), None) {
-        Err(ModelError::Device { detail, .. }) => assert!(detail.contains("--device cpu"), "{detail}"),
+        Err(ModelError::Device { detail, .. }) => {
+            assert!(detail.contains("--device cpu"), "{detail}")
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("cuda:0 loaded without a GPU"),
     }

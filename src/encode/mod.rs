@@ -1,6 +1,11 @@
-//! Encoding pipelines: sparse vectors and the `encode-text` command.
+//! Encoding: sparse vectors, the token-budget batcher, the per-shard pipeline of a worker,
+//! and the `encode-text` command.
 
+pub mod batcher;
+pub mod job;
+pub mod pipeline;
 pub mod sparse;
 pub mod text;
 
+pub use batcher::TokenBudgetBatcher;
 pub use sparse::SparseVector;

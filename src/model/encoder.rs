@@ -15,7 +15,7 @@ use super::ModelError;
 use crate::encode::SparseVector;
 
 /// Where the model runs: `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {
     /// The CPU.
     Cpu,

@@ -5,6 +5,7 @@ pub mod bert;
 pub mod config;
 pub mod distilbert;
 pub mod encoder;
+pub mod fingerprint;
 pub mod layers;
 pub mod layout;
 pub mod mlm;
@@ -15,6 +16,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use encoder::{DeviceSpec, Dtype, EncodeOptions, InputKind, SpladeEncoder};
+pub use fingerprint::fingerprint;
 pub use layout::ModelLayout;
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 

@@ -146,18 +146,28 @@ fn bert_normalizer_from_config(dir: &Path) -> Result<Option<NormalizerWrapper>, 
         return Ok(None);
     }
     let config: Value = parse_json(&path)?;
-    let class = config.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
-    let bert_family = ["BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast"];
+    let class = config
+        .get("tokenizer_class")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let bert_family = [
+        "BertTokenizer",
+        "BertTokenizerFast",
+        "DistilBertTokenizer",
+        "DistilBertTokenizerFast",
+    ];
     if !bert_family.contains(&class) {
         return Ok(None);
     }
     let flag = |key: &str| config.get(key).and_then(Value::as_bool);
-    Ok(Some(NormalizerWrapper::BertNormalizer(BertNormalizer::new(
-        true,
-        flag("tokenize_chinese_chars").unwrap_or(true),
-        flag("strip_accents"),
-        flag("do_lower_case").unwrap_or(true),
-    ))))
+    Ok(Some(NormalizerWrapper::BertNormalizer(
+        BertNormalizer::new(
+            true,
+            flag("tokenize_chinese_chars").unwrap_or(true),
+            flag("strip_accents"),
+            flag("do_lower_case").unwrap_or(true),
+        ),
+    )))
 }
 
 fn lowercases(tokenizer: &Tokenizer) -> bool {

@@ -63,6 +63,25 @@ def shift_bias_for_sparsity(model, texts, target_dims):
         emb = model.encode_document(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
         return (emb > 0).sum(dim=1).float().mean().item()
 
+    if model[1].pooling_strategy == "max" and model[1].activation_function == "relu":
+        # One pass: with a large positive bias every token's logit is positive, so the pooled
+        # weight log1p(max logit + C) gives back each document's max logit per vocab entry.
+        lift = 50.0
+        with torch.no_grad():
+            bias.copy_(original + lift)
+        emb = model.encode_document(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+        max_logits = torch.expm1(emb.double()) - lift
+        low, high = -20.0, 20.0
+        for _ in range(60):
+            mid = (low + high) / 2
+            if (max_logits > mid).sum(dim=1).double().mean().item() > target_dims:
+                low = mid
+            else:
+                high = mid
+        with torch.no_grad():
+            bias.copy_(original - high)
+        return
+
     low, high = -20.0, 20.0  # active dims fall as the shift grows
     for _ in range(20):
         mid = (low + high) / 2

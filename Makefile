@@ -1,0 +1,44 @@
+# sparq: two set-up commands on a fresh machine.
+#   make demo   installs libtorch (PyPI torch wheel into .venv), builds, encodes the sample corpus
+#   make test   installs the reference environment too, then fmt, clippy and the whole test suite
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+TORCH_VERSION := 2.11.0
+ST_VERSION := 6.2.0
+# torch-sys finds libtorch through the venv's python; build.rs sets an rpath to it.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: demo test lint build venv reference-env clean-venv
+
+$(VENV)/.torch-$(TORCH_VERSION):
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.reference-$(ST_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
+		sentence-transformers==$(ST_VERSION) pyarrow
+	touch $@
+
+venv: $(VENV)/.torch-$(TORCH_VERSION)
+reference-env: $(VENV)/.reference-$(ST_VERSION)
+
+build: venv
+	$(CARGO) build --release
+
+demo: build
+	@bash examples/demo.sh
+
+lint: venv
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+test: reference-env lint
+	$(CARGO) test --release
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,594 @@
+//! `sparq encode`: plans shards, leases them to worker processes (one per device), retries
+//! what dies or stalls, and writes the manifest and `_SUCCESS` last.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::plan::{check_columns, shards_of_file, ShardSpec};
+use super::pool::{WorkerEvent, WorkerPool};
+use super::progress::JobProgress;
+use super::protocol::{FromWorker, RowFailure, ShardReport, ToWorker};
+use super::JobError;
+use crate::encode::job::{job_devices, job_dtype, EncodeArgs, JobIdentity, WorkerConfig};
+use crate::io::input::{list_inputs, read_metadata};
+use crate::io::url::Location;
+use crate::io::{Committer, StoreUrl};
+use crate::model::{fingerprint, ModelLayout};
+
+/// Name of the file that records which job made an output.
+pub const JOB_FILE: &str = "_sparq_job.json";
+/// Name of the manifest.
+pub const MANIFEST: &str = "_manifest.json";
+/// Name of the success marker.
+pub const SUCCESS: &str = "_SUCCESS";
+
+/// A shard that could not be encoded.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardFailure {
+    /// Output part it would have been (empty for an unreadable file).
+    pub part: String,
+    /// Input file.
+    pub file: String,
+    /// First row and row count.
+    pub rows: (u64, u64),
+    /// Cause of every attempt.
+    pub causes: Vec<String>,
+}
+
+/// The one JSON line printed at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EncodeSummary {
+    /// Rows encoded by this run.
+    pub docs: u64,
+    /// Tokens encoded by this run.
+    pub tokens: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Rows per second.
+    pub docs_per_s: f64,
+    /// Tokens per second.
+    pub tokens_per_s: f64,
+    /// Mean non-zero dims per vector.
+    pub mean_active_dims: f64,
+    /// Rows that could not be encoded (null vectors).
+    pub failed_rows: u64,
+    /// Shards that could not be encoded.
+    pub failed_shards: usize,
+    /// Shards committed by earlier runs and skipped.
+    pub skipped_shards: usize,
+    /// Shards committed by this run.
+    pub committed_shards: usize,
+    /// Rows with null text (empty vectors).
+    pub null_texts: u64,
+    /// Ids seen twice within a shard.
+    pub duplicate_ids: u64,
+}
+
+#[derive(Serialize)]
+struct ManifestPart<'a> {
+    name: &'a str,
+    rows: u64,
+    source: &'a str,
+    first_row: u64,
+}
+
+/// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
+/// only when there are none).
+pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
+    let started = Instant::now();
+    validate(args)?;
+    let devices = job_devices(args);
+    for d in devices.iter().collect::<HashSet<_>>() {
+        d.resolve()?;
+    }
+    let dtype = job_dtype(args, &devices);
+    let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
+    // Validate the model (config, tokenizer, weights present) before any work.
+    let layout = ModelLayout::read(&model)?;
+    crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
+    let model_fingerprint = fingerprint(&layout.root)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let input = StoreUrl::parse(&args.input)?;
+    let output = StoreUrl::parse(&args.output)?;
+    check_overlap(&input, &output)?;
+    let committer = Committer::new(&output)?;
+    runtime.block_on(committer.probe())?;
+
+    // Plan: list, read footers, check columns, cut shards.
+    let (store, files) = runtime.block_on(list_inputs(&input))?;
+    let footers: Vec<_> = runtime.block_on(
+        futures::stream::iter(files.iter().map(|f| read_metadata(store.clone(), f)))
+            .buffered(16)
+            .collect(),
+    );
+    let mut failures = Vec::new();
+    let mut shards = Vec::new();
+    let mut next_id = 0;
+    let mut types: Option<Vec<(String, String)>> = None;
+    for (index, (file, footer)) in files.iter().zip(footers).enumerate() {
+        let metadata = match footer {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(ShardFailure {
+                    part: String::new(),
+                    file: file.url.clone(),
+                    rows: (0, 0),
+                    causes: vec![e.to_string()],
+                });
+                continue;
+            }
+        };
+        let schema = metadata.schema();
+        let (id, keep, _) = check_columns(
+            &file.url,
+            schema,
+            &args.id_column,
+            &args.text_column,
+            &args.keep_columns,
+        )?;
+        let these: Vec<(String, String)> = std::iter::once(&id)
+            .chain(&keep)
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect();
+        match &types {
+            None => types = Some(these),
+            Some(expected) => {
+                if let Some(((name, want), (_, got))) =
+                    expected.iter().zip(&these).find(|(a, b)| a != b)
+                {
+                    return Err(JobError::SchemaMismatch {
+                        file: file.url.clone(),
+                        column: name.clone(),
+                        expected: want.clone(),
+                        found: got.clone(),
+                    });
+                }
+            }
+        }
+        let rg: Vec<u64> = metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect();
+        shards.extend(shards_of_file(
+            index,
+            &file.url,
+            file.size,
+            &rg,
+            args.shard_rows,
+            &mut next_id,
+        ));
+    }
+
+    // The output: same job resumes, another job is refused unless --overwrite.
+    let identity = JobIdentity {
+        model: model_fingerprint.clone(),
+        input: args.input.clone(),
+        input_files: files.iter().map(|f| (f.url.clone(), f.size)).collect(),
+        id_column: args.id_column.clone(),
+        text_column: args.text_column.clone(),
+        keep_columns: args.keep_columns.clone(),
+        max_active_dims: args.max_active_dims,
+        dtype,
+        query: args.query,
+        shard_rows: args.shard_rows,
+    };
+    let existing = runtime.block_on(committer.list())?;
+    let owned: Vec<String> = existing
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| {
+            n == JOB_FILE
+                || n == MANIFEST
+                || n == SUCCESS
+                || n.starts_with("_attempts/")
+                || is_part(n)
+        })
+        .collect();
+    let previous: Option<JobIdentity> = runtime
+        .block_on(committer.get(JOB_FILE))?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mismatch = match &previous {
+        Some(prev) => identity.differences(prev),
+        None if owned.iter().any(|n| is_part(n)) => vec!["job (parts without a _sparq_job.json)"],
+        None => vec![],
+    };
+    let mut committed: HashSet<String> = existing
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| is_part(n))
+        .collect();
+    if args.overwrite && !owned.is_empty() {
+        runtime.block_on(committer.delete(&owned))?;
+        committed.clear();
+    } else if !mismatch.is_empty() {
+        return Err(JobError::OutputMismatch {
+            output: output.raw.clone(),
+            differences: mismatch,
+        });
+    }
+    runtime.block_on(committer.put(
+        JOB_FILE,
+        serde_json::to_vec_pretty(&identity).expect("serializable"),
+    ))?;
+    let pending: Vec<&ShardSpec> = shards
+        .iter()
+        .filter(|s| !committed.contains(&s.part))
+        .collect();
+    if !pending.is_empty() {
+        // The output is about to change: an old success marker would lie.
+        runtime.block_on(committer.delete(&[SUCCESS.to_string(), MANIFEST.to_string()]))?;
+    }
+    let mut summary = EncodeSummary {
+        skipped_shards: shards.len() - pending.len(),
+        ..Default::default()
+    };
+
+    let threads = args.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / devices.len()).max(1)
+    });
+    let configs: Vec<WorkerConfig> = devices
+        .iter()
+        .map(|d| WorkerConfig {
+            model: model.clone(),
+            device: d.to_string(),
+            dtype,
+            threads,
+            batch_tokens: args.batch_tokens,
+            max_active_dims: args.max_active_dims,
+            id_column: args.id_column.clone(),
+            text_column: args.text_column.clone(),
+            keep_columns: args.keep_columns.clone(),
+            query: args.query,
+            output: output.raw.clone(),
+        })
+        .collect();
+    let reports = lease_loop(args, &configs, &pending, &mut failures)?;
+
+    for r in reports.values() {
+        summary.docs += r.rows;
+        summary.tokens += r.tokens;
+        summary.failed_rows += r.failed_rows;
+        summary.null_texts += r.null_texts;
+        summary.duplicate_ids += r.duplicate_ids;
+        summary.committed_shards += 1;
+        if r.duplicate_ids > 0 {
+            eprintln!(
+                "sparq: warning: shard {}: {} duplicate ids, e.g. {:?}",
+                r.shard, r.duplicate_ids, r.duplicate_examples
+            );
+        }
+        for f in &r.failures {
+            eprintln!(
+                "sparq: warning: {}, row group {}, row {}, column `{}`: {}; its vector is null",
+                f.file, f.row_group, f.row, f.column, f.reason
+            );
+        }
+    }
+    let active: u64 = reports.values().map(|r| r.active_dims).sum();
+    let encoded = summary.docs - summary.failed_rows - summary.null_texts;
+    summary.mean_active_dims = if encoded > 0 {
+        active as f64 / encoded as f64
+    } else {
+        0.0
+    };
+    summary.failed_shards = failures.len();
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
+    summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
+
+    // Manifest, then the success marker, last.
+    let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
+    let parts: Vec<ManifestPart> = shards
+        .iter()
+        .filter(|s| !failed_parts.contains(s.part.as_str()))
+        .map(|s| ManifestPart {
+            name: &s.part,
+            rows: s.rows,
+            source: &s.file,
+            first_row: s.first_row,
+        })
+        .collect();
+    let failed_row_list: Vec<&RowFailure> = reports.values().flat_map(|r| &r.failures).collect();
+    let manifest = serde_json::json!({
+        "sparq_version": env!("CARGO_PKG_VERSION"),
+        "complete": failures.is_empty(),
+        "model": { "path": model, "fingerprint": model_fingerprint },
+        "settings": identity,
+        "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
+        "files": parts,
+        "failed_shards": failures,
+        "failed_rows": failed_row_list,
+        "summary": summary,
+    });
+    runtime.block_on(committer.put(
+        MANIFEST,
+        serde_json::to_vec_pretty(&manifest).expect("serializable"),
+    ))?;
+    if failures.is_empty() {
+        runtime.block_on(committer.put(SUCCESS, Vec::new()))?;
+    }
+    Ok((summary, failures))
+}
+
+/// Leases `pending` shards to one worker per config until each is committed or failed.
+fn lease_loop(
+    args: &EncodeArgs,
+    configs: &[WorkerConfig],
+    pending: &[&ShardSpec],
+    failures: &mut Vec<ShardFailure>,
+) -> Result<BTreeMap<usize, ShardReport>, JobError> {
+    let mut reports = BTreeMap::new();
+    if pending.is_empty() {
+        return Ok(reports);
+    }
+    let total_rows = pending.iter().map(|s| s.rows).sum();
+    let mut progress = JobProgress::new(pending.len(), total_rows);
+    let by_id: BTreeMap<usize, &ShardSpec> = pending.iter().map(|s| (s.id, *s)).collect();
+    let mut queue: VecDeque<usize> = pending.iter().map(|s| s.id).collect();
+    let mut remaining = pending.len();
+    let mut pool = WorkerPool::new(configs.len());
+    let mut slots: Vec<Slot> = configs.iter().map(|_| Slot::default()).collect();
+    // A slot whose workers keep dying is given up after this many starts.
+    let max_starts = args.max_attempts as usize + pending.len().min(8);
+    for (i, config) in configs.iter().enumerate() {
+        pool.spawn(i, config)?;
+        slots[i].starts = 1;
+    }
+    let lease_timeout = Duration::from_secs(args.lease_timeout.max(1));
+    let (mut done_rows, mut done_tokens) = (0u64, 0u64);
+
+    let mut retries = Retries {
+        causes: BTreeMap::new(),
+        max_attempts: args.max_attempts,
+    };
+    let fail = |s: &ShardSpec, causes: Vec<String>| ShardFailure {
+        part: s.part.clone(),
+        file: s.file.clone(),
+        rows: (s.first_row, s.rows),
+        causes,
+    };
+
+    while remaining > 0 {
+        // Lease queued shards to idle workers.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.ready && slot.busy.is_none() {
+                if let Some(shard) = queue.pop_front() {
+                    let attempt = retries.attempts(shard) + 1;
+                    if pool.send(
+                        i,
+                        &ToWorker::Shard {
+                            shard: by_id[&shard].clone(),
+                            attempt,
+                        },
+                    ) {
+                        slot.busy = Some(Lease {
+                            shard,
+                            since: Instant::now(),
+                            rows: 0,
+                            tokens: 0,
+                        });
+                    } else {
+                        queue.push_front(shard);
+                    }
+                }
+            }
+        }
+        let event = pool.events.recv_timeout(Duration::from_millis(200));
+        match event {
+            Ok(WorkerEvent::Message {
+                slot,
+                generation,
+                message,
+            }) if pool.is_current(slot, generation) => match message {
+                FromWorker::Ready => slots[slot].ready = true,
+                FromWorker::Progress {
+                    shard,
+                    rows,
+                    tokens,
+                } => {
+                    if let (Some(lease), Some(shard)) = (slots[slot].busy.as_mut(), shard) {
+                        if lease.shard == shard && (rows, tokens) != (lease.rows, lease.tokens) {
+                            lease.rows = rows;
+                            lease.tokens = tokens;
+                            lease.since = Instant::now();
+                        }
+                    }
+                }
+                FromWorker::Done(report) => {
+                    slots[slot].busy = None;
+                    done_rows += report.rows;
+                    done_tokens += report.tokens;
+                    reports.insert(report.shard, report);
+                    remaining -= 1;
+                }
+                FromWorker::Failed {
+                    shard,
+                    error,
+                    retryable,
+                } => {
+                    slots[slot].busy = None;
+                    if let Some(causes) = retries.record(shard, error, retryable, &mut queue) {
+                        failures.push(fail(by_id[&shard], causes));
+                        remaining -= 1;
+                    }
+                }
+                FromWorker::Fatal { error } => {
+                    progress.finish();
+                    return Err(JobError::Worker {
+                        device: configs[slot].device.clone(),
+                        error,
+                    });
+                }
+            },
+            Ok(WorkerEvent::Exited { slot, generation }) if pool.is_current(slot, generation) => {
+                let how = pool.reap(slot);
+                let s = &mut slots[slot];
+                let cause = s.stall_cause.take().unwrap_or(how);
+                if let Some(lease) = s.busy.take() {
+                    if let Some(causes) =
+                        retries.record(lease.shard, cause.clone(), true, &mut queue)
+                    {
+                        failures.push(fail(by_id[&lease.shard], causes));
+                        remaining -= 1;
+                    }
+                }
+                s.ready = false;
+                if remaining > 0 && s.starts < max_starts {
+                    eprintln!(
+                        "sparq: {cause}; starting a new worker on {}",
+                        configs[slot].device
+                    );
+                    s.starts += 1;
+                    pool.spawn(slot, &configs[slot])?;
+                } else if remaining > 0 && slots.iter().all(|s| s.starts >= max_starts && !s.ready)
+                {
+                    // No worker left: every remaining shard fails with the last cause.
+                    for shard in queue.drain(..).collect::<Vec<_>>() {
+                        let mut causes = retries.causes.remove(&shard).unwrap_or_default();
+                        causes.push(format!("no worker left ({cause})"));
+                        failures.push(fail(by_id[&shard], causes));
+                        remaining -= 1;
+                    }
+                }
+            }
+            Ok(_) => {} // A stale event from a replaced worker.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        // Stalled workers lose their lease: kill them; the exit event requeues the shard.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(lease) = &slot.busy {
+                if lease.since.elapsed() > lease_timeout && slot.stall_cause.is_none() {
+                    slot.stall_cause = Some(format!(
+                        "worker stalled (no progress for {}s)",
+                        lease_timeout.as_secs()
+                    ));
+                    pool.signal_kill(i);
+                }
+            }
+        }
+        let live_rows: u64 = slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref())
+            .map(|l| l.rows)
+            .sum();
+        let live_tokens: u64 = slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref())
+            .map(|l| l.tokens)
+            .sum();
+        progress.update(
+            reports.len(),
+            done_rows + live_rows,
+            done_tokens + live_tokens,
+        );
+    }
+    pool.shutdown();
+    progress.finish();
+    Ok(reports)
+}
+
+/// Causes of failed attempts per shard.
+struct Retries {
+    causes: BTreeMap<usize, Vec<String>>,
+    max_attempts: u32,
+}
+
+impl Retries {
+    fn attempts(&self, shard: usize) -> u32 {
+        self.causes.get(&shard).map_or(0, |c| c.len() as u32)
+    }
+
+    /// Records a failed attempt: requeues the shard (front) if another attempt is allowed,
+    /// else returns every cause (the shard has failed).
+    fn record(
+        &mut self,
+        shard: usize,
+        cause: String,
+        retryable: bool,
+        queue: &mut VecDeque<usize>,
+    ) -> Option<Vec<String>> {
+        let causes = self.causes.entry(shard).or_default();
+        causes.push(cause);
+        if retryable && (causes.len() as u32) < self.max_attempts {
+            queue.push_front(shard);
+            None
+        } else {
+            Some(causes.clone())
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    ready: bool,
+    busy: Option<Lease>,
+    starts: usize,
+    stall_cause: Option<String>,
+}
+
+struct Lease {
+    shard: usize,
+    since: Instant,
+    rows: u64,
+    tokens: u64,
+}
+
+fn is_part(name: &str) -> bool {
+    !name.contains('/') && name.starts_with("part-") && name.ends_with(".parquet")
+}
+
+fn validate(args: &EncodeArgs) -> Result<(), JobError> {
+    let bad = |m: &str| Err(JobError::Settings(m.to_string()));
+    if args.batch_tokens == 0 {
+        return bad("--batch-tokens must be positive");
+    }
+    if args.shard_rows == 0 {
+        return bad("--shard-rows must be positive");
+    }
+    if args.max_active_dims == Some(0) {
+        return bad("--max-active-dims must be a positive integer");
+    }
+    if args.max_attempts == 0 {
+        return bad("--max-attempts must be at least 1");
+    }
+    if args.workers == Some(0) {
+        return bad("--workers must be at least 1");
+    }
+    Ok(())
+}
+
+/// Refuses an output inside the input (the next listing would read the output as input).
+fn check_overlap(input: &StoreUrl, output: &StoreUrl) -> Result<(), JobError> {
+    let overlap = match (&input.location, &output.location) {
+        (Location::Local(i), Location::Local(o)) => i.is_dir() && o.starts_with(i) || i == o,
+        (
+            Location::S3 {
+                bucket: bi,
+                key: ki,
+            },
+            Location::S3 {
+                bucket: bo,
+                key: ko,
+            },
+        ) => bi == bo && (ko == ki || ki.is_empty() || ko.starts_with(&format!("{ki}/"))),
+        _ => false,
+    };
+    if overlap {
+        return Err(JobError::Settings(format!(
+            "--output {} is inside --input {}: its parts would be read as input next time; choose an output outside the input",
+            output.raw, input.raw
+        )));
+    }
+    Ok(())
+}

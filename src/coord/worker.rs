@@ -1,0 +1,120 @@
+//! The worker process (`sparq encode-worker`, spawned by the coordinator): loads the model
+//! once, then encodes and commits the shards it is leased, heartbeating as it goes.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::protocol::{FromWorker, ToWorker};
+use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::io::{Committer, StoreUrl};
+use crate::model::{DeviceSpec, SpladeEncoder};
+
+/// Seconds between heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Runs the worker protocol over stdin/stdout until `stop` or end of input. Returns the exit code.
+pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i32 {
+    let out = Arc::new(Mutex::new(output));
+    let send = {
+        let out = out.clone();
+        move |msg: &FromWorker| {
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            let line = serde_json::to_string(msg).expect("messages serialize");
+            // A closed pipe means the coordinator is gone; the read loop ends next.
+            let _ = writeln!(o, "{line}").and_then(|_| o.flush());
+        }
+    };
+    let mut lines = input.lines();
+    let config = match lines
+        .next()
+        .map(|l| l.map(|l| serde_json::from_str::<ToWorker>(&l)))
+    {
+        Some(Ok(Ok(ToWorker::Init(config)))) => config,
+        _ => {
+            send(&FromWorker::Fatal {
+                error: "expected an init message first".into(),
+            });
+            return 2;
+        }
+    };
+    tch::set_num_threads(config.threads.max(1) as i32);
+    let setup = || -> Result<_, String> {
+        let device: DeviceSpec = config.device.parse()?;
+        let encoder = SpladeEncoder::load(&config.model, device, Some(config.dtype))
+            .map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let committer = StoreUrl::parse(&config.output)
+            .and_then(|u| Committer::new(&u))
+            .map_err(|e| e.to_string())?;
+        Ok((encoder, runtime, committer))
+    };
+    let (encoder, runtime, committer) = match setup() {
+        Ok(s) => s,
+        Err(error) => {
+            send(&FromWorker::Fatal { error });
+            return 2;
+        }
+    };
+    send(&FromWorker::Ready);
+
+    // Heartbeat thread: progress of the current shard every second.
+    let progress = Arc::new(ShardProgress::default());
+    let current = Arc::new(AtomicUsize::new(usize::MAX));
+    let done = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (progress, current, done, send) = (
+            progress.clone(),
+            current.clone(),
+            done.clone(),
+            send.clone(),
+        );
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(HEARTBEAT);
+                let shard = current.load(Ordering::Relaxed);
+                send(&FromWorker::Progress {
+                    shard: (shard != usize::MAX).then_some(shard),
+                    rows: progress.rows.load(Ordering::Relaxed),
+                    tokens: progress.tokens.load(Ordering::Relaxed),
+                });
+            }
+        })
+    };
+    for line in lines {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<ToWorker>(&line) {
+            Ok(ToWorker::Shard { shard, .. }) => {
+                progress.rows.store(0, Ordering::Relaxed);
+                progress.tokens.store(0, Ordering::Relaxed);
+                current.store(shard.id, Ordering::Relaxed);
+                let result =
+                    encode_shard(&encoder, &config, &runtime, &committer, &shard, &progress);
+                current.store(usize::MAX, Ordering::Relaxed);
+                match result {
+                    Ok(report) => send(&FromWorker::Done(report)),
+                    Err(e) => send(&FromWorker::Failed {
+                        shard: shard.id,
+                        error: e.message,
+                        retryable: e.retryable,
+                    }),
+                }
+            }
+            Ok(ToWorker::Stop) => break,
+            Ok(ToWorker::Init(_)) | Err(_) => {
+                send(&FromWorker::Fatal {
+                    error: format!("unexpected message: {line}"),
+                });
+                break;
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = heartbeat.join();
+    0
+}

@@ -1,0 +1,456 @@
+//! One shard through a worker: reader → tokenizer → token-budget batcher + model → writer,
+//! joined by bounded channels (memory stays flat however large the shard), then the commit.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use crossbeam_channel::bounded;
+
+use super::batcher::TokenBudgetBatcher;
+use super::job::WorkerConfig;
+use super::SparseVector;
+use crate::coord::plan::{check_columns, ShardSpec};
+use crate::coord::protocol::{RowFailure, ShardReport};
+use crate::io::input::{read_metadata, read_row_group_range, InputFile};
+use crate::io::output::{output_schema, PartWriter};
+use crate::io::{CommitOutcome, Committer, StoreUrl};
+use crate::model::{InputKind, SpladeEncoder};
+
+/// Rows per record batch read (also the unit the batcher sorts by length).
+const READ_BATCH_ROWS: usize = 2048;
+/// Row failures listed in a report (all are counted).
+const LISTED_FAILURES: usize = 20;
+
+/// Why a shard failed, and whether another attempt may succeed.
+#[derive(Debug)]
+pub struct ShardError {
+    /// Cause, naming file, row group and column where known.
+    pub message: String,
+    /// I/O errors are retryable; bad data is not.
+    pub retryable: bool,
+}
+
+impl ShardError {
+    fn data(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+    fn io(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// Live counters of the shard in progress (read by the heartbeat).
+#[derive(Debug, Default)]
+pub struct ShardProgress {
+    /// Rows encoded.
+    pub rows: AtomicU64,
+    /// Tokens encoded.
+    pub tokens: AtomicU64,
+}
+
+/// A batch read from the input, with where it came from.
+struct RawChunk {
+    batch: RecordBatch,
+    row_group: usize,
+    first_row: u64,
+}
+
+/// Tokenized rows: `Ok(Some(ids))`, `Ok(None)` for a null text, `Err` for a row that failed.
+struct TokenChunk {
+    batch: RecordBatch,
+    tokens: Vec<Result<Option<Vec<u32>>, RowFailure>>,
+}
+
+struct EncodedChunk {
+    batch: RecordBatch,
+    vectors: Vec<Option<SparseVector>>,
+}
+
+/// Encodes one shard and commits its part.
+pub fn encode_shard(
+    encoder: &SpladeEncoder,
+    config: &WorkerConfig,
+    runtime: &tokio::runtime::Runtime,
+    committer: &Committer,
+    shard: &ShardSpec,
+    progress: &ShardProgress,
+) -> Result<ShardReport, ShardError> {
+    let url = StoreUrl::parse(&shard.file).map_err(|e| ShardError::data(e.to_string()))?;
+    let (store, path) = url.store().map_err(|e| ShardError::io(e.to_string()))?;
+    let file = InputFile {
+        url: shard.file.clone(),
+        path,
+        size: shard.file_size,
+    };
+    let metadata = runtime
+        .block_on(read_metadata(store.clone(), &file))
+        .map_err(|e| ShardError::data(e.to_string()))?;
+    let schema = metadata.schema().clone();
+    let (id_field, keep_fields, projection) = check_columns(
+        &file.url,
+        &schema,
+        &config.id_column,
+        &config.text_column,
+        &config.keep_columns,
+    )
+    .map_err(|e| ShardError::data(e.to_string()))?;
+    let out_schema = output_schema(&id_field, &keep_fields);
+    let row_group_starts: Vec<u64> = metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .scan(0u64, |start, rg| {
+            let s = *start;
+            *start += rg.num_rows() as u64;
+            Some(s)
+        })
+        .collect();
+    let prompt = encoder
+        .prompt(if config.query {
+            InputKind::Query
+        } else {
+            InputKind::Document
+        })
+        .unwrap_or("")
+        .to_string();
+    let tokenizer = encoder.tokenizer();
+    let batcher = TokenBudgetBatcher {
+        budget: config.batch_tokens.max(1),
+        max_sequences: 512,
+    };
+    let mut report = ShardReport {
+        shard: shard.id,
+        ..Default::default()
+    };
+
+    let (raw_tx, raw_rx) = bounded::<RawChunk>(2);
+    let (tok_tx, tok_rx) = bounded::<TokenChunk>(2);
+    let (enc_tx, enc_rx) = bounded::<EncodedChunk>(2);
+    let text_column = config.text_column.clone();
+    let id_column = config.id_column.clone();
+
+    let (read_result, tok_result, model_result, write_result) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| -> Result<(), ShardError> {
+            for seg in &shard.segments {
+                let mut next_row = row_group_starts[seg.row_group] + seg.skip;
+                let mut open = true;
+                runtime
+                    .block_on(read_row_group_range(
+                        store.clone(),
+                        &file,
+                        &metadata,
+                        seg.row_group,
+                        seg.skip as usize,
+                        seg.rows as usize,
+                        &projection,
+                        READ_BATCH_ROWS,
+                        |batch| {
+                            let first_row = next_row;
+                            next_row += batch.num_rows() as u64;
+                            open = raw_tx
+                                .send(RawChunk {
+                                    batch,
+                                    row_group: seg.row_group,
+                                    first_row,
+                                })
+                                .is_ok();
+                            open
+                        },
+                    ))
+                    .map_err(|e| {
+                        ShardError::data(format!("{e} (column `{text_column}` or `{id_column}`)"))
+                    })?;
+                if !open {
+                    break;
+                }
+            }
+            drop(raw_tx);
+            Ok(())
+        });
+        let tokenizing = scope.spawn(|| -> Result<(u64, u64, Vec<String>), ShardError> {
+            let mut seen = HashSet::new();
+            let (mut duplicates, mut nulls, mut examples) = (0u64, 0u64, Vec::new());
+            for raw in raw_rx {
+                let ids = raw
+                    .batch
+                    .column_by_name(&config.id_column)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ShardError::data(format!(
+                            "{}: column `{}` missing from a row group",
+                            file.url, config.id_column
+                        ))
+                    })?;
+                let texts = raw
+                    .batch
+                    .column_by_name(&config.text_column)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ShardError::data(format!(
+                            "{}: column `{}` missing from a row group",
+                            file.url, config.text_column
+                        ))
+                    })?;
+                count_duplicates(&ids, &mut seen, &mut duplicates, &mut examples);
+                let cells = text_cells(&texts);
+                let mut strings = Vec::new();
+                let mut tokens: Vec<Result<Option<Vec<u32>>, RowFailure>> =
+                    Vec::with_capacity(cells.len());
+                for (i, cell) in cells.into_iter().enumerate() {
+                    match cell {
+                        TextCell::Text(t) => {
+                            strings.push(format!("{prompt}{t}"));
+                            tokens.push(Ok(Some(Vec::new())));
+                        }
+                        TextCell::Null => {
+                            nulls += 1;
+                            tokens.push(Ok(None));
+                        }
+                        TextCell::Invalid(reason) => tokens.push(Err(RowFailure {
+                            file: file.url.clone(),
+                            row_group: raw.row_group,
+                            row: raw.first_row + i as u64,
+                            column: config.text_column.clone(),
+                            reason,
+                        })),
+                    }
+                }
+                let mut encoded = tokenizer
+                    .encode_batch(strings)
+                    .map_err(|e| ShardError::data(e.to_string()))?
+                    .into_iter();
+                for slot in tokens.iter_mut() {
+                    if let Ok(Some(ids)) = slot {
+                        *ids = encoded.next().unwrap_or_default();
+                    }
+                }
+                if tok_tx
+                    .send(TokenChunk {
+                        batch: raw.batch,
+                        tokens,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            drop(tok_tx);
+            Ok((duplicates, nulls, examples))
+        });
+        let writer = scope.spawn(|| -> Result<Option<Vec<u8>>, ShardError> {
+            let mut writer =
+                PartWriter::new(out_schema.clone()).map_err(|e| ShardError::data(e.to_string()))?;
+            let mut rows = 0;
+            for chunk in enc_rx {
+                let id = chunk
+                    .batch
+                    .column_by_name(&config.id_column)
+                    .cloned()
+                    .expect("checked by the tokenizer stage");
+                let keep: Vec<ArrayRef> = config
+                    .keep_columns
+                    .iter()
+                    .map(|c| chunk.batch.column_by_name(c).cloned().expect("projected"))
+                    .collect();
+                rows += chunk.vectors.len();
+                writer
+                    .write(id, &chunk.vectors, keep)
+                    .map_err(|e| ShardError::data(format!("writing the part: {e}")))?;
+            }
+            if rows == 0 && shard.rows > 0 {
+                return Ok(None); // Upstream failed; its error is reported.
+            }
+            writer
+                .finish()
+                .map(Some)
+                .map_err(|e| ShardError::data(format!("writing the part: {e}")))
+        });
+        // The model stage runs here: the model is owned by this thread.
+        let model_result = (|| -> Result<(), ShardError> {
+            for chunk in tok_rx {
+                let mut vectors: Vec<Option<SparseVector>> = vec![None; chunk.tokens.len()];
+                let present: Vec<usize> = (0..chunk.tokens.len())
+                    .filter(|&i| matches!(chunk.tokens[i], Ok(Some(_))))
+                    .collect();
+                let seqs: Vec<&[u32]> = present
+                    .iter()
+                    .map(|&i| match &chunk.tokens[i] {
+                        Ok(Some(ids)) => ids.as_slice(),
+                        _ => unreachable!("filtered"),
+                    })
+                    .collect();
+                let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+                for batch in batcher.batches(&lengths) {
+                    let input: Vec<&[u32]> = batch.iter().map(|&b| seqs[b]).collect();
+                    let out = encoder
+                        .encode_ids(&input, config.max_active_dims)
+                        .map_err(|e| ShardError::io(format!("model: {e}")))?;
+                    for (&b, v) in batch.iter().zip(out) {
+                        report.active_dims += v.len() as u64;
+                        vectors[present[b]] = Some(v);
+                    }
+                    let tokens: u64 = input.iter().map(|s| s.len() as u64).sum();
+                    report.tokens += tokens;
+                    progress.tokens.fetch_add(tokens, Ordering::Relaxed);
+                }
+                for (i, t) in chunk.tokens.iter().enumerate() {
+                    match t {
+                        Ok(None) => vectors[i] = Some(SparseVector::default()),
+                        Err(failure) => {
+                            report.failed_rows += 1;
+                            if report.failures.len() < LISTED_FAILURES {
+                                report.failures.push(failure.clone());
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                    }
+                }
+                report.rows += vectors.len() as u64;
+                progress
+                    .rows
+                    .fetch_add(vectors.len() as u64, Ordering::Relaxed);
+                if enc_tx
+                    .send(EncodedChunk {
+                        batch: chunk.batch,
+                        vectors,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(enc_tx);
+        (
+            joined(reader.join()),
+            joined(tokenizing.join()),
+            model_result,
+            joined(writer.join()),
+        )
+    });
+    read_result?;
+    let (duplicates, nulls, examples) = tok_result?;
+    model_result?;
+    let bytes = write_result?.ok_or_else(|| ShardError::data("no rows were written"))?;
+    if report.rows != shard.rows {
+        return Err(ShardError::data(format!(
+            "{}: read {} rows where the footer promises {} (truncated file?)",
+            file.url, report.rows, shard.rows
+        )));
+    }
+    report.duplicate_ids = duplicates;
+    report.duplicate_examples = examples;
+    report.null_texts = nulls;
+    let outcome = runtime
+        .block_on(committer.commit(&shard.part, bytes))
+        .map_err(|e| ShardError::io(e.to_string()))?;
+    report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
+    Ok(report)
+}
+
+fn joined<T>(result: std::thread::Result<Result<T, ShardError>>) -> Result<T, ShardError> {
+    result.unwrap_or_else(|_| Err(ShardError::data("a pipeline thread panicked")))
+}
+
+enum TextCell<'a> {
+    Text(&'a str),
+    Null,
+    Invalid(String),
+}
+
+fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
+    fn cell<'a>(valid: bool, value: impl FnOnce() -> &'a [u8]) -> TextCell<'a> {
+        if !valid {
+            return TextCell::Null;
+        }
+        match std::str::from_utf8(value()) {
+            Ok(s) => TextCell::Text(s),
+            Err(e) => TextCell::Invalid(format!("invalid UTF-8 ({e})")),
+        }
+    }
+    let n = array.len();
+    match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        TextCell::Text(a.value(i))
+                    } else {
+                        TextCell::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        TextCell::Text(a.value(i))
+                    } else {
+                        TextCell::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        TextCell::Text(a.value(i))
+                    } else {
+                        TextCell::Null
+                    }
+                })
+                .collect()
+        }
+        DataType::Binary => {
+            let a = array.as_binary::<i32>();
+            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
+        }
+        DataType::LargeBinary => {
+            let a = array.as_binary::<i64>();
+            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
+        }
+        DataType::BinaryView => {
+            let a = array.as_binary_view();
+            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
+        }
+        _ => (0..n).map(|_| TextCell::Null).collect(),
+    }
+}
+
+fn count_duplicates(
+    ids: &ArrayRef,
+    seen: &mut HashSet<u64>,
+    duplicates: &mut u64,
+    examples: &mut Vec<String>,
+) {
+    let Ok(formatter) = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default()) else {
+        return;
+    };
+    for i in 0..ids.len() {
+        let text = formatter.value(i).to_string();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        if !seen.insert(hasher.finish()) {
+            *duplicates += 1;
+            if examples.len() < 5 {
+                examples.push(text);
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The commit protocol: a shard's part is written under a unique attempt name and
+//! published under its final name exactly once.
+//!
+//! - Local disk: the attempt is `_attempts/<part>.<uuid>.tmp`, fsynced, then hard-linked to
+//!   the final name (`link(2)` fails if the name exists, so a second attempt cannot replace
+//!   a committed part), then the attempt is unlinked.
+//! - S3: one `PUT` is atomic (an object is visible whole or not at all), so the attempt is the
+//!   worker's in-memory part; it is published with `PutMode::Create` (`If-None-Match: *`):
+//!   the first attempt wins, later ones get `AlreadyExists`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::url::{Location, StoreUrl};
+use super::StoreError;
+
+/// Result of committing a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// This attempt published the part.
+    Committed,
+    /// Another attempt had already published it; this one was discarded.
+    AlreadyCommitted,
+}
+
+/// Publishes parts and markers under an output URL.
+#[derive(Clone)]
+pub struct Committer {
+    url: StoreUrl,
+    target: Target,
+}
+
+#[derive(Clone)]
+enum Target {
+    Local(PathBuf),
+    Object(Arc<dyn ObjectStore>, ObjectPath),
+}
+
+impl Committer {
+    /// A committer for the output `url`.
+    pub fn new(url: &StoreUrl) -> Result<Self, StoreError> {
+        let target = match &url.location {
+            Location::Local(dir) => Target::Local(dir.clone()),
+            Location::S3 { .. } => {
+                let (store, prefix) = url.store()?;
+                Target::Object(store, prefix)
+            }
+        };
+        Ok(Self {
+            url: url.clone(),
+            target,
+        })
+    }
+
+    /// The output URL.
+    pub fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    /// Publishes `bytes` as `name` unless a part of that name exists.
+    pub async fn commit(&self, name: &str, bytes: Vec<u8>) -> Result<CommitOutcome, StoreError> {
+        match &self.target {
+            Target::Local(dir) => {
+                let dir = dir.clone();
+                let name = name.to_string();
+                tokio::task::spawn_blocking(move || commit_local(&dir, &name, &bytes))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        op: "committing",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Target::Object(store, prefix) => {
+                let path = prefix.clone().join(name);
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match store
+                    .put_opts(&path, PutPayload::from(Bytes::from(bytes)), opts)
+                    .await
+                {
+                    Ok(_) => Ok(CommitOutcome::Committed),
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => {
+                        Ok(CommitOutcome::AlreadyCommitted)
+                    }
+                    Err(e) => Err(StoreError::object("committing", self.url.join(name), e)),
+                }
+            }
+        }
+    }
+
+    /// Writes a marker or manifest object (replacing any previous one).
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match &self.target {
+            Target::Local(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                    op: "creating",
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
+                write_synced(&tmp, &bytes)?;
+                std::fs::rename(&tmp, dir.join(name)).map_err(|e| StoreError::Io {
+                    op: "renaming",
+                    path: tmp,
+                    source: e,
+                })
+            }
+            Target::Object(store, prefix) => store
+                .put(
+                    &prefix.clone().join(name),
+                    PutPayload::from(Bytes::from(bytes)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::object("writing", self.url.join(name), e)),
+        }
+    }
+
+    /// Reads a small object, `None` if it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.target {
+            Target::Local(dir) => match std::fs::read(dir.join(name)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Io {
+                    op: "reading",
+                    path: dir.join(name),
+                    source: e,
+                }),
+            },
+            Target::Object(store, prefix) => match store.get(&prefix.clone().join(name)).await {
+                Ok(r) => Ok(Some(
+                    r.bytes()
+                        .await
+                        .map_err(|e| StoreError::object("reading", self.url.join(name), e))?
+                        .to_vec(),
+                )),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(StoreError::object("reading", self.url.join(name), e)),
+            },
+        }
+    }
+
+    /// Names (relative to the output) and sizes of every object under the output.
+    pub async fn list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.target {
+            Target::Local(dir) => {
+                let mut out = Vec::new();
+                list_local(dir, "", &mut out)?;
+                Ok(out)
+            }
+            Target::Object(store, prefix) => {
+                let mut out = Vec::new();
+                let mut stream = store.list(Some(prefix));
+                while let Some(item) = stream.next().await {
+                    let meta = item.map_err(|e| StoreError::object("listing", &self.url.raw, e))?;
+                    let rel = meta
+                        .location
+                        .as_ref()
+                        .strip_prefix(prefix.as_ref())
+                        .unwrap_or(meta.location.as_ref());
+                    out.push((rel.trim_start_matches('/').to_string(), meta.size));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Deletes the named objects.
+    pub async fn delete(&self, names: &[String]) -> Result<(), StoreError> {
+        for name in names {
+            match &self.target {
+                Target::Local(dir) => match std::fs::remove_file(dir.join(name)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            op: "deleting",
+                            path: dir.join(name),
+                            source: e,
+                        })
+                    }
+                },
+                Target::Object(store, prefix) => match store
+                    .delete(&prefix.clone().join(name.as_str()))
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(StoreError::object("deleting", self.url.join(name), e)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the output can be written (bucket exists, credentials work) before any work.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match &self.target {
+            Target::Local(dir) => std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                op: "creating",
+                path: dir.clone(),
+                source: e,
+            }),
+            Target::Object(store, prefix) => {
+                let mut stream = store.list(Some(prefix));
+                match stream.next().await {
+                    None | Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(StoreError::object("listing", &self.url.raw, e)),
+                }
+            }
+        }
+    }
+}
+
+fn commit_local(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<CommitOutcome, StoreError> {
+    let attempts = dir.join("_attempts");
+    std::fs::create_dir_all(&attempts).map_err(|e| StoreError::Io {
+        op: "creating",
+        path: attempts.clone(),
+        source: e,
+    })?;
+    let attempt = attempts.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
+    write_synced(&attempt, bytes)?;
+    let final_path = dir.join(name);
+    let outcome = match std::fs::hard_link(&attempt, &final_path) {
+        Ok(()) => CommitOutcome::Committed,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => CommitOutcome::AlreadyCommitted,
+        Err(e) => {
+            let _ = std::fs::remove_file(&attempt);
+            return Err(StoreError::Io {
+                op: "committing",
+                path: final_path,
+                source: e,
+            });
+        }
+    };
+    let _ = std::fs::remove_file(&attempt);
+    // Make the new directory entry durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(outcome)
+}
+
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |e| StoreError::Io {
+        op: "writing",
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+fn list_local(
+    dir: &std::path::Path,
+    rel: &str,
+    out: &mut Vec<(String, u64)>,
+) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "listing",
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::Io {
+            op: "listing",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel_name = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let meta = entry.metadata().map_err(|e| StoreError::Io {
+            op: "listing",
+            path: entry.path(),
+            source: e,
+        })?;
+        if meta.is_dir() {
+            list_local(&entry.path(), &rel_name, out)?;
+        } else {
+            out.push((rel_name, meta.len()));
+        }
+    }
+    Ok(())
+}

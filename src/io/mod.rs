@@ -1,0 +1,90 @@
+//! Storage: URLs (local paths and `s3://`), parquet input, parquet output and the
+//! exactly-once commit protocol.
+
+pub mod commit;
+pub mod input;
+pub mod output;
+pub mod url;
+
+pub use commit::{CommitOutcome, Committer};
+pub use url::StoreUrl;
+
+/// Everything that can go wrong talking to storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL cannot be used.
+    #[error("`{url}`: {detail}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// No input file matched.
+    #[error("no parquet files at `{url}`: give a parquet file, a folder or prefix holding *.parquet files, or a glob such as 'data/*.parquet'")]
+    NoInput {
+        /// The input URL.
+        url: String,
+    },
+    /// The object store refused or failed an operation.
+    #[error("{op} `{location}`: {detail}")]
+    Object {
+        /// What was attempted.
+        op: &'static str,
+        /// Where.
+        location: String,
+        /// What the store said, and what to check.
+        detail: String,
+    },
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A parquet file cannot be decoded.
+    #[error("{location}: {detail}")]
+    Parquet {
+        /// The file (and row group, column where known).
+        location: String,
+        /// What the decoder said and what to do.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps an object_store error with the operation and location, adding a hint for the
+    /// failures users can fix (credentials, endpoint, bucket).
+    pub fn object(
+        op: &'static str,
+        location: impl std::fmt::Display,
+        e: object_store::Error,
+    ) -> Self {
+        let text = e.to_string();
+        let hint = if text.contains("403")
+            || text.contains("AccessDenied")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("InvalidAccessKeyId")
+        {
+            " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        } else if text.contains("NoSuchBucket") {
+            " (the bucket does not exist: create it or fix the URL)"
+        } else if text.contains("error sending request")
+            || text.contains("onnect")
+            || text.contains("timed out")
+        {
+            " (is the endpoint reachable? check AWS_ENDPOINT_URL, AWS_ALLOW_HTTP and the network)"
+        } else {
+            ""
+        };
+        StoreError::Object {
+            op,
+            location: location.to_string(),
+            detail: format!("{text}{hint}"),
+        }
+    }
+}
