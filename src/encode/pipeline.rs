@@ -149,9 +149,7 @@ pub fn encode_shard(
                         store.clone(),
                         &file,
                         &metadata,
-                        seg.row_group,
-                        seg.skip as usize,
-                        seg.rows as usize,
+                        seg,
                         &projection,
                         READ_BATCH_ROWS,
                         |batch| {

@@ -145,15 +145,24 @@ pub async fn read_metadata(
     })
 }
 
-/// Streams `rows` rows starting at file row `first_row` of row group `row_group`, projected
-/// onto the columns at `columns` (indices of the file's top-level arrow fields).
+/// A contiguous run of rows inside one row group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowGroupSlice {
+    /// Row group index.
+    pub row_group: usize,
+    /// Rows of the row group skipped before the slice.
+    pub skip: u64,
+    /// Rows in the slice.
+    pub rows: u64,
+}
+
+/// Streams the rows of `slice` to `sink` (until it returns false), projected onto the
+/// columns at `columns` (indices of the file's top-level arrow fields).
 pub async fn read_row_group_range(
     store: Arc<dyn ObjectStore>,
     file: &InputFile,
     metadata: &ArrowReaderMetadata,
-    row_group: usize,
-    skip: usize,
-    rows: usize,
+    slice: &RowGroupSlice,
     columns: &[usize],
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> bool,
@@ -161,7 +170,11 @@ pub async fn read_row_group_range(
     let reader = ObjectFileReader::new(store, file);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata.clone());
     let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
-    let selection = RowSelection::from(vec![RowSelector::skip(skip), RowSelector::select(rows)]);
+    let row_group = slice.row_group;
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(slice.skip as usize),
+        RowSelector::select(slice.rows as usize),
+    ]);
     let location = || format!("{}, row group {row_group}", file.url);
     let mut stream = builder
         .with_row_groups(vec![row_group])

@@ -265,7 +265,7 @@ impl SpladeEncoder {
             }
             lengths.push(seq.len() as i64);
         }
-        if lengths.iter().any(|&n| n == 0) {
+        if lengths.contains(&0) {
             return Err(ModelError::Option("an input has no tokens at all".into()));
         }
         let k = max_active_dims.or(self.layout.max_active_dims);

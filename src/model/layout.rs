@@ -122,8 +122,7 @@ impl ModelLayout {
         };
 
         let arch = read_arch(&transformer_dir)?;
-        let (query_prompt, document_prompt, max_active_dims) =
-            read_prompts(&root.join("config_sentence_transformers.json"))?;
+        let saved = read_saved_settings(&root.join("config_sentence_transformers.json"))?;
         Ok(Self {
             root: root.to_path_buf(),
             transformer_dir,
@@ -131,9 +130,9 @@ impl ModelLayout {
             pooling,
             max_seq_length,
             do_lower_case,
-            query_prompt,
-            document_prompt,
-            max_active_dims,
+            query_prompt: saved.query_prompt,
+            document_prompt: saved.document_prompt,
+            max_active_dims: saved.max_active_dims,
         })
     }
 
@@ -263,13 +262,19 @@ fn read_pooling(path: &Path) -> Result<SpladePooling, ModelError> {
     })
 }
 
+/// Settings saved in `config_sentence_transformers.json`.
+#[derive(Default)]
+struct SavedSettings {
+    query_prompt: Option<String>,
+    document_prompt: Option<String>,
+    max_active_dims: Option<usize>,
+}
+
 /// Resolves prompts as `SparseEncoder.encode_query`/`encode_document` do: the named prompt
 /// if the model has it, else the default prompt.
-fn read_prompts(
-    path: &Path,
-) -> Result<(Option<String>, Option<String>, Option<usize>), ModelError> {
+fn read_saved_settings(path: &Path) -> Result<SavedSettings, ModelError> {
     if !path.is_file() {
-        return Ok((None, None, None));
+        return Ok(SavedSettings::default());
     }
     let value: Value = parse_json(path)?;
     let prompts = value.get("prompts").and_then(Value::as_object);
@@ -282,7 +287,7 @@ fn read_prompts(
     let default = value
         .get("default_prompt_name")
         .and_then(Value::as_str)
-        .and_then(|name| get(name));
+        .and_then(&get);
     let has = |name: &str| prompts.is_some_and(|p| p.contains_key(name));
     let query = if has("query") {
         get("query")
@@ -297,7 +302,11 @@ fn read_prompts(
         .get("max_active_dims")
         .and_then(Value::as_u64)
         .map(|v| v as usize);
-    Ok((query, document, max_active_dims))
+    Ok(SavedSettings {
+        query_prompt: query,
+        document_prompt: document,
+        max_active_dims,
+    })
 }
 
 /// Parses a JSON file, naming it in any error.

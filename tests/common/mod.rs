@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use sparq::encode::SparseVector;
 
+pub mod corpus;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,419 @@
+//! `sparq encode` on local disk: exactly-once output equal to `encode-text`, resume, settings
+//! checks, kills of workers and of the coordinator, and bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::corpus::*;
+use common::*;
+
+fn sparq() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sparq"));
+    c.current_dir(root()).env_remove("SPARQ_MODEL");
+    c
+}
+
+fn encode(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    sparq()
+        .args([
+            "encode",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no summary; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn two_workers_write_every_row_once_equal_to_encode_text_and_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..700, 128);
+    write_corpus(&input.join("b.parquet"), 700..1000, 50);
+    write_corpus(&input.join("sub/c.parquet"), 1000..1100, 1000);
+    std::fs::write(input.join("_ignored.parquet"), b"not parquet").unwrap();
+    let out_dir = dir.path().join("out");
+    let out = encode(
+        &input,
+        &out_dir,
+        &[
+            "--workers",
+            "2",
+            "--shard-rows",
+            "150",
+            "--keep-columns",
+            "lang",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["docs"], 1100);
+    assert_eq!(s["failed_shards"], 0);
+    assert_eq!(
+        s["null_texts"].as_u64().unwrap(),
+        (0..1100).filter(|i| text_for(*i).is_none()).count() as u64
+    );
+    let (rows, parts) = read_output(&out_dir);
+    assert_eq!(parts.len(), 5 + 2 + 1, "{parts:?}");
+    let ids: Vec<i64> = (0..1100).collect();
+    let mut expected = reference_vectors(&ids);
+    // Null texts are empty vectors in the output.
+    for (id, v) in expected.iter_mut() {
+        if text_for(*id).is_none() {
+            *v = Default::default();
+        }
+    }
+    assert_exactly_once(&rows, &expected);
+    // Marker and manifest written last; no attempt left behind.
+    assert!(out_dir.join("_SUCCESS").is_file());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 1100);
+    assert_eq!(manifest["files"].as_array().unwrap().len(), parts.len());
+    assert_eq!(
+        std::fs::read_dir(out_dir.join("_attempts"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Rerun: everything skipped, nothing rewritten.
+    let before = std::fs::metadata(out_dir.join(&parts[0]))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = encode(
+        &input,
+        &out_dir,
+        &[
+            "--workers",
+            "2",
+            "--shard-rows",
+            "150",
+            "--keep-columns",
+            "lang",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&out)["skipped_shards"], parts.len());
+    assert_eq!(summary(&out)["docs"], 0);
+    assert_eq!(
+        std::fs::metadata(out_dir.join(&parts[0]))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+
+    // Other settings are refused; --overwrite replaces.
+    let out = encode(
+        &input,
+        &out_dir,
+        &[
+            "--shard-rows",
+            "150",
+            "--keep-columns",
+            "lang",
+            "--max-active-dims",
+            "8",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--max-active-dims") && stderr(&out).contains("--overwrite"),
+        "{}",
+        stderr(&out)
+    );
+    let out = encode(
+        &input,
+        &out_dir,
+        &[
+            "--shard-rows",
+            "400",
+            "--max-active-dims",
+            "8",
+            "--overwrite",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (rows, parts) = read_output(&out_dir);
+    assert_eq!(rows.len(), 1100);
+    assert_eq!(parts.len(), 2 + 1 + 1);
+    assert!(rows.iter().all(|(_, v)| v.as_ref().unwrap().len() <= 8));
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            // Fields after the parenthesised command: state, ppid, ...
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+            if ppid == pid {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+fn committed_parts(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn start_encode(input: &Path, output: &Path) -> Child {
+    sparq()
+        .args([
+            "encode",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .args(["--workers", "2", "--shard-rows", "300", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(pid: u32) {
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+}
+
+#[test]
+fn kill_9_of_a_worker_mid_shard_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..3000, 100);
+    let out_dir = dir.path().join("out");
+    let child = start_encode(&input, &out_dir);
+    let pid = child.id();
+    wait_for("a committed part", || committed_parts(&out_dir) >= 1);
+    let workers = children_of(pid);
+    assert_eq!(workers.len(), 2, "two worker processes");
+    kill9(workers[0]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("killed"),
+        "the kill is reported: {}",
+        stderr(&out)
+    );
+    let (rows, _) = read_output(&out_dir);
+    let ids: Vec<i64> = (0..3000).filter(|&i| text_for(i).is_some()).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(id, _)| text_for(*id).is_some())
+        .collect();
+    assert_exactly_once(&rows, &reference_vectors(&ids));
+    assert!(out_dir.join("_SUCCESS").is_file());
+}
+
+#[test]
+fn kill_9_of_the_coordinator_then_rerun_finishes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..1500, 100);
+    write_corpus(&input.join("b.parquet"), 1500..3000, 100);
+    let out_dir = dir.path().join("out");
+    let mut child = start_encode(&input, &out_dir);
+    wait_for("a committed part", || committed_parts(&out_dir) >= 2);
+    let workers = children_of(child.id());
+    kill9(child.id());
+    let _ = child.wait();
+    // Workers die with their coordinator (no orphan keeps committing).
+    wait_for("workers to exit", || {
+        workers.iter().all(|w| {
+            !Path::new(&format!("/proc/{w}")).exists() || {
+                std::fs::read_to_string(format!("/proc/{w}/stat"))
+                    .map_or(true, |s| s.contains(") Z "))
+            }
+        })
+    });
+    assert!(!out_dir.join("_SUCCESS").exists());
+    let done_before = committed_parts(&out_dir);
+    let out = encode(&input, &out_dir, &["--workers", "2", "--shard-rows", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        summary(&out)["skipped_shards"].as_u64().unwrap() as usize,
+        done_before
+    );
+    let (rows, parts) = read_output(&out_dir);
+    assert_eq!(parts.len(), 10);
+    let ids: Vec<i64> = (0..3000).filter(|&i| text_for(i).is_some()).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(id, _)| text_for(*id).is_some())
+        .collect();
+    assert_exactly_once(&rows, &reference_vectors(&ids));
+}
+
+#[test]
+fn missing_column_stops_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(&dir.path().join("in/a.parquet"), 0..10, 5);
+    let out_dir = dir.path().join("out");
+    let out = encode(&dir.path().join("in"), &out_dir, &["--text-column", "body"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("a.parquet") && err.contains("`body`") && err.contains("--text-column"),
+        "{err}"
+    );
+    assert_eq!(committed_parts(&out_dir), 0);
+    let out = encode(&dir.path().join("in"), &out_dir, &["--text-column", "id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a string"), "{}", stderr(&out));
+}
+
+#[test]
+fn corrupt_file_fails_its_shard_while_the_rest_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..40, 10);
+    write_corpus(&input.join("c.parquet"), 40..80, 10);
+    let good = std::fs::read(input.join("c.parquet")).unwrap();
+    std::fs::write(input.join("b.parquet"), &good[..good.len() / 2]).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = encode(&input, &out_dir, &["--workers", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("b.parquet") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert_eq!(summary(&out)["failed_shards"], 1);
+    let (rows, _) = read_output(&out_dir);
+    assert_eq!(rows.len(), 80);
+    assert!(!out_dir.join("_SUCCESS").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], false);
+}
+
+#[test]
+fn invalid_utf8_rows_are_null_and_counted_nulls_are_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    write_binary_corpus(&dir.path().join("in/a.parquet"));
+    let out_dir = dir.path().join("out");
+    let out = encode(&dir.path().join("in"), &out_dir, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["failed_rows"], 1);
+    assert_eq!(s["null_texts"], 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("a.parquet")
+            && err.contains("row group 1")
+            && err.contains("row 2")
+            && err.contains("UTF-8"),
+        "{err}"
+    );
+    let (rows, _) = read_output(&out_dir);
+    let by_id: std::collections::BTreeMap<i64, _> = rows.into_iter().collect();
+    assert!(by_id[&1].as_ref().is_some_and(|v| !v.is_empty()));
+    assert!(by_id[&3].is_none(), "invalid UTF-8 gives a null vector");
+    assert!(
+        by_id[&4].as_ref().is_some_and(|v| v.is_empty()),
+        "null text gives an empty vector"
+    );
+}
+
+#[test]
+fn duplicate_ids_within_a_shard_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![5, 6, 5, 7]))
+                as arrow::array::ArrayRef,
+        ),
+        (
+            "text",
+            std::sync::Arc::new(arrow::array::StringArray::from(vec!["a", "b", "c", "d"])),
+        ),
+    ])
+    .unwrap();
+    write_batch(&dir.path().join("in/a.parquet"), batch, 10);
+    let out = encode(&dir.path().join("in"), &dir.path().join("out"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&out)["duplicate_ids"], 1);
+    assert!(
+        stderr(&out).contains("duplicate ids") && stderr(&out).contains("\"5\""),
+        "{}",
+        stderr(&out)
+    );
+    // Both rows are written: sparq reports, it does not guess which one the user meant.
+    assert_eq!(read_output(&dir.path().join("out")).0.len(), 4);
+}
+
+#[test]
+fn bad_urls_and_missing_input_fail_fast_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sparq()
+        .args(["encode", "--input", "gs://bucket/x", "--output", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("gs://") && stderr(&out).contains("s3://"),
+        "{}",
+        stderr(&out)
+    );
+    let out = encode(
+        &dir.path().join("nothing-here"),
+        &dir.path().join("out"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no parquet files"),
+        "{}",
+        stderr(&out)
+    );
+    write_corpus(&dir.path().join("in/a.parquet"), 0..10, 5);
+    let out = encode(&dir.path().join("in"), &dir.path().join("in/out"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("inside --input"), "{}", stderr(&out));
+}
