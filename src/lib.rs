@@ -3,6 +3,7 @@
 
 pub mod coord;
 pub mod encode;
+pub mod eval;
 pub mod io;
 pub mod model;
 

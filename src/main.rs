@@ -18,6 +18,8 @@ enum Command {
     EncodeText(sparq::encode::text::EncodeTextArgs),
     /// Encode parquet corpora (local or S3) with worker processes, exactly once, resumable.
     Encode(sparq::encode::job::EncodeArgs),
+    /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
+    Eval(sparq::eval::run::EvalArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     EncodeWorker,
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
             sparq::encode::text::run(&args, stdin, stdout).map_err(Into::into)
         }
         Command::Encode(args) => return encode(&args),
+        Command::Eval(args) => eval(&args),
         Command::EncodeWorker => {
             let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
             return ExitCode::from(code as u8);
@@ -74,4 +77,26 @@ fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `eval`: one JSON line per dataset (the metrics alone for one dataset; with a
+/// `dataset` key, then their mean, for several).
+fn eval(args: &sparq::eval::run::EvalArgs) -> anyhow::Result<()> {
+    let results = sparq::eval::run::run_eval(args)?;
+    let line = |m: &sparq::eval::IrMetrics, name: Option<&str>| {
+        let mut v = serde_json::to_value(m).expect("serializable");
+        if let Some(name) = name {
+            v["dataset"] = name.into();
+        }
+        println!("{v}");
+    };
+    if results.len() == 1 {
+        line(&results[0].metrics, None);
+    } else {
+        for r in &results {
+            line(&r.metrics, Some(&r.name));
+        }
+        line(&sparq::eval::run::aggregate(&results), Some("mean"));
+    }
+    Ok(())
 }

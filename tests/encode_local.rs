@@ -417,3 +417,47 @@ fn bad_urls_and_missing_input_fail_fast_with_clear_messages() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("inside --input"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_stalled_worker_loses_its_lease_and_the_shard_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..2000, 100);
+    let out_dir = dir.path().join("out");
+    let child = sparq()
+        .args([
+            "encode",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--workers",
+            "2",
+            "--shard-rows",
+            "250",
+            "--threads",
+            "1",
+            "--lease-timeout",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("a committed part", || committed_parts(&out_dir) >= 1);
+    // SIGSTOP: alive but silent, as a hung worker is.
+    let workers = children_of(child.id());
+    assert_eq!(unsafe { libc::kill(workers[0] as i32, libc::SIGSTOP) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stalled"), "{}", stderr(&out));
+    let (rows, _) = read_output(&out_dir);
+    let ids: Vec<i64> = (0..2000).filter(|&i| text_for(i).is_some()).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(id, _)| text_for(*id).is_some())
+        .collect();
+    assert_exactly_once(&rows, &reference_vectors(&ids));
+}
