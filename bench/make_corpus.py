@@ -48,7 +48,7 @@ def main():
     docs = []
     while len(docs) < a.docs:
         # GooAQ answers: mean ~60 tokens, 14..201 (lognormal fits the shape).
-        target = min(199, max(12, int(rng.lognormvariate(3.95, 0.45))))
+        target = min(199, max(12, int(rng.lognormvariate(4.15, 0.45))))
         start = rng.randrange(len(pool))
         parts, n = [], 0
         for s in pool[start:] + pool[:start]:

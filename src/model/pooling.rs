@@ -45,8 +45,11 @@ impl Default for SpladePooling {
     }
 }
 
-/// Vocabulary logits held at once, in elements: bounds pooling memory whatever the batch.
-const CHUNK_ELEMENTS: i64 = 32 << 20;
+/// Vocabulary logits held at once, in elements (16 MB in fp32): bounds pooling memory whatever
+/// the batch, and keeps each chunk cache-sized and out of mmap-sized allocations. On this
+/// 2-core machine 4M elements encoded 1.65x faster than 32M (8.6 s vs 14.4 s for 3k docs,
+/// tiny model), with 30x less system time (page faults of fresh 128 MB buffers).
+const CHUNK_ELEMENTS: i64 = 4 << 20;
 
 impl SpladePooling {
     /// Applies the activation elementwise.
