@@ -68,6 +68,11 @@ impl WorkerPool {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // The tokenizer's thread pool gets the worker's share of cores, as libtorch does:
+        // with every worker sized for the whole machine they oversubscribe it.
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            command.env("RAYON_NUM_THREADS", config.threads.max(1).to_string());
+        }
         // SAFETY: prctl is async-signal-safe; it makes the worker die with the coordinator, so a
         // killed coordinator leaves no worker committing behind a rerun's back.
         unsafe {
