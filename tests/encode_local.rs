@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::corpus::*;
+use common::process::*;
 use common::*;
 
 fn sparq() -> Command {
@@ -165,24 +165,6 @@ fn two_workers_write_every_row_once_equal_to_encode_text_and_rerun_resumes() {
     assert!(rows.iter().all(|(_, v)| v.as_ref().unwrap().len() <= 8));
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
-            // Fields after the parenthesised command: state, ppid, ...
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-            if ppid == pid {
-                out.push(child);
-            }
-        }
-    }
-    out
-}
-
 fn committed_parts(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -207,18 +189,6 @@ fn start_encode(input: &Path, output: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill9(pid: u32) {
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::corpus::*;
+use common::process::*;
 use common::*;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
@@ -169,19 +170,8 @@ fn s3_to_s3_with_two_workers_exactly_once_resumes_and_survives_a_worker_kill() {
         assert!(Instant::now() < deadline, "no part committed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let workers: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                let after = &s[s.rfind(')').unwrap() + 2..];
-                after.split(' ').nth(1) == Some(&child.id().to_string())
-            })
-        })
-        .collect();
-    if let Some(w) = workers.first() {
-        unsafe { libc::kill(*w as i32, libc::SIGKILL) };
+    if let Some(w) = children_of(child.id()).first() {
+        kill9(*w);
     }
     let out = child.wait_with_output().unwrap();
     assert!(

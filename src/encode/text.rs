@@ -1,40 +1,23 @@
 //! `sparq encode-text`: JSON lines of texts on stdin, JSON lines of sparse vectors on stdout.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::model::{DeviceSpec, Dtype, EncodeOptions, InputKind, ModelError, SpladeEncoder};
+use crate::model::{InputKind, ModelArgs, ModelError};
 
 /// Options of `sparq encode-text`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodeTextArgs {
-    /// Model folder: a sentence-transformers SparseEncoder (v4/v5 or v6 layout) or a Hugging
-    /// Face BertForMaskedLM / DistilBertForMaskedLM folder.
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    /// Model, device and batching.
+    pub model: ModelArgs,
     /// Encode the inputs as queries (the model's query prompt) instead of documents.
     #[arg(long)]
     pub query: bool,
-    /// Keep only the K largest weights of each vector (default: the model's saved setting, else all).
-    #[arg(long, value_name = "K")]
-    pub max_active_dims: Option<usize>,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// Precision: f32 (exact to the reference) or bf16. Default: f32 on CPU, bf16 on CUDA.
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
     /// Also print the vocabulary string of each dimension (`"tokens": [...]`).
     #[arg(long)]
     pub tokens: bool,
-    /// Intra-op threads for libtorch (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
 }
 
 /// What can stop `encode-text`.
@@ -65,23 +48,11 @@ pub fn run(
     input: impl BufRead,
     mut output: impl Write,
 ) -> Result<(), EncodeTextError> {
-    if args.max_active_dims == Some(0) {
-        return Err(
-            ModelError::Option("--max-active-dims must be a positive integer".into()).into(),
-        );
-    }
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n.max(1) as i32);
-    }
-    let encoder = SpladeEncoder::load(&args.model, args.device, args.dtype)?;
+    let (encoder, opts) = args.model.load()?;
     let kind = if args.query {
         InputKind::Query
     } else {
         InputKind::Document
-    };
-    let opts = EncodeOptions {
-        batch_size: args.batch_size.max(1),
-        max_active_dims: args.max_active_dims,
     };
     let mut block: Vec<Option<String>> = Vec::with_capacity(BLOCK_LINES);
     let flush =

@@ -15,14 +15,14 @@ use crate::encode::SparseVector;
 use crate::io::input::list_inputs;
 use crate::io::output::read_sparse;
 use crate::io::StoreUrl;
-use crate::model::{DeviceSpec, Dtype, EncodeOptions, InputKind, SpladeEncoder};
+use crate::model::{InputKind, ModelArgs};
 
 /// Options of `sparq eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// Model folder.
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    /// Model, device and batching.
+    pub model: ModelArgs,
     /// Dataset folder(s): BEIR (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or NanoBEIR
     /// parquet (corpus/, queries/, qrels/). Repeat to evaluate several and print their mean.
     /// Queries are encoded as queries, documents as documents; a document's text is its `text`
@@ -38,18 +38,6 @@ pub struct EvalArgs {
     /// Prepend each document's title (`title + " " + text`, the BEIR convention).
     #[arg(long)]
     pub title: bool,
-    /// Keep only the K largest weights of each query and document vector.
-    #[arg(long, value_name = "K")]
-    pub max_active_dims: Option<usize>,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// Precision (default f32 on CPU, bf16 on CUDA).
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
     /// Write the rankings as a TREC run (`qid Q0 docid rank score sparq`); with several
     /// datasets, one file each (`-<dataset>` before the extension).
     #[arg(long)]
@@ -61,9 +49,6 @@ pub struct EvalArgs {
     /// Column of --corpus-vectors holding the document ids.
     #[arg(long, default_value = "_id")]
     pub corpus_id_column: String,
-    /// Threads for encoding and retrieval (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
 }
 
 /// Result of one dataset.
@@ -80,30 +65,18 @@ pub struct DatasetResult {
 
 /// Evaluates every dataset of `args`; prints nothing.
 pub fn run_eval(args: &EvalArgs) -> Result<Vec<DatasetResult>, EvalError> {
-    if args.max_active_dims == Some(0) {
-        return Err(EvalError::Options(
-            "--max-active-dims must be a positive integer".into(),
-        ));
-    }
     if args.corpus_vectors.is_some() && args.beir.len() > 1 {
         return Err(EvalError::Options(
             "--corpus-vectors holds one corpus: give one --beir".into(),
         ));
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tch::set_num_threads(threads as i32);
+    let threads = args.model.threads();
     let datasets = args
         .beir
         .iter()
         .map(|d| IrDataset::load(d, &args.split, args.title))
         .collect::<Result<Vec<_>, _>>()?;
-    let encoder = SpladeEncoder::load(&args.model, args.device, args.dtype)?;
-    let opts = EncodeOptions {
-        batch_size: args.batch_size.max(1),
-        max_active_dims: args.max_active_dims,
-    };
+    let (encoder, opts) = args.model.load()?;
     let mut results = Vec::new();
     for ds in &datasets {
         if ds.unknown_queries > 0 || ds.unknown_documents > 0 {

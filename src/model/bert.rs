@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::config::BertConfig;
 use super::layers::{
-    activation, attention_mask, lookup, self_attention, LayerNorm, Linear, Parameters,
+    activation, attention_mask, lookup, BlockKeys, LayerNorm, Linear, Parameters, TransformerBlock,
 };
 use super::weights::WeightMap;
 use super::ModelError;
@@ -19,22 +19,24 @@ struct Embeddings {
     norm: LayerNorm,
 }
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
-}
+/// Key names of a BERT block under `bert.encoder.layer.N`.
+const KEYS: BlockKeys = BlockKeys {
+    qkv: [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+    ],
+    attn_out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    ffn: ["intermediate.dense", "output.dense"],
+    out_norm: "output.LayerNorm",
+};
 
 /// `BertForMaskedLM`: encoder plus the `cls.predictions` head.
 pub struct Bert {
     cfg: BertConfig,
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<TransformerBlock>,
     transform: Linear,
     transform_norm: LayerNorm,
     /// `[vocab, hidden]`; the word embeddings when the checkpoint ties them.
@@ -63,20 +65,11 @@ impl Bert {
             )?,
             norm: LayerNorm::load(w, &format!("{e}.LayerNorm"), h, eps)?,
         };
-        let mut layers = Vec::new();
-        for n in 0..cfg.num_hidden_layers {
-            let p = format!("bert.encoder.layer.{n}");
-            layers.push(Layer {
-                query: Linear::load(w, &format!("{p}.attention.self.query"), h, h)?,
-                key: Linear::load(w, &format!("{p}.attention.self.key"), h, h)?,
-                value: Linear::load(w, &format!("{p}.attention.self.value"), h, h)?,
-                attn_out: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                intermediate: Linear::load(w, &format!("{p}.intermediate.dense"), h, i)?,
-                output: Linear::load(w, &format!("{p}.output.dense"), i, h)?,
-                out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, eps)?,
-            });
-        }
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|n| {
+                TransformerBlock::load(w, &format!("bert.encoder.layer.{n}"), &KEYS, (h, i, eps))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let c = "cls.predictions";
         let transform = Linear::load(w, &format!("{c}.transform.dense"), h, h)?;
         let transform_norm = LayerNorm::load(w, &format!("{c}.transform.LayerNorm"), h, eps)?;
@@ -130,20 +123,7 @@ impl Bert {
         let attend = attention_mask(mask)?;
         let heads = self.cfg.num_attention_heads;
         for layer in &self.layers {
-            let ctx = self_attention(
-                &layer.query.forward(&x)?,
-                &layer.key.forward(&x)?,
-                &layer.value.forward(&x)?,
-                heads,
-                &attend,
-            )?;
-            x = layer
-                .attn_norm
-                .forward(&layer.attn_out.forward(&ctx)?.f_add(&x)?)?;
-            let inner = activation(&self.cfg.hidden_act, &layer.intermediate.forward(&x)?)?;
-            x = layer
-                .out_norm
-                .forward(&layer.output.forward(&inner)?.f_add(&x)?)?;
+            x = layer.forward(&x, heads, &attend, &self.cfg.hidden_act)?;
         }
         let t = activation(&self.cfg.hidden_act, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
@@ -173,14 +153,7 @@ impl Parameters for Bert {
         let mut out = vec![&mut e.word, &mut e.position, &mut e.token_type];
         out.extend(e.norm.parameters_mut());
         for l in &mut self.layers {
-            out.extend(l.query.parameters_mut());
-            out.extend(l.key.parameters_mut());
-            out.extend(l.value.parameters_mut());
-            out.extend(l.attn_out.parameters_mut());
-            out.extend(l.attn_norm.parameters_mut());
-            out.extend(l.intermediate.parameters_mut());
-            out.extend(l.output.parameters_mut());
-            out.extend(l.out_norm.parameters_mut());
+            out.extend(l.parameters_mut());
         }
         out.extend(self.transform.parameters_mut());
         out.extend(self.transform_norm.parameters_mut());

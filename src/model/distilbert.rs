@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::config::DistilBertConfig;
 use super::layers::{
-    activation, attention_mask, lookup, self_attention, LayerNorm, Linear, Parameters,
+    activation, attention_mask, lookup, BlockKeys, LayerNorm, Linear, Parameters, TransformerBlock,
 };
 use super::weights::WeightMap;
 use super::ModelError;
@@ -15,16 +15,14 @@ use super::ModelError;
 /// DistilBERT's LayerNorm epsilon is fixed in the upstream code, not configured.
 const EPS: f64 = 1e-12;
 
-struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    sa_norm: LayerNorm,
-    lin1: Linear,
-    lin2: Linear,
-    out_norm: LayerNorm,
-}
+/// Key names of a DistilBERT block under `distilbert.transformer.layer.N`.
+const KEYS: BlockKeys = BlockKeys {
+    qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
+    attn_out: "attention.out_lin",
+    attn_norm: "sa_layer_norm",
+    ffn: ["ffn.lin1", "ffn.lin2"],
+    out_norm: "output_layer_norm",
+};
 
 /// `DistilBertForMaskedLM`: encoder plus `vocab_transform`/`vocab_layer_norm`/`vocab_projector`.
 pub struct DistilBert {
@@ -32,7 +30,7 @@ pub struct DistilBert {
     word: Tensor,
     position: Tensor,
     emb_norm: LayerNorm,
-    layers: Vec<Layer>,
+    layers: Vec<TransformerBlock>,
     transform: Linear,
     transform_norm: LayerNorm,
     decoder: Tensor,
@@ -51,20 +49,16 @@ impl DistilBert {
             &[cfg.max_position_embeddings, d],
         )?;
         let emb_norm = LayerNorm::load(w, &format!("{e}.LayerNorm"), d, EPS)?;
-        let mut layers = Vec::new();
-        for n in 0..cfg.n_layers {
-            let p = format!("distilbert.transformer.layer.{n}");
-            layers.push(Layer {
-                q: Linear::load(w, &format!("{p}.attention.q_lin"), d, d)?,
-                k: Linear::load(w, &format!("{p}.attention.k_lin"), d, d)?,
-                v: Linear::load(w, &format!("{p}.attention.v_lin"), d, d)?,
-                out: Linear::load(w, &format!("{p}.attention.out_lin"), d, d)?,
-                sa_norm: LayerNorm::load(w, &format!("{p}.sa_layer_norm"), d, EPS)?,
-                lin1: Linear::load(w, &format!("{p}.ffn.lin1"), d, f)?,
-                lin2: Linear::load(w, &format!("{p}.ffn.lin2"), f, d)?,
-                out_norm: LayerNorm::load(w, &format!("{p}.output_layer_norm"), d, EPS)?,
-            });
-        }
+        let layers = (0..cfg.n_layers)
+            .map(|n| {
+                TransformerBlock::load(
+                    w,
+                    &format!("distilbert.transformer.layer.{n}"),
+                    &KEYS,
+                    (d, f, EPS),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let transform = Linear::load(w, "vocab_transform", d, d)?;
         let transform_norm = LayerNorm::load(w, "vocab_layer_norm", d, EPS)?;
         let projector = w.take("vocab_projector.weight");
@@ -104,20 +98,7 @@ impl DistilBert {
         let mut x = self.emb_norm.forward(&x)?;
         let attend = attention_mask(mask)?;
         for layer in &self.layers {
-            let ctx = self_attention(
-                &layer.q.forward(&x)?,
-                &layer.k.forward(&x)?,
-                &layer.v.forward(&x)?,
-                self.cfg.n_heads,
-                &attend,
-            )?;
-            x = layer
-                .sa_norm
-                .forward(&layer.out.forward(&ctx)?.f_add(&x)?)?;
-            let inner = activation(&self.cfg.activation, &layer.lin1.forward(&x)?)?;
-            x = layer
-                .out_norm
-                .forward(&layer.lin2.forward(&inner)?.f_add(&x)?)?;
+            x = layer.forward(&x, self.cfg.n_heads, &attend, &self.cfg.activation)?;
         }
         let t = activation(&self.cfg.activation, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
@@ -146,18 +127,7 @@ impl Parameters for DistilBert {
         let mut out = vec![&mut self.word, &mut self.position];
         out.extend(self.emb_norm.parameters_mut());
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.out,
-                &mut l.lin1,
-                &mut l.lin2,
-            ] {
-                out.extend(lin.parameters_mut());
-            }
-            out.extend(l.sa_norm.parameters_mut());
-            out.extend(l.out_norm.parameters_mut());
+            out.extend(l.parameters_mut());
         }
         out.extend(self.transform.parameters_mut());
         out.extend(self.transform_norm.parameters_mut());

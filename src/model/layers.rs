@@ -132,3 +132,92 @@ impl Parameters for LayerNorm {
         self.tensors_mut().into_iter().collect()
     }
 }
+
+/// Checkpoint key suffixes of one transformer block (they differ between BERT and DistilBERT).
+pub struct BlockKeys {
+    /// Query, key, value projections.
+    pub qkv: [&'static str; 3],
+    /// Attention output projection.
+    pub attn_out: &'static str,
+    /// LayerNorm after attention.
+    pub attn_norm: &'static str,
+    /// Feed-forward in and out projections.
+    pub ffn: [&'static str; 2],
+    /// LayerNorm after the feed-forward block.
+    pub out_norm: &'static str,
+}
+
+/// A post-LayerNorm transformer block: self-attention, add & norm, feed-forward, add & norm.
+pub struct TransformerBlock {
+    qkv: [Linear; 3],
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    out_norm: LayerNorm,
+}
+
+impl TransformerBlock {
+    /// Loads the block under `prefix` with the given key names.
+    pub fn load(
+        w: &mut WeightMap,
+        prefix: &str,
+        keys: &BlockKeys,
+        (hidden, inner, eps): (i64, i64, f64),
+    ) -> Result<Self, ModelError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let linear = |w: &mut WeightMap, k: &str, i, o| Linear::load(w, &key(k), i, o);
+        Ok(Self {
+            qkv: [
+                linear(w, keys.qkv[0], hidden, hidden)?,
+                linear(w, keys.qkv[1], hidden, hidden)?,
+                linear(w, keys.qkv[2], hidden, hidden)?,
+            ],
+            attn_out: linear(w, keys.attn_out, hidden, hidden)?,
+            attn_norm: LayerNorm::load(w, &key(keys.attn_norm), hidden, eps)?,
+            ffn_in: linear(w, keys.ffn[0], hidden, inner)?,
+            ffn_out: linear(w, keys.ffn[1], inner, hidden)?,
+            out_norm: LayerNorm::load(w, &key(keys.out_norm), hidden, eps)?,
+        })
+    }
+
+    /// Applies the block; `attend` is the boolean attention mask, `act` the FFN activation.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        heads: i64,
+        attend: &Tensor,
+        act: &str,
+    ) -> Result<Tensor, tch::TchError> {
+        let [q, k, v] = &self.qkv;
+        let ctx = self_attention(
+            &q.forward(x)?,
+            &k.forward(x)?,
+            &v.forward(x)?,
+            heads,
+            attend,
+        )?;
+        let x = self
+            .attn_norm
+            .forward(&self.attn_out.forward(&ctx)?.f_add(x)?)?;
+        let inner = activation(act, &self.ffn_in.forward(&x)?)?;
+        self.out_norm
+            .forward(&self.ffn_out.forward(&inner)?.f_add(&x)?)
+    }
+}
+
+impl Parameters for TransformerBlock {
+    fn parameters_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = Vec::new();
+        for l in
+            self.qkv
+                .iter_mut()
+                .chain([&mut self.attn_out, &mut self.ffn_in, &mut self.ffn_out])
+        {
+            out.extend(l.parameters_mut());
+        }
+        out.extend(self.attn_norm.parameters_mut());
+        out.extend(self.out_norm.parameters_mut());
+        out
+    }
+}

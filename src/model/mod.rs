@@ -1,6 +1,7 @@
 //! SPLADE models: configuration, weights, BERT-family masked-LM encoders, SPLADE pooling,
 //! tokenizer, and the [`SpladeEncoder`] that ties them together.
 
+pub mod args;
 pub mod bert;
 pub mod config;
 pub mod distilbert;
@@ -15,6 +16,7 @@ pub mod weights;
 
 use std::path::PathBuf;
 
+pub use args::ModelArgs;
 pub use encoder::{DeviceSpec, Dtype, EncodeOptions, InputKind, SpladeEncoder};
 pub use fingerprint::fingerprint;
 pub use layout::ModelLayout;

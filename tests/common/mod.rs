@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sparq::encode::SparseVector;
 
 pub mod corpus;
+pub mod process;
 
 /// The repository root.
 pub fn root() -> PathBuf {
