@@ -286,6 +286,7 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
 
+    committer.remove_empty_attempts();
     // Manifest, then the success marker, last.
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
     let parts: Vec<ManifestPart> = shards

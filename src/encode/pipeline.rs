@@ -300,6 +300,9 @@ pub fn encode_shard(
                     let tokens: u64 = input.iter().map(|s| s.len() as u64).sum();
                     report.tokens += tokens;
                     progress.tokens.fetch_add(tokens, Ordering::Relaxed);
+                    progress
+                        .rows
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
                 for (i, t) in chunk.tokens.iter().enumerate() {
                     match t {
@@ -314,9 +317,10 @@ pub fn encode_shard(
                     }
                 }
                 report.rows += vectors.len() as u64;
+                // Rows without a forward pass (null text, failed) count when their chunk is done.
                 progress
                     .rows
-                    .fetch_add(vectors.len() as u64, Ordering::Relaxed);
+                    .fetch_add((vectors.len() - present.len()) as u64, Ordering::Relaxed);
                 if enc_tx
                     .send(EncodedChunk {
                         batch: chunk.batch,

@@ -203,6 +203,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Removes the local `_attempts` folder when no attempt is left in it (S3 has none).
+    pub fn remove_empty_attempts(&self) {
+        if let Target::Local(dir) = &self.target {
+            let _ = std::fs::remove_dir(dir.join("_attempts"));
+        }
+    }
+
     /// Checks that the output can be written (bucket exists, credentials work) before any work.
     pub async fn probe(&self) -> Result<(), StoreError> {
         match &self.target {
