@@ -25,7 +25,19 @@ enum Command {
     EncodeWorker,
 }
 
+/// oneDNN primitives cached per process (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`, 1024 by default).
+/// Batches come in ever-changing shapes and oneDNN keeps a primitive per shape: a worker's RSS
+/// grew from 290 to 900 MiB over 30k documents (and past 1 GiB over 100k) with the default or
+/// with 64, and from 270 to 420 MiB with 0. With 0, fp32 CPU encoding was as fast (7.8 s vs
+/// 8.5 s for 3k docs) and bf16 CPU encoding 30% slower (7.4 s vs 5.7 s); CUDA is unaffected.
+/// Set the variable to trade memory for CPU bf16 speed.
+const ONEDNN_PRIMITIVE_CACHE: &str = "0";
+
 fn main() -> ExitCode {
+    if std::env::var_os("ONEDNN_PRIMITIVE_CACHE_CAPACITY").is_none() {
+        // Before any thread exists and before libtorch reads it.
+        std::env::set_var("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE);
+    }
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::EncodeText(args) => {

@@ -96,6 +96,12 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
                 let result =
                     encode_shard(&encoder, &config, &runtime, &committer, &shard, &progress);
                 current.store(usize::MAX, Ordering::Relaxed);
+                // Hand freed heap pages back to the OS between shards: batches of ever-changing
+                // shapes otherwise fragment glibc's arenas and the worker's RSS creeps upwards.
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
                 match result {
                     Ok(report) => send(&FromWorker::Done(report)),
                     Err(e) => send(&FromWorker::Failed {
