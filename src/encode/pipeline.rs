@@ -372,66 +372,25 @@ enum TextCell<'a> {
 }
 
 fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
-    fn cell<'a>(valid: bool, value: impl FnOnce() -> &'a [u8]) -> TextCell<'a> {
-        if !valid {
-            return TextCell::Null;
-        }
-        match std::str::from_utf8(value()) {
-            Ok(s) => TextCell::Text(s),
-            Err(e) => TextCell::Invalid(format!("invalid UTF-8 ({e})")),
+    fn text(value: Option<&str>) -> TextCell<'_> {
+        value.map_or(TextCell::Null, TextCell::Text)
+    }
+    fn bytes(value: Option<&[u8]>) -> TextCell<'_> {
+        match value.map(std::str::from_utf8) {
+            None => TextCell::Null,
+            Some(Ok(s)) => TextCell::Text(s),
+            Some(Err(e)) => TextCell::Invalid(format!("invalid UTF-8 ({e})")),
         }
     }
-    let n = array.len();
     match array.data_type() {
-        DataType::Utf8 => {
-            let a = array.as_string::<i32>();
-            (0..n)
-                .map(|i| {
-                    if a.is_valid(i) {
-                        TextCell::Text(a.value(i))
-                    } else {
-                        TextCell::Null
-                    }
-                })
-                .collect()
-        }
-        DataType::LargeUtf8 => {
-            let a = array.as_string::<i64>();
-            (0..n)
-                .map(|i| {
-                    if a.is_valid(i) {
-                        TextCell::Text(a.value(i))
-                    } else {
-                        TextCell::Null
-                    }
-                })
-                .collect()
-        }
-        DataType::Utf8View => {
-            let a = array.as_string_view();
-            (0..n)
-                .map(|i| {
-                    if a.is_valid(i) {
-                        TextCell::Text(a.value(i))
-                    } else {
-                        TextCell::Null
-                    }
-                })
-                .collect()
-        }
-        DataType::Binary => {
-            let a = array.as_binary::<i32>();
-            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
-        }
-        DataType::LargeBinary => {
-            let a = array.as_binary::<i64>();
-            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
-        }
-        DataType::BinaryView => {
-            let a = array.as_binary_view();
-            (0..n).map(|i| cell(a.is_valid(i), || a.value(i))).collect()
-        }
-        _ => (0..n).map(|_| TextCell::Null).collect(),
+        DataType::Utf8 => array.as_string::<i32>().iter().map(text).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(text).collect(),
+        DataType::Utf8View => array.as_string_view().iter().map(text).collect(),
+        DataType::Binary => array.as_binary::<i32>().iter().map(bytes).collect(),
+        DataType::LargeBinary => array.as_binary::<i64>().iter().map(bytes).collect(),
+        DataType::BinaryView => array.as_binary_view().iter().map(bytes).collect(),
+        // A column of the Null type: every text is null.
+        _ => (0..array.len()).map(|_| TextCell::Null).collect(),
     }
 }
 

@@ -36,10 +36,7 @@ impl ModelArgs {
                 "--max-active-dims must be a positive integer".into(),
             ));
         }
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        tch::set_num_threads(threads.max(1) as i32);
+        tch::set_num_threads(self.threads() as i32);
         let encoder = SpladeEncoder::load(&self.model, self.device, self.dtype)?;
         let opts = EncodeOptions {
             batch_size: self.batch_size.max(1),
