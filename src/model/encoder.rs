@@ -53,6 +53,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => {
+                let load_error = load_cuda_backend();
                 let count = if tch::Cuda::is_available() {
                     tch::Cuda::device_count() as usize
                 } else {
@@ -63,10 +64,15 @@ impl DeviceSpec {
                 } else if count == 0 {
                     Err(ModelError::Device {
                         device: self.to_string(),
-                        detail:
-                            "libtorch sees no CUDA device here (no GPU, no driver, or a CPU-only \
-                                 libtorch): use --device cpu"
+                        detail: match load_error {
+                            Some(e) => format!(
+                                "this libtorch has no usable CUDA backend ({e}): use --device \
+                                 cpu, or put a CUDA build of libtorch on LD_LIBRARY_PATH"
+                            ),
+                            None => "libtorch sees no CUDA device here (no GPU or no driver): \
+                                     use --device cpu"
                                 .into(),
+                        },
                     })
                 } else {
                     Err(ModelError::Device {
@@ -77,6 +83,37 @@ impl DeviceSpec {
             }
         }
     }
+}
+
+/// Loads libtorch's CUDA backend once. The linker drops `libtorch_cuda.so` from the binary
+/// (nothing references its symbols: it registers itself from static initializers), so without
+/// this libtorch reports no GPU. Loading it on demand keeps CPU runs from paying for the CUDA
+/// libraries and lets the binary run on a CPU-only libtorch. The loader searches
+/// `LD_LIBRARY_PATH`, then the binary's RUNPATH. A failure leaves `is_available()` false.
+fn load_cuda_backend() -> Option<&'static str> {
+    static LOADED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // SAFETY: dlopen with a constant, NUL-terminated name; the handle is kept for the
+            // life of the process (never dlclose'd), as libtorch's registrations require.
+            unsafe {
+                let handle = libc::dlopen(
+                    c"libtorch_cuda.so".as_ptr(),
+                    libc::RTLD_NOW | libc::RTLD_GLOBAL,
+                );
+                if handle.is_null() {
+                    let err = libc::dlerror();
+                    Some(if err.is_null() {
+                        "libtorch_cuda.so could not be loaded".to_string()
+                    } else {
+                        std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned()
+                    })
+                } else {
+                    None
+                }
+            }
+        })
+        .as_deref()
 }
 
 /// Precision of the forward pass.

@@ -51,6 +51,10 @@ impl Default for SpladePooling {
 /// tiny model), with 30x less system time (page faults of fresh 128 MB buffers).
 const CHUNK_ELEMENTS: i64 = 4 << 20;
 
+/// The same bound on a GPU (256 MB in bf16): large enough that a typical batch is one or two
+/// vocabulary projections, each reduced by one segmented kernel instead of a launch per row.
+const CUDA_CHUNK_ELEMENTS: i64 = 128 << 20;
+
 impl SpladePooling {
     /// Applies the activation elementwise.
     pub fn activate(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
@@ -82,7 +86,12 @@ impl SpladePooling {
         let packed = hidden
             .f_reshape([batch * seq, width])?
             .f_index_select(0, &Tensor::from_slice(&flat).f_to_device(device)?)?;
-        let chunk_tokens = (CHUNK_ELEMENTS / vocab.max(1)).max(1);
+        let budget = if device.is_cuda() {
+            CUDA_CHUNK_ELEMENTS
+        } else {
+            CHUNK_ELEMENTS
+        };
+        let chunk_tokens = (budget / vocab.max(1)).max(1);
         let mut pooled = Vec::new();
         let (mut first, mut offset) = (0usize, 0i64);
         while first < lengths.len() {
@@ -110,6 +119,37 @@ impl SpladePooling {
     /// Reduces the packed logits of consecutive rows: raw max (activated later) or the sum of
     /// activations (accumulated in fp32).
     fn reduce_rows(&self, logits: &Tensor, lengths: &[i64]) -> Result<Tensor, tch::TchError> {
+        if logits.device().is_cuda() && lengths.len() > 1 {
+            // One segmented reduction per chunk. Its initial value 0 is harmless for max: the
+            // result is activated by relu afterwards. On CPU the per-row loop below is ~8x
+            // faster than ATen's segment_reduce (measured 2026-11-27), hence the split.
+            let segments = Tensor::from_slice(lengths).f_to_device(logits.device())?;
+            let segmented = match self.strategy {
+                PoolingStrategy::Max => Tensor::f_segment_reduce(
+                    logits,
+                    "max",
+                    Some(&segments),
+                    None,
+                    None,
+                    0,
+                    true,
+                    0.0,
+                ),
+                PoolingStrategy::Sum => Tensor::f_segment_reduce(
+                    &self.activate(&logits.f_to_kind(Kind::Float)?)?,
+                    "sum",
+                    Some(&segments),
+                    None,
+                    None,
+                    0,
+                    true,
+                    0.0,
+                ),
+            };
+            if let Ok(pooled) = segmented {
+                return Ok(pooled);
+            }
+        }
         let mut rows = Vec::with_capacity(lengths.len());
         let mut start = 0;
         for &n in lengths {
