@@ -121,6 +121,66 @@ def parity(name, model_dir, texts, tmp, batch=32):
         torch.cuda.empty_cache()
 
 
+def pooling_kernels():
+    """Times the ways to max-pool packed logits on the card: 64 rows of ~60 tokens, bf16."""
+    lengths = [70 - i * 20 // 64 for i in range(64)]
+    x = torch.randn(sum(lengths), 30522, device=DEV, dtype=torch.bfloat16)
+    segs = torch.tensor(lengths, device=DEV)
+
+    def loop():
+        out, s = [], 0
+        for n in lengths:
+            out.append(x[s:s + n].amax(0))
+            s += n
+        return torch.stack(out)
+
+    def segment():
+        return torch.segment_reduce(x, "max", lengths=segs, axis=0, unsafe=True, initial=0.0)
+
+    def padded():
+        return torch.nn.utils.rnn.pad_sequence(list(x.split(lengths)), batch_first=True,
+                                               padding_value=float("-inf")).amax(1)
+
+    def linear():  # the projection that produces such logits, for scale (BERT-base width)
+        return h @ w.T
+
+    h = torch.randn(sum(lengths), 768, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(30522, 768, device=DEV, dtype=torch.bfloat16)
+    for name, f in (("per-row amax loop", loop), ("segment_reduce", segment), ("pad + amax", padded),
+                    ("vocab projection (768 -> 30522)", linear)):
+        for _ in range(3):
+            f()
+        sync()
+        t = time.perf_counter()
+        for _ in range(20):
+            f()
+        sync()
+        say(f"| {name} | {(time.perf_counter() - t) / 20 * 1e3:.3f} ms |")
+
+
+def profiles(models, texts_path, tmp):
+    """sparq encode-text with SPARQ_PROFILE=1 (stage times with device syncs) and plain wall times."""
+    one = os.path.join(tmp, "one.jsonl")
+    with open(texts_path) as f, open(one, "w") as g:
+        g.write(f.readline())
+    say("| model | run | wall s | sparq's profile line |")
+    say("|---|---|---|---|")
+    for name, model_dir in models:
+        runs = [("1 text (start-up)", one, ["--batch-size", "64"], False),
+                ("batch 64, profiled", texts_path, ["--batch-size", "64"], True),
+                ("batch 256, profiled", texts_path, ["--batch-size", "256"], True),
+                ("batch 64, --threads 1", texts_path, ["--batch-size", "64", "--threads", "1"], False)]
+        for label, path, extra, prof in runs:
+            env = dict(os.environ, SPARQ_PROFILE="1" if prof else "0")
+            t = time.perf_counter()
+            with open(path) as fin:
+                p = subprocess.run([SPARQ, "encode-text", "--model", model_dir, "--device", DEV, "--dtype", "bf16", *extra],
+                                   stdin=fin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            secs = time.perf_counter() - t
+            line = " ".join(l for l in p.stderr.splitlines() if l.startswith("profile:")) or p.stderr[-300:].replace("\n", " ")
+            say(f"| {name} | {label} | {secs:.2f} | {line} |")
+
+
 def make_bert_base(out):
     """The BERT-base-size model of tests/reference/make_reference.py, built on the card."""
     from make_reference import load_texts, shift_bias_for_sparsity
@@ -234,6 +294,16 @@ def main():
             parity(name, model_dir, inputs, tmp)
         except Exception as e:  # keep going: the timings still say something
             say(f"FAILED: parity {name}: {e}")
+
+    say("\n## Pooling kernels on the card (64 rows, 3,840 tokens, bf16)")
+    say("| kernel | time |")
+    say("|---|---|")
+    try:
+        pooling_kernels()
+    except Exception as e:
+        say(f"FAILED: {e}")
+    say("\n## Where sparq's time goes (encode-text, bf16)")
+    profiles([("BERT-base", base), ("tiny", TINY)], texts_path, tmp)
 
     say("\n## Throughput, bf16")
     timings("BERT-base size", base, texts, texts_path, corpus, tmp, tokens, peak, 227e6, [16384, 65536])

@@ -41,8 +41,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::EncodeText(args) => {
-            let stdin = std::io::stdin().lock();
-            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            // Unlocked handles: the pipeline reads and writes them on its own threads.
+            let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+            let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
             sparq::encode::text::run(&args, stdin, stdout).map_err(Into::into)
         }
         Command::Encode(args) => return encode(&args),

@@ -4,6 +4,10 @@ use std::io::{BufRead, Write};
 
 use serde_json::Value;
 
+use crossbeam_channel::bounded;
+
+use crate::encode::SparseVector;
+use crate::model::tokenizer::SpladeTokenizer;
 use crate::model::{InputKind, ModelArgs, ModelError};
 
 /// Options of `sparq encode-text`.
@@ -42,11 +46,18 @@ pub enum EncodeTextError {
 /// Lines read and encoded together (long enough to sort into similar-length batches).
 const BLOCK_LINES: usize = 2048;
 
+/// A block of input lines, tokenized (`None`: a null text).
+type Block = Vec<Option<Vec<u32>>>;
+
 /// Runs `encode-text` over `input`, writing one JSON line per input line to `output`.
+///
+/// Three stages joined by bounded channels, so reading and tokenizing the next block and
+/// writing the last one overlap the model's work on this one: lines → tokens (this thread's
+/// helper), tokens → vectors (the model, on this thread), vectors → JSON (a writer thread).
 pub fn run(
     args: &EncodeTextArgs,
-    input: impl BufRead,
-    mut output: impl Write,
+    input: impl BufRead + Send,
+    output: impl Write + Send,
 ) -> Result<(), EncodeTextError> {
     let (encoder, opts) = args.model.load()?;
     let kind = if args.query {
@@ -54,42 +65,97 @@ pub fn run(
     } else {
         InputKind::Document
     };
-    let mut block: Vec<Option<String>> = Vec::with_capacity(BLOCK_LINES);
-    let flush =
-        |block: &mut Vec<Option<String>>, output: &mut dyn Write| -> Result<(), EncodeTextError> {
-            let texts: Vec<Option<&str>> = block.iter().map(|t| t.as_deref()).collect();
-            for vector in encoder.encode(&texts, kind, opts)? {
-                let mut line =
-                    serde_json::json!({ "indices": vector.indices, "values": vector.values });
-                if args.tokens {
-                    let tokens: Vec<String> = vector
-                        .indices
-                        .iter()
-                        .map(|&i| encoder.tokenizer().token(i))
-                        .collect();
-                    line["tokens"] = tokens.into();
+    let prompt = encoder.prompt(kind).unwrap_or("").to_string();
+    let tokenizer = encoder.tokenizer();
+    let (block_tx, block_rx) = bounded::<Block>(2);
+    let (vec_tx, vec_rx) = bounded::<Vec<SparseVector>>(2);
+    let (read_result, model_result, write_result) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<(), EncodeTextError> {
+            let mut texts: Vec<Option<String>> = Vec::with_capacity(BLOCK_LINES);
+            let send = |texts: &mut Vec<Option<String>>| -> Result<bool, EncodeTextError> {
+                let present: Vec<String> = texts
+                    .iter()
+                    .flatten()
+                    .map(|t| format!("{prompt}{t}"))
+                    .collect();
+                let mut ids = tokenizer.encode_batch(present)?.into_iter();
+                let block = texts
+                    .drain(..)
+                    .map(|t| t.and_then(|_| ids.next()))
+                    .collect();
+                Ok(block_tx.send(block).is_ok())
+            };
+            for (n, line) in input.lines().enumerate() {
+                let line = line.map_err(|e| EncodeTextError::Input {
+                    line: n + 1,
+                    detail: e.to_string(),
+                })?;
+                texts.push(parse_line(&line).map_err(|detail| EncodeTextError::Input {
+                    line: n + 1,
+                    detail,
+                })?);
+                if texts.len() == BLOCK_LINES && !send(&mut texts)? {
+                    return Ok(()); // The model stage stopped; its error is reported.
                 }
-                serde_json::to_writer(&mut *output, &line).map_err(std::io::Error::other)?;
-                output.write_all(b"\n")?;
             }
-            output.flush()?;
-            block.clear();
+            if !texts.is_empty() {
+                send(&mut texts)?;
+            }
             Ok(())
+        });
+        let writer = scope.spawn(move || -> Result<(), EncodeTextError> {
+            let mut output = output;
+            let mut line = Vec::new();
+            for vectors in vec_rx {
+                for vector in vectors {
+                    line.clear();
+                    write_vector(&mut line, &vector, args.tokens.then_some(tokenizer))?;
+                    output.write_all(&line)?;
+                }
+                output.flush()?;
+            }
+            Ok(())
+        });
+        let model_result = (|| -> Result<(), EncodeTextError> {
+            for block in block_rx {
+                if vec_tx
+                    .send(encoder.encode_tokenized(&block, opts)?)
+                    .is_err()
+                {
+                    break; // The writer stopped; its error is reported.
+                }
+            }
+            Ok(())
+        })();
+        drop(vec_tx);
+        let joined = |r: std::thread::Result<Result<(), EncodeTextError>>| {
+            r.unwrap_or_else(|_| Err(std::io::Error::other("a pipeline thread panicked").into()))
         };
-    for (n, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| EncodeTextError::Input {
-            line: n + 1,
-            detail: e.to_string(),
-        })?;
-        block.push(parse_line(&line).map_err(|detail| EncodeTextError::Input {
-            line: n + 1,
-            detail,
-        })?);
-        if block.len() == BLOCK_LINES {
-            flush(&mut block, &mut output)?;
-        }
+        (joined(reader.join()), model_result, joined(writer.join()))
+    });
+    if let Some(line) = crate::model::encoder::profile::report() {
+        eprintln!("{line}");
     }
-    flush(&mut block, &mut output)
+    // The earliest stage's error is the cause; later ones only saw a closed channel.
+    read_result?;
+    model_result?;
+    write_result
+}
+
+/// One output line: `{"indices": [...], "values": [...]}` (plus `"tokens"` when asked).
+fn write_vector(
+    out: &mut Vec<u8>,
+    vector: &SparseVector,
+    tokenizer: Option<&SpladeTokenizer>,
+) -> Result<(), EncodeTextError> {
+    let mut line = serde_json::json!({ "indices": vector.indices, "values": vector.values });
+    if let Some(tokenizer) = tokenizer {
+        let tokens: Vec<String> = vector.indices.iter().map(|&i| tokenizer.token(i)).collect();
+        line["tokens"] = tokens.into();
+    }
+    serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
 }
 
 /// A JSON string, an object with a `text` field, or `null` (an empty vector).

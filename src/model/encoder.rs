@@ -258,23 +258,34 @@ impl SpladeEncoder {
         kind: InputKind,
         opts: EncodeOptions,
     ) -> Result<Vec<SparseVector>, ModelError> {
-        let present: Vec<(usize, &str)> = texts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.map(|t| (i, t)))
-            .collect();
-        let ids = self.tokenize(&present.iter().map(|p| p.1).collect::<Vec<_>>(), kind)?;
-        // Longest first, as the reference orders batches; similar lengths pad little.
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let mut out = vec![SparseVector::default(); texts.len()];
+        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
+        let mut ids = self.tokenize(&present, kind)?.into_iter();
+        let tokenized: Vec<Option<Vec<u32>>> =
+            texts.iter().map(|t| t.and_then(|_| ids.next())).collect();
+        self.encode_tokenized(&tokenized, opts)
+    }
+
+    /// Encodes tokenized texts (from [`Self::tokenize`]); `None` gives an empty vector. Batches
+    /// of `opts.batch_size` are formed longest first, as the reference orders them, so similar
+    /// lengths pad little. Output order equals input order.
+    pub fn encode_tokenized(
+        &self,
+        ids: &[Option<Vec<u32>>],
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        let mut order: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_some()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].as_ref().map_or(0, Vec::len)));
+        let mut out = vec![SparseVector::default(); ids.len()];
         for chunk in order.chunks(opts.batch_size.max(1)) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            let batch: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&i| ids[i].as_deref().unwrap_or_default())
+                .collect();
             for (&i, vector) in chunk
                 .iter()
                 .zip(self.encode_ids(&batch, opts.max_active_dims)?)
             {
-                out[present[i].0] = vector;
+                out[i] = vector;
             }
         }
         Ok(out)
@@ -306,6 +317,7 @@ impl SpladeEncoder {
             return Err(ModelError::Option("an input has no tokens at all".into()));
         }
         let k = max_active_dims.or(self.layout.max_active_dims);
+        let mut clock = profile::Clock::start(self.device);
         tch::no_grad(|| -> Result<Vec<SparseVector>, ModelError> {
             let ids = Tensor::from_slice(&ids)
                 .f_view([rows, width])?
@@ -313,13 +325,99 @@ impl SpladeEncoder {
             let mask = Tensor::from_slice(&mask)
                 .f_view([rows, width])?
                 .f_to_device(self.device)?;
+            clock.lap(profile::Stage::Input);
             let hidden = self.model.transformed(&ids, &mask)?;
+            clock.lap(profile::Stage::Encoder);
             let pooled = self
                 .layout
                 .pooling
                 .pool(&hidden, &lengths, self.model.decoder())?;
-            sparse_rows(&pooled, k)
+            clock.lap(profile::Stage::Pooling);
+            let out = sparse_rows(&pooled, k);
+            clock.lap(profile::Stage::Extract);
+            out
         })
+    }
+}
+
+/// Opt-in timing of the forward pass by stage (`SPARQ_PROFILE=1`): each stage is closed by a
+/// device synchronisation, so the figures are true device times, at some cost in overlap. The
+/// totals go to stderr when the process's encoding ends ([`profile::report`]).
+pub mod profile {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    use tch::Device;
+
+    /// The stages of one forward pass.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Stage {
+        /// Padding the batch and copying it to the device.
+        Input = 0,
+        /// Embeddings, transformer layers and the MLM transform.
+        Encoder = 1,
+        /// Vocabulary projection and pooling.
+        Pooling = 2,
+        /// Non-zero extraction and the copy to the host.
+        Extract = 3,
+    }
+
+    const NAMES: [&str; 4] = ["input", "encoder", "pooling", "extract"];
+    static NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+
+    /// Whether `SPARQ_PROFILE` is set (to anything but `0` or empty).
+    pub fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("SPARQ_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+    }
+
+    /// Times the stages of one batch (does nothing unless [`enabled`]).
+    pub struct Clock {
+        device: Device,
+        last: Option<Instant>,
+    }
+
+    impl Clock {
+        /// Starts timing a batch on `device`.
+        pub fn start(device: Device) -> Self {
+            if enabled() {
+                BATCHES.fetch_add(1, Ordering::Relaxed);
+            }
+            Self {
+                device,
+                last: enabled().then(Instant::now),
+            }
+        }
+
+        /// Closes `stage`: waits for the device, then adds the time since the last lap.
+        pub fn lap(&mut self, stage: Stage) {
+            let Some(last) = self.last else { return };
+            if let Device::Cuda(n) = self.device {
+                tch::Cuda::synchronize(n as i64);
+            }
+            let now = Instant::now();
+            NANOS[stage as usize].fetch_add((now - last).as_nanos() as u64, Ordering::Relaxed);
+            self.last = Some(now);
+        }
+    }
+
+    /// One line with each stage's total seconds, or `None` when profiling is off.
+    pub fn report() -> Option<String> {
+        if !enabled() {
+            return None;
+        }
+        let parts: Vec<String> = NAMES
+            .iter()
+            .zip(&NANOS)
+            .map(|(name, n)| format!("{name} {:.3} s", n.load(Ordering::Relaxed) as f64 / 1e9))
+            .collect();
+        Some(format!(
+            "profile: {} batches: {}",
+            BATCHES.load(Ordering::Relaxed),
+            parts.join(", ")
+        ))
     }
 }
 
