@@ -158,6 +158,41 @@ def pooling_kernels():
         say(f"| {name} | {(time.perf_counter() - t) / 20 * 1e3:.3f} ms |")
 
 
+def attention_shapes():
+    """Self-attention over 24 new (64, L) shapes, then the same shapes again: the fused op
+    (cuDNN allowed, as by default), the fused op without cuDNN, and the explicit matmul form."""
+    lengths = list(range(40, 208, 7))
+
+    def inputs(n):
+        q = torch.randn(64, 12, n, 64, device=DEV, dtype=torch.bfloat16)
+        mask = torch.ones(64, 1, 1, n, device=DEV, dtype=torch.bool)
+        mask[:, :, :, n - 5:] = False
+        return q, mask
+
+    def fused(q, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    def explicit(q, mask):
+        s = (q @ q.transpose(-2, -1)) * 0.125
+        return s.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(q.dtype) @ q
+
+    for label, f, cudnn in (("fused, cuDNN allowed", fused, True), ("fused, cuDNN off", fused, False),
+                            ("explicit matmul", explicit, True)):
+        if DEV == "cuda":
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        times = []
+        for _ in range(2):
+            sync()
+            t = time.perf_counter()
+            for n in lengths:
+                f(*inputs(n))
+            sync()
+            times.append((time.perf_counter() - t) * 1e3)
+        say(f"| {label} | {times[0]:.1f} ms | {times[1]:.1f} ms |")
+    if DEV == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(True)
+
+
 def profiles(models, texts_path, tmp):
     """sparq encode-text with SPARQ_PROFILE=1 (stage times with device syncs) and plain wall times."""
     one = os.path.join(tmp, "one.jsonl")
@@ -166,12 +201,15 @@ def profiles(models, texts_path, tmp):
     say("| model | run | wall s | sparq's profile line |")
     say("|---|---|---|---|")
     for name, model_dir in models:
-        runs = [("1 text (start-up)", one, ["--batch-size", "64"], False),
-                ("batch 64, profiled", texts_path, ["--batch-size", "64"], True),
-                ("batch 256, profiled", texts_path, ["--batch-size", "256"], True),
-                ("batch 64, --threads 1", texts_path, ["--batch-size", "64", "--threads", "1"], False)]
-        for label, path, extra, prof in runs:
-            env = dict(os.environ, SPARQ_PROFILE="1" if prof else "0")
+        runs = [("1 text (start-up)", one, ["--batch-size", "64"], {}),
+                ("batch 64, profiled", texts_path, ["--batch-size", "64"], {"SPARQ_PROFILE": "1"}),
+                ("batch 64, profiled, SPARQ_ATTENTION=fused", texts_path, ["--batch-size", "64"],
+                 {"SPARQ_PROFILE": "1", "SPARQ_ATTENTION": "fused"}),
+                ("batch 256, profiled", texts_path, ["--batch-size", "256"], {"SPARQ_PROFILE": "1"}),
+                ("batch 256, profiled, SPARQ_ATTENTION=fused", texts_path, ["--batch-size", "256"],
+                 {"SPARQ_PROFILE": "1", "SPARQ_ATTENTION": "fused"})]
+        for label, path, extra, env in runs:
+            env = dict(os.environ, **env)
             t = time.perf_counter()
             with open(path) as fin:
                 p = subprocess.run([SPARQ, "encode-text", "--model", model_dir, "--device", DEV, "--dtype", "bf16", *extra],
@@ -300,6 +338,13 @@ def main():
     say("|---|---|")
     try:
         pooling_kernels()
+    except Exception as e:
+        say(f"FAILED: {e}")
+    say("\n## Self-attention over new shapes (64 x 12 heads x L x 64, 24 lengths 40..201, bf16)")
+    say("| kernel | 24 new shapes | same 24 again |")
+    say("|---|---|---|")
+    try:
+        attention_shapes()
     except Exception as e:
         say(f"FAILED: {e}")
     say("\n## Where sparq's time goes (encode-text, bf16)")
