@@ -6,6 +6,7 @@ pub mod encode;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod train;
 
 use std::path::PathBuf;
 

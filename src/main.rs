@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sparq::model::encoder::{onednn_cache_capacity, ONEDNN_CACHE_VAR};
+use sparq::model::{DeviceSpec, Dtype};
 
 /// SPLADE learned-sparse vectors at scale, exact to sentence-transformers.
 #[derive(Parser)]
@@ -20,25 +22,29 @@ enum Command {
     Encode(sparq::encode::job::EncodeArgs),
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
     Eval(sparq::eval::run::EvalArgs),
+    /// Fine-tune a SPLADE model with SpladeLoss (one process or several), resumable.
+    Train(sparq::train::TrainArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     EncodeWorker,
 }
 
-/// oneDNN primitives cached per process (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`, 1024 by default).
-/// Batches come in ever-changing shapes and oneDNN keeps a primitive per shape: a worker's RSS
-/// grew from 290 to 900 MiB over 30k documents (and past 1 GiB over 100k) with the default or
-/// with 64, and from 270 to 420 MiB with 0. With 0, fp32 CPU encoding was as fast (7.8 s vs
-/// 8.5 s for 3k docs) and bf16 CPU encoding 30% slower (7.4 s vs 5.7 s); CUDA is unaffected.
-/// Set the variable to trade memory for CPU bf16 speed.
-const ONEDNN_PRIMITIVE_CACHE: &str = "0";
-
 fn main() -> ExitCode {
-    if std::env::var_os("ONEDNN_PRIMITIVE_CACHE_CAPACITY").is_none() {
-        // Before any thread exists and before libtorch reads it.
-        std::env::set_var("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE);
-    }
     let cli = Cli::parse();
+    // Before any thread exists and before libtorch reads it. The coordinator runs no model: it
+    // passes each worker the setting for that worker's device and precision.
+    if std::env::var_os(ONEDNN_CACHE_VAR).is_none() {
+        let setting = match &cli.command {
+            Command::EncodeText(args) => Some(args.model.onednn_cache_capacity()),
+            Command::Eval(args) => Some(args.model.onednn_cache_capacity()),
+            Command::EncodeWorker => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
+            Command::Encode(_) => None,
+            Command::Train(_) => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
+        };
+        if let Some(value) = setting {
+            std::env::set_var(ONEDNN_CACHE_VAR, value);
+        }
+    }
     let result: anyhow::Result<()> = match cli.command {
         Command::EncodeText(args) => {
             // Unlocked handles: the pipeline reads and writes them on its own threads.
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         }
         Command::Encode(args) => return encode(&args),
         Command::Eval(args) => eval(&args),
+        Command::Train(args) => train(&args),
         Command::EncodeWorker => {
             let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
             return ExitCode::from(code as u8);
@@ -94,6 +101,19 @@ fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
 
 /// Runs `eval`: one JSON line per dataset (the metrics alone for one dataset; with a
 /// `dataset` key, then their mean, for several).
+fn train(args: &sparq::train::TrainArgs) -> anyhow::Result<()> {
+    if let Some(summary) = sparq::train::run_train(args)? {
+        if std::env::var("RANK").map_or(true, |r| r == "0") {
+            println!("{}", serde_json::json!({ "train_summary": summary }));
+            eprintln!(
+                "sparq: trained {} steps ({:.1} pairs/s); model in {}",
+                summary.steps, summary.samples_per_s, summary.output
+            );
+        }
+    }
+    Ok(())
+}
+
 fn eval(args: &sparq::eval::run::EvalArgs) -> anyhow::Result<()> {
     let results = sparq::eval::run::run_eval(args)?;
     let line = |m: &sparq::eval::IrMetrics, name: Option<&str>| {

@@ -73,6 +73,14 @@ impl WorkerPool {
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
             command.env("RAYON_NUM_THREADS", config.threads.max(1).to_string());
         }
+        if std::env::var_os(crate::model::encoder::ONEDNN_CACHE_VAR).is_none() {
+            if let Ok(device) = config.device.parse() {
+                command.env(
+                    crate::model::encoder::ONEDNN_CACHE_VAR,
+                    crate::model::encoder::onednn_cache_capacity(device, config.dtype),
+                );
+            }
+        }
         // SAFETY: prctl is async-signal-safe; it makes the worker die with the coordinator, so a
         // killed coordinator leaves no worker committing behind a rerun's back.
         unsafe {

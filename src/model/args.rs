@@ -29,6 +29,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The oneDNN primitive cache setting for this device and precision.
+    pub fn onednn_cache_capacity(&self) -> &'static str {
+        let dtype = self.dtype.unwrap_or(super::Dtype::default_for(self.device));
+        super::encoder::onednn_cache_capacity(self.device, dtype)
+    }
+
     /// Checks the options, sets the thread count and loads the model.
     pub fn load(&self) -> Result<(SpladeEncoder, EncodeOptions), ModelError> {
         if self.max_active_dims == Some(0) {

@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 
 use super::config::BertConfig;
 use super::layers::{
-    activation, attention_mask, lookup, BlockKeys, LayerNorm, Linear, Parameters, TransformerBlock,
+    activation, attention_mask, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
+    TransformerBlock,
 };
 use super::weights::WeightMap;
 use super::ModelError;
@@ -45,6 +46,8 @@ pub struct Bert {
     decoder_bias: Tensor,
     /// The decoder shares the word embeddings' storage (kept shared across casts).
     tied: bool,
+    /// Dropout, when training.
+    dropout: Option<Dropout>,
 }
 
 impl Bert {
@@ -77,7 +80,10 @@ impl Bert {
         let decoder_weight = w.take(&format!("{c}.decoder.weight"));
         let tied = decoder_weight.is_none();
         let decoder = match decoder_weight {
-            Some(t) if t.size() == [v, h] => t,
+            Some(t) if t.size() == [v, h] => {
+                w.record(&format!("{c}.decoder.weight"), &t);
+                t
+            }
             Some(t) => {
                 return Err(ModelError::WeightShape {
                     path: w.source().to_path_buf(),
@@ -106,6 +112,7 @@ impl Bert {
             decoder,
             decoder_bias,
             tied,
+            dropout: None,
         })
     }
 
@@ -119,14 +126,23 @@ impl Bert {
         let x = lookup(&e.word, ids)?
             .f_add(&lookup(&e.position, &positions)?)?
             .f_add(&lookup(&e.token_type, &types)?)?;
-        let mut x = e.norm.forward(&x)?;
+        let mut x = dropout(&e.norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
         let attend = attention_mask(mask)?;
         let heads = self.cfg.num_attention_heads;
         for layer in &self.layers {
-            x = layer.forward(&x, heads, &attend, &self.cfg.hidden_act)?;
+            x = layer.forward(&x, heads, &attend, &self.cfg.hidden_act, self.dropout)?;
         }
         let t = activation(&self.cfg.hidden_act, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
+    }
+
+    /// Turns training dropout on (the config's rates) or off.
+    pub fn set_training(&mut self, on: bool) {
+        self.dropout = on.then_some(Dropout {
+            hidden: self.cfg.hidden_dropout_prob,
+            attention: self.cfg.attention_probs_dropout_prob,
+            after_attention: true,
+        });
     }
 
     /// Moves and casts every parameter, keeping a tied decoder tied.

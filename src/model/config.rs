@@ -30,6 +30,12 @@ pub struct BertConfig {
     /// Only `absolute` is supported (as in every published SPLADE model).
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
+    /// Dropout after embeddings and on each sublayer's output (training only).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities (training only).
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
 }
 
 /// The fields of a DistilBERT `config.json` that the forward pass needs.
@@ -54,6 +60,12 @@ pub struct DistilBertConfig {
     /// Sinusoidal position embeddings are stored as weights too, so they load alike.
     #[serde(default)]
     pub sinusoidal_pos_embds: bool,
+    /// Dropout after embeddings and the feed-forward block (training only).
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Dropout on attention probabilities (training only).
+    #[serde(default = "default_dropout")]
+    pub attention_dropout: f64,
 }
 
 /// The architecture named by `config.json`, with its configuration.
@@ -97,4 +109,8 @@ fn default_eps() -> f64 {
 }
 fn default_position_type() -> String {
     "absolute".into()
+}
+
+fn default_dropout() -> f64 {
+    0.1
 }

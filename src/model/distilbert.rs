@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 
 use super::config::DistilBertConfig;
 use super::layers::{
-    activation, attention_mask, lookup, BlockKeys, LayerNorm, Linear, Parameters, TransformerBlock,
+    activation, attention_mask, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
+    TransformerBlock,
 };
 use super::weights::WeightMap;
 use super::ModelError;
@@ -36,6 +37,8 @@ pub struct DistilBert {
     decoder: Tensor,
     decoder_bias: Tensor,
     tied: bool,
+    /// Dropout, when training.
+    dropout: Option<Dropout>,
 }
 
 impl DistilBert {
@@ -64,7 +67,10 @@ impl DistilBert {
         let projector = w.take("vocab_projector.weight");
         let tied = projector.is_none();
         let decoder = match projector {
-            Some(t) if t.size() == [v, d] => t,
+            Some(t) if t.size() == [v, d] => {
+                w.record("vocab_projector.weight", &t);
+                t
+            }
             Some(t) => {
                 return Err(ModelError::WeightShape {
                     path: w.source().to_path_buf(),
@@ -87,6 +93,7 @@ impl DistilBert {
             decoder,
             decoder_bias,
             tied,
+            dropout: None,
         })
     }
 
@@ -95,13 +102,28 @@ impl DistilBert {
         let (_, len) = ids.size2()?;
         let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
         let x = lookup(&self.word, ids)?.f_add(&lookup(&self.position, &positions)?)?;
-        let mut x = self.emb_norm.forward(&x)?;
+        let mut x = dropout(&self.emb_norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
         let attend = attention_mask(mask)?;
         for layer in &self.layers {
-            x = layer.forward(&x, self.cfg.n_heads, &attend, &self.cfg.activation)?;
+            x = layer.forward(
+                &x,
+                self.cfg.n_heads,
+                &attend,
+                &self.cfg.activation,
+                self.dropout,
+            )?;
         }
         let t = activation(&self.cfg.activation, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
+    }
+
+    /// Turns training dropout on (the config's rates) or off.
+    pub fn set_training(&mut self, on: bool) {
+        self.dropout = on.then_some(Dropout {
+            hidden: self.cfg.dropout,
+            attention: self.cfg.attention_dropout,
+            after_attention: false,
+        });
     }
 
     /// Moves and casts every parameter, keeping a tied decoder tied.

@@ -101,13 +101,35 @@ impl AttentionKernel {
     }
 }
 
-/// Multi-head self-attention; `attend` is the boolean `[batch, 1, 1, seq]` key mask.
+/// Dropout rates of a model in training (Hugging Face's placements).
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    /// After embeddings and on sublayer outputs.
+    pub hidden: f64,
+    /// On attention probabilities.
+    pub attention: f64,
+    /// Whether the attention output projection is followed by dropout (BERT: yes,
+    /// DistilBERT: no).
+    pub after_attention: bool,
+}
+
+/// Training-mode dropout with rate `p` (identity for `None` or 0).
+pub fn dropout(x: &Tensor, p: Option<f64>) -> Result<Tensor, tch::TchError> {
+    match p {
+        Some(p) if p > 0.0 => x.f_dropout(p, true),
+        _ => Ok(x.shallow_clone()),
+    }
+}
+
+/// Multi-head self-attention; `attend` is the boolean `[batch, 1, 1, seq]` key mask and
+/// `attn_dropout` the dropout rate on attention probabilities (0 outside training).
 pub fn self_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: i64,
     attend: &Tensor,
+    attn_dropout: f64,
 ) -> Result<Tensor, tch::TchError> {
     let (b, l, h) = q.size3()?;
     let split = |t: &Tensor| -> Result<Tensor, tch::TchError> {
@@ -120,7 +142,7 @@ pub fn self_attention(
             &k,
             &v,
             Some(attend),
-            0.0,
+            attn_dropout,
             false,
             None,
             false,
@@ -131,10 +153,8 @@ pub fn self_attention(
                 .f_matmul(&k.f_transpose(-2, -1)?)?
                 .f_mul_scalar(scale)?
                 .f_masked_fill(&attend.f_logical_not()?, f64::NEG_INFINITY)?;
-            scores
-                .f_softmax(-1, Kind::Float)?
-                .f_to_kind(v.kind())?
-                .f_matmul(&v)?
+            let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(v.kind())?;
+            dropout(&probs, Some(attn_dropout))?.f_matmul(&v)?
         }
     };
     ctx.f_transpose(1, 2)?.f_reshape([b, l, h])
@@ -233,13 +253,15 @@ impl TransformerBlock {
         })
     }
 
-    /// Applies the block; `attend` is the boolean attention mask, `act` the FFN activation.
+    /// Applies the block; `attend` is the boolean attention mask, `act` the FFN activation,
+    /// `drop` the dropout rates when training.
     pub fn forward(
         &self,
         x: &Tensor,
         heads: i64,
         attend: &Tensor,
         act: &str,
+        drop: Option<Dropout>,
     ) -> Result<Tensor, tch::TchError> {
         let [q, k, v] = &self.qkv;
         let ctx = self_attention(
@@ -248,13 +270,14 @@ impl TransformerBlock {
             &v.forward(x)?,
             heads,
             attend,
+            drop.map_or(0.0, |d| d.attention),
         )?;
-        let x = self
-            .attn_norm
-            .forward(&self.attn_out.forward(&ctx)?.f_add(x)?)?;
+        let attn_drop = drop.filter(|d| d.after_attention).map(|d| d.hidden);
+        let attended = dropout(&self.attn_out.forward(&ctx)?, attn_drop)?;
+        let x = self.attn_norm.forward(&attended.f_add(x)?)?;
         let inner = activation(act, &self.ffn_in.forward(&x)?)?;
-        self.out_norm
-            .forward(&self.ffn_out.forward(&inner)?.f_add(&x)?)
+        let out = dropout(&self.ffn_out.forward(&inner)?, drop.map(|d| d.hidden))?;
+        self.out_norm.forward(&out.f_add(&x)?)
     }
 }
 

@@ -42,6 +42,14 @@ impl MaskedLm {
         }
     }
 
+    /// Turns training dropout on or off.
+    pub fn set_training(&mut self, on: bool) {
+        match self {
+            MaskedLm::Bert(m) => m.set_training(on),
+            MaskedLm::DistilBert(m) => m.set_training(on),
+        }
+    }
+
     /// Moves and casts all parameters.
     pub fn to(&mut self, device: Device, kind: Kind) {
         match self {

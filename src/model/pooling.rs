@@ -73,16 +73,20 @@ impl SpladePooling {
         hidden: &Tensor,
         lengths: &[i64],
         decoder: (&Tensor, &Tensor),
+        multiple: i64,
     ) -> Result<Tensor, tch::TchError> {
         let (batch, seq, width) = hidden.size3()?;
         let device = hidden.device();
         let vocab = decoder.0.size()[0];
         // Flat indices of real tokens, row-major, so each row's tokens are contiguous.
-        let flat: Vec<i64> = lengths
+        let mut flat: Vec<i64> = lengths
             .iter()
             .enumerate()
             .flat_map(|(b, &n)| (0..n).map(move |t| b as i64 * seq + t))
             .collect();
+        // Spare rows, so every chunk can project a multiple of `multiple` tokens (the extra
+        // logits are computed and ignored): fewer distinct matmul shapes.
+        flat.extend(std::iter::repeat_n(0, (multiple.max(1) - 1) as usize));
         let packed = hidden
             .f_reshape([batch * seq, width])?
             .f_index_select(0, &Tensor::from_slice(&flat).f_to_device(device)?)?;
@@ -102,9 +106,11 @@ impl SpladePooling {
                 tokens += lengths[last];
                 last += 1;
             }
+            let projected = crate::model::encoder::shape_bucket(tokens, multiple);
             let logits = packed
-                .f_narrow(0, offset, tokens)?
-                .f_linear(decoder.0, Some(decoder.1))?;
+                .f_narrow(0, offset, projected)?
+                .f_linear(decoder.0, Some(decoder.1))?
+                .f_narrow(0, 0, tokens)?;
             pooled.push(self.reduce_rows(&logits, &lengths[first..last])?);
             offset += tokens;
             first = last;

@@ -12,6 +12,9 @@ use super::ModelError;
 pub struct WeightMap {
     tensors: HashMap<String, Tensor>,
     source: PathBuf,
+    /// Every tensor a model took as a parameter, by name, in load order (shallow clones: the
+    /// same tensors the model holds).
+    taken: Vec<(String, Tensor)>,
 }
 
 impl WeightMap {
@@ -50,7 +53,11 @@ impl WeightMap {
                 tensors.insert(normalize_key(&name), tensor);
             }
         }
-        Ok(Self { tensors, source })
+        Ok(Self {
+            tensors,
+            source,
+            taken: Vec::new(),
+        })
     }
 
     /// The file the weights came from (for error messages).
@@ -82,7 +89,35 @@ impl WeightMap {
                 found: tensor.size(),
             });
         }
+        self.record(key, &tensor);
         Ok(tensor)
+    }
+
+    /// Records `tensor` as the parameter `key` (for tensors taken with [`Self::take`]).
+    pub fn record(&mut self, key: &str, tensor: &Tensor) {
+        self.taken.push((key.to_string(), tensor.shallow_clone()));
+    }
+
+    /// The parameters taken so far with their names (see [`Self::record`]).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.taken
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    /// Moves and casts every tensor not yet taken (before a model is built from them).
+    pub fn convert(&mut self, device: tch::Device, kind: tch::Kind) -> Result<(), ModelError> {
+        for t in self.tensors.values_mut() {
+            *t = t
+                .f_to_device(device)
+                .and_then(|t| t.f_to_kind(kind))
+                .map_err(|e| ModelError::Corrupt {
+                    path: self.source.clone(),
+                    detail: clean_tch_error(&e.to_string()),
+                })?;
+        }
+        Ok(())
     }
 
     /// Keys not consumed so far.

@@ -1,0 +1,263 @@
+//! `sparq train` options: a TOML file (`--config`) whose keys are the flags' names with `_`
+//! for `-`, and the flags themselves, which win.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::TrainError;
+use crate::model::{DeviceSpec, Dtype};
+
+/// Options of `sparq train` (every one may also be a key of the `--config` file).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainArgs {
+    /// TOML file of options (keys as the flags, `learning_rate = 2e-5`); flags win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Model folder to start from (sentence-transformers SparseEncoder or HF *ForMaskedLM).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training pairs: a parquet file or folder, local or s3://. Column 1 is the anchor
+    /// (query), column 2 the positive, further columns hard negatives.
+    #[arg(long)]
+    pub train_data: Option<String>,
+    /// Columns to use, in order (anchor, positive, negatives...); default: all, in file order.
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Output folder or s3:// prefix: checkpoint-<step>/ folders, then the final model.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Optimizer steps to run (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Passes over the data (default 1).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Pairs per step on each process (default 16).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (default 2e-5).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Fraction of steps of linear learning-rate warm-up (default 0.1).
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    /// AdamW weight decay, not applied to biases and LayerNorm weights (default 0).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Gradient clipping: largest total gradient norm (default 1.0).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// FLOPS regularizer weight of the queries (default 5e-5).
+    #[arg(long)]
+    pub lambda_query: Option<f64>,
+    /// FLOPS regularizer weight of the documents (default 3e-5).
+    #[arg(long)]
+    pub lambda_document: Option<f64>,
+    /// Seed of the data order and dropout (default 12).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a checkpoint every K steps (0: only the final model; default 500).
+    #[arg(long)]
+    pub save_steps: Option<u64>,
+    /// Keep at most N checkpoints (older ones are deleted; default: all).
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    /// Log a JSON line every K steps (default 10).
+    #[arg(long)]
+    pub logging_steps: Option<u64>,
+    /// BEIR folder to evaluate on (`sparq eval`'s metrics).
+    #[arg(long)]
+    pub eval_beir: Option<PathBuf>,
+    /// Evaluate every K steps (default: at each checkpoint).
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Write the best evaluated model (nDCG@10) to the output instead of the last one.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub load_best_at_end: Option<bool>,
+    /// Device: cpu, cuda or cuda:N (with several processes, rank r uses cuda:r).
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+    /// Precision of the forward pass: f32, or bf16 autocast (CUDA only; master weights stay f32).
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Continue from the latest complete checkpoint in --output.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub resume: Option<bool>,
+    /// Start N processes on this machine, one per device (torchrun-style variables otherwise).
+    #[arg(long)]
+    pub nproc_per_node: Option<usize>,
+    /// Intra-op threads per process (default: cores / processes).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seconds a collective waits for the other processes before failing (default 300).
+    #[arg(long)]
+    pub collective_timeout: Option<u64>,
+}
+
+/// Resolved training settings (defaults applied).
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// Starting model folder.
+    pub model: PathBuf,
+    /// Training data URL.
+    pub train_data: String,
+    /// Columns, in order (empty: all).
+    pub columns: Vec<String>,
+    /// Output URL.
+    pub output: String,
+    /// Steps, if given.
+    pub max_steps: Option<u64>,
+    /// Epochs.
+    pub epochs: u64,
+    /// Per-process batch size.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Warm-up fraction.
+    pub warmup_ratio: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradient clipping norm.
+    pub max_grad_norm: f64,
+    /// λ of queries.
+    pub lambda_query: f64,
+    /// λ of documents.
+    pub lambda_document: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Checkpoint interval (0: none).
+    pub save_steps: u64,
+    /// Checkpoints kept.
+    pub save_total_limit: Option<usize>,
+    /// Logging interval.
+    pub logging_steps: u64,
+    /// Evaluation data.
+    pub eval_beir: Option<PathBuf>,
+    /// Evaluation interval.
+    pub eval_steps: Option<u64>,
+    /// Keep the best model.
+    pub load_best_at_end: bool,
+    /// Device (of rank 0; rank r of a CUDA job uses cuda:r).
+    pub device: DeviceSpec,
+    /// Forward precision.
+    pub dtype: Dtype,
+}
+
+impl TrainArgs {
+    /// Reads `--config` (if any) and lets the flags override it.
+    pub fn merged(&self) -> Result<TrainArgs, TrainError> {
+        let Some(path) = &self.config else {
+            return Ok(self.clone());
+        };
+        let file = read_config(path)?;
+        macro_rules! pick {
+            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), $($f: self.$f.clone().or(file.$f),)* } };
+        }
+        Ok(pick!(
+            model,
+            train_data,
+            columns,
+            output,
+            max_steps,
+            epochs,
+            batch_size,
+            learning_rate,
+            warmup_ratio,
+            weight_decay,
+            max_grad_norm,
+            lambda_query,
+            lambda_document,
+            seed,
+            save_steps,
+            save_total_limit,
+            logging_steps,
+            eval_beir,
+            eval_steps,
+            load_best_at_end,
+            device,
+            dtype,
+            resume,
+            nproc_per_node,
+            threads,
+            collective_timeout
+        ))
+    }
+
+    /// The settings with defaults applied; checks them.
+    pub fn resolve(&self) -> Result<TrainConfig, TrainError> {
+        let bad = |m: String| Err(TrainError::Option(m));
+        let Some(train_data) = self.train_data.clone() else {
+            return bad("--train-data is required (a parquet file or folder of pairs)".into());
+        };
+        let Some(output) = self.output.clone() else {
+            return bad("--output is required (a folder or s3:// prefix)".into());
+        };
+        let device = self.device.unwrap_or(DeviceSpec::Cpu);
+        let dtype = self.dtype.unwrap_or(Dtype::F32);
+        if dtype == Dtype::Bf16 && device == DeviceSpec::Cpu {
+            return bad("--dtype bf16 trains with CUDA autocast: use it with --device cuda (CPU training runs in f32)".into());
+        }
+        let config = TrainConfig {
+            model: self.model.clone().unwrap_or_else(crate::default_model_dir),
+            train_data,
+            columns: self.columns.clone().unwrap_or_default(),
+            output,
+            max_steps: self.max_steps,
+            epochs: self.epochs.unwrap_or(1),
+            batch_size: self.batch_size.unwrap_or(16),
+            learning_rate: self.learning_rate.unwrap_or(2e-5),
+            warmup_ratio: self.warmup_ratio.unwrap_or(0.1),
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
+            lambda_query: self.lambda_query.unwrap_or(5e-5),
+            lambda_document: self.lambda_document.unwrap_or(3e-5),
+            seed: self.seed.unwrap_or(12),
+            save_steps: self.save_steps.unwrap_or(500),
+            save_total_limit: self.save_total_limit,
+            logging_steps: self.logging_steps.unwrap_or(10).max(1),
+            eval_beir: self.eval_beir.clone(),
+            eval_steps: self.eval_steps,
+            load_best_at_end: self.load_best_at_end.unwrap_or(false),
+            device,
+            dtype,
+        };
+        if config.batch_size < 1 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&config.warmup_ratio) {
+            return bad(format!(
+                "--warmup-ratio {} must be in [0, 1)",
+                config.warmup_ratio
+            ));
+        }
+        if config.learning_rate <= 0.0 || !config.learning_rate.is_finite() {
+            return bad(format!(
+                "--learning-rate {} must be positive",
+                config.learning_rate
+            ));
+        }
+        if config.max_steps == Some(0) || config.epochs == 0 {
+            return bad("--max-steps and --epochs must be at least 1".into());
+        }
+        if config.load_best_at_end && config.eval_beir.is_none() {
+            return bad("--load-best-at-end needs --eval-beir".into());
+        }
+        Ok(config)
+    }
+}
+
+fn read_config(path: &Path) -> Result<TrainArgs, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        TrainError::Option(format!("cannot read the config {}: {e}", path.display()))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        TrainError::Option(format!(
+            "{}: {} (keys are the flags' names with `_`, e.g. learning_rate = 2e-5)",
+            path.display(),
+            e.to_string().trim()
+        ))
+    })
+}

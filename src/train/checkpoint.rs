@@ -1,0 +1,369 @@
+//! Checkpoints: `checkpoint-<step>/` holding the model (sentence-transformers layout), the
+//! optimizer state, and `trainer_state.json` (step, data cursor, λ, settings), local or on S3.
+//!
+//! A checkpoint is complete when its own folder holds the marker, written last: locally the
+//! folder is built under a temporary name, the marker written and synced, then the folder is
+//! renamed into place; on S3 the marker is the last object uploaded. Nothing outside the
+//! folder is needed to resume, and a half-written checkpoint is never taken.
+
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::data::Cursor;
+use super::model::{io_error, read_named, TrainModel};
+use super::optim::Param;
+use super::{TrainConfig, TrainError};
+use crate::io::{Committer, StoreUrl};
+
+/// The marker file of a complete checkpoint.
+pub const MARKER: &str = "_COMPLETE";
+
+/// Training progress saved with each checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Steps the run will take.
+    pub total_steps: u64,
+    /// Where the data order is.
+    pub cursor: Cursor,
+    /// λ of queries at the last step.
+    pub lambda_query: f64,
+    /// λ of documents at the last step.
+    pub lambda_document: f64,
+    /// Learning rate of the last step.
+    pub learning_rate: f64,
+    /// Processes of the run.
+    pub world_size: usize,
+    /// Best evaluation so far: (nDCG@10, step).
+    pub best: Option<(f64, u64)>,
+    /// The settings of the run.
+    pub config: TrainConfig,
+}
+
+/// The output folder or prefix of a run.
+pub struct Output {
+    url: StoreUrl,
+    root: Committer,
+}
+
+impl Output {
+    /// Opens `url` (a folder or s3:// prefix).
+    pub fn new(url: &str) -> Result<Self, TrainError> {
+        let url = StoreUrl::parse(url).map_err(|e| TrainError::Data(e.to_string()))?;
+        let root = Committer::new(&url).map_err(|e| TrainError::Data(e.to_string()))?;
+        Ok(Self { url, root })
+    }
+
+    fn local(&self) -> Option<PathBuf> {
+        match &self.url.location {
+            crate::io::url::Location::Local(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The output's URL as given.
+    pub fn url(&self) -> &str {
+        &self.url.raw
+    }
+
+    /// Steps of the complete checkpoints, ascending.
+    pub fn complete_steps(&self, rt: &tokio::runtime::Runtime) -> Result<Vec<u64>, TrainError> {
+        let mut steps: Vec<u64> = rt
+            .block_on(self.root.list())
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let (dir, file) = name.split_once('/')?;
+                (file == MARKER).then_some(())?;
+                dir.strip_prefix("checkpoint-")?.parse().ok()
+            })
+            .collect();
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    /// Writes checkpoint `state.step` and returns its name.
+    pub fn write_checkpoint(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        model: &TrainModel,
+        params: &[Param],
+        state: &TrainerState,
+    ) -> Result<String, TrainError> {
+        let name = format!("checkpoint-{}", state.step);
+        let staging = match self.local() {
+            Some(dir) => dir.join(format!(".{name}.partial-{}", uuid::Uuid::new_v4())),
+            None => std::env::temp_dir().join(format!("sparq-{name}-{}", uuid::Uuid::new_v4())),
+        };
+        model.save(&staging)?;
+        let optimizer: Vec<(String, Tensor)> = params
+            .iter()
+            .flat_map(|p| {
+                [
+                    (format!("exp_avg.{}", p.name), host(&p.exp_avg)),
+                    (format!("exp_avg_sq.{}", p.name), host(&p.exp_avg_sq)),
+                ]
+            })
+            .collect();
+        let opt_path = staging.join("optimizer.safetensors");
+        Tensor::write_safetensors(&optimizer, &opt_path).map_err(|e| TrainError::Io {
+            path: opt_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let state_path = staging.join("trainer_state.json");
+        let json = serde_json::to_vec_pretty(state).expect("serializable");
+        std::fs::write(&state_path, json).map_err(|e| io_error(&state_path, e))?;
+        match self.local() {
+            Some(dir) => {
+                sync_tree(&staging)?;
+                let marker = staging.join(MARKER);
+                write_synced(&marker, state.step.to_string().as_bytes())?;
+                let target = dir.join(&name);
+                if target.exists() {
+                    std::fs::remove_dir_all(&target).map_err(|e| io_error(&target, e))?;
+                }
+                std::fs::rename(&staging, &target).map_err(|e| io_error(&staging, e))?;
+                if let Ok(d) = std::fs::File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            None => {
+                let result = self.upload(rt, &staging, &name);
+                let _ = std::fs::remove_dir_all(&staging);
+                result?;
+            }
+        }
+        Ok(name)
+    }
+
+    /// Uploads every file of `local` under `prefix/`, the marker last.
+    fn upload(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        local: &Path,
+        prefix: &str,
+    ) -> Result<(), TrainError> {
+        let mut files = Vec::new();
+        walk(local, Path::new(""), &mut files)?;
+        for rel in &files {
+            let bytes =
+                std::fs::read(local.join(rel)).map_err(|e| io_error(&local.join(rel), e))?;
+            self.put(rt, &format!("{prefix}/{}", rel.to_string_lossy()), bytes)?;
+        }
+        self.put(rt, &format!("{prefix}/{MARKER}"), b"complete".to_vec())
+    }
+
+    fn put(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), TrainError> {
+        let (dir, file) = name.rsplit_once('/').unwrap_or(("", name));
+        let url = if dir.is_empty() {
+            self.url.raw.clone()
+        } else {
+            self.url.join(dir)
+        };
+        let target =
+            Committer::new(&StoreUrl::parse(&url).map_err(|e| TrainError::Data(e.to_string()))?)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+        rt.block_on(target.put(file, bytes))
+            .map_err(|e| TrainError::Data(e.to_string()))
+    }
+
+    /// A local folder holding checkpoint `step` (downloaded from S3 into `scratch`).
+    pub fn fetch(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        step: u64,
+        scratch: &Path,
+    ) -> Result<PathBuf, TrainError> {
+        let name = format!("checkpoint-{step}");
+        if let Some(dir) = self.local() {
+            return Ok(dir.join(name));
+        }
+        let prefix = format!("{name}/");
+        for (object, _) in rt
+            .block_on(self.root.list())
+            .map_err(|e| TrainError::Data(e.to_string()))?
+        {
+            let Some(rel) = object.strip_prefix(&prefix) else {
+                continue;
+            };
+            let bytes = rt
+                .block_on(self.root.get(&object))
+                .map_err(|e| TrainError::Data(e.to_string()))?
+                .unwrap_or_default();
+            let path = scratch.join(&name).join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+            }
+            std::fs::write(&path, bytes).map_err(|e| io_error(&path, e))?;
+        }
+        Ok(scratch.join(name))
+    }
+
+    /// Deletes complete checkpoints beyond the newest `keep` (never `protect`), and local
+    /// leftovers of interrupted writes.
+    pub fn prune(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        keep: Option<usize>,
+        protect: Option<u64>,
+    ) -> Result<(), TrainError> {
+        if let Some(dir) = self.local() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n.starts_with(".checkpoint-") && n.contains(".partial-") {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let Some(keep) = keep else { return Ok(()) };
+        let steps = self.complete_steps(rt)?;
+        let excess = steps.len().saturating_sub(keep.max(1));
+        for &step in steps.iter().take(excess) {
+            if Some(step) == protect {
+                continue;
+            }
+            let name = format!("checkpoint-{step}");
+            match self.local() {
+                Some(dir) => {
+                    let _ = std::fs::remove_dir_all(dir.join(&name));
+                }
+                None => {
+                    // The marker first: a partly deleted checkpoint is never taken for complete.
+                    let prefix = format!("{name}/");
+                    let mut names: Vec<String> = rt
+                        .block_on(self.root.list())
+                        .map_err(|e| TrainError::Data(e.to_string()))?
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| n.starts_with(&prefix))
+                        .collect();
+                    names.sort_by_key(|n| !n.ends_with(MARKER));
+                    rt.block_on(self.root.delete(&names))
+                        .map_err(|e| TrainError::Data(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the final model into the output root (from a local model folder).
+    pub fn write_final(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        model_dir: &Path,
+    ) -> Result<(), TrainError> {
+        match self.local() {
+            Some(dir) => copy_tree(model_dir, &dir),
+            None => {
+                let mut files = Vec::new();
+                walk(model_dir, Path::new(""), &mut files)?;
+                for rel in files {
+                    let bytes = std::fs::read(model_dir.join(&rel))
+                        .map_err(|e| io_error(&model_dir.join(&rel), e))?;
+                    self.put(rt, &rel.to_string_lossy(), bytes)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a checkpoint folder: restores the model's parameters and the optimizer state, and
+/// returns the trainer state.
+pub fn restore(
+    dir: &Path,
+    model: &TrainModel,
+    params: &mut [Param],
+) -> Result<TrainerState, TrainError> {
+    let state_path = dir.join("trainer_state.json");
+    let state: TrainerState =
+        serde_json::from_slice(&std::fs::read(&state_path).map_err(|e| io_error(&state_path, e))?)
+            .map_err(|e| TrainError::Checkpoint {
+                path: state_path.clone(),
+                detail: e.to_string(),
+            })?;
+    let rel = model
+        .layout
+        .transformer_dir
+        .strip_prefix(&model.layout.root)
+        .unwrap_or(Path::new(""));
+    model.load_values(&dir.join(rel).join("model.safetensors"))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let opt = read_named(&opt_path)?;
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for p in params.iter_mut() {
+            for (key, target) in [
+                ("exp_avg", &mut p.exp_avg),
+                ("exp_avg_sq", &mut p.exp_avg_sq),
+            ] {
+                let name = format!("{key}.{}", p.name);
+                let v = opt.get(&name).ok_or_else(|| TrainError::Checkpoint {
+                    path: opt_path.clone(),
+                    detail: format!("has no tensor `{name}`"),
+                })?;
+                target.f_copy_(v)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(state)
+}
+
+fn host(t: &Tensor) -> Tensor {
+    t.detach().to_device(tch::Device::Cpu).contiguous()
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
+    let dir = root.join(rel);
+    for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
+        let entry = entry.map_err(|e| io_error(&dir, e))?;
+        let rel = rel.join(entry.file_name());
+        if entry.path().is_dir() {
+            walk(root, &rel, out)?;
+        } else {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), TrainError> {
+    let mut files = Vec::new();
+    walk(src, Path::new(""), &mut files)?;
+    for rel in files {
+        let to = dst.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        std::fs::copy(src.join(&rel), &to).map_err(|e| io_error(&to, e))?;
+    }
+    Ok(())
+}
+
+fn sync_tree(dir: &Path) -> Result<(), TrainError> {
+    let mut files = Vec::new();
+    walk(dir, Path::new(""), &mut files)?;
+    for rel in files {
+        if let Ok(f) = std::fs::File::open(dir.join(&rel)) {
+            f.sync_all().map_err(|e| io_error(&dir.join(&rel), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| io_error(path, e))?;
+    f.write_all(bytes).map_err(|e| io_error(path, e))?;
+    f.sync_all().map_err(|e| io_error(path, e))
+}

@@ -1,0 +1,56 @@
+//! `sparq train`: SPLADE fine-tuning with SpladeLoss, as sentence-transformers'
+//! `SparseEncoderTrainer` does it, on one process or several (data parallel), resumable from
+//! checkpoints, writing models sentence-transformers loads unchanged.
+
+pub mod args;
+pub mod checkpoint;
+pub mod data;
+pub mod dist;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use args::{TrainArgs, TrainConfig};
+pub use trainer::run_train;
+
+/// What can stop training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A bad option or option combination.
+    #[error("{0}")]
+    Option(String),
+    /// The training data cannot be used.
+    #[error("training data: {0}")]
+    Data(String),
+    /// Loading the model failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// A libtorch operation failed.
+    #[error("libtorch: {}", crate::model::weights::clean_tch_error(&.0.to_string()))]
+    Torch(#[from] tch::TchError),
+    /// Reading or writing a file failed.
+    #[error("{}: {detail}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        detail: String,
+    },
+    /// A checkpoint cannot be used.
+    #[error("checkpoint {}: {detail}", path.display())]
+    Checkpoint {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// The processes of a multi-process run lost each other.
+    #[error("{0}")]
+    Collective(String),
+    /// Evaluation during training failed.
+    #[error("evaluation: {0}")]
+    Eval(String),
+}

@@ -1,0 +1,193 @@
+//! The model being trained: the inference model's layers with gradients on, named parameters
+//! (Hugging Face state-dict names), and saving in the sentence-transformers layout it came in.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use super::TrainError;
+use crate::model::layout::ModelLayout;
+use crate::model::mlm::MaskedLm;
+use crate::model::tokenizer::SpladeTokenizer;
+use crate::model::weights::WeightMap;
+use crate::model::InputKind;
+
+/// A trainable SPLADE model on one device (fp32 master weights).
+pub struct TrainModel {
+    /// The folder layout it was loaded from (pooling, prompts, files to copy on save).
+    pub layout: ModelLayout,
+    tokenizer: SpladeTokenizer,
+    model: MaskedLm,
+    /// Parameters by name, shared with the model.
+    pub params: Vec<(String, Tensor)>,
+    device: Device,
+    autocast: bool,
+}
+
+impl TrainModel {
+    /// Loads `dir` onto `device` with gradients on every parameter; `autocast` runs the
+    /// forward pass under CUDA bf16 autocast.
+    pub fn load(dir: &Path, device: Device, autocast: bool) -> Result<Self, TrainError> {
+        let layout = ModelLayout::read(dir)?;
+        let tokenizer = SpladeTokenizer::load(&layout)?;
+        let mut weights = WeightMap::load(&layout.transformer_dir)?;
+        weights.convert(device, Kind::Float)?;
+        let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
+        model.set_training(true);
+        let params = weights.parameters();
+        for (_, t) in &params {
+            let _ = t.set_requires_grad(true);
+        }
+        Ok(Self {
+            layout,
+            tokenizer,
+            model,
+            params,
+            device,
+            autocast,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Token ids of `texts` with the prompt of `kind`, truncated as the model's settings say.
+    pub fn tokenize(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Vec<u32>>, TrainError> {
+        let prompt = match kind {
+            InputKind::Query => self.layout.query_prompt.as_deref(),
+            InputKind::Document => self.layout.document_prompt.as_deref(),
+        }
+        .unwrap_or("");
+        Ok(self
+            .tokenizer
+            .encode_batch(texts.iter().map(|t| format!("{prompt}{t}")).collect())?)
+    }
+
+    /// SPLADE vectors `[n, vocab]` (fp32, differentiable) of tokenized sequences.
+    pub fn forward(&self, seqs: &[Vec<u32>]) -> Result<Tensor, TrainError> {
+        let rows = seqs.len() as i64;
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1) as i64;
+        let mut ids = vec![0i64; (rows * width) as usize];
+        let mut mask = vec![0i64; (rows * width) as usize];
+        let mut lengths = Vec::with_capacity(seqs.len());
+        for (r, seq) in seqs.iter().enumerate() {
+            for (t, &id) in seq.iter().enumerate() {
+                ids[r * width as usize + t] = id as i64;
+                mask[r * width as usize + t] = 1;
+            }
+            lengths.push(seq.len().max(1) as i64);
+        }
+        let ids = Tensor::from_slice(&ids)
+            .view([rows, width])
+            .to_device(self.device);
+        let mask = Tensor::from_slice(&mask)
+            .view([rows, width])
+            .to_device(self.device);
+        let run = || -> Result<Tensor, tch::TchError> {
+            let hidden = self.model.transformed(&ids, &mask)?;
+            self.layout
+                .pooling
+                .pool(&hidden, &lengths, self.model.decoder(), 1)
+        };
+        let pooled = if self.autocast {
+            tch::autocast(true, run)
+        } else {
+            run()
+        }?;
+        Ok(pooled.f_to_kind(Kind::Float)?)
+    }
+
+    /// Writes the model into `dir` in the layout it was loaded from: every file of the source
+    /// folder except weights and training state, then `model.safetensors` with the current
+    /// parameters (tied weights stored once, as Hugging Face saves them).
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        copy_model_files(&self.layout.root, dir, Path::new(""))?;
+        let rel = self
+            .layout
+            .transformer_dir
+            .strip_prefix(&self.layout.root)
+            .unwrap_or(Path::new(""));
+        let weights_dir = dir.join(rel);
+        std::fs::create_dir_all(&weights_dir).map_err(|e| io_error(&weights_dir, e))?;
+        let host: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+            .collect();
+        let path = weights_dir.join("model.safetensors");
+        Tensor::write_safetensors(&host, &path).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Replaces every parameter's values with the tensors of `file` (same names).
+    pub fn load_values(&self, file: &Path) -> Result<(), TrainError> {
+        let values = read_named(file)?;
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for (name, t) in &self.params {
+                let v = values.get(name).ok_or_else(|| TrainError::Checkpoint {
+                    path: file.to_path_buf(),
+                    detail: format!("has no tensor `{name}`"),
+                })?;
+                t.shallow_clone().f_copy_(v)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The tensors of a safetensors file by name.
+pub fn read_named(file: &Path) -> Result<std::collections::HashMap<String, Tensor>, TrainError> {
+    Ok(Tensor::read_safetensors(file)
+        .map_err(|e| TrainError::Checkpoint {
+            path: file.to_path_buf(),
+            detail: crate::model::weights::clean_tch_error(&e.to_string()),
+        })?
+        .into_iter()
+        .map(|(k, v)| (crate::model::weights::normalize_key(&k), v))
+        .collect())
+}
+
+/// Files that are weights or training state: never copied into a saved model.
+fn skipped(name: &str) -> bool {
+    name == "model.safetensors"
+        || name == "model.safetensors.index.json"
+        || (name.starts_with("model-") && name.ends_with(".safetensors"))
+        || name == "pytorch_model.bin"
+        || name.starts_with("checkpoint-")
+        || name.starts_with(".checkpoint-")
+        || name == "optimizer.safetensors"
+        || name == "trainer_state.json"
+        || name == super::checkpoint::MARKER
+}
+
+fn copy_model_files(src: &Path, dst: &Path, rel: &Path) -> Result<(), TrainError> {
+    let from = src.join(rel);
+    let to = dst.join(rel);
+    std::fs::create_dir_all(&to).map_err(|e| io_error(&to, e))?;
+    for entry in std::fs::read_dir(&from).map_err(|e| io_error(&from, e))? {
+        let entry = entry.map_err(|e| io_error(&from, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if skipped(&name) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_model_files(src, dst, &rel.join(&name))?;
+        } else if path.canonicalize().ok() != to.join(&name).canonicalize().ok() {
+            std::fs::copy(&path, to.join(&name)).map_err(|e| io_error(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error on `path`.
+pub fn io_error(path: &Path, e: std::io::Error) -> TrainError {
+    TrainError::Io {
+        path: PathBuf::from(path),
+        detail: e.to_string(),
+    }
+}

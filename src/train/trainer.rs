@@ -1,0 +1,533 @@
+//! The training loop: data order, forward, SpladeLoss, gradient averaging across processes,
+//! clipping, AdamW, schedules, logging, evaluation and checkpoints.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Tensor};
+
+use super::args::{TrainArgs, TrainConfig};
+use super::checkpoint::{restore, Output, TrainerState};
+use super::data::{epoch_batches, read_pairs, Cursor, PairData};
+use super::dist::{launch, Group, RankEnv};
+use super::loss::{lambda_at, splade_loss};
+use super::model::TrainModel;
+use super::optim::{
+    clip_grad_norm, decays, linear_lr, warmup_steps, zero_grad, zeros_like_f32, AdamW, Param,
+};
+use super::TrainError;
+use crate::model::{DeviceSpec, Dtype, InputKind};
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    /// Steps taken in total (including those before a resume).
+    pub steps: u64,
+    /// Steps taken by this invocation.
+    pub steps_this_run: u64,
+    /// Step resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Training pairs per second over this invocation (all processes).
+    pub samples_per_s: f64,
+    /// Where the final model is.
+    pub output: String,
+    /// Best evaluation (nDCG@10, step), if evaluated.
+    pub best: Option<(f64, u64)>,
+}
+
+/// Runs `sparq train`. With `--nproc-per-node N` (and no torchrun variables set) it starts N
+/// ranks and waits for them (returns `None`); otherwise it trains as this process's rank.
+pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
+    let merged = args.merged()?;
+    let rank_env = RankEnv::from_env()?;
+    if let Some(n) = merged.nproc_per_node {
+        if n > 1 && rank_env.is_none() {
+            merged.resolve()?; // Report bad options once, before starting any rank.
+            launch(n)?;
+            return Ok(None);
+        }
+    }
+    let config = merged.resolve()?;
+    let (rank, world) = rank_env.as_ref().map_or((0, 1), |e| (e.rank, e.world));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads(merged.threads.unwrap_or((cores / world).max(1)) as i32);
+    let device = match config.device {
+        DeviceSpec::Cuda(n) if world > 1 => {
+            DeviceSpec::Cuda(n + rank_env.as_ref().map_or(0, |e| e.local_rank))
+        }
+        d => d,
+    }
+    .resolve()?;
+    let mut group = match &rank_env {
+        Some(env) => Some(Group::connect(
+            env,
+            Duration::from_secs(merged.collective_timeout.unwrap_or(300)),
+        )?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Option(format!("cannot start the I/O runtime: {e}")))?;
+    let output = Output::new(&config.output)?;
+    let data = read_pairs(&runtime, &config.train_data, &config.columns)?;
+    let steps_per_epoch =
+        (epoch_batches(&data, config.batch_size, config.seed, 0).len() / world) as u64;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Data(format!(
+            "{} rows make no full batch of {} per process × {world} process(es) without \
+             duplicate texts: lower --batch-size or add data",
+            data.len(),
+            config.batch_size
+        )));
+    }
+    let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
+    let warmup = warmup_steps(total, config.warmup_ratio);
+
+    let model = TrainModel::load(&config.model, device, config.dtype == Dtype::Bf16)?;
+    let mut params: Vec<Param> = model
+        .params
+        .iter()
+        .map(|(name, t)| Param {
+            name: name.clone(),
+            tensor: t.shallow_clone(),
+            exp_avg: zeros_like_f32(t),
+            exp_avg_sq: zeros_like_f32(t),
+            decay: decays(name),
+        })
+        .collect();
+    let adamw = AdamW {
+        weight_decay: config.weight_decay,
+        ..AdamW::default()
+    };
+
+    let mut state = TrainerState {
+        step: 0,
+        total_steps: total,
+        cursor: Cursor {
+            epoch: 0,
+            step_in_epoch: 0,
+        },
+        lambda_query: 0.0,
+        lambda_document: 0.0,
+        learning_rate: 0.0,
+        world_size: world,
+        best: None,
+        config: config.clone(),
+    };
+    let complete = output.complete_steps(&runtime)?;
+    let scratch = tempdir("sparq-train")?;
+    let mut resumed_from = None;
+    if merged.resume.unwrap_or(false) {
+        if let Some(&step) = complete.last() {
+            let dir = output.fetch(&runtime, step, &scratch)?;
+            let saved = restore(&dir, &model, &mut params)?;
+            check_compatible(&saved, &config, world, &dir)?;
+            state = saved;
+            state.config = config.clone();
+            state.total_steps = total;
+            resumed_from = Some(step);
+        } else if rank == 0 {
+            eprintln!(
+                "sparq: note: no complete checkpoint in {}: starting from step 0",
+                config.output
+            );
+        }
+    } else if let Some(&step) = complete.last() {
+        return Err(TrainError::Option(format!(
+            "{} already holds checkpoint-{step}: pass --resume to continue that run, or choose \
+             another --output",
+            config.output
+        )));
+    }
+    if state.step >= total {
+        return Err(TrainError::Option(format!(
+            "the checkpoint is at step {} of {total}: nothing left to train (raise --max-steps or --epochs)",
+            state.step
+        )));
+    }
+    if let Some(g) = group.as_mut() {
+        // Every rank starts from rank 0's parameters.
+        for p in &params {
+            let mut flat = host_vec(&p.tensor)?;
+            g.broadcast(&mut flat)?;
+            set_from(&p.tensor, &flat)?;
+        }
+    }
+
+    let mut batches = epoch_batches(&data, config.batch_size, config.seed, state.cursor.epoch);
+    let started = Instant::now();
+    let first_step = state.step;
+    let progress = (rank == 0 && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(state.step);
+        bar
+    });
+    let mut window = LogWindow::default();
+    while state.step < total {
+        if state.cursor.step_in_epoch >= steps_per_epoch {
+            state.cursor = Cursor {
+                epoch: state.cursor.epoch + 1,
+                step_in_epoch: 0,
+            };
+            batches = epoch_batches(&data, config.batch_size, config.seed, state.cursor.epoch);
+        }
+        let index = (state.cursor.step_in_epoch as usize) * world + rank;
+        let rows = batches.get(index).cloned().ok_or_else(|| {
+            TrainError::Data(format!(
+                "epoch {} has fewer batches than the first (duplicates differ): lower --epochs",
+                state.cursor.epoch
+            ))
+        })?;
+        let step = state.step;
+        let lambda_query = lambda_at(config.lambda_query, step, total);
+        let lambda_document = lambda_at(config.lambda_document, step, total);
+        let lr = linear_lr(config.learning_rate, step, warmup, total);
+        // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones.
+        tch::manual_seed(mix(config.seed, step, rank) as i64);
+        let parts = train_step(&model, &data, &rows, lambda_query, lambda_document)?;
+        zero_grad(&mut params);
+        parts.0.backward();
+        if let Some(g) = group.as_mut() {
+            average_gradients(g, &params)?;
+        }
+        let grad_norm = clip_grad_norm(&params, config.max_grad_norm)?;
+        adamw.step(&mut params, lr, step + 1)?;
+        state.step += 1;
+        state.cursor.step_in_epoch += 1;
+        state.lambda_query = lambda_query;
+        state.lambda_document = lambda_document;
+        state.learning_rate = lr;
+        window.add(&parts, grad_norm)?;
+        if let Some(bar) = &progress {
+            bar.set_position(state.step);
+        }
+        if rank == 0 && (state.step % config.logging_steps == 0 || state.step == total) {
+            let epoch = state.cursor.epoch as f64
+                + state.cursor.step_in_epoch as f64 / steps_per_epoch as f64;
+            let elapsed = started.elapsed().as_secs_f64();
+            let samples = ((state.step - first_step) as usize * config.batch_size * world) as f64;
+            let line = window.line(&state, epoch, samples / elapsed.max(1e-9));
+            println!("{line}");
+            if let Some(bar) = &progress {
+                bar.set_message(format!("loss {:.4}", line["loss"].as_f64().unwrap_or(0.0)));
+            }
+        }
+        let save =
+            config.save_steps > 0 && state.step % config.save_steps == 0 && state.step < total;
+        let eval = config.eval_beir.is_some()
+            && match config.eval_steps {
+                Some(k) => k > 0 && state.step % k == 0,
+                None => save,
+            };
+        if eval && rank == 0 {
+            let ndcg = evaluate(&model, &config, &scratch, state.step)?;
+            if state.best.is_none_or(|(b, _)| ndcg > b) {
+                state.best = Some((ndcg, state.step));
+            }
+        }
+        if save {
+            if rank == 0 {
+                output.write_checkpoint(&runtime, &model, &params, &state)?;
+                output.prune(&runtime, config.save_total_limit, state.best.map(|b| b.1))?;
+            }
+            if let Some(g) = group.as_mut() {
+                g.barrier()?;
+            }
+        }
+    }
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = ((state.step - first_step) as usize * config.batch_size * world) as f64;
+    if rank == 0 {
+        if config.eval_beir.is_some() {
+            let ndcg = evaluate(&model, &config, &scratch, state.step)?;
+            if state.best.is_none_or(|(b, _)| ndcg > b) {
+                state.best = Some((ndcg, state.step));
+            }
+        }
+        let final_dir = scratch.join("final");
+        match state.best {
+            Some((_, best)) if config.load_best_at_end && best != state.step => {
+                let dir = output.fetch(&runtime, best, &scratch)?;
+                let best_model = TrainModel::load(&config.model, Device::Cpu, false)?;
+                restore_weights_only(&dir, &best_model)?;
+                best_model.save(&final_dir)?;
+            }
+            _ => model.save(&final_dir)?,
+        }
+        output.write_final(&runtime, &final_dir)?;
+    }
+    if let Some(g) = group.as_mut() {
+        g.barrier()?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(Some(TrainSummary {
+        steps: state.step,
+        steps_this_run: state.step - first_step,
+        resumed_from,
+        samples_per_s: samples / elapsed.max(1e-9),
+        output: config.output.clone(),
+        best: state.best,
+    }))
+}
+
+/// Forward and loss of one batch of rows: anchors as queries, every other column as documents
+/// (one forward pass for all document columns, as sentence-transformers merges them).
+fn train_step(
+    model: &TrainModel,
+    data: &PairData,
+    rows: &[usize],
+    lambda_query: f64,
+    lambda_document: f64,
+) -> Result<(Tensor, StepStats), TrainError> {
+    let column =
+        |c: usize| -> Vec<&str> { rows.iter().map(|&r| data.columns[c][r].as_str()).collect() };
+    let queries = model.forward(&model.tokenize(&column(0), InputKind::Query)?)?;
+    let mut doc_texts = Vec::new();
+    for c in 1..data.columns.len() {
+        doc_texts.extend(column(c));
+    }
+    let docs = model.forward(&model.tokenize(&doc_texts, InputKind::Document)?)?;
+    let documents = docs.f_split(rows.len() as i64, 0)?;
+    let parts = splade_loss(
+        &queries,
+        &documents,
+        1.0,
+        lambda_query,
+        lambda_document,
+        None,
+    )?;
+    let active = |t: &Tensor| -> Result<f64, tch::TchError> {
+        t.f_ne(0.0)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float)?
+            .f_mean(tch::Kind::Float)?
+            .f_double_value(&[])
+    };
+    let stats = StepStats {
+        base: parts.base.f_double_value(&[])?,
+        query_regularizer: parts.query_regularizer.f_double_value(&[])?,
+        document_regularizer: parts.document_regularizer.f_double_value(&[])?,
+        total: parts.total.f_double_value(&[])?,
+        query_active: active(&queries)?,
+        document_active: active(&docs)?,
+    };
+    Ok((parts.total, stats))
+}
+
+/// Per-step numbers for the log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    total: f64,
+    base: f64,
+    query_regularizer: f64,
+    document_regularizer: f64,
+    query_active: f64,
+    document_active: f64,
+}
+
+/// Averages of the steps since the last log line (as transformers' Trainer logs the loss).
+#[derive(Default)]
+struct LogWindow {
+    sum: StepStats,
+    grad_norm: f64,
+    steps: u32,
+}
+
+impl LogWindow {
+    fn add(&mut self, step: &(Tensor, StepStats), grad_norm: f64) -> Result<(), TrainError> {
+        let s = step.1;
+        self.sum.total += s.total;
+        self.sum.base += s.base;
+        self.sum.query_regularizer += s.query_regularizer;
+        self.sum.document_regularizer += s.document_regularizer;
+        self.sum.query_active += s.query_active;
+        self.sum.document_active += s.document_active;
+        self.grad_norm = grad_norm;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn line(&mut self, state: &TrainerState, epoch: f64, samples_per_s: f64) -> serde_json::Value {
+        let n = self.steps.max(1) as f64;
+        let s = std::mem::take(&mut self.sum);
+        self.steps = 0;
+        serde_json::json!({
+            "step": state.step,
+            "epoch": (epoch * 1e4).round() / 1e4,
+            "loss": s.total / n,
+            "base_loss": s.base / n,
+            "query_regularizer_loss": s.query_regularizer / n,
+            "document_regularizer_loss": s.document_regularizer / n,
+            "lambda_query": state.lambda_query,
+            "lambda_document": state.lambda_document,
+            "learning_rate": state.learning_rate,
+            "grad_norm": self.grad_norm,
+            "query_active_dims": s.query_active / n,
+            "document_active_dims": s.document_active / n,
+            "samples_per_s": (samples_per_s * 100.0).round() / 100.0,
+        })
+    }
+}
+
+/// Sums every gradient across ranks (rank order, identical bits everywhere) and divides by
+/// the number of ranks, as DDP averages them.
+fn average_gradients(group: &mut Group, params: &[Param]) -> Result<(), TrainError> {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
+    let mut flat: Vec<f32> = Vec::new();
+    for g in &grads {
+        flat.extend(host_vec(g)?);
+    }
+    group.all_reduce_sum(&mut flat)?;
+    let world = group.world as f32;
+    for x in flat.iter_mut() {
+        *x /= world;
+    }
+    let mut offset = 0;
+    for g in &grads {
+        let n = g.numel();
+        set_from(g, &flat[offset..offset + n])?;
+        offset += n;
+    }
+    Ok(())
+}
+
+fn host_vec(t: &Tensor) -> Result<Vec<f32>, TrainError> {
+    Ok(Vec::<f32>::try_from(
+        t.detach()
+            .to_device(Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .f_reshape([-1])?,
+    )?)
+}
+
+fn set_from(t: &Tensor, values: &[f32]) -> Result<(), TrainError> {
+    tch::no_grad(|| -> Result<(), TrainError> {
+        let src = Tensor::from_slice(values)
+            .f_view(t.size().as_slice())?
+            .f_to_device(t.device())?;
+        t.shallow_clone().f_copy_(&src)?;
+        Ok(())
+    })
+}
+
+/// Evaluates the current model on `--eval-beir` (written to a scratch folder, then `sparq
+/// eval`'s code path); prints the metrics as a JSON line and returns nDCG@10.
+fn evaluate(
+    model: &TrainModel,
+    config: &TrainConfig,
+    scratch: &std::path::Path,
+    step: u64,
+) -> Result<f64, TrainError> {
+    let dir = scratch.join(format!("eval-{step}"));
+    model.save(&dir)?;
+    let args = crate::eval::run::EvalArgs {
+        model: crate::model::ModelArgs {
+            model: dir.clone(),
+            max_active_dims: None,
+            batch_size: 32,
+            device: match model.device() {
+                Device::Cuda(n) => DeviceSpec::Cuda(n),
+                _ => DeviceSpec::Cpu,
+            },
+            dtype: None,
+            threads: None,
+        },
+        beir: vec![config.eval_beir.clone().expect("checked by the caller")],
+        split: "test".into(),
+        title: false,
+        run_file: None,
+        corpus_vectors: None,
+        corpus_id_column: "_id".into(),
+    };
+    let results = crate::eval::run::run_eval(&args).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let metrics = crate::eval::run::aggregate(&results);
+    let ndcg = metrics
+        .iter()
+        .find(|(k, _)| k.ends_with("ndcg@10"))
+        .map_or(0.0, |(_, v)| *v);
+    println!("{}", serde_json::json!({"step": step, "eval": metrics}));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ndcg)
+}
+
+fn restore_weights_only(dir: &std::path::Path, model: &TrainModel) -> Result<(), TrainError> {
+    let rel = model
+        .layout
+        .transformer_dir
+        .strip_prefix(&model.layout.root)
+        .unwrap_or(std::path::Path::new(""));
+    model.load_values(&dir.join(rel).join("model.safetensors"))
+}
+
+fn check_compatible(
+    saved: &TrainerState,
+    config: &TrainConfig,
+    world: usize,
+    dir: &std::path::Path,
+) -> Result<(), TrainError> {
+    let mut differ = Vec::new();
+    if saved.world_size != world {
+        differ.push(format!("processes {} (now {world})", saved.world_size));
+    }
+    let c = &saved.config;
+    if c.batch_size != config.batch_size {
+        differ.push(format!(
+            "--batch-size {} (now {})",
+            c.batch_size, config.batch_size
+        ));
+    }
+    if c.seed != config.seed {
+        differ.push(format!("--seed {} (now {})", c.seed, config.seed));
+    }
+    if c.train_data != config.train_data || c.columns != config.columns {
+        differ.push(format!(
+            "--train-data {} (now {})",
+            c.train_data, config.train_data
+        ));
+    }
+    if saved.total_steps != config.max_steps.unwrap_or(saved.total_steps)
+        && config.max_steps.is_some()
+    {
+        // A longer or shorter run changes the schedules; allowed, but said.
+        eprintln!(
+            "sparq: note: the checkpoint planned {} steps, this run {}: the learning-rate and λ schedules follow the new total",
+            saved.total_steps,
+            config.max_steps.unwrap_or(0)
+        );
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "was written with {}: resume with the same settings for the same data order",
+                differ.join(", ")
+            ),
+        })
+    }
+}
+
+fn mix(seed: u64, step: u64, rank: usize) -> u64 {
+    let mut rng = super::data::SplitMix64::new(
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((rank as u64) << 48),
+    );
+    rng.next_u64() >> 1
+}
+
+fn tempdir(prefix: &str) -> Result<PathBuf, TrainError> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).map_err(|e| super::model::io_error(&dir, e))?;
+    Ok(dir)
+}
