@@ -228,6 +228,49 @@ impl Group {
         Ok(())
     }
 
+    /// Checks that every rank holds the same `value` (e.g. a hash of its parameters); an error
+    /// names the ranks that differ from rank 0.
+    pub fn check_same(&mut self, value: u64, what: &str) -> Result<(), TrainError> {
+        let mut verdict = [0u8; 1];
+        if self.rank == 0 {
+            let mut differ = Vec::new();
+            for peer in 1..self.world {
+                let mut buf = [0u8; 8];
+                self.links[peer - 1]
+                    .read_exact(&mut buf)
+                    .map_err(|e| self.lost(peer, "receiving from", e))?;
+                if u64::from_le_bytes(buf) != value {
+                    differ.push(peer);
+                }
+            }
+            verdict[0] = u8::from(!differ.is_empty());
+            for peer in 1..self.world {
+                self.links[peer - 1]
+                    .write_all(&verdict)
+                    .map_err(|e| self.lost(peer, "sending to", e))?;
+            }
+            if !differ.is_empty() {
+                return Err(TrainError::Collective(format!(
+                    "{what} of rank(s) {differ:?} differ from rank 0's"
+                )));
+            }
+        } else {
+            self.links[0]
+                .write_all(&value.to_le_bytes())
+                .map_err(|e| self.lost(0, "sending to", e))?;
+            self.links[0]
+                .read_exact(&mut verdict)
+                .map_err(|e| self.lost(0, "receiving from", e))?;
+            if verdict[0] != 0 {
+                return Err(TrainError::Collective(format!(
+                    "rank {}: {what} differ from rank 0's",
+                    self.rank
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every rank has arrived.
     pub fn barrier(&mut self) -> Result<(), TrainError> {
         self.all_reduce_sum(&mut [0.0])

@@ -10,7 +10,6 @@ use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
 use crate::model::tokenizer::SpladeTokenizer;
 use crate::model::weights::WeightMap;
-use crate::model::InputKind;
 
 /// A trainable SPLADE model on one device (fp32 master weights).
 pub struct TrainModel {
@@ -53,16 +52,17 @@ impl TrainModel {
         self.device
     }
 
-    /// Token ids of `texts` with the prompt of `kind`, truncated as the model's settings say.
-    pub fn tokenize(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Vec<u32>>, TrainError> {
-        let prompt = match kind {
-            InputKind::Query => self.layout.query_prompt.as_deref(),
-            InputKind::Document => self.layout.document_prompt.as_deref(),
-        }
-        .unwrap_or("");
+    /// Token ids of `texts`, truncated as the model's settings say. Like sentence-transformers'
+    /// trainer (without `prompts` in its arguments), training adds no query or document prompt.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TrainError> {
         Ok(self
             .tokenizer
-            .encode_batch(texts.iter().map(|t| format!("{prompt}{t}")).collect())?)
+            .encode_batch(texts.iter().map(|t| t.to_string()).collect())?)
+    }
+
+    /// Turns dropout on (training, the default) or off (deterministic forward passes).
+    pub fn set_dropout(&mut self, on: bool) {
+        self.model.set_training(on);
     }
 
     /// SPLADE vectors `[n, vocab]` (fp32, differentiable) of tokenized sequences.

@@ -43,14 +43,16 @@ impl Default for AdamW {
     }
 }
 
-/// Whether transformers' Trainer decays `name` (it exempts biases and normalisation weights).
+/// Whether transformers' Trainer decays `name`: it exempts names matching `bias`,
+/// `layernorm`, `rmsnorm`, a `norm` path segment or a `_norm` suffix (lowercased).
 pub fn decays(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    !(name.ends_with(".bias")
-        || name == "bias"
+    let segments: Vec<&str> = lower.split('.').collect();
+    !(lower.contains("bias")
         || lower.contains("layernorm")
-        || lower.contains("layer_norm")
-        || lower.contains("rmsnorm"))
+        || lower.contains("rmsnorm")
+        || segments.contains(&"norm")
+        || segments.iter().any(|s| s.ends_with("_norm")))
 }
 
 impl AdamW {

@@ -17,7 +17,7 @@ use super::optim::{
     clip_grad_norm, decays, linear_lr, warmup_steps, zero_grad, zeros_like_f32, AdamW, Param,
 };
 use super::TrainError;
-use crate::model::{DeviceSpec, Dtype, InputKind};
+use crate::model::{DeviceSpec, Dtype};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -210,12 +210,23 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         if let Some(bar) = &progress {
             bar.set_position(state.step);
         }
-        if rank == 0 && (state.step % config.logging_steps == 0 || state.step == total) {
+        let log_step = state.step % config.logging_steps == 0 || state.step == total;
+        let mut replicas = None;
+        if let (Some(g), true) = (group.as_mut(), log_step) {
+            // Data parallelism keeps one model: every rank's parameters must be bit-identical.
+            let hash = params_hash(&params)?;
+            g.check_same(hash, "parameters after this step")?;
+            replicas = Some(format!("{hash:016x}"));
+        }
+        if rank == 0 && log_step {
             let epoch = state.cursor.epoch as f64
                 + state.cursor.step_in_epoch as f64 / steps_per_epoch as f64;
             let elapsed = started.elapsed().as_secs_f64();
             let samples = ((state.step - first_step) as usize * config.batch_size * world) as f64;
-            let line = window.line(&state, epoch, samples / elapsed.max(1e-9));
+            let mut line = window.line(&state, epoch, samples / elapsed.max(1e-9));
+            if let Some(hash) = &replicas {
+                line["replicas_identical"] = hash.clone().into();
+            }
             println!("{line}");
             if let Some(bar) = &progress {
                 bar.set_message(format!("loss {:.4}", line["loss"].as_f64().unwrap_or(0.0)));
@@ -293,12 +304,12 @@ fn train_step(
 ) -> Result<(Tensor, StepStats), TrainError> {
     let column =
         |c: usize| -> Vec<&str> { rows.iter().map(|&r| data.columns[c][r].as_str()).collect() };
-    let queries = model.forward(&model.tokenize(&column(0), InputKind::Query)?)?;
+    let queries = model.forward(&model.tokenize(&column(0))?)?;
     let mut doc_texts = Vec::new();
     for c in 1..data.columns.len() {
         doc_texts.extend(column(c));
     }
-    let docs = model.forward(&model.tokenize(&doc_texts, InputKind::Document)?)?;
+    let docs = model.forward(&model.tokenize(&doc_texts)?)?;
     let documents = docs.f_split(rows.len() as i64, 0)?;
     let parts = splade_loss(
         &queries,
@@ -400,6 +411,19 @@ fn average_gradients(group: &mut Group, params: &[Param]) -> Result<(), TrainErr
         offset += n;
     }
     Ok(())
+}
+
+/// FNV-1a over the bytes of every parameter, in order.
+fn params_hash(params: &[Param]) -> Result<u64, TrainError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in params {
+        for x in host_vec(&p.tensor)? {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    Ok(h)
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f32>, TrainError> {

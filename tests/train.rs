@@ -1,0 +1,384 @@
+//! `sparq train` as a user runs it: real processes, files on disk, kills, resumes, two ranks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::corpus::{text_for, write_batch};
+use common::process::{kill9, wait_for};
+use common::tiny_model;
+use tch::Tensor;
+
+const SPARQ: &str = env!("CARGO_BIN_EXE_sparq");
+
+/// `n` (query, answer, negative) rows.
+fn write_pairs(path: &Path, n: i64, with_null_at: Option<usize>) {
+    let words = |i: i64| {
+        text_for(i + 5000)
+            .unwrap_or_else(|| format!("Passage {i}: a fallback text"))
+            .split(' ')
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut queries: Vec<Option<String>> =
+        (0..n).map(|i| Some(format!("q{i} {}", words(i)))).collect();
+    if let Some(row) = with_null_at {
+        queries[row] = None;
+    }
+    let answers: Vec<String> = (0..n)
+        .map(|i| {
+            text_for(i * 3 + 1).unwrap_or_else(|| format!("Answer {i}")) + &format!(" answer {i}")
+        })
+        .collect();
+    let negatives: Vec<String> = (0..n)
+        .map(|i| {
+            text_for(i * 3 + 2).unwrap_or_else(|| format!("Other {i}")) + &format!(" other {i}")
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, true),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("negative", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(queries)) as ArrayRef,
+            Arc::new(StringArray::from(answers)) as ArrayRef,
+            Arc::new(StringArray::from(negatives)) as ArrayRef,
+        ],
+    )
+    .unwrap();
+    write_batch(path, batch, 64);
+}
+
+fn pairs(dir: &Path) -> PathBuf {
+    let path = dir.join("pairs.parquet");
+    if !path.exists() {
+        write_pairs(&path, 96, None);
+    }
+    path
+}
+
+fn train_cmd(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(SPARQ);
+    cmd.args(["train", "--model"])
+        .arg(tiny_model())
+        .arg("--train-data")
+        .arg(data)
+        .arg("--output")
+        .arg(out)
+        .args([
+            "--max-steps",
+            &steps.to_string(),
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+        ]);
+    // Defaults of these tests, unless the caller sets the flag (or a config file does).
+    for (flag, value) in [
+        ("--learning-rate", "1e-3"),
+        ("--save-steps", "2"),
+        ("--logging-steps", "1"),
+    ] {
+        if !extra.contains(&flag) && !extra.contains(&"--config") {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(extra).env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn log_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn resumed_training_equals_uninterrupted_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let whole = tmp.path().join("whole");
+    let log = log_lines(&run_ok(train_cmd(&data, &whole, 6, &[])));
+    let steps: Vec<u64> = log.iter().filter_map(|l| l["step"].as_u64()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    assert!(log[0]["loss"].as_f64().unwrap() > 0.0);
+    assert!(whole.join("checkpoint-4/_COMPLETE").is_file());
+    assert!(whole.join("checkpoint-4/optimizer.safetensors").is_file());
+
+    // K steps, then a resume from a folder holding nothing but checkpoint-2.
+    let part = tmp.path().join("part");
+    std::fs::create_dir_all(&part).unwrap();
+    copy_dir(&whole.join("checkpoint-2"), &part.join("checkpoint-2"));
+    let resumed = log_lines(&run_ok(train_cmd(&data, &part, 6, &["--resume"])));
+    let steps: Vec<u64> = resumed.iter().filter_map(|l| l["step"].as_u64()).collect();
+    assert_eq!(steps, [3, 4, 5, 6]);
+    assert_eq!(
+        resumed.last().unwrap()["train_summary"]["resumed_from"].as_u64(),
+        Some(2)
+    );
+    // Same data order, same dropout masks, same optimizer state: the same weights.
+    let diff = max_diff(&weights(&whole), &weights(&part));
+    assert!(diff <= 1e-6, "resumed weights differ by {diff}");
+    let loss_whole: Vec<f64> = log.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    let loss_resumed: Vec<f64> = resumed.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    assert_eq!(loss_whole[2..], loss_resumed[..]);
+
+    // Without --resume an output holding checkpoints is refused.
+    let out = train_cmd(&data, &part, 6, &[]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
+
+#[test]
+fn sigkill_during_and_between_checkpoints_then_resume_gives_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let whole = tmp.path().join("whole");
+    run_ok(train_cmd(&data, &whole, 8, &[]));
+    let reference = weights(&whole);
+
+    for (round, during_write) in [(0, true), (1, false)] {
+        let out = tmp.path().join(format!("killed-{round}"));
+        let mut child = train_cmd(&data, &out, 8, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        if during_write {
+            // Kill while a checkpoint folder is still being written, if caught; else right after.
+            wait_for("a checkpoint being written", || {
+                std::fs::read_dir(&out).is_ok_and(|d| {
+                    d.flatten().any(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.contains(".partial-") || n == "checkpoint-4"
+                    })
+                })
+            });
+        } else {
+            wait_for("checkpoint-4", || {
+                out.join("checkpoint-4/_COMPLETE").exists()
+            });
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        kill9(child.id());
+        let _ = child.wait();
+        assert!(started.elapsed() < Duration::from_secs(120));
+        assert!(
+            !out.join("model.safetensors").exists(),
+            "the run finished before the kill"
+        );
+        run_ok(train_cmd(&data, &out, 8, &["--resume"]));
+        let diff = max_diff(&reference, &weights(&out));
+        assert!(diff <= 1e-6, "round {round}: weights differ by {diff}");
+        // No half-written checkpoint is left behind.
+        for e in std::fs::read_dir(&out).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            assert!(!n.contains(".partial-"), "left over: {n}");
+            if n.starts_with("checkpoint-") {
+                assert!(e.path().join("_COMPLETE").is_file(), "{n} is incomplete");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_ranks_keep_identical_parameters_and_match_the_launcher_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let out = tmp.path().join("ddp");
+    let stdout = run_ok(train_cmd(
+        &data,
+        &out,
+        4,
+        &["--nproc-per-node", "2", "--save-steps", "0"],
+    ));
+    let log = log_lines(&stdout);
+    let checked: Vec<&str> = log
+        .iter()
+        .filter_map(|l| l["replicas_identical"].as_str())
+        .collect();
+    // Every step's parameters were compared bit for bit across the two ranks.
+    assert_eq!(checked.len(), 4, "{stdout}");
+    assert!(out.join("model.safetensors").is_file());
+    // Two ranks see twice the pairs per step: not the same run as one rank.
+    let single = tmp.path().join("single");
+    run_ok(train_cmd(&data, &single, 4, &["--save-steps", "0"]));
+    assert!(max_diff(&weights(&out), &weights(&single)) > 0.0);
+}
+
+#[test]
+fn a_killed_rank_makes_the_other_exit_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rank = |r: usize, out: &str| {
+        let mut cmd = train_cmd(
+            &data,
+            &tmp.path().join(out),
+            10_000,
+            &["--collective-timeout", "20"],
+        );
+        cmd.env("RANK", r.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let mut zero = rank(0, "r0");
+    let mut one = rank(1, "r1");
+    // Wait for the first logged step, then kill rank 1.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(zero.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"step\""), "{first}");
+    kill9(one.id());
+    let _ = one.wait();
+    let started = Instant::now();
+    let status = zero.wait().unwrap();
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(30), "rank 0 hung");
+    let mut err = String::new();
+    std::io::Read::read_to_string(zero.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("rank 1"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_training_data_is_reported_with_file_row_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nulls = tmp.path().join("nulls.parquet");
+    write_pairs(&nulls, 20, Some(7));
+    let out = train_cmd(&nulls, &tmp.path().join("o1"), 2, &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nulls.parquet") && err.contains("row 7") && err.contains("`query`"),
+        "{err}"
+    );
+
+    let data = pairs(tmp.path());
+    let out = train_cmd(
+        &data,
+        &tmp.path().join("o2"),
+        2,
+        &["--columns", "question,answer"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no column `question`") && err.contains("query, answer, negative"),
+        "{err}"
+    );
+
+    let cfg = tmp.path().join("train.toml");
+    std::fs::write(&cfg, "learning_rat = 1e-3\n").unwrap();
+    let out = train_cmd(
+        &data,
+        &tmp.path().join("o3"),
+        2,
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("train.toml") && err.contains("learning_rat"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_file_values_apply_and_flags_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let cfg = tmp.path().join("train.toml");
+    std::fs::write(
+        &cfg,
+        "max_steps = 3\nlogging_steps = 3\nlearning_rate = 0.5\n",
+    )
+    .unwrap();
+    let log = log_lines(&run_ok(train_cmd(
+        &data,
+        &tmp.path().join("o"),
+        2,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--logging-steps",
+            "1",
+            "--warmup-ratio",
+            "0",
+        ],
+    )));
+    // --max-steps 2 and --logging-steps 1 (flags) win over the file; the file's learning rate
+    // applies: linear decay from 0.5 without warm-up gives 0.5 then 0.25.
+    let lrs: Vec<f64> = log
+        .iter()
+        .filter_map(|l| l["learning_rate"].as_f64())
+        .collect();
+    assert_eq!(lrs, [0.5, 0.25]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
