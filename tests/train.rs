@@ -382,3 +382,101 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+fn s3_endpoint() -> Option<String> {
+    match std::env::var("SPARQ_TEST_S3_ENDPOINT") {
+        Ok(e) => Some(e),
+        Err(_) if std::env::var_os("SPARQ_REQUIRE_S3").is_some() => {
+            panic!("SPARQ_REQUIRE_S3 is set but SPARQ_TEST_S3_ENDPOINT is not")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no S3 server (set SPARQ_TEST_S3_ENDPOINT; `make test` starts one)");
+            None
+        }
+    }
+}
+
+#[test]
+fn data_and_checkpoints_on_s3_resume_from_s3() {
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("sparq-test")
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("testkey")
+        .with_secret_access_key("testsecret")
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let local_data = pairs(tmp.path());
+    let prefix = format!("train-{}", uuid::Uuid::new_v4());
+    rt.block_on(store.put(
+        &object_store::path::Path::from(format!("{prefix}/data/pairs.parquet")),
+        std::fs::read(&local_data).unwrap().into(),
+    ))
+    .unwrap();
+    let s3 = |cmd: &mut Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", "testkey")
+            .env("AWS_SECRET_ACCESS_KEY", "testsecret")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1");
+    };
+    let local = tmp.path().join("local");
+    run_ok(train_cmd(&local_data, &local, 4, &["--save-steps", "1"]));
+
+    let data_url = format!("s3://sparq-test/{prefix}/data");
+    let out_url = format!("s3://sparq-test/{prefix}/out");
+    let remote = |extra: &[&str]| {
+        let mut args = vec!["--save-steps", "1", "--save-total-limit", "2"];
+        args.extend(extra);
+        let mut cmd = train_cmd(Path::new(&data_url), Path::new(&out_url), 4, &args);
+        s3(&mut cmd);
+        cmd
+    };
+    run_ok(remote(&[]));
+    let list = |rt: &tokio::runtime::Runtime| -> Vec<String> {
+        rt.block_on(async {
+            use futures::TryStreamExt;
+            store
+                .list(Some(&object_store::path::Path::from(format!(
+                    "{prefix}/out"
+                ))))
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        })
+    };
+    let names = list(&rt);
+    let complete: Vec<&String> = names.iter().filter(|n| n.ends_with("/_COMPLETE")).collect();
+    // Steps 1, 2, 3 were saved; --save-total-limit 2 keeps the newest two.
+    assert_eq!(complete.len(), 2, "{names:?}");
+    assert!(names
+        .iter()
+        .any(|n| n.ends_with("out/checkpoint-3/_COMPLETE")));
+    assert!(names.iter().any(|n| n.ends_with("out/model.safetensors")));
+    // Resume from the S3 checkpoint: steps 4 again, same model as the local run.
+    run_ok(remote(&["--resume"]));
+    let bytes = rt
+        .block_on(async {
+            store
+                .get(&object_store::path::Path::from(format!(
+                    "{prefix}/out/model.safetensors"
+                )))
+                .await?
+                .bytes()
+                .await
+        })
+        .unwrap();
+    let fetched = tmp.path().join("fetched");
+    std::fs::create_dir_all(&fetched).unwrap();
+    std::fs::write(fetched.join("model.safetensors"), bytes).unwrap();
+    let diff = max_diff(&weights(&local), &weights(&fetched));
+    assert!(diff <= 1e-6, "S3 run differs from the local one by {diff}");
+}

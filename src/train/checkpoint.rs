@@ -155,22 +155,43 @@ impl Output {
         self.put(rt, &format!("{prefix}/{MARKER}"), b"complete".to_vec())
     }
 
-    fn put(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), TrainError> {
+    /// The committer of the folder holding `name` (a `/`-separated path under the output),
+    /// and the file name within it.
+    fn at<'a>(&self, name: &'a str) -> Result<(Committer, &'a str), TrainError> {
         let (dir, file) = name.rsplit_once('/').unwrap_or(("", name));
         let url = if dir.is_empty() {
             self.url.raw.clone()
         } else {
             self.url.join(dir)
         };
-        let target =
-            Committer::new(&StoreUrl::parse(&url).map_err(|e| TrainError::Data(e.to_string()))?)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
+        let parsed = StoreUrl::parse(&url).map_err(|e| TrainError::Data(e.to_string()))?;
+        let target = Committer::new(&parsed).map_err(|e| TrainError::Data(e.to_string()))?;
+        Ok((target, file))
+    }
+
+    fn put(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), TrainError> {
+        let (target, file) = self.at(name)?;
         rt.block_on(target.put(file, bytes))
+            .map_err(|e| TrainError::Data(e.to_string()))
+    }
+
+    fn get(&self, rt: &tokio::runtime::Runtime, name: &str) -> Result<Vec<u8>, TrainError> {
+        let (target, file) = self.at(name)?;
+        rt.block_on(target.get(file))
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .ok_or_else(|| {
+                TrainError::Data(format!("{} vanished while reading it", self.url.join(name)))
+            })
+    }
+
+    fn delete(&self, rt: &tokio::runtime::Runtime, name: &str) -> Result<(), TrainError> {
+        let (target, file) = self.at(name)?;
+        rt.block_on(target.delete(&[file.to_string()]))
             .map_err(|e| TrainError::Data(e.to_string()))
     }
 
@@ -193,10 +214,7 @@ impl Output {
             let Some(rel) = object.strip_prefix(&prefix) else {
                 continue;
             };
-            let bytes = rt
-                .block_on(self.root.get(&object))
-                .map_err(|e| TrainError::Data(e.to_string()))?
-                .unwrap_or_default();
+            let bytes = self.get(rt, &object)?;
             let path = scratch.join(&name).join(rel);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
@@ -247,8 +265,9 @@ impl Output {
                         .filter(|n| n.starts_with(&prefix))
                         .collect();
                     names.sort_by_key(|n| !n.ends_with(MARKER));
-                    rt.block_on(self.root.delete(&names))
-                        .map_err(|e| TrainError::Data(e.to_string()))?;
+                    for n in &names {
+                        self.delete(rt, n)?;
+                    }
                 }
             }
         }
