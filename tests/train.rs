@@ -480,3 +480,124 @@ fn data_and_checkpoints_on_s3_resume_from_s3() {
     let diff = max_diff(&weights(&local), &weights(&fetched));
     assert!(diff <= 1e-6, "S3 run differs from the local one by {diff}");
 }
+
+#[test]
+fn evaluation_during_training_and_the_best_model_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let out = tmp.path().join("eval");
+    let beir = common::root().join("tests/fixtures/beir-small");
+    // A learning rate this high wrecks the model: the first evaluation is the best one.
+    let stdout = run_ok(train_cmd(
+        &data,
+        &out,
+        4,
+        &[
+            "--eval-beir",
+            beir.to_str().unwrap(),
+            "--eval-steps",
+            "2",
+            "--load-best-at-end",
+            "--save-steps",
+            "0",
+            "--learning-rate",
+            "0.05",
+            "--warmup-ratio",
+            "0",
+        ],
+    ));
+    let log = log_lines(&stdout);
+    let evals: Vec<(u64, f64)> = log
+        .iter()
+        .filter(|l| l.get("eval").is_some())
+        .map(|l| {
+            (
+                l["step"].as_u64().unwrap(),
+                l["eval"]["dot_ndcg@10"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    // Steps 2 and 4 (the end), each once, with `sparq eval`'s metric names.
+    assert_eq!(
+        evals.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [2, 4],
+        "{stdout}"
+    );
+    let best = evals
+        .iter()
+        .cloned()
+        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    let summary = &log.last().unwrap()["train_summary"];
+    assert_eq!(summary["best"][1].as_u64(), Some(best.0), "{stdout}");
+    // The final model is the best checkpoint's: evaluating it gives the best score.
+    let out_eval = Command::new(SPARQ)
+        .args(["eval", "--model"])
+        .arg(&out)
+        .arg("--beir")
+        .arg(&beir)
+        .output()
+        .unwrap();
+    assert!(out_eval.status.success());
+    let metrics: serde_json::Value =
+        serde_json::from_slice(out_eval.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    let ndcg = metrics["dot_ndcg@10"].as_f64().unwrap();
+    assert!(
+        (ndcg - best.1).abs() < 1e-9,
+        "final {ndcg} vs best {best:?}"
+    );
+}
+
+#[test]
+fn a_trained_model_loads_in_sentence_transformers_with_the_same_vectors() {
+    let python = common::root().join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!("SKIPPED: no .venv with sentence-transformers (make reference-env)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    let out = tmp.path().join("trained");
+    run_ok(train_cmd(&data, &out, 3, &["--save-steps", "0"]));
+    let texts = common::root().join("tests/fixtures/texts.jsonl");
+    let ours = Command::new(SPARQ)
+        .args(["encode-text", "--model"])
+        .arg(&out)
+        .stdin(std::fs::File::open(&texts).unwrap())
+        .output()
+        .unwrap();
+    assert!(ours.status.success());
+    let ours_path = tmp.path().join("ours.jsonl");
+    std::fs::write(&ours_path, &ours.stdout).unwrap();
+    let script = r#"
+import json, sys, torch
+from sentence_transformers import SparseEncoder
+model_dir, texts_path, ours_path, original = sys.argv[1:5]
+texts = [json.loads(l) for l in open(texts_path)]
+m = SparseEncoder(model_dir, device="cpu")
+ref = m.encode_document(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+worst = 0.0
+for i, line in enumerate(open(ours_path)):
+    v = json.loads(line); g = torch.zeros(ref.shape[1]); g[v["indices"]] = torch.tensor(v["values"])
+    worst = max(worst, (g - ref[i]).abs().max().item())
+base = SparseEncoder(original, device="cpu").encode_document(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+print(json.dumps({"max_diff": worst, "moved": (base - ref).abs().max().item()}))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&out)
+        .arg(&texts)
+        .arg(&ours_path)
+        .arg(tiny_model())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert!(r["max_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+    // Training changed the model (the comparison is not trivially of the bundled model).
+    assert!(r["moved"].as_f64().unwrap() > 1e-3, "{r}");
+}

@@ -232,13 +232,15 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
                 bar.set_message(format!("loss {:.4}", line["loss"].as_f64().unwrap_or(0.0)));
             }
         }
-        let save =
-            config.save_steps > 0 && state.step % config.save_steps == 0 && state.step < total;
+        let scheduled = config.save_steps > 0 && state.step % config.save_steps == 0;
         let eval = config.eval_beir.is_some()
+            && state.step < total
             && match config.eval_steps {
                 Some(k) => k > 0 && state.step % k == 0,
-                None => save,
+                None => scheduled,
             };
+        // With --load-best-at-end every evaluated step is saved, so the best one can be restored.
+        let save = (scheduled || (eval && config.load_best_at_end)) && state.step < total;
         if eval && rank == 0 {
             let ndcg = evaluate(&model, &config, &scratch, state.step)?;
             if state.best.is_none_or(|(b, _)| ndcg > b) {
