@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", nargs="+", default=["f32"])
     ap.add_argument("--workers", nargs="*", type=int, default=[])
+    ap.add_argument("--workers-dtype", nargs="+", default=["f32"], help="dtypes of the `sparq encode` runs")
     ap.add_argument("--label", default="")
     a = ap.parse_args()
 
@@ -111,14 +112,16 @@ def main():
                                 "--batch-size", str(a.batch_size), "--dtype", dtype], stdin=fin, stdout=fout)
         rows.append((f"sparq encode-text {dtype}", secs, rss, agreement(load_vectors(out_path), st_vectors)))
 
-    for workers in a.workers:
-        sub = os.path.join(tmp, f"in-{workers}")
-        os.makedirs(sub)
-        pq.write_table(table, os.path.join(sub, "corpus.parquet"), row_group_size=500)
-        threads = max(1, a.threads // workers)
-        secs, rss, _ = run([SPARQ, "encode", "--model", a.model, "--input", sub, "--output", os.path.join(tmp, f"out-{workers}"),
-                            "--workers", str(workers), "--threads", str(threads), "--shard-rows", "500"])
-        rows.append((f"sparq encode {workers} worker(s) x {threads} thread(s) f32", secs, rss, None))
+    sub = os.path.join(tmp, "in")
+    os.makedirs(sub)
+    pq.write_table(table, os.path.join(sub, "corpus.parquet"), row_group_size=500)
+    for dtype in a.workers_dtype:
+        for i, workers in enumerate(a.workers):
+            threads = max(1, a.threads // workers)
+            secs, rss, _ = run([SPARQ, "encode", "--model", a.model, "--input", sub,
+                                "--output", os.path.join(tmp, f"out-{i}-{workers}-{dtype}"), "--dtype", dtype,
+                                "--workers", str(workers), "--threads", str(threads), "--shard-rows", "500"])
+            rows.append((f"sparq encode {workers} worker(s) x {threads} thread(s) {dtype}", secs, rss, None))
 
     base = rows[0][1]
     print(f"\n{a.label} {len(texts)} docs, {tokens} tokens, {a.threads} threads, batch {a.batch_size}")

@@ -4,6 +4,7 @@
 pub mod coord;
 pub mod encode;
 pub mod eval;
+pub mod export;
 pub mod io;
 pub mod model;
 pub mod train;

@@ -24,6 +24,12 @@ enum Command {
     Eval(sparq::eval::run::EvalArgs),
     /// Fine-tune a SPLADE model with SpladeLoss (one process or several), resumable.
     Train(sparq::train::TrainArgs),
+    /// Convert an encode output for a retrieval engine: anserini, qdrant, elasticsearch, jsonl.
+    Export(sparq::export::ExportArgs),
+    /// Summarise an encode output: rows, files, bytes, active dims, frequent tokens.
+    Inspect(sparq::export::InspectArgs),
+    /// Show the top tokens of given rows of an encode output.
+    Decode(sparq::export::DecodeArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     EncodeWorker,
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
             Command::EncodeWorker => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
             Command::Encode(_) => None,
             Command::Train(_) => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
+            Command::Export(_) | Command::Inspect(_) | Command::Decode(_) => None,
         };
         if let Some(value) = setting {
             std::env::set_var(ONEDNN_CACHE_VAR, value);
@@ -55,6 +62,13 @@ fn main() -> ExitCode {
         Command::Encode(args) => return encode(&args),
         Command::Eval(args) => eval(&args),
         Command::Train(args) => train(&args),
+        Command::Export(args) => sparq::export::run_export(&args)
+            .map(|s| println!("{}", serde_json::json!({ "export_summary": s })))
+            .map_err(Into::into),
+        Command::Inspect(args) => inspect(&args),
+        Command::Decode(args) => sparq::export::decode(&args)
+            .map(|rows| rows.iter().for_each(|r| println!("{r}")))
+            .map_err(Into::into),
         Command::EncodeWorker => {
             let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
             return ExitCode::from(code as u8);
@@ -101,6 +115,51 @@ fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
 
 /// Runs `eval`: one JSON line per dataset (the metrics alone for one dataset; with a
 /// `dataset` key, then their mean, for several).
+fn inspect(args: &sparq::export::InspectArgs) -> anyhow::Result<()> {
+    let report = sparq::export::inspect(args)?;
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    let r = &report;
+    println!("{}", r["url"].as_str().unwrap_or(""));
+    println!(
+        "  {} rows in {} files, {} bytes ({:.1} bytes/row)",
+        r["rows"],
+        r["files"],
+        r["bytes"],
+        r["bytes_per_row"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  null vectors {}, empty vectors {}",
+        r["null_vectors"], r["empty_vectors"]
+    );
+    println!("  schema: {}", r["schema"].as_str().unwrap_or(""));
+    let d = &r["active_dims"];
+    println!(
+        "  active dims: mean {:.1}, p50 {}, p99 {}, max {}",
+        d["mean"].as_f64().unwrap_or(0.0),
+        d["p50"],
+        d["p99"],
+        d["max"]
+    );
+    println!("  top tokens by document frequency:");
+    for t in r["top_tokens_by_document_frequency"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "    {:>8} {:<20} {:>10} docs ({:.1}%)",
+            t["id"],
+            t["token"].as_str().unwrap_or("?"),
+            t["documents"],
+            100.0 * t["fraction"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
 fn train(args: &sparq::train::TrainArgs) -> anyhow::Result<()> {
     if let Some(summary) = sparq::train::run_train(args)? {
         if std::env::var("RANK").map_or(true, |r| r == "0") {

@@ -1,0 +1,89 @@
+//! From a `sparq encode` output to what retrieval engines index: `sparq export` (Anserini,
+//! Qdrant, Elasticsearch/OpenSearch, plain JSON lines), `sparq inspect` and `sparq decode`.
+
+pub mod format;
+pub mod read;
+pub mod sink;
+
+use std::path::PathBuf;
+
+pub use format::{Format, VectorFilter};
+
+/// What can stop an export, inspection or decode.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A bad option.
+    #[error("{0}")]
+    Option(String),
+    /// The input is not a usable sparq output.
+    #[error("{0}")]
+    Input(String),
+    /// Writing the output failed.
+    #[error("{0}")]
+    Output(String),
+    /// Loading the tokenizer failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] crate::io::StoreError),
+}
+
+/// Options of `sparq export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// A `sparq encode` output: folder or s3:// prefix of part-*.parquet.
+    #[arg(long)]
+    pub input: String,
+    /// Output: a file ending in .jsonl (or .jsonl.gz), else a folder/prefix of part-*.jsonl.
+    #[arg(long)]
+    pub output: String,
+    /// anserini (JsonVectorCollection, integer impacts), qdrant (sparse vector upserts),
+    /// elasticsearch (bulk lines for sparse_vector / rank_features), jsonl (ids and weights).
+    #[arg(long, value_enum)]
+    pub format: Format,
+    /// Integer weights round(w × F), zeros dropped (default 100 for anserini, none otherwise).
+    #[arg(long, value_name = "F")]
+    pub quantize: Option<f64>,
+    /// Keep the K largest weights of each vector.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Drop weights below W.
+    #[arg(long, value_name = "W")]
+    pub min_weight: Option<f32>,
+    /// gzip the output files (.jsonl.gz).
+    #[arg(long)]
+    pub gzip: bool,
+    /// jsonl: also write each dimension's token string.
+    #[arg(long)]
+    pub tokens: bool,
+    /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens); it should
+    /// be the model that encoded the output (checked against the output's job record).
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    pub model: PathBuf,
+    /// The output's id column.
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    /// elasticsearch: the document field holding the vector.
+    #[arg(long, default_value = "splade")]
+    pub field: String,
+    /// elasticsearch: the index named in each bulk action (default: none, the bulk URL's).
+    #[arg(long)]
+    pub index: Option<String>,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExportSummary {
+    /// Rows exported.
+    pub rows: u64,
+    /// Rows without a vector (texts that failed to encode), not exported.
+    pub skipped_null: u64,
+    /// Non-zero weights written.
+    pub weights: u64,
+    /// Files written.
+    pub files: Vec<String>,
+}
+
+pub use read::{decode, inspect, DecodeArgs, InspectArgs};
+pub use sink::run_export;

@@ -1,0 +1,335 @@
+//! Reading a `sparq encode` output part by part (memory bounded by one part), the tokenizer
+//! that names its dimensions, and `sparq inspect` / `sparq decode`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Int8Type};
+use arrow::datatypes::{UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+use super::ExportError;
+use crate::encode::SparseVector;
+use crate::io::input::{list_inputs, InputFile};
+use crate::io::output::{read_sparse, SPARSE_COLUMN};
+use crate::io::{Committer, StoreUrl};
+use crate::model::layout::ModelLayout;
+use crate::model::tokenizer::SpladeTokenizer;
+
+/// The part files of an output, in name order.
+pub fn output_parts(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), ExportError> {
+    let parsed = StoreUrl::parse(url)?;
+    let (store, mut files) = runtime.block_on(list_inputs(&parsed))?;
+    if files.is_empty() {
+        return Err(ExportError::Input(format!(
+            "{url}: no part-*.parquet files: pass the --output folder of a `sparq encode` run"
+        )));
+    }
+    files.sort_by(|a, b| a.url.cmp(&b.url));
+    Ok((store, files))
+}
+
+/// Calls `row(id, vector)` for every row of `file` (`vector` is `None` for rows whose text
+/// failed to encode); `id` is a JSON number for integer ids, else a string.
+pub fn for_each_row(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+    id_column: &str,
+    mut row: impl FnMut(Value, Option<SparseVector>) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let bytes = runtime
+        .block_on(async { store.get(&file.path).await?.bytes().await })
+        .map_err(|e| ExportError::Input(format!("{}: {e}", file.url)))?;
+    let bad = |detail: String| ExportError::Input(format!("{}: {detail}", file.url));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(1024).build())
+        .map_err(|e| bad(format!("not a readable parquet file ({e})")))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let vectors = batch
+            .column_by_name(SPARSE_COLUMN)
+            .and_then(|c| read_sparse(c.as_ref()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "no `{SPARSE_COLUMN}` column of list<struct<id: uint32, weight: float32>>: \
+                     not a sparq encode output"
+                ))
+            })?;
+        let ids = batch.column_by_name(id_column).ok_or_else(|| {
+            bad(format!(
+                "no id column `{id_column}` (columns: {}); pick it with --id-column",
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let ids = id_values(ids).map_err(bad)?;
+        for (id, v) in ids.into_iter().zip(vectors) {
+            row(id, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn id_values(ids: &ArrayRef) -> Result<Vec<Value>, String> {
+    macro_rules! ints {
+        ($t:ty) => {
+            ids.as_primitive::<$t>()
+                .iter()
+                .map(|v| v.map_or(Value::Null, |v| Value::from(v)))
+                .collect()
+        };
+    }
+    Ok(match ids.data_type() {
+        DataType::Int8 => ints!(Int8Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int64 => ints!(Int64Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => ints!(UInt64Type),
+        _ => {
+            let f = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default())
+                .map_err(|e| e.to_string())?;
+            (0..ids.len())
+                .map(|i| {
+                    if ids.is_null(i) {
+                        Value::Null
+                    } else {
+                        Value::String(f.value(i).to_string())
+                    }
+                })
+                .collect()
+        }
+    })
+}
+
+/// The tokenizer of `model`, after checking (when the output records it) that this model
+/// encoded the output: token strings from another vocabulary would be silently wrong.
+pub fn tokenizer_for(
+    runtime: &tokio::runtime::Runtime,
+    model: &Path,
+    output: &str,
+) -> Result<SpladeTokenizer, ExportError> {
+    let layout = ModelLayout::read(model)?;
+    let tokenizer = SpladeTokenizer::load(&layout)?;
+    let committer = Committer::new(&StoreUrl::parse(output)?)?;
+    if let Some(job) = runtime.block_on(committer.get(crate::coord::coordinator::JOB_FILE))? {
+        let recorded = serde_json::from_slice::<serde_json::Value>(&job)
+            .ok()
+            .and_then(|j| j["model"].as_str().map(str::to_string));
+        let ours = crate::model::fingerprint(&layout.root)?;
+        if let Some(recorded) = recorded {
+            if recorded != ours {
+                return Err(ExportError::Option(format!(
+                    "{output} was encoded with another model (fingerprint {recorded}) than \
+                     --model {} ({ours}): token strings would name the wrong dimensions; pass \
+                     the model that encoded it",
+                    model.display()
+                )));
+            }
+        }
+    }
+    Ok(tokenizer)
+}
+
+/// Options of `sparq inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// A `sparq encode` output (folder or s3:// prefix).
+    pub url: String,
+    /// Model naming the dimensions in the top-token list.
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    pub model: PathBuf,
+    /// Tokens listed by document frequency.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// The output's id column.
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Rows, files, bytes, active dimensions and the most frequent tokens of an output.
+pub fn inspect(args: &InspectArgs) -> Result<Value, ExportError> {
+    let runtime = runtime()?;
+    let (store, files) = output_parts(&runtime, &args.url)?;
+    let tokenizer = tokenizer_for(&runtime, &args.model, &args.url).ok();
+    let (mut rows, mut nulls, mut empty, mut weights) = (0u64, 0u64, 0u64, 0u64);
+    // Exact percentiles in constant memory: a histogram of active dims, document frequency by id.
+    let mut dims_hist: Vec<u64> = Vec::new();
+    let mut df: Vec<u64> = Vec::new();
+    let mut schema = String::new();
+    for file in &files {
+        if schema.is_empty() {
+            let bytes = runtime
+                .block_on(async { store.get(&file.path).await?.bytes().await })
+                .map_err(|e| ExportError::Input(format!("{}: {e}", file.url)))?;
+            if let Ok(b) = ParquetRecordBatchReaderBuilder::try_new(bytes) {
+                schema = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+            }
+        }
+        for_each_row(&runtime, &store, file, &args.id_column, |_, v| {
+            rows += 1;
+            let Some(v) = v else {
+                nulls += 1;
+                return Ok(());
+            };
+            let n = v.indices.len();
+            if n == 0 {
+                empty += 1;
+            }
+            weights += n as u64;
+            if dims_hist.len() <= n {
+                dims_hist.resize(n + 1, 0);
+            }
+            dims_hist[n] += 1;
+            for &i in &v.indices {
+                let i = i as usize;
+                if df.len() <= i {
+                    df.resize(i + 1, 0);
+                }
+                df[i] += 1;
+            }
+            Ok(())
+        })?;
+    }
+    let counted: u64 = dims_hist.iter().sum();
+    let percentile = |p: f64| -> usize {
+        let target = ((counted as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (n, &c) in dims_hist.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return n;
+            }
+        }
+        0
+    };
+    let mut top: Vec<(usize, u64)> = df.iter().copied().enumerate().filter(|p| p.1 > 0).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(args.top);
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    Ok(serde_json::json!({
+        "url": args.url,
+        "files": files.len(),
+        "rows": rows,
+        "null_vectors": nulls,
+        "empty_vectors": empty,
+        "schema": schema,
+        "bytes": bytes,
+        "bytes_per_row": if rows > 0 { bytes as f64 / rows as f64 } else { 0.0 },
+        "active_dims": {
+            "mean": if counted > 0 { weights as f64 / counted as f64 } else { 0.0 },
+            "p50": percentile(0.5),
+            "p99": percentile(0.99),
+            "max": dims_hist.len().saturating_sub(1),
+        },
+        "top_tokens_by_document_frequency": top.iter().map(|&(i, n)| serde_json::json!({
+            "id": i,
+            "token": tokenizer.as_ref().map(|t| t.token(i as u32)),
+            "documents": n,
+            "fraction": if counted > 0 { n as f64 / counted as f64 } else { 0.0 },
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Options of `sparq decode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecodeArgs {
+    /// A `sparq encode` output (folder or s3:// prefix).
+    pub url: String,
+    /// Row ids to show (repeatable or comma-separated).
+    #[arg(long = "id", required = true, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    /// Tokens shown per row, largest weight first.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Model naming the dimensions (the one that encoded the output).
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    pub model: PathBuf,
+    /// The output's id column.
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+}
+
+/// The top tokens of the rows with the given ids: one JSON value per id found, in the order
+/// asked; ids not found are reported in the error.
+pub fn decode(args: &DecodeArgs) -> Result<Vec<Value>, ExportError> {
+    let runtime = runtime()?;
+    let (store, files) = output_parts(&runtime, &args.url)?;
+    let tokenizer = tokenizer_for(&runtime, &args.model, &args.url)?;
+    let mut found: Vec<Option<Value>> = vec![None; args.ids.len()];
+    for file in &files {
+        for_each_row(&runtime, &store, file, &args.id_column, |id, v| {
+            let key = match &id {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let Some(slot) = args.ids.iter().position(|x| *x == key) {
+                let mut pairs: Vec<(u32, f32)> = v
+                    .as_ref()
+                    .map(|v| {
+                        v.indices
+                            .iter()
+                            .copied()
+                            .zip(v.values.iter().copied())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                pairs.truncate(args.top);
+                found[slot] = Some(serde_json::json!({
+                    "id": id,
+                    "active_dims": v.as_ref().map(|v| v.indices.len()),
+                    "tokens": pairs.iter().map(|&(i, w)| serde_json::json!([tokenizer.token(i), w])).collect::<Vec<_>>(),
+                }));
+            }
+            Ok(())
+        })?;
+    }
+    let missing: Vec<&String> = args
+        .ids
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExportError::Input(format!(
+            "{}: no row with id {missing:?} in column `{}`",
+            args.url, args.id_column
+        )));
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The small I/O runtime these commands use.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExportError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ExportError::Option(format!("cannot start the I/O runtime: {e}")))
+}
