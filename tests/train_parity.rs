@@ -167,11 +167,11 @@ fn clipping_and_adamw_equal_the_reference_on_its_gradients() {
         let grads = tensors(file.as_str().unwrap());
         zero_grad(&mut params);
         // d/dp Σ p·g = g exactly: installs the reference's gradient.
-        let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
-        for p in &params {
-            let g = full(&grads, &p.name, &p.tensor);
-            loss = loss + (&p.tensor * g).sum(Kind::Float);
-        }
+        let terms: Vec<Tensor> = params
+            .iter()
+            .map(|p| (&p.tensor * full(&grads, &p.name, &p.tensor)).sum(Kind::Float))
+            .collect();
+        let loss = Tensor::stack(&terms, 0).sum(Kind::Float);
         loss.backward();
         let norm = clip_grad_norm(&params, opt["max_grad_norm"].as_f64().unwrap()).unwrap();
         let want = norms[step].as_f64().unwrap();

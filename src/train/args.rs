@@ -92,7 +92,8 @@ pub struct TrainArgs {
     /// Intra-op threads per process (default: cores / processes).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Seconds a collective waits for the other processes before failing (default 300).
+    /// Seconds a collective waits for the other processes before failing (default 300); it
+    /// also bounds how long the other ranks wait for rank 0's evaluations and checkpoints.
     #[arg(long)]
     pub collective_timeout: Option<u64>,
 }

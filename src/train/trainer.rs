@@ -210,7 +210,7 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         if let Some(bar) = &progress {
             bar.set_position(state.step);
         }
-        let log_step = state.step % config.logging_steps == 0 || state.step == total;
+        let log_step = state.step.is_multiple_of(config.logging_steps) || state.step == total;
         let mut replicas = None;
         if let (Some(g), true) = (group.as_mut(), log_step) {
             // Data parallelism keeps one model: every rank's parameters must be bit-identical.
@@ -232,11 +232,11 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
                 bar.set_message(format!("loss {:.4}", line["loss"].as_f64().unwrap_or(0.0)));
             }
         }
-        let scheduled = config.save_steps > 0 && state.step % config.save_steps == 0;
+        let scheduled = config.save_steps > 0 && state.step.is_multiple_of(config.save_steps);
         let eval = config.eval_beir.is_some()
             && state.step < total
             && match config.eval_steps {
-                Some(k) => k > 0 && state.step % k == 0,
+                Some(k) => k > 0 && state.step.is_multiple_of(k),
                 None => scheduled,
             };
         // With --load-best-at-end every evaluated step is saved, so the best one can be restored.
