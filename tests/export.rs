@@ -392,43 +392,26 @@ fn token_strings_from_another_model_are_refused() {
 #[test]
 fn export_to_s3_equals_the_local_export() {
     use object_store::ObjectStoreExt;
-    let endpoint = match std::env::var("SPARQ_TEST_S3_ENDPOINT") {
-        Ok(e) => e,
-        Err(_) if std::env::var_os("SPARQ_REQUIRE_S3").is_some() => {
-            panic!("SPARQ_REQUIRE_S3 is set but SPARQ_TEST_S3_ENDPOINT is not")
-        }
-        Err(_) => return eprintln!("SKIPPED: no S3 server (SPARQ_TEST_S3_ENDPOINT)"),
+    let Some(endpoint) = common::s3::endpoint() else {
+        return;
     };
     let f = fixture();
     let local = f.dir.join("local.jsonl");
     export(&f, &local, &["--format", "qdrant"]);
     let key = format!("export-{}/q.jsonl", uuid::Uuid::new_v4());
-    let out = Command::new(SPARQ)
-        .current_dir(root())
+    let mut cmd = Command::new(SPARQ);
+    cmd.current_dir(root())
         .args(["export", "--format", "qdrant", "--input"])
         .arg(&f.out)
-        .args(["--output", &format!("s3://sparq-test/{key}")])
-        .env("AWS_ACCESS_KEY_ID", "testkey")
-        .env("AWS_SECRET_ACCESS_KEY", "testsecret")
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+        .args(["--output", &format!("s3://sparq-test/{key}")]);
+    common::s3::env(&mut cmd, &endpoint);
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name("sparq-test")
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("testkey")
-        .with_secret_access_key("testsecret")
-        .build()
-        .unwrap();
+    let store = common::s3::store(&endpoint);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let bytes = rt
         .block_on(async {

@@ -383,34 +383,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn s3_endpoint() -> Option<String> {
-    match std::env::var("SPARQ_TEST_S3_ENDPOINT") {
-        Ok(e) => Some(e),
-        Err(_) if std::env::var_os("SPARQ_REQUIRE_S3").is_some() => {
-            panic!("SPARQ_REQUIRE_S3 is set but SPARQ_TEST_S3_ENDPOINT is not")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: no S3 server (set SPARQ_TEST_S3_ENDPOINT; `make test` starts one)");
-            None
-        }
-    }
-}
-
 #[test]
 fn data_and_checkpoints_on_s3_resume_from_s3() {
     use object_store::{ObjectStore, ObjectStoreExt};
-    let Some(endpoint) = s3_endpoint() else {
+    let Some(endpoint) = common::s3::endpoint() else {
         return;
     };
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name("sparq-test")
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("testkey")
-        .with_secret_access_key("testsecret")
-        .build()
-        .unwrap();
+    let store = common::s3::store(&endpoint);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let local_data = pairs(tmp.path());
@@ -420,13 +399,7 @@ fn data_and_checkpoints_on_s3_resume_from_s3() {
         std::fs::read(&local_data).unwrap().into(),
     ))
     .unwrap();
-    let s3 = |cmd: &mut Command| {
-        cmd.env("AWS_ACCESS_KEY_ID", "testkey")
-            .env("AWS_SECRET_ACCESS_KEY", "testsecret")
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_REGION", "us-east-1");
-    };
+    let s3 = |cmd: &mut Command| common::s3::env(cmd, &endpoint);
     let local = tmp.path().join("local");
     run_ok(train_cmd(&local_data, &local, 4, &["--save-steps", "1"]));
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use common::{root, tiny_model};
 use sparq::train::loss::splade_loss;
 use sparq::train::model::TrainModel;
-use sparq::train::optim::{clip_grad_norm, decays, zero_grad, zeros_like_f32, AdamW, Param};
+use sparq::train::optim::{clip_grad_norm, zero_grad, AdamW, Param};
 use tch::{Device, Kind, Tensor};
 
 const WORD: &str = "bert.embeddings.word_embeddings.weight";
@@ -143,13 +143,7 @@ fn clipping_and_adamw_equal_the_reference_on_its_gradients() {
     let mut params: Vec<Param> = m
         .params
         .iter()
-        .map(|(name, t)| Param {
-            name: name.clone(),
-            tensor: t.shallow_clone(),
-            exp_avg: zeros_like_f32(t),
-            exp_avg_sq: zeros_like_f32(t),
-            decay: decays(name),
-        })
+        .map(|(name, t)| Param::new(name, t))
         .collect();
     for p in &params {
         assert_eq!(p.decay, !no_decay.contains(&p.name.as_str()), "{}", p.name);

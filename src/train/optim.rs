@@ -19,6 +19,19 @@ pub struct Param {
     pub decay: bool,
 }
 
+impl Param {
+    /// The parameter `name` with zero AdamW state; decayed unless [`decays`] exempts it.
+    pub fn new(name: &str, tensor: &Tensor) -> Self {
+        Self {
+            name: name.to_string(),
+            tensor: tensor.shallow_clone(),
+            exp_avg: zeros_like_f32(tensor),
+            exp_avg_sq: zeros_like_f32(tensor),
+            decay: decays(name),
+        }
+    }
+}
+
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {

@@ -13,9 +13,7 @@ use super::data::{epoch_batches, read_pairs, Cursor, PairData};
 use super::dist::{launch, Group, RankEnv};
 use super::loss::{lambda_at, splade_loss};
 use super::model::TrainModel;
-use super::optim::{
-    clip_grad_norm, decays, linear_lr, warmup_steps, zero_grad, zeros_like_f32, AdamW, Param,
-};
+use super::optim::{clip_grad_norm, linear_lr, warmup_steps, zero_grad, AdamW, Param};
 use super::TrainError;
 use crate::model::{DeviceSpec, Dtype};
 
@@ -90,13 +88,7 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
     let mut params: Vec<Param> = model
         .params
         .iter()
-        .map(|(name, t)| Param {
-            name: name.clone(),
-            tensor: t.shallow_clone(),
-            exp_avg: zeros_like_f32(t),
-            exp_avg_sq: zeros_like_f32(t),
-            decay: decays(name),
-        })
+        .map(|(name, t)| Param::new(name, t))
         .collect();
     let adamw = AdamW {
         weight_decay: config.weight_decay,

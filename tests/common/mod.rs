@@ -8,6 +8,7 @@ use sparq::encode::SparseVector;
 
 pub mod corpus;
 pub mod process;
+pub mod s3;
 
 /// The repository root.
 pub fn root() -> PathBuf {
