@@ -2,7 +2,7 @@
 //! once, then encodes and commits the shards it is leased, heartbeating as it goes.
 
 use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,17 +66,15 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
     // Heartbeat thread: progress of the current shard every second.
     let progress = Arc::new(ShardProgress::default());
     let current = Arc::new(AtomicUsize::new(usize::MAX));
-    let done = Arc::new(AtomicBool::new(false));
+    // Dropping `stop` ends the heartbeat at once (a sleeping thread would delay exit by up to
+    // a heartbeat, and with it the end of every job).
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let heartbeat = {
-        let (progress, current, done, send) = (
-            progress.clone(),
-            current.clone(),
-            done.clone(),
-            send.clone(),
-        );
+        let (progress, current, send) = (progress.clone(), current.clone(), send.clone());
         std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(HEARTBEAT);
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HEARTBEAT)
+            {
                 let shard = current.load(Ordering::Relaxed);
                 send(&FromWorker::Progress {
                     shard: (shard != usize::MAX).then_some(shard),
@@ -120,7 +118,7 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
             }
         }
     }
-    done.store(true, Ordering::Relaxed);
+    drop(stop);
     let _ = heartbeat.join();
     0
 }

@@ -201,6 +201,8 @@ pub struct SpladeEncoder {
     model: MaskedLm,
     device: Device,
     dtype: Dtype,
+    /// Memory maps the model's tensors may point into: they live as long as the model.
+    _maps: Vec<std::sync::Arc<memmap2::Mmap>>,
 }
 
 impl SpladeEncoder {
@@ -210,7 +212,14 @@ impl SpladeEncoder {
         let tokenizer = SpladeTokenizer::load(&layout)?;
         let torch_device = device.resolve()?;
         let dtype = dtype.unwrap_or(Dtype::default_for(device));
-        let mut weights = WeightMap::load(&layout.transformer_dir)?;
+        // fp32 on CPU uses the checkpoint's tensors as they are: map them, so every worker
+        // process on the machine shares one copy (anything else is converted, i.e. copied).
+        let shared = torch_device == Device::Cpu && dtype == Dtype::F32;
+        let mut weights = if shared {
+            WeightMap::load_mapped(&layout.transformer_dir)?
+        } else {
+            WeightMap::load(&layout.transformer_dir)?
+        };
         let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
         model.to(torch_device, dtype.kind());
         Ok(Self {
@@ -219,6 +228,7 @@ impl SpladeEncoder {
             model,
             device: torch_device,
             dtype,
+            _maps: weights.maps(),
         })
     }
 

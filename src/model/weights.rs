@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
 
 use tch::Tensor;
 
@@ -12,6 +15,8 @@ use super::ModelError;
 pub struct WeightMap {
     tensors: HashMap<String, Tensor>,
     source: PathBuf,
+    /// Memory maps the tensors point into (when loaded with [`WeightMap::load_mapped`]).
+    maps: Vec<Arc<Mmap>>,
     /// Every tensor a model took as a parameter, by name, in load order (shallow clones: the
     /// same tensors the model holds).
     taken: Vec<(String, Tensor)>,
@@ -20,6 +25,23 @@ pub struct WeightMap {
 impl WeightMap {
     /// Reads every tensor of the model folder's safetensors file(s).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::read(dir, false)
+    }
+
+    /// Maps the safetensors file(s) read-only and makes tensors that point into the mapping
+    /// (copying only misaligned ones): processes that load the same model share one copy of
+    /// the weights in the page cache, and in the CPU caches. The tensors must never be written;
+    /// keep [`Self::maps`] alive as long as they are used.
+    pub fn load_mapped(dir: &Path) -> Result<Self, ModelError> {
+        Self::read(dir, true)
+    }
+
+    /// The memory maps the tensors point into (empty unless loaded mapped).
+    pub fn maps(&self) -> Vec<Arc<Mmap>> {
+        self.maps.clone()
+    }
+
+    fn read(dir: &Path, mapped: bool) -> Result<Self, ModelError> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let (files, source) = if single.is_file() {
@@ -44,11 +66,18 @@ impl WeightMap {
             });
         };
         let mut tensors = HashMap::new();
+        let mut maps = Vec::new();
         for file in &files {
-            let read = Tensor::read_safetensors(file).map_err(|e| ModelError::Corrupt {
-                path: file.clone(),
-                detail: clean_tch_error(&e.to_string()),
-            })?;
+            let read = if mapped {
+                let (map, read) = read_mapped(file)?;
+                maps.push(map);
+                read
+            } else {
+                Tensor::read_safetensors(file).map_err(|e| ModelError::Corrupt {
+                    path: file.clone(),
+                    detail: clean_tch_error(&e.to_string()),
+                })?
+            };
             for (name, tensor) in read {
                 tensors.insert(normalize_key(&name), tensor);
             }
@@ -56,6 +85,7 @@ impl WeightMap {
         Ok(Self {
             tensors,
             source,
+            maps,
             taken: Vec::new(),
         })
     }
@@ -124,6 +154,59 @@ impl WeightMap {
     pub fn remaining(&self) -> BTreeSet<&str> {
         self.tensors.keys().map(String::as_str).collect()
     }
+}
+
+/// Tensors pointing into a read-only memory map of `file`.
+fn read_mapped(file: &Path) -> Result<(Arc<Mmap>, Vec<(String, Tensor)>), ModelError> {
+    use safetensors::Dtype as D;
+    use tch::Kind;
+    let corrupt = |detail: String| ModelError::Corrupt {
+        path: file.to_path_buf(),
+        detail,
+    };
+    let handle = std::fs::File::open(file).map_err(|e| ModelError::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    // SAFETY: the file is mapped read-only and private; sparq never writes model files while
+    // encoding with them (replacing one in place would be the user's error, as with any mmap).
+    let map = Arc::new(unsafe { Mmap::map(&handle) }.map_err(|e| ModelError::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?);
+    let parsed =
+        safetensors::SafeTensors::deserialize(&map[..]).map_err(|e| corrupt(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, view) in parsed.tensors() {
+        let kind = match view.dtype() {
+            D::F32 => Kind::Float,
+            D::F16 => Kind::Half,
+            D::BF16 => Kind::BFloat16,
+            D::F64 => Kind::Double,
+            D::I64 => Kind::Int64,
+            D::I32 => Kind::Int,
+            D::I16 => Kind::Int16,
+            D::I8 => Kind::Int8,
+            D::U8 => Kind::Uint8,
+            D::BOOL => Kind::Bool,
+            other => {
+                return Err(corrupt(format!(
+                    "tensor `{name}` has unsupported dtype {other:?}"
+                )))
+            }
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let data = view.data();
+        let tensor = if (data.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes()) {
+            // SAFETY: `data` lies in `map`, which the caller keeps alive with the tensors; its
+            // length is numel × element size (checked by the safetensors parser).
+            unsafe { Tensor::from_blob(data.as_ptr(), &shape, &[], kind, tch::Device::Cpu) }
+        } else {
+            Tensor::f_from_data_size(data, &shape, kind).map_err(|e| corrupt(e.to_string()))?
+        };
+        out.push((name, tensor));
+    }
+    Ok((map, out))
 }
 
 /// Maps legacy names to current Hugging Face ones: `LayerNorm.gamma/beta` (TF-era BERT
