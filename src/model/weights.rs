@@ -156,8 +156,11 @@ impl WeightMap {
     }
 }
 
+/// Named tensors, as a safetensors file holds them.
+type Named = Vec<(String, Tensor)>;
+
 /// Tensors pointing into a read-only memory map of `file`.
-fn read_mapped(file: &Path) -> Result<(Arc<Mmap>, Vec<(String, Tensor)>), ModelError> {
+fn read_mapped(file: &Path) -> Result<(Arc<Mmap>, Named), ModelError> {
     use safetensors::Dtype as D;
     use tch::Kind;
     let corrupt = |detail: String| ModelError::Corrupt {
