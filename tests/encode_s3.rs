@@ -12,27 +12,11 @@ use std::time::{Duration, Instant};
 use common::corpus::*;
 use common::process::*;
 use common::*;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sparq::io::{CommitOutcome, Committer, StoreUrl};
 
-const BUCKET: &str = "sparq-test";
-
-fn endpoint() -> Option<String> {
-    match std::env::var("SPARQ_TEST_S3_ENDPOINT") {
-        Ok(e) => Some(e),
-        Err(_) if std::env::var_os("SPARQ_REQUIRE_S3").is_some() => {
-            panic!("SPARQ_REQUIRE_S3 is set but SPARQ_TEST_S3_ENDPOINT is not: start scripts/s3-test-server.sh")
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: no S3 server (set SPARQ_TEST_S3_ENDPOINT; `make test` starts SeaweedFS)"
-            );
-            None
-        }
-    }
-}
+use common::s3::{endpoint, BUCKET};
 
 fn set_env(endpoint: &str) {
     // Every test sets the same values, so concurrent tests agree.
@@ -44,17 +28,7 @@ fn set_env(endpoint: &str) {
 }
 
 fn store(endpoint: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_endpoint(endpoint)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("testkey")
-            .with_secret_access_key("testsecret")
-            .build()
-            .unwrap(),
-    )
+    Arc::new(common::s3::store(endpoint))
 }
 
 fn unique(name: &str) -> String {
