@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod io;
 pub mod model;
+pub mod serve;
 pub mod train;
 
 use std::path::PathBuf;

@@ -30,6 +30,16 @@ enum Command {
     Inspect(sparq::export::InspectArgs),
     /// Show the top tokens of given rows of an encode output.
     Decode(sparq::export::DecodeArgs),
+    /// Run the batch-job service: a job queue (SQLite) and shard leases for remote workers.
+    Serve(sparq::serve::ServeArgs),
+    /// Submit a job spec (TOML) to a coordinator; prints the job id.
+    Submit(sparq::serve::client::SubmitArgs),
+    /// Show the coordinator's jobs: state, shards, rows, rate, ETA, failures.
+    Status(sparq::serve::client::StatusArgs),
+    /// Cancel a job.
+    Cancel(sparq::serve::client::CancelArgs),
+    /// Work for a coordinator: lease shards over HTTP and encode them (any number, anywhere).
+    Worker(sparq::serve::remote::WorkerArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     EncodeWorker,
@@ -67,7 +77,11 @@ fn main() -> ExitCode {
             Command::EncodeWorker => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
             Command::Encode(_) => None,
             Command::Train(_) => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
+            Command::Worker(args) => Some(onednn_cache_capacity(args.device, Dtype::F32)),
             Command::Export(_) | Command::Inspect(_) | Command::Decode(_) => None,
+            Command::Serve(_) | Command::Submit(_) | Command::Status(_) | Command::Cancel(_) => {
+                None
+            }
         };
         if let Some(value) = setting {
             std::env::set_var(ONEDNN_CACHE_VAR, value);
@@ -90,6 +104,19 @@ fn main() -> ExitCode {
         Command::Decode(args) => sparq::export::decode(&args)
             .map(|rows| rows.iter().for_each(|r| println!("{r}")))
             .map_err(Into::into),
+        Command::Serve(args) => sparq::serve::run_serve(&args),
+        Command::Submit(args) => {
+            return match sparq::serve::client::submit(&args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("sparq: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status(args) => sparq::serve::client::status(&args),
+        Command::Cancel(args) => sparq::serve::client::cancel(&args),
+        Command::Worker(args) => sparq::serve::remote::run_worker(&args),
         Command::EncodeWorker => {
             let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
             return ExitCode::from(code as u8);

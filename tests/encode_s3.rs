@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +11,11 @@ use std::time::{Duration, Instant};
 use common::corpus::*;
 use common::process::*;
 use common::*;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use object_store::ObjectStore;
 use sparq::io::{CommitOutcome, Committer, StoreUrl};
 
-use common::s3::{endpoint, BUCKET};
+use common::s3::{endpoint, read_parts, upload, BUCKET};
 
 fn set_env(endpoint: &str) {
     // Every test sets the same values, so concurrent tests agree.
@@ -49,42 +48,6 @@ fn summary(out: &Output) -> serde_json::Value {
             .expect("summary line"),
     )
     .unwrap()
-}
-
-async fn upload(store: &Arc<dyn ObjectStore>, local: &Path, key: &str) {
-    store
-        .put(
-            &ObjectPath::from(key),
-            PutPayload::from(std::fs::read(local).unwrap()),
-        )
-        .await
-        .unwrap();
-}
-
-async fn read_parts(
-    store: &Arc<dyn ObjectStore>,
-    prefix: &str,
-) -> (Vec<(i64, Option<sparq::encode::SparseVector>)>, Vec<String>) {
-    use futures::TryStreamExt;
-    let listed: Vec<_> = store
-        .list(Some(&ObjectPath::from(prefix)))
-        .try_collect()
-        .await
-        .unwrap();
-    let mut names: Vec<String> = listed
-        .iter()
-        .map(|m| m.location.filename().unwrap().to_string())
-        .collect();
-    names.sort();
-    let mut rows = Vec::new();
-    for m in listed
-        .iter()
-        .filter(|m| m.location.filename().unwrap().starts_with("part-"))
-    {
-        let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
-        rows.extend(read_part(&bytes));
-    }
-    (rows, names)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

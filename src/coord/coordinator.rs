@@ -2,10 +2,11 @@
 //! what dies or stalls, and writes the manifest and `_SUCCESS` last.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::{check_columns, shards_of_file, ShardSpec};
 use super::pool::{WorkerEvent, WorkerPool};
@@ -16,7 +17,7 @@ use crate::encode::job::{job_devices, job_dtype, EncodeArgs, JobIdentity, Worker
 use crate::io::input::{list_inputs, read_metadata};
 use crate::io::url::Location;
 use crate::io::{Committer, StoreUrl};
-use crate::model::{fingerprint, ModelLayout};
+use crate::model::{fingerprint, Dtype, ModelLayout};
 
 /// Name of the file that records which job made an output.
 pub const JOB_FILE: &str = "_sparq_job.json";
@@ -26,7 +27,7 @@ pub const MANIFEST: &str = "_manifest.json";
 pub const SUCCESS: &str = "_SUCCESS";
 
 /// A shard that could not be encoded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardFailure {
     /// Output part it would have been (empty for an unreadable file).
     pub part: String,
@@ -39,7 +40,7 @@ pub struct ShardFailure {
 }
 
 /// The one JSON line printed at the end.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EncodeSummary {
     /// Rows encoded by this run.
     pub docs: u64,
@@ -75,26 +76,40 @@ struct ManifestPart<'a> {
     first_row: u64,
 }
 
-/// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
-/// only when there are none).
-pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
-    let started = Instant::now();
+/// A planned encode job: what `plan_encode` found and decided, enough to lease its shards
+/// (here or through `sparq serve`) and to write the manifest at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncodePlan {
+    /// Absolute model folder.
+    pub model: PathBuf,
+    /// Its fingerprint.
+    pub model_fingerprint: String,
+    /// What the output is made of.
+    pub identity: JobIdentity,
+    /// Every shard, committed before or not.
+    pub shards: Vec<ShardSpec>,
+    /// Ids of the shards still to encode.
+    pub pending: Vec<usize>,
+    /// Input files that could not be read (no shards).
+    pub failures: Vec<ShardFailure>,
+    /// Settings for workers; `device` and `threads` are filled in per worker.
+    pub template: WorkerConfig,
+}
+
+/// Plans an encode job: checks the settings, model and inputs, cuts shards, claims (or resumes)
+/// the output. `dtype` is the job's precision (see [`job_dtype`]).
+pub fn plan_encode(
+    args: &EncodeArgs,
+    dtype: Dtype,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<EncodePlan, JobError> {
     validate(args)?;
-    let devices = job_devices(args);
-    for d in devices.iter().collect::<HashSet<_>>() {
-        d.resolve()?;
-    }
-    let dtype = job_dtype(args, &devices);
     let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
     // Validate the model (config, tokenizer, weights present) before any work.
     let layout = ModelLayout::read(&model)?;
     crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
     let model_fingerprint = fingerprint(&layout.root)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let input = StoreUrl::parse(&args.input)?;
     let output = StoreUrl::parse(&args.output)?;
     check_overlap(&input, &output)?;
@@ -219,41 +234,53 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         JOB_FILE,
         serde_json::to_vec_pretty(&identity).expect("serializable"),
     ))?;
-    let pending: Vec<&ShardSpec> = shards
+    let pending: Vec<usize> = shards
         .iter()
         .filter(|s| !committed.contains(&s.part))
+        .map(|s| s.id)
         .collect();
     if !pending.is_empty() {
         // The output is about to change: an old success marker would lie.
         runtime.block_on(committer.delete(&[SUCCESS.to_string(), MANIFEST.to_string()]))?;
     }
+    let template = WorkerConfig {
+        model: model.clone(),
+        device: String::new(),
+        dtype,
+        threads: 0,
+        batch_tokens: args.batch_tokens,
+        max_active_dims: args.max_active_dims,
+        id_column: args.id_column.clone(),
+        text_column: args.text_column.clone(),
+        keep_columns: args.keep_columns.clone(),
+        query: args.query,
+        output: output.raw.clone(),
+    };
+    Ok(EncodePlan {
+        model,
+        model_fingerprint,
+        identity,
+        shards,
+        pending,
+        failures,
+        template,
+    })
+}
+
+/// Ends a job: sums the shard reports into the summary and writes the manifest, then
+/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's.
+pub fn finish_encode(
+    plan: &EncodePlan,
+    reports: &BTreeMap<usize, ShardReport>,
+    failures: &[ShardFailure],
+    seconds: f64,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<EncodeSummary, JobError> {
+    let committer = Committer::new(&StoreUrl::parse(&plan.template.output)?)?;
     let mut summary = EncodeSummary {
-        skipped_shards: shards.len() - pending.len(),
+        skipped_shards: plan.shards.len() - plan.pending.len(),
         ..Default::default()
     };
-
-    let threads = args.threads.unwrap_or_else(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / devices.len()).max(1)
-    });
-    let configs: Vec<WorkerConfig> = devices
-        .iter()
-        .map(|d| WorkerConfig {
-            model: model.clone(),
-            device: d.to_string(),
-            dtype,
-            threads,
-            batch_tokens: args.batch_tokens,
-            max_active_dims: args.max_active_dims,
-            id_column: args.id_column.clone(),
-            text_column: args.text_column.clone(),
-            keep_columns: args.keep_columns.clone(),
-            query: args.query,
-            output: output.raw.clone(),
-        })
-        .collect();
-    let reports = lease_loop(args, &configs, &pending, &mut failures)?;
-
     for r in reports.values() {
         summary.docs += r.rows;
         summary.tokens += r.tokens;
@@ -261,18 +288,6 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         summary.null_texts += r.null_texts;
         summary.duplicate_ids += r.duplicate_ids;
         summary.committed_shards += 1;
-        if r.duplicate_ids > 0 {
-            eprintln!(
-                "sparq: warning: shard {}: {} duplicate ids, e.g. {:?}",
-                r.shard, r.duplicate_ids, r.duplicate_examples
-            );
-        }
-        for f in &r.failures {
-            eprintln!(
-                "sparq: warning: {}, row group {}, row {}, column `{}`: {}; its vector is null",
-                f.file, f.row_group, f.row, f.column, f.reason
-            );
-        }
     }
     let active: u64 = reports.values().map(|r| r.active_dims).sum();
     let encoded = summary.docs - summary.failed_rows - summary.null_texts;
@@ -282,14 +297,15 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         0.0
     };
     summary.failed_shards = failures.len();
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.seconds = seconds;
     summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
 
     committer.remove_empty_attempts();
     // Manifest, then the success marker, last.
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
-    let parts: Vec<ManifestPart> = shards
+    let parts: Vec<ManifestPart> = plan
+        .shards
         .iter()
         .filter(|s| !failed_parts.contains(s.part.as_str()))
         .map(|s| ManifestPart {
@@ -303,8 +319,8 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     let manifest = serde_json::json!({
         "sparq_version": env!("CARGO_PKG_VERSION"),
         "complete": failures.is_empty(),
-        "model": { "path": model, "fingerprint": model_fingerprint },
-        "settings": identity,
+        "model": { "path": plan.model, "fingerprint": plan.model_fingerprint },
+        "settings": plan.identity,
         "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
         "files": parts,
         "failed_shards": failures,
@@ -318,6 +334,63 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     if failures.is_empty() {
         runtime.block_on(committer.put(SUCCESS, Vec::new()))?;
     }
+    Ok(summary)
+}
+
+/// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
+/// only when there are none).
+pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
+    let started = Instant::now();
+    validate(args)?;
+    let devices = job_devices(args);
+    for d in devices.iter().collect::<HashSet<_>>() {
+        d.resolve()?;
+    }
+    let dtype = job_dtype(args, &devices);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let plan = plan_encode(args, dtype, &runtime)?;
+    let mut failures = plan.failures.clone();
+
+    let threads = args.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / devices.len()).max(1)
+    });
+    let configs: Vec<WorkerConfig> = devices
+        .iter()
+        .map(|d| WorkerConfig {
+            device: d.to_string(),
+            threads,
+            ..plan.template.clone()
+        })
+        .collect();
+    let by_id: BTreeMap<usize, &ShardSpec> = plan.shards.iter().map(|s| (s.id, s)).collect();
+    let pending: Vec<&ShardSpec> = plan.pending.iter().map(|id| by_id[id]).collect();
+    let reports = lease_loop(args, &configs, &pending, &mut failures)?;
+
+    for r in reports.values() {
+        if r.duplicate_ids > 0 {
+            eprintln!(
+                "sparq: warning: shard {}: {} duplicate ids, e.g. {:?}",
+                r.shard, r.duplicate_ids, r.duplicate_examples
+            );
+        }
+        for f in &r.failures {
+            eprintln!(
+                "sparq: warning: {}, row group {}, row {}, column `{}`: {}; its vector is null",
+                f.file, f.row_group, f.row, f.column, f.reason
+            );
+        }
+    }
+    let summary = finish_encode(
+        &plan,
+        &reports,
+        &failures,
+        started.elapsed().as_secs_f64(),
+        &runtime,
+    )?;
     Ok((summary, failures))
 }
 
@@ -549,7 +622,8 @@ fn is_part(name: &str) -> bool {
     !name.contains('/') && name.starts_with("part-") && name.ends_with(".parquet")
 }
 
-fn validate(args: &EncodeArgs) -> Result<(), JobError> {
+/// Checks the numeric settings of an encode job.
+pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
     let bad = |m: &str| Err(JobError::Settings(m.to_string()));
     if args.batch_tokens == 0 {
         return bad("--batch-tokens must be positive");

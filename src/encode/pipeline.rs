@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
@@ -56,6 +56,8 @@ pub struct ShardProgress {
     pub rows: AtomicU64,
     /// Tokens encoded.
     pub tokens: AtomicU64,
+    /// Set to abandon the shard (its lease was lost or its job cancelled): nothing is committed.
+    pub cancel: AtomicBool,
 }
 
 /// A batch read from the input, with where it came from.
@@ -289,6 +291,12 @@ pub fn encode_shard(
                     .collect();
                 let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
                 for batch in batcher.batches(&lengths) {
+                    if progress.cancel.load(Ordering::Relaxed) {
+                        return Err(ShardError {
+                            message: "abandoned: the lease was lost or the job cancelled".into(),
+                            retryable: true,
+                        });
+                    }
                     let input: Vec<&[u32]> = batch.iter().map(|&b| seqs[b]).collect();
                     let out = encoder
                         .encode_ids(&input, config.max_active_dims)

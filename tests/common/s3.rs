@@ -2,7 +2,14 @@
 //! environment a sparq process needs to reach it.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::corpus::read_part;
 
 /// The bucket the server is started with.
 pub const BUCKET: &str = "sparq-test";
@@ -44,4 +51,42 @@ pub fn env(cmd: &mut Command, endpoint: &str) {
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_REGION", "us-east-1");
+}
+
+/// Uploads a local file to `key`.
+pub async fn upload(store: &Arc<dyn ObjectStore>, local: &Path, key: &str) {
+    store
+        .put(
+            &ObjectPath::from(key),
+            PutPayload::from(std::fs::read(local).unwrap()),
+        )
+        .await
+        .unwrap();
+}
+
+/// The rows of every part under `prefix`, and the names of every object there.
+pub async fn read_parts(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> (Vec<(i64, Option<sparq::encode::SparseVector>)>, Vec<String>) {
+    use futures::TryStreamExt;
+    let listed: Vec<_> = store
+        .list(Some(&ObjectPath::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = listed
+        .iter()
+        .map(|m| m.location.filename().unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut rows = Vec::new();
+    for m in listed
+        .iter()
+        .filter(|m| m.location.filename().unwrap().starts_with("part-"))
+    {
+        let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        rows.extend(read_part(&bytes));
+    }
+    (rows, names)
 }

@@ -1,0 +1,455 @@
+//! The HTTP JSON API of `sparq serve`, and the messages it exchanges with `submit` and
+//! `worker`.
+//!
+//! | request                            | answer                                   |
+//! |------------------------------------|------------------------------------------|
+//! | `GET /healthz`                     | 200, no token needed                     |
+//! | `POST /v1/jobs` (spec)             | 201 `{id, state}`                        |
+//! | `GET /v1/jobs`                     | `{jobs: [JobView]}`                      |
+//! | `GET /v1/jobs/{id}`                | `JobView` with spec and shards, or 404   |
+//! | `POST /v1/jobs/{id}/cancel`        | `JobView`; 409 if it had ended           |
+//! | `POST /v1/leases` `{worker}`       | `LeaseGrant`, or 204 when there is no work |
+//! | `POST /v1/leases/{l}/heartbeat`    | `LeaseReply` (`keep: false`: stop)       |
+//! | `POST /v1/leases/{l}/done`         | `LeaseReply`                             |
+//! | `POST /v1/leases/{l}/failed`       | `LeaseReply`                             |
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::db::Db;
+use super::spec::{parse_spec, Roots};
+use crate::coord::plan::ShardSpec;
+use crate::encode::job::WorkerConfig;
+
+/// Waiting to be planned.
+pub const STATE_QUEUED: &str = "queued";
+/// Being planned (inputs listed, shards cut).
+pub const STATE_PLANNING: &str = "planning";
+/// Shards being leased.
+pub const STATE_RUNNING: &str = "running";
+/// Writing the manifest.
+pub const STATE_FINISHING: &str = "finishing";
+/// Ended, complete.
+pub const STATE_SUCCEEDED: &str = "succeeded";
+/// Ended with failed shards or an error.
+pub const STATE_FAILED: &str = "failed";
+/// Cancelled by a user.
+pub const STATE_CANCELLED: &str = "cancelled";
+
+/// Whether a job state is final.
+pub fn is_final(state: &str) -> bool {
+    [STATE_SUCCEEDED, STATE_FAILED, STATE_CANCELLED].contains(&state)
+}
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// `encode` or `train`.
+    pub kind: String,
+    /// queued, planning, running, finishing, succeeded, failed, cancelled.
+    pub state: String,
+    /// Submission time (seconds since the epoch).
+    pub created: f64,
+    /// When planning ended.
+    pub started: Option<f64>,
+    /// When it ended.
+    pub finished: Option<f64>,
+    /// Shards in the plan (1 for a train job).
+    pub shards_total: u64,
+    /// Shards committed (by this job or an earlier run of the same output).
+    pub shards_done: u64,
+    /// Shards that failed for good.
+    pub shards_failed: u64,
+    /// Shards leased now.
+    pub shards_running: u64,
+    /// Rows in the plan (train: steps).
+    pub rows_total: u64,
+    /// Rows committed or in progress (train: steps).
+    pub rows_done: u64,
+    /// Rows encoded per second since the job started.
+    pub docs_per_s: f64,
+    /// Seconds left at the current rate.
+    pub eta_s: Option<f64>,
+    /// Leases granted.
+    pub attempts: u64,
+    /// Leases beyond the first per shard (retries after failures or lost workers).
+    pub retries: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The command's summary (encode or train), once ended.
+    pub summary: Option<Value>,
+    /// The normalised spec (detail only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+    /// Every shard (detail only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardView>,
+}
+
+/// One shard of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardView {
+    /// Shard id.
+    pub shard: usize,
+    /// Rows.
+    pub rows: u64,
+    /// pending, leased, done, skipped, failed, cancelled.
+    pub state: String,
+    /// Leases granted for it.
+    pub attempts: u32,
+    /// Last worker holding it.
+    pub worker: Option<String>,
+    /// Causes of failed attempts.
+    pub causes: Vec<String>,
+}
+
+/// A worker asking for work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// Worker name (host-pid unless given).
+    pub worker: String,
+    /// Its device.
+    pub device: String,
+}
+
+/// What a lease is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    /// Encode one shard with these settings (the worker fills in device and threads).
+    Encode {
+        /// Job settings.
+        config: Box<WorkerConfig>,
+        /// The shard.
+        shard: ShardSpec,
+    },
+    /// Run (or resume) a training job with this spec.
+    Train {
+        /// The normalised spec.
+        spec: Value,
+    },
+}
+
+/// A lease granted to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Lease id (used in heartbeats and reports).
+    pub lease: String,
+    /// Job id.
+    pub job: String,
+    /// 1-based attempt of this shard.
+    pub attempt: u32,
+    /// The lease is lost after this many seconds without a heartbeat.
+    pub lease_timeout_s: u64,
+    /// Seconds between heartbeats.
+    pub heartbeat_s: u64,
+    /// The work.
+    pub work: Work,
+}
+
+/// Heartbeat body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Rows done in the shard (train: steps).
+    pub rows: u64,
+    /// Tokens done.
+    pub tokens: u64,
+}
+
+/// Done body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DoneReport {
+    /// Worker name.
+    pub worker: String,
+    /// The shard report (encode) or train summary.
+    pub report: Value,
+}
+
+/// Failed body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedReport {
+    /// Cause.
+    pub error: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+/// The answer to a heartbeat or report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseReply {
+    /// False: stop working on this lease.
+    pub keep: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl LeaseReply {
+    /// Go on.
+    pub fn keep() -> Self {
+        Self {
+            keep: true,
+            reason: None,
+        }
+    }
+    /// Stop, because.
+    pub fn stop(reason: &str) -> Self {
+        Self {
+            keep: false,
+            reason: Some(reason.to_string()),
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct App {
+    /// The queue.
+    pub db: Mutex<Db>,
+    /// SHA-256 of the bearer token, when one is required.
+    pub token: Option<[u8; 32]>,
+    /// Where specs' local paths may point.
+    pub roots: Roots,
+    /// Most jobs waiting to be planned.
+    pub max_queued: u64,
+    /// Wakes the planner.
+    pub wake: crossbeam_channel::Sender<()>,
+}
+
+impl App {
+    fn db(&self) -> MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An API error: status and message, as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
+        }
+        response
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state database: {e}"),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// SHA-256 of a token (compared in constant time, whatever the lengths).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = &app.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token: set SPARQ_TOKEN to the service's token".into(),
+            )
+        })?;
+    if bool::from(token_digest(given.trim()).ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong token: set SPARQ_TOKEN to the service's token".into(),
+        ))
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request body: {e}"),
+        )
+    })
+}
+
+/// The router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/leases", post(lease))
+        .route("/v1/leases/{lease}/heartbeat", post(heartbeat))
+        .route("/v1/leases/{lease}/done", post(done))
+        .route("/v1/leases/{lease}/failed", post(failed))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (see /v1/jobs)".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    let counts = app.db().count_by_state()?;
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "jobs": counts,
+    })))
+}
+
+async fn submit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    authorize(&app, &headers)?;
+    let doc: Value = parse_body(&body)?;
+    let spec = parse_spec(&doc, &app.roots).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let id = app.db().insert_job(
+        spec.kind(),
+        &spec.document(),
+        spec.max_attempts(),
+        spec.lease_timeout(),
+        app.max_queued,
+    )?;
+    let Some(id) = id else {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} jobs are already waiting (--max-queued): submit again later",
+                app.max_queued
+            ),
+        ));
+    };
+    let _ = app.wake.try_send(());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "state": STATE_QUEUED })),
+    ))
+}
+
+async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorize(&app, &headers)?;
+    let jobs = app.db().jobs()?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no job `{id}` (see `sparq status` for the list)"),
+    )
+}
+
+async fn show(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    authorize(&app, &headers)?;
+    let job = app.db().job(&id, true)?;
+    job.map(Json).ok_or_else(|| not_found(&id))
+}
+
+async fn cancel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    authorize(&app, &headers)?;
+    let result = app.db().cancel(&id)?;
+    match result {
+        None => Err(not_found(&id)),
+        Some(Ok(view)) => Ok(Json(view)),
+        Some(Err(state)) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job `{id}` has already ended ({state})"),
+        )),
+    }
+}
+
+async fn lease(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    authorize(&app, &headers)?;
+    let request: LeaseRequest = parse_body(&body)?;
+    let grant = app.db().lease(&request.worker)?;
+    Ok(match grant {
+        Some(g) => Json(g).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<LeaseReply>> {
+    authorize(&app, &headers)?;
+    let beat: Heartbeat = parse_body(&body)?;
+    let reply = app.db().heartbeat(&lease, beat.rows, beat.tokens)?;
+    Ok(Json(reply))
+}
+
+async fn done(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<LeaseReply>> {
+    authorize(&app, &headers)?;
+    let report: DoneReport = parse_body(&body)?;
+    let reply = app.db().done(&lease, &report.worker, &report.report)?;
+    let _ = app.wake.try_send(());
+    Ok(Json(reply))
+}
+
+async fn failed(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<LeaseReply>> {
+    authorize(&app, &headers)?;
+    let report: FailedReport = parse_body(&body)?;
+    let reply = app.db().failed(&lease, &report.error, report.retryable)?;
+    let _ = app.wake.try_send(());
+    Ok(Json(reply))
+}

@@ -1,0 +1,806 @@
+//! The service's state in SQLite: jobs, their shards, and the leases on them. Every change is
+//! one transaction, so a coordinator killed at any moment restarts from a consistent queue.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+use super::api::{
+    JobView, LeaseGrant, LeaseReply, ShardView, Work, STATE_CANCELLED, STATE_FAILED,
+    STATE_FINISHING, STATE_PLANNING, STATE_QUEUED, STATE_RUNNING, STATE_SUCCEEDED,
+};
+use crate::coord::coordinator::{EncodePlan, ShardFailure};
+use crate::coord::plan::ShardSpec;
+use crate::coord::protocol::ShardReport;
+
+/// Errors of the state database.
+pub type DbResult<T> = Result<T, rusqlite::Error>;
+
+/// Seconds since the epoch.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    summary TEXT,
+    plan TEXT,
+    max_attempts INTEGER NOT NULL,
+    lease_timeout INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS shards (
+    job TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    causes TEXT NOT NULL DEFAULT '[]',
+    lease TEXT,
+    worker TEXT,
+    expires REAL,
+    progress_rows INTEGER NOT NULL DEFAULT 0,
+    progress_tokens INTEGER NOT NULL DEFAULT 0,
+    report TEXT,
+    PRIMARY KEY (job, shard)
+);
+CREATE INDEX IF NOT EXISTS shards_state ON shards(state, job);
+CREATE UNIQUE INDEX IF NOT EXISTS shards_lease ON shards(lease);
+";
+
+/// Shard states.
+const PENDING: &str = "pending";
+const LEASED: &str = "leased";
+const DONE: &str = "done";
+/// Committed by an earlier run of the same output: nothing to do.
+const SKIPPED: &str = "skipped";
+const FAILED: &str = "failed";
+const CANCELLED: &str = "cancelled";
+
+/// A job ready to be planned.
+pub struct ToPlan {
+    /// Job id.
+    pub id: String,
+    /// Its spec document.
+    pub spec: Value,
+}
+
+/// A job whose shards have all ended.
+pub struct ToFinish {
+    /// Job id.
+    pub id: String,
+    /// `encode` or `train`.
+    pub kind: String,
+    /// The plan (encode), its shards restored from the table.
+    pub plan: Option<EncodePlan>,
+    /// Reports of the shards this run committed.
+    pub reports: BTreeMap<usize, ShardReport>,
+    /// Failed shards and unreadable files.
+    pub failures: Vec<ShardFailure>,
+    /// Seconds since the job started.
+    pub seconds: f64,
+    /// The train summary (train jobs).
+    pub train_summary: Option<Value>,
+}
+
+/// A lease that ran out.
+pub struct Expired {
+    /// Job.
+    pub job: String,
+    /// Shard.
+    pub shard: usize,
+    /// Worker that held it.
+    pub worker: String,
+    /// Whether the shard failed for good (attempts exhausted).
+    pub failed: bool,
+}
+
+/// The state database.
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (or creates) the database and recovers from an unclean stop: jobs being planned
+    /// are planned again, jobs being finished are finished again, and live leases get a fresh
+    /// timeout so that workers still at work can report to the restarted coordinator.
+    pub fn open(path: &Path) -> DbResult<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        let db = Self { conn };
+        let t = now();
+        db.conn.execute(
+            "UPDATE jobs SET state = ?1 WHERE state = ?2",
+            params![STATE_QUEUED, STATE_PLANNING],
+        )?;
+        db.conn.execute(
+            "UPDATE jobs SET state = ?1 WHERE state = ?2",
+            params![STATE_RUNNING, STATE_FINISHING],
+        )?;
+        db.conn.execute(
+            "UPDATE shards SET expires = ?1 + (SELECT lease_timeout FROM jobs WHERE jobs.id = shards.job)
+             WHERE state = ?2",
+            params![t, LEASED],
+        )?;
+        Ok(db)
+    }
+
+    /// Jobs by state.
+    pub fn count_by_state(&self) -> DbResult<BTreeMap<String, u64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+        rows.collect()
+    }
+
+    /// Queues a job; `None` when `max_queued` jobs are already waiting.
+    pub fn insert_job(
+        &mut self,
+        kind: &str,
+        spec: &Value,
+        max_attempts: u32,
+        lease_timeout: u64,
+        max_queued: u64,
+    ) -> DbResult<Option<String>> {
+        let tx = self.conn.transaction()?;
+        let waiting: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2)",
+            params![STATE_QUEUED, STATE_PLANNING],
+            |r| r.get(0),
+        )?;
+        if waiting >= max_queued {
+            return Ok(None);
+        }
+        let id = format!("j-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        tx.execute(
+            "INSERT INTO jobs (id, kind, spec, state, created, max_attempts, lease_timeout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                kind,
+                spec.to_string(),
+                STATE_QUEUED,
+                now(),
+                max_attempts,
+                lease_timeout
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    /// Takes the oldest queued job for planning.
+    pub fn next_to_plan(&mut self) -> DbResult<Option<ToPlan>> {
+        let tx = self.conn.transaction()?;
+        let found: Option<(String, String)> = tx
+            .query_row(
+                "SELECT id, spec FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1",
+                params![STATE_QUEUED],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((id, spec)) = found else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?1 WHERE id = ?2",
+            params![STATE_PLANNING, id],
+        )?;
+        tx.commit()?;
+        Ok(Some(ToPlan {
+            id,
+            spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
+        }))
+    }
+
+    /// Stores an encode plan: its shards become leasable (those committed before are skipped).
+    pub fn set_planned_encode(&mut self, id: &str, plan: &EncodePlan) -> DbResult<()> {
+        let tx = self.conn.transaction()?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if state.as_deref() != Some(STATE_PLANNING) {
+            return Ok(()); // Cancelled meanwhile.
+        }
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR REPLACE INTO shards (job, shard, spec, rows, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in &plan.shards {
+                let state = if plan.pending.contains(&s.id) {
+                    PENDING
+                } else {
+                    SKIPPED
+                };
+                insert.execute(params![
+                    id,
+                    s.id as i64,
+                    serde_json::to_string(s).expect("serializable"),
+                    s.rows as i64,
+                    state
+                ])?;
+            }
+        }
+        let stored = EncodePlan {
+            shards: Vec::new(),
+            ..plan.clone()
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?1, plan = ?2, started = ?3 WHERE id = ?4",
+            params![
+                STATE_RUNNING,
+                serde_json::to_string(&stored).expect("serializable"),
+                now(),
+                id
+            ],
+        )?;
+        tx.commit()
+    }
+
+    /// A train job is one lease: the whole run, resumed from its checkpoints when redone.
+    pub fn set_planned_train(&mut self, id: &str) -> DbResult<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE jobs SET state = ?1, started = ?2 WHERE id = ?3 AND state = ?4",
+            params![STATE_RUNNING, now(), id, STATE_PLANNING],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "INSERT OR REPLACE INTO shards (job, shard, spec, rows, state) VALUES (?1, 0, 'null', 0, ?2)",
+                params![id, PENDING],
+            )?;
+        }
+        tx.commit()
+    }
+
+    /// Ends a job with an error (planning failed, or finishing failed).
+    pub fn fail_job(&mut self, id: &str, error: &str) -> DbResult<()> {
+        self.conn.execute(
+            "UPDATE jobs SET state = ?1, error = ?2, finished = ?3 WHERE id = ?4 AND state != ?5",
+            params![STATE_FAILED, error, now(), id, STATE_CANCELLED],
+        )?;
+        Ok(())
+    }
+
+    /// Grants the oldest running job's next pending shard to `worker`.
+    pub fn lease(&mut self, worker: &str) -> DbResult<Option<LeaseGrant>> {
+        let tx = self.conn.transaction()?;
+        type Row = (
+            String,
+            i64,
+            String,
+            u32,
+            String,
+            Option<String>,
+            String,
+            u64,
+        );
+        let found: Option<Row> = tx
+            .query_row(
+                "SELECT s.job, s.shard, s.spec, s.attempts, j.kind, j.plan, j.spec, j.lease_timeout
+                 FROM shards s JOIN jobs j ON j.id = s.job
+                 WHERE s.state = ?1 AND j.state = ?2
+                 ORDER BY j.seq, s.shard LIMIT 1",
+                params![PENDING, STATE_RUNNING],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((job, shard, shard_spec, attempts, kind, plan, spec, lease_timeout)) = found
+        else {
+            return Ok(None);
+        };
+        let work = if kind == "train" {
+            Work::Train {
+                spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
+            }
+        } else {
+            let plan: EncodePlan = match plan.as_deref().map(serde_json::from_str) {
+                Some(Ok(p)) => p,
+                _ => return Err(rusqlite::Error::InvalidQuery),
+            };
+            let shard: ShardSpec =
+                serde_json::from_str(&shard_spec).map_err(|_| rusqlite::Error::InvalidQuery)?;
+            Work::Encode {
+                config: Box::new(plan.template),
+                shard,
+            }
+        };
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        tx.execute(
+            "UPDATE shards SET state = ?1, lease = ?2, worker = ?3, expires = ?4,
+             attempts = attempts + 1, progress_rows = 0, progress_tokens = 0
+             WHERE job = ?5 AND shard = ?6",
+            params![
+                LEASED,
+                lease,
+                worker,
+                now() + lease_timeout as f64,
+                job,
+                shard
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(LeaseGrant {
+            lease,
+            job,
+            attempt: attempts + 1,
+            lease_timeout_s: lease_timeout,
+            heartbeat_s: (lease_timeout / 4).clamp(1, 10),
+            work,
+        }))
+    }
+
+    /// The shard state, job state and lease timeout behind a lease.
+    fn held(&self, lease: &str) -> DbResult<Option<(String, String, u64)>> {
+        self.conn
+            .query_row(
+                "SELECT s.state, j.state, j.lease_timeout
+                 FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
+                params![lease],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+    }
+
+    /// Records progress and extends the lease; tells the worker to stop if it lost the lease or
+    /// the job was cancelled.
+    pub fn heartbeat(&mut self, lease: &str, rows: u64, tokens: u64) -> DbResult<LeaseReply> {
+        match self.held(lease)? {
+            Some((state, job_state, timeout))
+                if state == LEASED && job_state == STATE_RUNNING =>
+            {
+                self.conn.execute(
+                    "UPDATE shards SET expires = ?1, progress_rows = ?2, progress_tokens = ?3 WHERE lease = ?4",
+                    params![now() + timeout as f64, rows as i64, tokens as i64, lease],
+                )?;
+                Ok(LeaseReply::keep())
+            }
+            Some((_, job_state, _)) if job_state == STATE_CANCELLED => {
+                Ok(LeaseReply::stop("the job was cancelled"))
+            }
+            _ => Ok(LeaseReply::stop(
+                "the lease was lost (no heartbeat within the lease timeout); the shard went to another worker",
+            )),
+        }
+    }
+
+    /// Records a committed shard. A report arriving after the lease was lost still counts when
+    /// the shard is not done yet: the commit protocol made the part exactly once either way.
+    pub fn done(&mut self, lease: &str, worker: &str, report: &Value) -> DbResult<LeaseReply> {
+        let tx = self.conn.transaction()?;
+        let shard: Option<(String, i64, String)> = tx
+            .query_row(
+                "SELECT job, shard, state FROM shards WHERE lease = ?1",
+                params![lease],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let reply = match shard {
+            Some((job, shard, state)) if state == LEASED || state == PENDING => {
+                tx.execute(
+                    "UPDATE shards SET state = ?1, report = ?2, worker = ?3, expires = NULL
+                     WHERE job = ?4 AND shard = ?5",
+                    params![DONE, report.to_string(), worker, job, shard],
+                )?;
+                LeaseReply::keep()
+            }
+            Some(_) => LeaseReply::stop("the shard had already ended"),
+            None => LeaseReply::stop("unknown lease"),
+        };
+        tx.commit()?;
+        Ok(reply)
+    }
+
+    /// Records a failed attempt: the shard is leased again, or fails for good after its
+    /// attempts (or at once when the cause is not retryable).
+    pub fn failed(&mut self, lease: &str, error: &str, retryable: bool) -> DbResult<LeaseReply> {
+        let tx = self.conn.transaction()?;
+        let held: Option<(String, i64, String, u32, String, u32)> = tx
+            .query_row(
+                "SELECT s.job, s.shard, s.state, s.attempts, s.causes, j.max_attempts
+                 FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
+                params![lease],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let reply = match held {
+            Some((job, shard, state, attempts, causes, max)) if state == LEASED => {
+                let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
+                list.push(error.to_string());
+                let next = if retryable && attempts < max {
+                    PENDING
+                } else {
+                    FAILED
+                };
+                tx.execute(
+                    "UPDATE shards SET state = ?1, causes = ?2, lease = NULL, expires = NULL
+                     WHERE job = ?3 AND shard = ?4",
+                    params![
+                        next,
+                        serde_json::to_string(&list).expect("serializable"),
+                        job,
+                        shard
+                    ],
+                )?;
+                LeaseReply::keep()
+            }
+            _ => LeaseReply::stop("the lease was no longer held"),
+        };
+        tx.commit()?;
+        Ok(reply)
+    }
+
+    /// Takes back leases whose worker went quiet: the shard is leased again (or fails after its
+    /// attempts).
+    pub fn expire(&mut self) -> DbResult<Vec<Expired>> {
+        let tx = self.conn.transaction()?;
+        let t = now();
+        let mut out = Vec::new();
+        {
+            let mut stmt = tx.prepare(
+                "SELECT s.job, s.shard, s.attempts, s.causes, COALESCE(s.worker, '?'), j.max_attempts, j.lease_timeout
+                 FROM shards s JOIN jobs j ON j.id = s.job
+                 WHERE s.state = ?1 AND s.expires < ?2",
+            )?;
+            let rows: Vec<(String, i64, u32, String, String, u32, u64)> = stmt
+                .query_map(params![LEASED, t], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })?
+                .collect::<DbResult<_>>()?;
+            for (job, shard, attempts, causes, worker, max, timeout) in rows {
+                let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
+                list.push(format!(
+                    "worker {worker} lost its lease (no heartbeat for {timeout}s)"
+                ));
+                let failed = attempts >= max;
+                tx.execute(
+                    "UPDATE shards SET state = ?1, causes = ?2, lease = NULL, expires = NULL
+                     WHERE job = ?3 AND shard = ?4",
+                    params![
+                        if failed { FAILED } else { PENDING },
+                        serde_json::to_string(&list).expect("serializable"),
+                        job,
+                        shard
+                    ],
+                )?;
+                out.push(Expired {
+                    job,
+                    shard: shard as usize,
+                    worker,
+                    failed,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Takes the next running job whose shards have all ended, for finishing.
+    pub fn next_to_finish(&mut self) -> DbResult<Option<ToFinish>> {
+        let tx = self.conn.transaction()?;
+        let found: Option<(String, String, Option<String>, Option<f64>)> = tx
+            .query_row(
+                "SELECT id, kind, plan, started FROM jobs j WHERE state = ?1
+                 AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job = j.id AND s.state IN (?2, ?3))
+                 ORDER BY seq LIMIT 1",
+                params![STATE_RUNNING, PENDING, LEASED],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((id, kind, plan, started)) = found else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?1 WHERE id = ?2",
+            params![STATE_FINISHING, id],
+        )?;
+        let mut plan: Option<EncodePlan> = plan.and_then(|p| serde_json::from_str(&p).ok());
+        let mut reports = BTreeMap::new();
+        let mut failures = plan
+            .as_ref()
+            .map(|p| p.failures.clone())
+            .unwrap_or_default();
+        let mut train_summary = None;
+        {
+            let mut stmt = tx.prepare(
+                "SELECT shard, spec, state, causes, report FROM shards WHERE job = ?1 ORDER BY shard",
+            )?;
+            let rows: Vec<(i64, String, String, String, Option<String>)> = stmt
+                .query_map(params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<DbResult<_>>()?;
+            for (shard, spec, state, causes, report) in rows {
+                let causes: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
+                if kind == "train" {
+                    if state == DONE {
+                        train_summary = report.and_then(|r| serde_json::from_str(&r).ok());
+                    } else {
+                        failures.push(ShardFailure {
+                            part: String::new(),
+                            file: String::new(),
+                            rows: (0, 0),
+                            causes,
+                        });
+                    }
+                    continue;
+                }
+                let Ok(spec) = serde_json::from_str::<ShardSpec>(&spec) else {
+                    continue;
+                };
+                match state.as_str() {
+                    DONE => {
+                        if let Some(r) = report.and_then(|r| serde_json::from_str(&r).ok()) {
+                            reports.insert(shard as usize, r);
+                        }
+                    }
+                    FAILED | CANCELLED => failures.push(ShardFailure {
+                        part: spec.part.clone(),
+                        file: spec.file.clone(),
+                        rows: (spec.first_row, spec.rows),
+                        causes,
+                    }),
+                    _ => {}
+                }
+                if let Some(p) = plan.as_mut() {
+                    p.shards.push(spec);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Some(ToFinish {
+            id,
+            kind,
+            plan,
+            reports,
+            failures,
+            seconds: started.map_or(0.0, |s| now() - s),
+            train_summary,
+        }))
+    }
+
+    /// Ends a finished job.
+    pub fn set_finished(
+        &mut self,
+        id: &str,
+        succeeded: bool,
+        summary: &Value,
+        error: Option<&str>,
+    ) -> DbResult<()> {
+        self.conn.execute(
+            "UPDATE jobs SET state = ?1, summary = ?2, error = ?3, finished = ?4 WHERE id = ?5 AND state = ?6",
+            params![
+                if succeeded { STATE_SUCCEEDED } else { STATE_FAILED },
+                summary.to_string(),
+                error,
+                now(),
+                id,
+                STATE_FINISHING
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Cancels a job that has not ended. Returns the new view; `Err(state)` if it had ended.
+    pub fn cancel(&mut self, id: &str) -> DbResult<Option<Result<JobView, String>>> {
+        let tx = self.conn.transaction()?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        if [STATE_SUCCEEDED, STATE_FAILED, STATE_CANCELLED].contains(&state.as_str()) {
+            return Ok(Some(Err(state)));
+        }
+        tx.execute(
+            "UPDATE jobs SET state = ?1, finished = ?2 WHERE id = ?3",
+            params![STATE_CANCELLED, now(), id],
+        )?;
+        tx.execute(
+            "UPDATE shards SET state = ?1 WHERE job = ?2 AND state = ?3",
+            params![CANCELLED, id, PENDING],
+        )?;
+        tx.commit()?;
+        Ok(self.job(id, false)?.map(Ok))
+    }
+
+    /// Every job, oldest first, without details.
+    pub fn jobs(&self) -> DbResult<Vec<JobView>> {
+        let ids: Vec<String> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM jobs ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<DbResult<_>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = self.job(&id, false)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One job; with `detail`, its spec and every shard.
+    pub fn job(&self, id: &str, detail: bool) -> DbResult<Option<JobView>> {
+        type Row = (
+            String,
+            String,
+            String,
+            f64,
+            Option<f64>,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+        );
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT kind, spec, state, created, started, finished, error, summary FROM jobs WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((kind, spec, state, created, started, finished, error, summary)) = row else {
+            return Ok(None);
+        };
+        let mut view = JobView {
+            id: id.to_string(),
+            kind,
+            state,
+            created,
+            started,
+            finished,
+            error,
+            summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+            ..Default::default()
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT shard, rows, state, attempts, causes, worker, progress_rows, report FROM shards WHERE job = ?1 ORDER BY shard",
+        )?;
+        type ShardRow = (
+            i64,
+            u64,
+            String,
+            u32,
+            String,
+            Option<String>,
+            u64,
+            Option<String>,
+        );
+        let shards: Vec<ShardRow> = stmt
+            .query_map(params![id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<DbResult<_>>()?;
+        let mut encoded_rows = 0u64;
+        for (shard, rows, state, attempts, causes, worker, progress, report) in shards {
+            view.shards_total += 1;
+            view.rows_total += rows;
+            view.attempts += attempts as u64;
+            view.retries += attempts.saturating_sub(1) as u64;
+            let causes: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
+            match state.as_str() {
+                DONE => {
+                    view.shards_done += 1;
+                    view.rows_done += rows;
+                    encoded_rows += rows;
+                    if view.kind == "train" {
+                        let steps = report
+                            .as_deref()
+                            .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                            .and_then(|r| r["steps"].as_u64())
+                            .unwrap_or(0);
+                        view.rows_done = steps;
+                        view.rows_total = steps;
+                    }
+                }
+                SKIPPED => {
+                    view.shards_done += 1;
+                    view.rows_done += rows;
+                }
+                LEASED => {
+                    view.shards_running += 1;
+                    view.rows_done += progress;
+                    encoded_rows += progress;
+                }
+                FAILED => view.shards_failed += 1,
+                _ => {}
+            }
+            if detail {
+                view.shards.push(ShardView {
+                    shard: shard as usize,
+                    rows,
+                    state,
+                    attempts,
+                    worker,
+                    causes,
+                });
+            }
+        }
+        let end = view.finished.unwrap_or_else(now);
+        if let Some(start) = view.started {
+            let seconds = (end - start).max(1e-3);
+            view.docs_per_s = encoded_rows as f64 / seconds;
+            if view.finished.is_none() && view.docs_per_s > 0.0 && view.kind == "encode" {
+                view.eta_s =
+                    Some(view.rows_total.saturating_sub(view.rows_done) as f64 / view.docs_per_s);
+            }
+        }
+        if detail {
+            view.spec = serde_json::from_str(&spec).ok();
+        }
+        Ok(Some(view))
+    }
+}

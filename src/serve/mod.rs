@@ -1,0 +1,319 @@
+//! `sparq serve`: the batch-job service. Jobs (encode or train specs) queue in SQLite; a planner
+//! cuts encode jobs into shards with the same planning as `sparq encode`; `sparq worker`
+//! processes anywhere lease shards over HTTP, heartbeat, and commit their parts with the same
+//! exactly-once protocol; a finisher writes each job's manifest and `_SUCCESS`.
+
+pub mod api;
+pub mod client;
+pub mod db;
+pub mod remote;
+pub mod spec;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use self::api::App;
+use self::db::{Db, ToFinish};
+use self::spec::{parse_spec, JobSpec, Roots};
+use crate::coord::coordinator::{finish_encode, plan_encode};
+use crate::model::Dtype;
+
+/// Environment variable holding the bearer token (service, workers and CLI).
+pub const TOKEN_VAR: &str = "SPARQ_TOKEN";
+/// Environment variable naming the coordinator for `submit`, `status`, `cancel`, `worker`.
+pub const COORDINATOR_VAR: &str = "SPARQ_COORDINATOR";
+/// The coordinator when none is named.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
+/// How often the planner and finisher look for work.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Options of `sparq serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address needs SPARQ_TOKEN set.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// SQLite file holding the queue; a restarted service resumes from it.
+    #[arg(long, default_value = "sparq.db")]
+    pub state: PathBuf,
+    /// Folder that job specs' local paths may use (repeatable). Default: the working directory
+    /// and the system temp directory.
+    #[arg(long = "allow-root", value_name = "PATH")]
+    pub allow_roots: Vec<PathBuf>,
+    /// Most jobs waiting to be planned; more submissions get 429.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_queued: u64,
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let token = std::env::var(TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without a token: set {TOKEN_VAR} (workers and `sparq submit` \
+             need the same value), or listen on 127.0.0.1",
+            args.listen
+        );
+    }
+    let base = std::env::current_dir().context("the working directory")?;
+    let wanted = if args.allow_roots.is_empty() {
+        vec![base.clone(), std::env::temp_dir()]
+    } else {
+        args.allow_roots.clone()
+    };
+    let mut allowed = Vec::new();
+    for root in wanted {
+        allowed.push(
+            base.join(&root)
+                .canonicalize()
+                .with_context(|| format!("--allow-root {}", root.display()))?,
+        );
+    }
+    let roots = Roots {
+        allowed,
+        base,
+        default_model: crate::default_model_dir(),
+    };
+    let db = Db::open(&args.state)
+        .with_context(|| format!("opening the state database {}", args.state.display()))?;
+    let counts = db.count_by_state()?;
+    let (wake, woken) = crossbeam_channel::bounded(1);
+    let app = Arc::new(App {
+        db: Mutex::new(db),
+        token: token.as_deref().map(api::token_digest),
+        roots,
+        max_queued: args.max_queued,
+        wake,
+    });
+    {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("planner".into())
+            .spawn(move || planner(&app, &woken))?;
+    }
+    {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("finisher".into())
+            .spawn(move || finisher(&app))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        eprintln!(
+            "sparq: serving on http://{} (state {}; jobs {}; {})",
+            listener.local_addr()?,
+            args.state.display(),
+            serde_json::to_string(&counts)?,
+            if token.is_some() {
+                "bearer token required"
+            } else {
+                "no token: loopback only"
+            }
+        );
+        axum::serve(listener, api::router(app))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")
+    })?;
+    eprintln!("sparq: service stopped; queued and running jobs continue when it restarts");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Plans queued jobs one at a time.
+fn planner(app: &App, woken: &crossbeam_channel::Receiver<()>) {
+    let runtime = runtime();
+    loop {
+        let next = lock(app).next_to_plan();
+        match next {
+            Ok(Some(job)) => {
+                if let Err(e) = plan_job(app, &job.id, &job.spec, &runtime) {
+                    eprintln!("sparq: job {}: {e}", job.id);
+                    if let Err(e) = lock(app).fail_job(&job.id, &e) {
+                        eprintln!("sparq: job {}: state database: {e}", job.id);
+                    }
+                }
+            }
+            Ok(None) => {
+                let _ = woken.recv_timeout(POLL);
+            }
+            Err(e) => {
+                eprintln!("sparq: state database: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn lock(app: &App) -> std::sync::MutexGuard<'_, Db> {
+    app.db.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn plan_job(
+    app: &App,
+    id: &str,
+    doc: &Value,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), String> {
+    match parse_spec(doc, &app.roots)? {
+        JobSpec::Encode { args, .. } => {
+            let dtype = args.dtype.unwrap_or(Dtype::F32);
+            let plan = plan_encode(&args, dtype, runtime).map_err(|e| e.to_string())?;
+            eprintln!(
+                "sparq: job {id}: {} shards ({} to encode, {} committed before) → {}",
+                plan.shards.len(),
+                plan.pending.len(),
+                plan.shards.len() - plan.pending.len(),
+                args.output
+            );
+            lock(app)
+                .set_planned_encode(id, &plan)
+                .map_err(|e| format!("state database: {e}"))
+        }
+        JobSpec::Train { .. } => lock(app)
+            .set_planned_train(id)
+            .map_err(|e| format!("state database: {e}")),
+    }
+}
+
+/// Takes back lost leases and finishes jobs whose shards have all ended.
+fn finisher(app: &App) {
+    let runtime = runtime();
+    loop {
+        match lock(app).expire() {
+            Ok(expired) => {
+                for e in expired {
+                    eprintln!(
+                        "sparq: job {} shard {}: worker {} lost its lease; {}",
+                        e.job,
+                        e.shard,
+                        e.worker,
+                        if e.failed {
+                            "no attempts left, the shard failed"
+                        } else {
+                            "leasing it again"
+                        }
+                    );
+                }
+            }
+            Err(e) => eprintln!("sparq: state database: {e}"),
+        }
+        let next = lock(app).next_to_finish();
+        match next {
+            Ok(Some(job)) => finish_job(app, job, &runtime),
+            Ok(None) => std::thread::sleep(POLL),
+            Err(e) => {
+                eprintln!("sparq: state database: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
+    let failed_error = |failures: &[crate::coord::coordinator::ShardFailure]| {
+        let first = failures
+            .first()
+            .map(|f| {
+                let what = if f.part.is_empty() { &f.file } else { &f.part };
+                format!(
+                    "{}{}",
+                    if what.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{what}: ")
+                    },
+                    f.causes.join("; then: ")
+                )
+            })
+            .unwrap_or_default();
+        format!("{} shard(s) failed; first: {first}", failures.len())
+    };
+    let (succeeded, summary, error) = match (&job.plan, job.kind.as_str()) {
+        (Some(plan), "encode") => {
+            let mut result = Err(String::new());
+            for attempt in 1..=3 {
+                result = finish_encode(plan, &job.reports, &job.failures, job.seconds, runtime)
+                    .map_err(|e| e.to_string());
+                if result.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(attempt));
+            }
+            match result {
+                Ok(summary) => {
+                    let ok = job.failures.is_empty();
+                    (
+                        ok,
+                        serde_json::to_value(&summary).unwrap_or(Value::Null),
+                        (!ok).then(|| failed_error(&job.failures)),
+                    )
+                }
+                Err(e) => (
+                    false,
+                    Value::Null,
+                    Some(format!("writing the manifest: {e}")),
+                ),
+            }
+        }
+        (_, "train") => {
+            let ok = job.failures.is_empty() && job.train_summary.is_some();
+            (
+                ok,
+                job.train_summary.clone().unwrap_or(Value::Null),
+                (!ok).then(|| {
+                    format!(
+                        "training failed: {}",
+                        job.failures
+                            .first()
+                            .map(|f| f.causes.join("; then: "))
+                            .unwrap_or_else(|| "no summary".into())
+                    )
+                }),
+            )
+        }
+        _ => (false, json!(null), Some("the job has no plan".into())),
+    };
+    eprintln!(
+        "sparq: job {}: {}{}",
+        job.id,
+        if succeeded { "succeeded" } else { "failed" },
+        error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    if let Err(e) = lock(app).set_finished(&job.id, succeeded, &summary, error.as_deref()) {
+        eprintln!("sparq: job {}: state database: {e}", job.id);
+    }
+}

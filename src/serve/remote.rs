@@ -1,0 +1,377 @@
+//! `sparq worker`: joins a coordinator from any machine, leases shards (or whole train jobs)
+//! over HTTP, heartbeats while it works, and reports done or failed with the cause. The model
+//! stays loaded between shards of jobs that share it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, Work};
+use super::client::{Client, CoordinatorArg};
+use crate::coord::plan::ShardSpec;
+use crate::encode::job::WorkerConfig;
+use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::io::{Committer, StoreUrl};
+use crate::model::{DeviceSpec, Dtype, SpladeEncoder};
+
+/// How long a worker keeps trying to reach a coordinator that went away (a restart).
+const PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Options of `sparq worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The coordinator to talk to.
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Intra-op threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Name shown in the coordinator's status (default: host-pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exit after this many seconds without work (for batch allocations). Default: never.
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit: Option<u64>,
+    /// Seconds between requests for work while idle.
+    #[arg(long, default_value_t = 1.0)]
+    pub poll: f64,
+}
+
+struct Loaded {
+    model: PathBuf,
+    dtype: Dtype,
+    encoder: SpladeEncoder,
+}
+
+/// Runs the worker until `--idle-exit` or a signal.
+pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    args.device.resolve()?;
+    let client = Client::new(&args.coordinator.coordinator)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    tch::set_num_threads(threads.max(1) as i32);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let request = serde_json::to_value(LeaseRequest {
+        worker: name.clone(),
+        device: args.device.to_string(),
+    })?;
+    eprintln!(
+        "sparq: worker {name} on {} ({threads} threads) asking {} for work",
+        args.device,
+        client.url()
+    );
+    let mut loaded: Option<Loaded> = None;
+    let mut committers: HashMap<String, Committer> = HashMap::new();
+    let mut idle_since = Instant::now();
+    loop {
+        let grant = client.call_retrying(Method::POST, "/v1/leases", Some(&request), PATIENCE)?;
+        let Some(grant) = grant else {
+            if args
+                .idle_exit
+                .is_some_and(|s| idle_since.elapsed() >= Duration::from_secs(s))
+            {
+                eprintln!(
+                    "sparq: worker {name}: no work for {}s; exiting",
+                    args.idle_exit.unwrap_or(0)
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs_f64(args.poll.max(0.05)));
+            continue;
+        };
+        let grant: LeaseGrant = serde_json::from_value(grant)?;
+        let lease = grant.lease.clone();
+        let outcome = match grant.work.clone() {
+            Work::Encode { config, shard } => {
+                let config = WorkerConfig {
+                    device: args.device.to_string(),
+                    threads,
+                    ..*config
+                };
+                encode_lease(
+                    &client,
+                    &grant,
+                    &config,
+                    &shard,
+                    &name,
+                    &runtime,
+                    &mut loaded,
+                    &mut committers,
+                )
+            }
+            Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads),
+        };
+        let (path, body) = match outcome {
+            Ok(report) => (
+                format!("/v1/leases/{lease}/done"),
+                json!({ "worker": name, "report": report }),
+            ),
+            Err(failure) => {
+                eprintln!(
+                    "sparq: worker {name}: job {} lease {lease}: {}",
+                    grant.job, failure.error
+                );
+                (
+                    format!("/v1/leases/{lease}/failed"),
+                    serde_json::to_value(&failure)?,
+                )
+            }
+        };
+        // The part is committed (or not) already; if the report cannot be delivered the lease
+        // times out and the shard's next attempt finds the part committed.
+        if let Err(e) = client.call_retrying(Method::POST, &path, Some(&body), PATIENCE) {
+            eprintln!("sparq: worker {name}: could not report lease {lease}: {e}");
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// Sends heartbeats for a lease until dropped; sets `cancel` when the coordinator says stop.
+struct Heartbeats {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    fn start(
+        client: &Client,
+        grant: &LeaseGrant,
+        read: impl Fn() -> Heartbeat + Send + 'static,
+        on_stop: impl Fn(&str) + Send + 'static,
+    ) -> Self {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let client = client.clone();
+        let path = format!("/v1/leases/{}/heartbeat", grant.lease);
+        let every = Duration::from_secs(grant.heartbeat_s.max(1));
+        let thread = std::thread::spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(every)
+            {
+                let body = serde_json::to_value(read()).expect("serializable");
+                // An unreachable coordinator (restarting) is not a reason to stop: the lease is
+                // renewed when it is back.
+                if let Ok(Some(reply)) = client.call(Method::POST, &path, Some(&body)) {
+                    if let Ok(reply) = serde_json::from_value::<LeaseReply>(reply) {
+                        if !reply.keep {
+                            on_stop(reply.reason.as_deref().unwrap_or("lease lost"));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_lease(
+    client: &Client,
+    grant: &LeaseGrant,
+    config: &WorkerConfig,
+    shard: &ShardSpec,
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    loaded: &mut Option<Loaded>,
+    committers: &mut HashMap<String, Committer>,
+) -> Result<Value, FailedReport> {
+    let retry = |error: String| FailedReport {
+        error: format!("worker {name} on {}: {error}", config.device),
+        retryable: true,
+    };
+    let progress = Arc::new(ShardProgress::default());
+    let beats = {
+        let (read, cancel) = (progress.clone(), progress.clone());
+        Heartbeats::start(
+            client,
+            grant,
+            move || Heartbeat {
+                rows: read.rows.load(Ordering::Relaxed),
+                tokens: read.tokens.load(Ordering::Relaxed),
+            },
+            move |why| {
+                eprintln!("sparq: stopping the shard: {why}");
+                cancel.cancel.store(true, Ordering::Relaxed);
+            },
+        )
+    };
+    let needs_load = !loaded
+        .as_ref()
+        .is_some_and(|l| l.model == config.model && l.dtype == config.dtype);
+    if needs_load {
+        *loaded = None; // Free the old model first.
+        let device: DeviceSpec = match config.device.parse() {
+            Ok(d) => d,
+            Err(e) => return Err(retry(e)),
+        };
+        match SpladeEncoder::load(&config.model, device, Some(config.dtype)) {
+            Ok(encoder) => {
+                *loaded = Some(Loaded {
+                    model: config.model.clone(),
+                    dtype: config.dtype,
+                    encoder,
+                })
+            }
+            Err(e) => return Err(retry(format!("cannot load the model: {e}"))),
+        }
+    }
+    let committer = match committers.get(&config.output) {
+        Some(c) => c,
+        None => {
+            let c = match StoreUrl::parse(&config.output).and_then(|u| Committer::new(&u)) {
+                Ok(c) => c,
+                Err(e) => return Err(retry(e.to_string())),
+            };
+            committers.entry(config.output.clone()).or_insert(c)
+        }
+    };
+    let encoder = &loaded.as_ref().expect("loaded above").encoder;
+    let result = encode_shard(encoder, config, runtime, committer, shard, &progress);
+    drop(beats);
+    // SAFETY: malloc_trim has no preconditions (see coord::worker).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    match result {
+        Ok(report) => Ok(serde_json::to_value(report).expect("serializable")),
+        Err(e) => Err(FailedReport {
+            error: format!("worker {name}: {}", e.message),
+            retryable: e.retryable,
+        }),
+    }
+}
+
+/// Runs a train job as a child `sparq train` (resuming from the newest checkpoint), relaying
+/// its step in heartbeats and its summary in the report.
+fn train_lease(
+    client: &Client,
+    grant: &LeaseGrant,
+    spec: &Value,
+    args: &WorkerArgs,
+    threads: usize,
+) -> Result<Value, FailedReport> {
+    let fail = |error: String, retryable: bool| FailedReport { error, retryable };
+    let mut table = spec.clone();
+    if let Some(map) = table.as_object_mut() {
+        map.remove("kind");
+        map.retain(|_, v| !v.is_null());
+    }
+    let config: toml::Table =
+        serde_json::from_value(table).map_err(|e| fail(format!("the train spec: {e}"), false))?;
+    let dir = std::env::temp_dir().join(format!("sparq-worker-{}", grant.lease));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), true))?;
+    let path = dir.join("train.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap_or_default())
+        .map_err(|e| fail(format!("{}: {e}", path.display()), true))?;
+    let exe = std::env::current_exe().map_err(|e| fail(e.to_string(), true))?;
+    let mut child = Command::new(exe)
+        .arg("train")
+        .arg("--config")
+        .arg(&path)
+        .args(["--device", &args.device.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .arg("--resume")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("starting `sparq train`: {e}"), true))?;
+    let step = Arc::new(AtomicU64::new(0));
+    let pid = child.id();
+    let read = step.clone();
+    let beats = Heartbeats::start(
+        client,
+        grant,
+        move || Heartbeat {
+            rows: read.load(Ordering::Relaxed),
+            tokens: 0,
+        },
+        move |why| {
+            eprintln!("sparq: stopping the training run: {why}");
+            // SAFETY: plain kill(2) on our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        },
+    );
+    let stderr = child.stderr.take().expect("piped");
+    let tail = std::thread::spawn(move || {
+        let mut last: Vec<String> = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            last.push(line);
+            if last.len() > 5 {
+                last.remove(0);
+            }
+        }
+        last
+    });
+    let mut summary = None;
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some(s) = v["step"].as_u64() {
+                step.store(s, Ordering::Relaxed);
+            }
+            if v.get("train_summary").is_some() {
+                summary = Some(v["train_summary"].clone());
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| fail(e.to_string(), true))?;
+    drop(beats);
+    let last = tail.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    match (status.success(), summary) {
+        (true, Some(summary)) => Ok(summary),
+        _ => Err(fail(
+            format!(
+                "`sparq train` ended with {status}: {}",
+                last.iter()
+                    .rev()
+                    .find(|l| l.contains("error"))
+                    .or(last.last())
+                    .cloned()
+                    .unwrap_or_default()
+            ),
+            true,
+        )),
+    }
+}

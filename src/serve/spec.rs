@@ -1,0 +1,460 @@
+//! Job specs: the document `sparq submit` sends (a TOML file, as JSON on the wire) and
+//! `sparq serve` checks before queueing it. Its keys are the flags of the job's command
+//! (`sparq encode` or `sparq train`) with `_` for `-`; nothing in a spec is executed.
+
+use std::path::{Component, Path, PathBuf};
+
+use clap::{Args, CommandFactory, FromArgMatches};
+use serde_json::{Map, Value};
+
+use crate::encode::job::EncodeArgs;
+use crate::io::url::Location;
+use crate::io::StoreUrl;
+use crate::train::TrainArgs;
+
+/// Longest string value accepted in a spec.
+const MAX_STRING: usize = 4096;
+/// Most keys in a spec.
+const MAX_KEYS: usize = 64;
+/// Default lease timeout of service jobs: seconds without a heartbeat before a shard is
+/// leased to another worker.
+pub const DEFAULT_LEASE_TIMEOUT: u64 = 60;
+
+/// Encode keys a service job may not set: each worker chooses them for itself.
+const WORKER_KEYS: [&str; 3] = ["devices", "workers", "threads"];
+/// Train keys a service job may not set.
+const TRAIN_WORKER_KEYS: [&str; 5] = ["device", "threads", "config", "resume", "nproc_per_node"];
+
+/// Where a spec's local paths may point.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    /// Canonical allowed folders.
+    pub allowed: Vec<PathBuf>,
+    /// Where relative paths start (the service's working directory).
+    pub base: PathBuf,
+    /// The service's default model, allowed wherever it is.
+    pub default_model: PathBuf,
+}
+
+impl Roots {
+    /// Checks that `path` (absolute or relative to `base`) lies under an allowed root; returns
+    /// it absolute and normalised.
+    pub fn check(&self, key: &str, path: &Path) -> Result<PathBuf, String> {
+        let absolute = normalise(&self.base.join(path));
+        let real = resolve_existing(&absolute);
+        if real == resolve_existing(&normalise(&self.base.join(&self.default_model))) {
+            return Ok(absolute);
+        }
+        if self.allowed.iter().any(|root| real.starts_with(root)) {
+            Ok(absolute)
+        } else {
+            Err(format!(
+                "`{key}` = {} is outside the folders this service may touch ({}): use a path \
+                 under one of them, or start `sparq serve` with --allow-root",
+                path.display(),
+                self.allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+
+    /// Checks a store URL: S3 as is, local paths under the roots (made absolute). For globs the
+    /// folder before the first wildcard is checked.
+    fn check_url(&self, key: &str, raw: &str) -> Result<String, String> {
+        let url = StoreUrl::parse(raw).map_err(|e| format!("`{key}`: {e}"))?;
+        match url.location {
+            Location::S3 { .. } => Ok(raw.to_string()),
+            Location::Local(_) => {
+                let local = raw.strip_prefix("file://").unwrap_or(raw);
+                let Some(wild) = local.find(['*', '?', '[']) else {
+                    return Ok(self.check(key, Path::new(local))?.display().to_string());
+                };
+                let (dir, rest) = match local[..wild].rfind('/') {
+                    Some(0) => ("/", &local[1..]),
+                    Some(j) => (&local[..j], &local[j + 1..]),
+                    None => (".", local),
+                };
+                let checked = self.check(key, Path::new(dir))?;
+                Ok(checked.join(rest).display().to_string())
+            }
+        }
+    }
+}
+
+/// Lexically removes `.` and `..` (no file system access).
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Resolves symlinks in the longest existing prefix of `path` and appends the rest.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// A checked job: its kind and the normalised spec (local paths absolute).
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    /// `sparq encode` settings.
+    Encode {
+        /// The spec with defaults filled in.
+        spec: Map<String, Value>,
+        /// Parsed settings.
+        args: Box<EncodeArgs>,
+    },
+    /// `sparq train` settings.
+    Train {
+        /// The spec as given (paths absolute).
+        spec: Map<String, Value>,
+        /// Parsed settings (resume on).
+        args: Box<TrainArgs>,
+    },
+}
+
+impl JobSpec {
+    /// `encode` or `train`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Encode { .. } => "encode",
+            JobSpec::Train { .. } => "train",
+        }
+    }
+
+    /// The normalised document, `kind` included.
+    pub fn document(&self) -> Value {
+        let (JobSpec::Encode { spec, .. } | JobSpec::Train { spec, .. }) = self;
+        let mut doc = spec.clone();
+        doc.insert("kind".into(), self.kind().into());
+        Value::Object(doc)
+    }
+
+    /// Shard attempts before a shard fails.
+    pub fn max_attempts(&self) -> u32 {
+        match self {
+            JobSpec::Encode { args, .. } => args.max_attempts,
+            JobSpec::Train { .. } => 3,
+        }
+    }
+
+    /// Seconds without a heartbeat before a lease is lost.
+    pub fn lease_timeout(&self) -> u64 {
+        match self {
+            JobSpec::Encode { args, .. } => args.lease_timeout,
+            JobSpec::Train { .. } => DEFAULT_LEASE_TIMEOUT,
+        }
+    }
+}
+
+/// Checks a spec document: its shape, types and sizes, its keys against the command's flags,
+/// and its paths against `roots`.
+pub fn parse_spec(doc: &Value, roots: &Roots) -> Result<JobSpec, String> {
+    let Value::Object(map) = doc else {
+        return Err(
+            "a job spec is a JSON object (a TOML table): {\"kind\": \"encode\", ...}".into(),
+        );
+    };
+    if map.len() > MAX_KEYS {
+        return Err(format!("a job spec has at most {MAX_KEYS} keys"));
+    }
+    for (k, v) in map {
+        check_sizes(k, v)?;
+    }
+    let mut map = map.clone();
+    let kind = match map.remove("kind") {
+        Some(Value::String(k)) => k,
+        Some(other) => {
+            return Err(format!(
+                "`kind` must be \"encode\" or \"train\", not {other}"
+            ))
+        }
+        None => {
+            return Err("the spec has no `kind`: add kind = \"encode\" or kind = \"train\"".into())
+        }
+    };
+    match kind.as_str() {
+        "encode" => parse_encode(map, roots),
+        "train" => parse_train(map, roots),
+        other => Err(format!(
+            "unknown kind \"{other}\": a job is kind = \"encode\" or kind = \"train\""
+        )),
+    }
+}
+
+fn check_sizes(key: &str, value: &Value) -> Result<(), String> {
+    match value {
+        Value::String(s) if s.len() > MAX_STRING => Err(format!(
+            "`{key}` is {} bytes long; the limit is {MAX_STRING}",
+            s.len()
+        )),
+        Value::Array(items) if items.len() > MAX_KEYS => Err(format!(
+            "`{key}` has {} items; the limit is {MAX_KEYS}",
+            items.len()
+        )),
+        Value::Array(items) => items.iter().try_for_each(|v| check_sizes(key, v)),
+        Value::Object(_) => Err(format!("`{key}` is a table; job settings are plain values")),
+        _ => Ok(()),
+    }
+}
+
+/// The encode flags as a parser: a spec becomes the argument list of `sparq encode`.
+#[derive(clap::Parser)]
+#[command(name = "encode", no_binary_name = true, disable_help_flag = true)]
+struct EncodeCommand {
+    #[command(flatten)]
+    args: EncodeArgs,
+}
+
+fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, String> {
+    for key in WORKER_KEYS {
+        if map.contains_key(key) {
+            return Err(format!(
+                "`{key}` is not a job setting: each `sparq worker` picks its own device and threads"
+            ));
+        }
+    }
+    map.entry("lease_timeout")
+        .or_insert(Value::from(DEFAULT_LEASE_TIMEOUT));
+    let command = EncodeArgs::augment_args(EncodeCommand::command());
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|l| l.replace('-', "_"))
+        .filter(|k| !WORKER_KEYS.contains(&k.as_str()))
+        .collect();
+    for key in ["input", "output", "model"] {
+        if let Some(Value::String(raw)) = map.get(key) {
+            let checked = if key == "model" {
+                roots
+                    .check(key, Path::new(raw))
+                    .map(|p| p.display().to_string())?
+            } else {
+                roots.check_url(key, raw)?
+            };
+            map.insert(key.into(), Value::String(checked));
+        }
+    }
+    let mut argv: Vec<String> = Vec::new();
+    for (key, value) in &map {
+        if !known.contains(key) {
+            return Err(format!(
+                "unknown key `{key}` for an encode job (keys: kind, {})",
+                known.join(", ")
+            ));
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            Value::Bool(true) => argv.push(flag),
+            Value::Bool(false) => {}
+            // `--flag=value`: a value starting with `-` is not taken for a flag.
+            Value::String(s) => argv.push(format!("{flag}={s}")),
+            Value::Number(n) => argv.push(format!("{flag}={n}")),
+            Value::Array(items) => {
+                let parts: Result<Vec<String>, String> = items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) if !s.contains(',') => Ok(s.clone()),
+                        _ => Err(format!("`{key}` must be a list of names without commas")),
+                    })
+                    .collect();
+                argv.push(format!("{flag}={}", parts?.join(",")));
+            }
+            Value::Null | Value::Object(_) => {
+                return Err(format!("`{key}` must be a string, number, boolean or list"))
+            }
+        }
+    }
+    let matches = command
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_message(&e))?;
+    let args = EncodeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
+    crate::coord::coordinator::validate(&args).map_err(|e| e.to_string())?;
+    if args.lease_timeout == 0 {
+        return Err("`lease_timeout` must be at least 1 second".into());
+    }
+    // The default model resolves on the service: pin it, so every worker uses the same folder.
+    if !map.contains_key("model") {
+        let model = roots.check("model", &args.model)?;
+        map.insert("model".into(), Value::String(model.display().to_string()));
+    }
+    let mut args = args;
+    args.model = PathBuf::from(map["model"].as_str().unwrap_or_default());
+    Ok(JobSpec::Encode {
+        spec: map,
+        args: Box::new(args),
+    })
+}
+
+fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, String> {
+    for key in TRAIN_WORKER_KEYS {
+        if map.contains_key(key) {
+            return Err(format!(
+                "`{key}` is not a setting of a service job: the worker picks its device and \
+                 threads, and a train job always resumes from its newest complete checkpoint"
+            ));
+        }
+    }
+    for key in ["model", "eval_beir"] {
+        if let Some(Value::String(raw)) = map.get(key) {
+            let p = roots.check(key, Path::new(raw))?;
+            map.insert(key.into(), Value::String(p.display().to_string()));
+        }
+    }
+    for key in ["train_data", "output"] {
+        if let Some(Value::String(raw)) = map.get(key) {
+            let checked = roots.check_url(key, raw)?;
+            map.insert(key.into(), Value::String(checked));
+        }
+    }
+    if !map.contains_key("model") {
+        let model = roots.check("model", &crate::default_model_dir())?;
+        map.insert("model".into(), Value::String(model.display().to_string()));
+    }
+    let mut args: TrainArgs = serde_json::from_value(Value::Object(map.clone()))
+        .map_err(|e| format!("train job: {e} (keys are the flags of `sparq train` with `_`)"))?;
+    args.resume = Some(true);
+    args.resolve().map_err(|e| e.to_string())?;
+    Ok(JobSpec::Train {
+        spec: map,
+        args: Box::new(args),
+    })
+}
+
+/// clap's message without its usage footer, with flags named as spec keys.
+fn clap_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let first = message.join(" ");
+    let first = first.trim_start_matches("error: ");
+    let mut out = String::new();
+    let mut rest = first;
+    // `'--shard-rows <SHARD_ROWS>'` or `--output <OUTPUT>` → `shard_rows`, `output`
+    while let Some(i) = rest.find("--") {
+        out.push_str(rest[..i].trim_end_matches('\''));
+        let tail = &rest[i + 2..];
+        let end = tail.find(['\'', ' ', '=']).unwrap_or(tail.len());
+        out.push('`');
+        out.push_str(&tail[..end].replace('-', "_"));
+        out.push('`');
+        let mut after = &tail[end..];
+        if let Some(stripped) = after.strip_prefix(" <") {
+            after = stripped.split_once('>').map_or("", |(_, r)| r);
+        }
+        rest = after.trim_start_matches('\'');
+    }
+    out.push_str(rest);
+    format!("{out} (in the job spec)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roots() -> Roots {
+        let base = std::env::temp_dir().canonicalize().unwrap();
+        Roots {
+            allowed: vec![base.clone()],
+            base,
+            default_model: crate::default_model_dir(),
+        }
+    }
+
+    #[test]
+    fn encode_spec_becomes_encode_args() {
+        let spec = json!({"kind": "encode", "input": "in", "output": "s3://b/out",
+            "shard_rows": 10, "keep_columns": ["a", "b"], "query": true, "dtype": "bf16"});
+        let JobSpec::Encode { args, spec } = parse_spec(&spec, &roots()).unwrap() else {
+            panic!("not encode")
+        };
+        assert_eq!(args.shard_rows, 10);
+        assert_eq!(args.keep_columns, vec!["a", "b"]);
+        assert!(args.query);
+        assert_eq!(args.lease_timeout, DEFAULT_LEASE_TIMEOUT);
+        assert_eq!(args.output, "s3://b/out");
+        assert!(Path::new(&args.input).is_absolute());
+        assert!(spec["model"].as_str().unwrap().starts_with('/'));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let r = roots();
+        let err = |v: Value| parse_spec(&v, &r).unwrap_err();
+        assert!(err(json!({"input": "a"})).contains("no `kind`"));
+        assert!(err(json!({"kind": "x"})).contains("unknown kind"));
+        assert!(
+            err(json!({"kind": "encode", "input": "a", "output": "b", "shard_rowz": 1}))
+                .contains("unknown key `shard_rowz`")
+        );
+        let e = err(json!({"kind": "encode", "input": "a", "output": "b", "shard_rows": "x"}));
+        assert!(e.contains("shard_rows"), "{e}");
+        assert!(
+            err(json!({"kind": "encode", "input": "/etc", "output": "b"}))
+                .contains("outside the folders")
+        );
+        assert!(
+            err(json!({"kind": "encode", "input": "../../../etc/x", "output": "b"}))
+                .contains("outside the folders")
+        );
+        assert!(
+            err(json!({"kind": "encode", "input": "a", "output": "http://x/y"}))
+                .contains("not supported")
+        );
+        assert!(
+            err(json!({"kind": "encode", "input": "a", "output": "b", "devices": "cpu"}))
+                .contains("not a job setting")
+        );
+        let e = err(json!({"kind": "encode", "output": "b"}));
+        assert!(e.contains("`input`"), "{e}");
+        let e = err(json!({"kind": "encode", "input": "a", "output": "b", "batch_tokens": -1}));
+        assert!(e.contains("`batch_tokens`"), "{e}");
+        assert!(
+            err(json!({"kind": "train", "train_data": "a", "output": "b", "device": "cpu"}))
+                .contains("not a setting")
+        );
+        assert!(
+            err(json!({"kind": "train", "train_data": "a", "output": "b", "lr": 1}))
+                .contains("unknown field `lr`")
+        );
+        assert!(
+            err(json!({"kind": "encode", "input": "a".repeat(5000), "output": "b"}))
+                .contains("limit")
+        );
+    }
+}
