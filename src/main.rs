@@ -114,7 +114,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => sparq::serve::client::status(&args),
+        Command::Status(args) => {
+            return match sparq::serve::client::status(&args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("sparq: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Cancel(args) => sparq::serve::client::cancel(&args),
         Command::Worker(args) => sparq::serve::remote::run_worker(&args),
         Command::EncodeWorker => {

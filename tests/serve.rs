@@ -496,6 +496,14 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(waiting.wait().unwrap().code(), Some(3));
+    let out = sparq_cmd(&["status", &id, "--wait", "--coordinator", &url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status --wait gives the job's exit code"
+    );
     let out = sparq_cmd(&["cancel", &id, "--coordinator", &url])
         .output()
         .unwrap();
@@ -661,4 +669,105 @@ fn two_hundred_jobs_submitted_at_once_each_run_exactly_once() {
         }
     }
     let _ = std::io::stderr().flush();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The README's multi-machine block, run by bash as written, in a copy of what it uses (the
+/// job spec, the sample corpus, the bundled model, and the binary where `make demo` puts it).
+#[test]
+fn readme_several_machines_section_runs_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("## Several machines")
+        .nth(1)
+        .expect("README has the section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    copy_tree(&root().join("jobs"), &d.join("jobs"));
+    copy_tree(&root().join("examples/corpus"), &d.join("examples/corpus"));
+    copy_tree(&tiny_model(), &d.join("models/splade-bert-tiny-nq"));
+    std::fs::create_dir_all(d.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sparq"), d.join("target/release/sparq"))
+        .unwrap();
+    let out = Command::new("bash")
+        .args(["-e", "-c", block])
+        .current_dir(d)
+        .env_remove("SPARQ_TOKEN")
+        .env_remove("SPARQ_COORDINATOR")
+        .env_remove("SPARQ_MODEL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("succeeded"),
+        "status shows the job: {stdout}"
+    );
+    let output = d.join("runs/encode-local");
+    assert!(output.join("_SUCCESS").is_file(), "{stderr}");
+    let out = sparq_cmd(&["inspect", "--json"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["rows"].as_u64(), report["files"].as_u64()),
+        (Some(60), Some(6))
+    );
+    assert_eq!(report["null_vectors"], 0);
+}
+
+/// Every job spec in jobs/ passes the service's own checks (keys, types, paths).
+#[test]
+fn the_example_job_specs_pass_the_services_checks() {
+    use sparq::serve::spec::{parse_spec, JobSpec, Roots};
+    let repo = root().canonicalize().unwrap();
+    let roots = Roots {
+        allowed: vec![repo.clone()],
+        base: repo.clone(),
+        default_model: tiny_model(),
+    };
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(repo.join("jobs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let doc = sparq::serve::client::read_spec(&path).unwrap();
+        let spec = parse_spec(&doc, &roots).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let JobSpec::Encode { args, .. } = &spec {
+            assert!(
+                args.model.join("config.json").is_file(),
+                "{}",
+                path.display()
+            );
+        }
+        kinds.push(spec.kind());
+    }
+    kinds.sort();
+    assert!(
+        kinds.contains(&"encode") && kinds.contains(&"train"),
+        "{kinds:?}"
+    );
+    assert!(kinds.len() >= 4);
 }

@@ -323,11 +323,15 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    let counts = app.db().count_by_state()?;
+    let (counts, unfinished) = {
+        let db = app.db();
+        (db.count_by_state()?, db.unfinished_jobs()?)
+    };
     Ok(Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "jobs": counts,
+        "unfinished_jobs": unfinished,
     })))
 }
 

@@ -20,6 +20,8 @@ pub enum ClientError {
         url: String,
         /// Cause.
         cause: String,
+        /// Whether no connection was made (the request surely did not arrive).
+        connect: bool,
     },
     /// The service answered with an error.
     #[error("the coordinator answered {status}: {message}")]
@@ -32,6 +34,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the request surely did not reach the coordinator.
+    pub fn never_arrived(&self) -> bool {
+        matches!(self, ClientError::Unreachable { connect: true, .. })
+    }
+
     /// Whether the coordinator could not be reached (worth retrying).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })
@@ -57,6 +64,7 @@ impl Client {
             .map_err(|e| ClientError::Unreachable {
                 url: url.into(),
                 cause: e.to_string(),
+                connect: true,
             })?;
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
@@ -87,6 +95,7 @@ impl Client {
         let response = request.send().map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             cause: root_cause(&e),
+            connect: e.is_connect(),
         })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
@@ -95,6 +104,7 @@ impl Client {
         let text = response.text().map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             cause: root_cause(&e),
+            connect: false,
         })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
@@ -195,6 +205,9 @@ pub struct StatusArgs {
     /// Print the JSON the service returns.
     #[arg(long)]
     pub json: bool,
+    /// Follow JOB until it ends; exit 0 if it succeeded, 1 if it failed, 3 if cancelled.
+    #[arg(long, requires = "job")]
+    pub wait: bool,
 }
 
 /// Options of `sparq cancel`.
@@ -224,10 +237,19 @@ pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
 pub fn submit(args: &SubmitArgs) -> anyhow::Result<u8> {
     let spec = read_spec(&args.spec)?;
     let client = Client::new(&args.coordinator.coordinator)?;
-    let answer = client
-        .call(Method::POST, "/v1/jobs", Some(&spec))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.spec.display()))?
-        .unwrap_or(Value::Null);
+    // A service started a moment ago (`sparq serve &`) gets a few seconds to come up. Only a
+    // refused connection is retried: a request that may have arrived could queue the job twice.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        match client.call(Method::POST, "/v1/jobs", Some(&spec)) {
+            Err(e) if e.never_arrived() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            other => break other,
+        }
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", args.spec.display()))?
+    .unwrap_or(Value::Null);
     let id = answer["id"].as_str().unwrap_or_default().to_string();
     println!("{id}");
     if !args.wait {
@@ -305,9 +327,12 @@ fn duration(seconds: f64) -> String {
     }
 }
 
-/// `sparq status`.
-pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+/// `sparq status`; returns the exit code.
+pub fn status(args: &StatusArgs) -> anyhow::Result<u8> {
     let client = Client::new(&args.coordinator.coordinator)?;
+    if let (true, Some(id)) = (args.wait, &args.job) {
+        return wait_for(&client, id);
+    }
     let jobs: Vec<JobView> = match &args.job {
         Some(id) => vec![client.job(id)?],
         None => {
@@ -320,7 +345,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             Some(_) => println!("{}", serde_json::to_string_pretty(&jobs[0])?),
             None => println!("{}", serde_json::json!({ "jobs": jobs })),
         }
-        return Ok(());
+        return Ok(0);
     }
     println!(
         "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9} {:>8} {:>8}",
@@ -356,7 +381,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             println!("summary: {summary}");
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// `sparq cancel`.

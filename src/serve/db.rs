@@ -152,6 +152,15 @@ impl Db {
         rows.collect()
     }
 
+    /// Jobs that have not ended.
+    pub fn unfinished_jobs(&self) -> DbResult<u64> {
+        self.conn.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2, ?3, ?4)",
+            params![STATE_QUEUED, STATE_PLANNING, STATE_RUNNING, STATE_FINISHING],
+            |r| r.get(0),
+        )
+    }
+
     /// Queues a job; `None` when `max_queued` jobs are already waiting.
     pub fn insert_job(
         &mut self,

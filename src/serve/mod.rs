@@ -82,6 +82,10 @@ pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         base,
         default_model: crate::default_model_dir(),
     };
+    if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder of --state {}", args.state.display()))?;
+    }
     let db = Db::open(&args.state)
         .with_context(|| format!("opening the state database {}", args.state.display()))?;
     let counts = db.count_by_state()?;

@@ -92,6 +92,13 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
                 .idle_exit
                 .is_some_and(|s| idle_since.elapsed() >= Duration::from_secs(s))
             {
+                // Idle only counts while every job has ended: a job being planned, or one whose
+                // shards are all leased (a lease may yet be lost), may still need this worker.
+                let health = client.call(Method::GET, "/healthz", None);
+                if health.is_ok_and(|h| h.is_some_and(|h| h["unfinished_jobs"] != 0)) {
+                    idle_since = Instant::now();
+                    continue;
+                }
                 eprintln!(
                     "sparq: worker {name}: no work for {}s; exiting",
                     args.idle_exit.unwrap_or(0)
