@@ -190,7 +190,7 @@ fn encode_spec(input: &str, output: &str, shard_rows: u64) -> Value {
         "input": input,
         "output": output,
         "shard_rows": shard_rows,
-        "lease_timeout": 3,
+        "lease_timeout": 5,
     })
 }
 

@@ -405,19 +405,24 @@ impl Db {
         }
     }
 
-    /// Records a committed shard. A report arriving after the lease was lost still counts when
-    /// the shard is not done yet: the commit protocol made the part exactly once either way.
+    /// Records a committed shard. A report arriving after the lease was lost still counts while
+    /// the shard is not leased again (or failed for good meanwhile): the commit protocol made
+    /// the part exactly once either way.
     pub fn done(&mut self, lease: &str, worker: &str, report: &Value) -> DbResult<LeaseReply> {
         let tx = self.conn.transaction()?;
-        let shard: Option<(String, i64, String)> = tx
+        let shard: Option<(String, i64, String, String)> = tx
             .query_row(
-                "SELECT job, shard, state FROM shards WHERE lease = ?1",
+                "SELECT s.job, s.shard, s.state, j.state FROM shards s JOIN jobs j ON j.id = s.job
+                 WHERE s.lease = ?1",
                 params![lease],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
         let reply = match shard {
-            Some((job, shard, state)) if state == LEASED || state == PENDING => {
+            Some((job, shard, state, job_state))
+                if [LEASED, PENDING, FAILED].contains(&state.as_str())
+                    && job_state == STATE_RUNNING =>
+            {
                 tx.execute(
                     "UPDATE shards SET state = ?1, report = ?2, worker = ?3, expires = NULL
                      WHERE job = ?4 AND shard = ?5",
@@ -511,8 +516,10 @@ impl Db {
                     "worker {worker} lost its lease (no heartbeat for {timeout}s)"
                 ));
                 let failed = attempts >= max;
+                // The lease id stays until the shard is leased again: a late report of the lost
+                // lease still lands (its part is committed, exactly once, either way).
                 tx.execute(
-                    "UPDATE shards SET state = ?1, causes = ?2, lease = NULL, expires = NULL
+                    "UPDATE shards SET state = ?1, causes = ?2, expires = NULL
                      WHERE job = ?3 AND shard = ?4",
                     params![
                         if failed { FAILED } else { PENDING },
@@ -811,5 +818,132 @@ impl Db {
             view.spec = serde_json::from_str(&spec).ok();
         }
         Ok(Some(view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::job::{JobIdentity, WorkerConfig};
+    use crate::model::Dtype;
+
+    fn plan(shards: usize) -> EncodePlan {
+        let shard = |id: usize| ShardSpec {
+            id,
+            file: "/in/a.parquet".into(),
+            file_size: 1,
+            first_row: id as u64 * 10,
+            rows: 10,
+            segments: Vec::new(),
+            part: format!("part-00000-{:012}.parquet", id * 10),
+        };
+        EncodePlan {
+            model: "/m".into(),
+            model_fingerprint: "f".into(),
+            identity: JobIdentity {
+                model: "f".into(),
+                input: "/in".into(),
+                input_files: Vec::new(),
+                id_column: "id".into(),
+                text_column: "text".into(),
+                keep_columns: Vec::new(),
+                max_active_dims: None,
+                dtype: Dtype::F32,
+                query: false,
+                shard_rows: 10,
+            },
+            shards: (0..shards).map(shard).collect(),
+            pending: (0..shards).collect(),
+            failures: Vec::new(),
+            template: WorkerConfig {
+                model: "/m".into(),
+                device: String::new(),
+                dtype: Dtype::F32,
+                threads: 0,
+                batch_tokens: 1,
+                max_active_dims: None,
+                id_column: "id".into(),
+                text_column: "text".into(),
+                keep_columns: Vec::new(),
+                query: false,
+                output: "/out".into(),
+            },
+        }
+    }
+
+    fn planned(db: &mut Db, shards: usize, lease_timeout: u64) -> String {
+        let id = db
+            .insert_job("encode", &Value::Null, 2, lease_timeout, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(db.next_to_plan().unwrap().unwrap().id, id);
+        db.set_planned_encode(&id, &plan(shards)).unwrap();
+        id
+    }
+
+    #[test]
+    fn lost_leases_are_redone_and_late_reports_still_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("s.db")).unwrap();
+        let job = planned(&mut db, 2, 0);
+        let a = db.lease("w1").unwrap().unwrap();
+        let b = db.lease("w2").unwrap().unwrap();
+        assert!(db.lease("w3").unwrap().is_none(), "both shards are leased");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let expired = db.expire().unwrap();
+        assert_eq!(expired.len(), 2);
+        assert!(
+            !db.heartbeat(&a.lease, 1, 1).unwrap().keep,
+            "a lost lease is told to stop"
+        );
+        // w1's shard is leased again; w2's late report lands before its shard is.
+        let again = db.lease("w3").unwrap().unwrap();
+        assert_eq!(again.attempt, 2);
+        assert!(
+            db.done(&b.lease, "w2", &serde_json::json!({"shard": 1}))
+                .unwrap()
+                .keep
+        );
+        assert!(
+            !db.done(&a.lease, "w1", &Value::Null).unwrap().keep,
+            "re-leased: ignored"
+        );
+        assert!(db.lease("w4").unwrap().is_none(), "nothing left to lease");
+        let view = db.job(&job, true).unwrap().unwrap();
+        assert_eq!(
+            (view.shards_done, view.shards_running, view.retries),
+            (1, 1, 1)
+        );
+        assert!(view.shards[0].causes[0].contains("w1 lost its lease"));
+    }
+
+    #[test]
+    fn a_reopened_database_resumes_jobs_and_keeps_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (job, lease, queued) = {
+            let mut db = Db::open(&path).unwrap();
+            let job = planned(&mut db, 3, 30);
+            let lease = db.lease("w1").unwrap().unwrap().lease;
+            let queued = db
+                .insert_job("encode", &Value::Null, 2, 30, 10)
+                .unwrap()
+                .unwrap();
+            // Killed while planning it.
+            assert_eq!(db.next_to_plan().unwrap().unwrap().id, queued);
+            (job, lease, queued)
+        };
+        let mut db = Db::open(&path).unwrap();
+        assert_eq!(db.job(&queued, false).unwrap().unwrap().state, STATE_QUEUED);
+        assert!(
+            db.heartbeat(&lease, 5, 50).unwrap().keep,
+            "the lease survived"
+        );
+        let view = db.job(&job, false).unwrap().unwrap();
+        assert_eq!((view.state.as_str(), view.rows_done), (STATE_RUNNING, 5));
+        assert_eq!(
+            db.insert_job("encode", &Value::Null, 2, 30, 1).unwrap(),
+            None
+        );
     }
 }
