@@ -52,10 +52,17 @@ enum Command {
 /// the same run stayed at 867 → 686 MiB (2026-11-27, `bench/memory.py`). The trim threshold
 /// goes to 64 MiB: glibc's 128 KiB default (what a fixed mmap threshold leaves) trimmed and
 /// re-faulted the heap on every batch (7 s of system time for 3k docs instead of 0.3 s).
-/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` win.
+/// Arenas are capped at 2: glibc gives threads up to 8 arenas per core, and the pipeline's
+/// threads (reader, tokenizer pool, model, writer, I/O) each fragmented their own; on 40k docs
+/// with 2 workers the tree's RSS floor rose 500 → 583 MiB with the default and stayed at
+/// 495 → 474 MiB with 2 arenas, peaks ~80 MiB lower, same speed (`bench/RESULTS.md`).
+/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` / `MALLOC_ARENA_MAX` win.
 fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
     unsafe {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
         if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         }
