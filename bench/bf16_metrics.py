@@ -70,7 +70,7 @@ def main():
     print(f"\n{a.label} {n_docs} docs, {n_queries} judged queries")
     print("| metric | fp32 | bf16 | difference |")
     print("|---|---|---|---|")
-    for k in ("dot_ndcg@10", "dot_mrr@10", "dot_map@100", "dot_recall@10", "dot_accuracy@1", worst):
+    for k in dict.fromkeys(("dot_ndcg@10", "dot_mrr@10", "dot_map@100", "dot_recall@10", "dot_accuracy@1", worst)):
         print(f"| {k} | {f32[k]:.5f} | {bf16[k]:.5f} | {bf16[k] - f32[k]:+.5f} |")
     print(f"largest difference over {len(ir)} IR metrics: {abs(f32[worst] - bf16[worst]):.5f} ({worst}); "
           f"bar 0.005: {'met' if abs(f32[worst] - bf16[worst]) <= 0.005 else 'NOT met'}")
