@@ -454,6 +454,19 @@ fn unauthorized_and_malformed_requests_get_clear_answers() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the coordinator"));
 }
 
+/// Writes an encode job spec (TOML) reading `input` into `output`, with `extra` lines.
+fn write_encode_spec(path: &Path, input: &Path, output: &Path, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "kind = \"encode\"\ninput = \"{}\"\noutput = \"{}\"\n{extra}\n",
+            input.display(),
+            output.display()
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,15 +478,7 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
     // No worker yet: a job waits; cancelling it ends it, and `submit --wait` exits 3.
     let spec = dir.path().join("encode.toml");
     let out_dir = dir.path().join("out");
-    std::fs::write(
-        &spec,
-        format!(
-            "kind = \"encode\"\ninput = \"{}\"\noutput = \"{}\"\nshard_rows = 10\n",
-            corpus.display(),
-            out_dir.display()
-        ),
-    )
-    .unwrap();
+    write_encode_spec(&spec, &corpus, &out_dir, "shard_rows = 10");
     let mut waiting = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
         .arg(&spec)
         .stdout(Stdio::piped())
@@ -511,15 +516,12 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
 
     // A bad column fails at planning, naming the file and column.
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
+    write_encode_spec(
         &bad,
-        format!(
-            "kind = \"encode\"\ninput = \"{}\"\noutput = \"{}\"\ntext_column = \"body\"\n",
-            corpus.display(),
-            dir.path().join("bad-out").display()
-        ),
-    )
-    .unwrap();
+        &corpus,
+        &dir.path().join("bad-out"),
+        "text_column = \"body\"",
+    );
     let out = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
         .arg(&bad)
         .output()
@@ -533,15 +535,7 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
 
     // With a worker, the same spec (new output) runs to the end and `--wait` exits 0.
     let _worker = Worker::start(&url, "w", &[]);
-    std::fs::write(
-        &spec,
-        format!(
-            "kind = \"encode\"\ninput = \"{}\"\noutput = \"{}\"\nshard_rows = 10\n",
-            corpus.display(),
-            dir.path().join("out2").display()
-        ),
-    )
-    .unwrap();
+    write_encode_spec(&spec, &corpus, &dir.path().join("out2"), "shard_rows = 10");
     let out = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
         .arg(&spec)
         .output()
@@ -593,6 +587,20 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["steps"], 3);
     assert!(train_out.join("model.safetensors").is_file());
+
+    // Every job has ended: a worker with --idle-exit leaves after that long without work.
+    let mut idle = sparq_cmd(&["worker", "--coordinator", &url, "--idle-exit", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    wait_for("the idle worker to exit", || {
+        idle.try_wait().unwrap().is_some()
+    });
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let out = idle.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no work for 1s; exiting"));
 }
 
 #[test]

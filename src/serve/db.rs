@@ -204,7 +204,7 @@ impl Db {
             .query_row(
                 "SELECT id, spec FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1",
                 params![STATE_QUEUED],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.try_into(),
             )
             .optional()?;
         let Some((id, spec)) = found else {
@@ -312,18 +312,7 @@ impl Db {
                  WHERE s.state = ?1 AND j.state = ?2
                  ORDER BY j.seq, s.shard LIMIT 1",
                 params![PENDING, STATE_RUNNING],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
+                |r| r.try_into(),
             )
             .optional()?;
         let Some((job, shard, shard_spec, attempts, kind, plan, spec, lease_timeout)) = found
@@ -378,7 +367,7 @@ impl Db {
                 "SELECT s.state, j.state, j.lease_timeout
                  FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
                 params![lease],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| r.try_into(),
             )
             .optional()
     }
@@ -415,7 +404,7 @@ impl Db {
                 "SELECT s.job, s.shard, s.state, j.state FROM shards s JOIN jobs j ON j.id = s.job
                  WHERE s.lease = ?1",
                 params![lease],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| r.try_into(),
             )
             .optional()?;
         let reply = match shard {
@@ -446,16 +435,7 @@ impl Db {
                 "SELECT s.job, s.shard, s.state, s.attempts, s.causes, j.max_attempts
                  FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
                 params![lease],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
+                |r| r.try_into(),
             )
             .optional()?;
         let reply = match held {
@@ -498,17 +478,7 @@ impl Db {
                  WHERE s.state = ?1 AND s.expires < ?2",
             )?;
             let rows: Vec<(String, i64, u32, String, String, u32, u64)> = stmt
-                .query_map(params![LEASED, t], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
+                .query_map(params![LEASED, t], |r| r.try_into())?
                 .collect::<DbResult<_>>()?;
             for (job, shard, attempts, causes, worker, max, timeout) in rows {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
@@ -549,7 +519,7 @@ impl Db {
                  AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job = j.id AND s.state IN (?2, ?3))
                  ORDER BY seq LIMIT 1",
                 params![STATE_RUNNING, PENDING, LEASED],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| r.try_into(),
             )
             .optional()?;
         let Some((id, kind, plan, started)) = found else {
@@ -571,9 +541,7 @@ impl Db {
                 "SELECT shard, spec, state, causes, report FROM shards WHERE job = ?1 ORDER BY shard",
             )?;
             let rows: Vec<(i64, String, String, String, Option<String>)> = stmt
-                .query_map(params![id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
+                .query_map(params![id], |r| r.try_into())?
                 .collect::<DbResult<_>>()?;
             for (shard, spec, state, causes, report) in rows {
                 let causes: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
@@ -705,18 +673,7 @@ impl Db {
             .query_row(
                 "SELECT kind, spec, state, created, started, finished, error, summary FROM jobs WHERE id = ?1",
                 params![id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
+                |r| r.try_into(),
             )
             .optional()?;
         let Some((kind, spec, state, created, started, finished, error, summary)) = row else {
@@ -747,18 +704,7 @@ impl Db {
             Option<String>,
         );
         let shards: Vec<ShardRow> = stmt
-            .query_map(params![id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })?
+            .query_map(params![id], |r| r.try_into())?
             .collect::<DbResult<_>>()?;
         let mut encoded_rows = 0u64;
         for (shard, rows, state, attempts, causes, worker, progress, report) in shards {
