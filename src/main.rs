@@ -112,24 +112,9 @@ fn main() -> ExitCode {
             .map(|rows| rows.iter().for_each(|r| println!("{r}")))
             .map_err(Into::into),
         Command::Serve(args) => sparq::serve::run_serve(&args),
-        Command::Submit(args) => {
-            return match sparq::serve::client::submit(&args) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("sparq: error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Status(args) => {
-            return match sparq::serve::client::status(&args) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("sparq: error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        // These exit with the job's status: 0 succeeded, 1 failed, 3 cancelled.
+        Command::Submit(args) => return with_code(sparq::serve::client::submit(&args)),
+        Command::Status(args) => return with_code(sparq::serve::client::status(&args)),
         Command::Cancel(args) => sparq::serve::client::cancel(&args),
         Command::Worker(args) => sparq::serve::remote::run_worker(&args),
         Command::EncodeWorker => {
@@ -139,6 +124,17 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sparq: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's own exit code, or 1 with its error.
+fn with_code(result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("sparq: error: {e:#}");
             ExitCode::FAILURE
