@@ -551,12 +551,48 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
     let (rows, _) = read_output(&dir.path().join("out2"));
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(ids, (0..60).collect::<Vec<_>>());
+
+    // A named submission is exactly once: retried, it finds the first job.
+    let named = |spec: &Path, name: &str| {
+        sparq_cmd(&["submit", "--wait", "--name", name, "--coordinator", &url])
+            .arg(spec)
+            .output()
+            .unwrap()
+    };
+    let first = named(&spec, "nightly-1");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = named(&spec, "nightly-1");
+    assert!(again.status.success());
+    let first_id = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+        first_id
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("was submitted before"));
+    let conflict = named(&bad, "nightly-1");
+    assert_eq!(conflict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("409"));
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("exists with another spec"));
+    let ugly = named(&spec, "no/slashes");
+    assert!(String::from_utf8_lossy(&ugly.stderr).contains("400"));
     let out = sparq_cmd(&["status", "--coordinator", &url])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains(&id)
+        table.contains(&first_id)
+            && table.contains(&id)
             && table.contains("cancelled")
             && table.contains("succeeded")
             && table.contains("6/6"),

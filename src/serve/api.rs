@@ -4,7 +4,7 @@
 //! | request                            | answer                                   |
 //! |------------------------------------|------------------------------------------|
 //! | `GET /healthz`                     | 200, no token needed                     |
-//! | `POST /v1/jobs` (spec)             | 201 `{id, state}`                        |
+//! | `POST /v1/jobs[?name=N]` (spec)    | 201 `{id, state}`; 200 for a known name  |
 //! | `GET /v1/jobs`                     | `{jobs: [JobView]}`                      |
 //! | `GET /v1/jobs/{id}`                | `JobView` with spec and shards, or 404   |
 //! | `POST /v1/jobs/{id}/cancel`        | `JobView`; 409 if it had ended           |
@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::db::Db;
+use super::db::{Db, Inserted};
 use super::spec::{parse_spec, Roots};
 use crate::coord::plan::ShardSpec;
 use crate::encode::job::WorkerConfig;
@@ -59,6 +59,9 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub struct JobView {
     /// Job id.
     pub id: String,
+    /// The name it was submitted under, if any (`sparq submit --name`).
+    #[serde(default)]
+    pub name: Option<String>,
     /// `encode` or `train`.
     pub kind: String,
     /// queued, planning, running, finishing, succeeded, failed, cancelled.
@@ -335,35 +338,71 @@ async fn healthz(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     })))
 }
 
+/// `?name=`: a name makes submission idempotent.
+#[derive(Deserialize)]
+struct SubmitQuery {
+    name: Option<String>,
+}
+
 async fn submit(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Query(query): Query<SubmitQuery>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     authorize(&app, &headers)?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    if let Some(name) = &query.name {
+        let ok = (1..=128).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !ok {
+            return Err(bad(format!(
+                "job name `{name}`: use 1 to 128 letters, digits, `.`, `_` or `-`"
+            )));
+        }
+    }
     let doc: Value = parse_body(&body)?;
-    let spec = parse_spec(&doc, &app.roots).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let id = app.db().insert_job(
+    let spec = parse_spec(&doc, &app.roots).map_err(bad)?;
+    let inserted = app.db().insert_job(
         spec.kind(),
         &spec.document(),
-        spec.max_attempts(),
-        spec.lease_timeout(),
+        (spec.max_attempts(), spec.lease_timeout()),
         app.max_queued,
+        query.name.as_deref(),
     )?;
-    let Some(id) = id else {
-        return Err(ApiError(
+    match inserted {
+        Inserted::New(id) => {
+            let _ = app.wake.try_send(());
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "id": id, "state": STATE_QUEUED, "existing": false })),
+            ))
+        }
+        Inserted::Existing {
+            id,
+            state,
+            same: true,
+        } => Ok((
+            StatusCode::OK,
+            Json(json!({ "id": id, "state": state, "existing": true })),
+        )),
+        Inserted::Existing { id, .. } => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "a job named `{}` ({id}) exists with another spec: choose another --name",
+                query.name.unwrap_or_default()
+            ),
+        )),
+        Inserted::Full => Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "{} jobs are already waiting (--max-queued): submit again later",
                 app.max_queued
             ),
-        ));
-    };
-    let _ = app.wake.try_send(());
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "state": STATE_QUEUED })),
-    ))
+        )),
+    }
 }
 
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {

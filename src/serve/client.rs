@@ -192,6 +192,10 @@ pub struct SubmitArgs {
     /// Follow the job until it ends; exit 0 if it succeeded, 1 if it failed, 3 if cancelled.
     #[arg(long)]
     pub wait: bool,
+    /// Submit under this name: submitting the same spec under the same name again finds the
+    /// first job instead of queueing another (safe to retry).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// Options of `sparq status`.
@@ -240,8 +244,20 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<u8> {
     // A service started a moment ago (`sparq serve &`) gets a few seconds to come up. Only a
     // refused connection is retried: a request that may have arrived could queue the job twice.
     let deadline = Instant::now() + Duration::from_secs(5);
+    let path = match &args.name {
+        // Names are checked by the service; encode the few characters a URL would mangle.
+        Some(name) => format!(
+            "/v1/jobs?name={}",
+            name.replace('%', "%25")
+                .replace('&', "%26")
+                .replace('#', "%23")
+                .replace('+', "%2B")
+                .replace(' ', "%20")
+        ),
+        None => "/v1/jobs".into(),
+    };
     let answer = loop {
-        match client.call(Method::POST, "/v1/jobs", Some(&spec)) {
+        match client.call(Method::POST, &path, Some(&spec)) {
             Err(e) if e.never_arrived() && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(250))
             }
@@ -252,6 +268,13 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<u8> {
     .unwrap_or(Value::Null);
     let id = answer["id"].as_str().unwrap_or_default().to_string();
     println!("{id}");
+    if answer["existing"] == true {
+        eprintln!(
+            "sparq: `{}` was submitted before as {id} ({}): not queued again",
+            args.name.as_deref().unwrap_or_default(),
+            answer["state"].as_str().unwrap_or("?")
+        );
+    }
     if !args.wait {
         return Ok(0);
     }

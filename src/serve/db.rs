@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     summary TEXT,
     plan TEXT,
     max_attempts INTEGER NOT NULL,
-    lease_timeout INTEGER NOT NULL
+    lease_timeout INTEGER NOT NULL,
+    name TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS shards (
@@ -71,6 +72,24 @@ const DONE: &str = "done";
 const SKIPPED: &str = "skipped";
 const FAILED: &str = "failed";
 const CANCELLED: &str = "cancelled";
+
+/// What `insert_job` did.
+#[derive(Debug, PartialEq)]
+pub enum Inserted {
+    /// Queued under this id.
+    New(String),
+    /// A job of that name exists: its id, state, and whether its spec is the same.
+    Existing {
+        /// Its id.
+        id: String,
+        /// Its state.
+        state: String,
+        /// Whether the spec equals the one submitted now.
+        same: bool,
+    },
+    /// Too many jobs are waiting.
+    Full,
+}
 
 /// A job ready to be planned.
 pub struct ToPlan {
@@ -125,6 +144,13 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        let has_name: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'name'")?
+            .exists([])?;
+        if !has_name {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN name TEXT")?;
+        }
+        conn.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS jobs_name ON jobs(name)")?;
         let db = Self { conn };
         let t = now();
         db.conn.execute(
@@ -161,28 +187,43 @@ impl Db {
         )
     }
 
-    /// Queues a job; `None` when `max_queued` jobs are already waiting.
+    /// Queues a job. With a `name`, a second submission of the same spec under that name finds
+    /// the first job instead of queueing another (retried submissions stay exactly once).
     pub fn insert_job(
         &mut self,
         kind: &str,
         spec: &Value,
-        max_attempts: u32,
-        lease_timeout: u64,
+        limits: (u32, u64),
         max_queued: u64,
-    ) -> DbResult<Option<String>> {
+        name: Option<&str>,
+    ) -> DbResult<Inserted> {
+        let (max_attempts, lease_timeout) = limits;
         let tx = self.conn.transaction()?;
+        if let Some(name) = name {
+            let existing: Option<(String, String, String)> = tx
+                .query_row(
+                    "SELECT id, state, spec FROM jobs WHERE name = ?1",
+                    params![name],
+                    |r| r.try_into(),
+                )
+                .optional()?;
+            if let Some((id, state, old)) = existing {
+                let same = serde_json::from_str::<Value>(&old).is_ok_and(|old| &old == spec);
+                return Ok(Inserted::Existing { id, state, same });
+            }
+        }
         let waiting: u64 = tx.query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2)",
             params![STATE_QUEUED, STATE_PLANNING],
             |r| r.get(0),
         )?;
         if waiting >= max_queued {
-            return Ok(None);
+            return Ok(Inserted::Full);
         }
         let id = format!("j-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         tx.execute(
-            "INSERT INTO jobs (id, kind, spec, state, created, max_attempts, lease_timeout)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO jobs (id, kind, spec, state, created, max_attempts, lease_timeout, name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 id,
                 kind,
@@ -190,11 +231,12 @@ impl Db {
                 STATE_QUEUED,
                 now(),
                 max_attempts,
-                lease_timeout
+                lease_timeout,
+                name
             ],
         )?;
         tx.commit()?;
-        Ok(Some(id))
+        Ok(Inserted::New(id))
     }
 
     /// Takes the oldest queued job for planning.
@@ -667,20 +709,23 @@ impl Db {
             Option<f64>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT kind, spec, state, created, started, finished, error, summary FROM jobs WHERE id = ?1",
+                "SELECT kind, spec, state, created, started, finished, error, summary, name FROM jobs WHERE id = ?1",
                 params![id],
                 |r| r.try_into(),
             )
             .optional()?;
-        let Some((kind, spec, state, created, started, finished, error, summary)) = row else {
+        let Some((kind, spec, state, created, started, finished, error, summary, name)) = row
+        else {
             return Ok(None);
         };
         let mut view = JobView {
             id: id.to_string(),
+            name,
             kind,
             state,
             created,
@@ -819,9 +864,11 @@ mod tests {
 
     fn planned(db: &mut Db, shards: usize, lease_timeout: u64) -> String {
         let id = db
-            .insert_job("encode", &Value::Null, 2, lease_timeout, 10)
-            .unwrap()
+            .insert_job("encode", &Value::Null, (2, lease_timeout), 10, None)
             .unwrap();
+        let Inserted::New(id) = id else {
+            panic!("{id:?}")
+        };
         assert_eq!(db.next_to_plan().unwrap().unwrap().id, id);
         db.set_planned_encode(&id, &plan(shards)).unwrap();
         id
@@ -871,10 +918,12 @@ mod tests {
             let mut db = Db::open(&path).unwrap();
             let job = planned(&mut db, 3, 30);
             let lease = db.lease("w1").unwrap().unwrap().lease;
-            let queued = db
-                .insert_job("encode", &Value::Null, 2, 30, 10)
+            let Inserted::New(queued) = db
+                .insert_job("encode", &Value::Null, (2, 30), 10, Some("nightly"))
                 .unwrap()
-                .unwrap();
+            else {
+                panic!("not queued")
+            };
             // Killed while planning it.
             assert_eq!(db.next_to_plan().unwrap().unwrap().id, queued);
             (job, lease, queued)
@@ -888,8 +937,25 @@ mod tests {
         let view = db.job(&job, false).unwrap().unwrap();
         assert_eq!((view.state.as_str(), view.rows_done), (STATE_RUNNING, 5));
         assert_eq!(
-            db.insert_job("encode", &Value::Null, 2, 30, 1).unwrap(),
-            None
+            db.insert_job("encode", &Value::Null, (2, 30), 1, None)
+                .unwrap(),
+            Inserted::Full
         );
+        // A named job is found again, even when the queue is full.
+        assert_eq!(
+            db.insert_job("encode", &Value::Null, (2, 30), 1, Some("nightly"))
+                .unwrap(),
+            Inserted::Existing {
+                id: queued.clone(),
+                state: STATE_QUEUED.into(),
+                same: true
+            }
+        );
+        let other = serde_json::json!({"kind": "encode"});
+        assert!(matches!(
+            db.insert_job("encode", &other, (2, 30), 10, Some("nightly"))
+                .unwrap(),
+            Inserted::Existing { same: false, .. }
+        ));
     }
 }
