@@ -467,6 +467,26 @@ fn write_encode_spec(path: &Path, input: &Path, output: &Path, extra: &str) {
     .unwrap();
 }
 
+/// `sparq submit --wait SPEC` with `extra` flags, run to its end.
+fn submit_wait(url: &str, spec: &Path, extra: &[&str]) -> std::process::Output {
+    sparq_cmd(&["submit", "--wait", "--coordinator", url])
+        .args(extra)
+        .arg(spec)
+        .output()
+        .unwrap()
+}
+
+/// The summary line of a `submit --wait` that succeeded.
+fn succeeded_summary(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 #[test]
 fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -522,10 +542,7 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
         &dir.path().join("bad-out"),
         "text_column = \"body\"",
     );
-    let out = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = submit_wait(&url, &bad, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -536,29 +553,14 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
     // With a worker, the same spec (new output) runs to the end and `--wait` exits 0.
     let _worker = Worker::start(&url, "w", &[]);
     write_encode_spec(&spec, &corpus, &dir.path().join("out2"), "shard_rows = 10");
-    let out = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let summary = succeeded_summary(&submit_wait(&url, &spec, &[]));
     assert_eq!(summary["docs"], 60);
     let (rows, _) = read_output(&dir.path().join("out2"));
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(ids, (0..60).collect::<Vec<_>>());
 
     // A named submission is exactly once: retried, it finds the first job.
-    let named = |spec: &Path, name: &str| {
-        sparq_cmd(&["submit", "--wait", "--name", name, "--coordinator", &url])
-            .arg(spec)
-            .output()
-            .unwrap()
-    };
+    let named = |spec: &Path, name: &str| submit_wait(&url, spec, &["--name", name]);
     let first = named(&spec, "nightly-1");
     assert!(
         first.status.success(),
@@ -610,17 +612,7 @@ fn submit_wait_status_cancel_and_a_train_job_from_the_command_line() {
         ),
     )
     .unwrap();
-    let out = sparq_cmd(&["submit", "--wait", "--coordinator", &url])
-        .arg(&train)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let summary = succeeded_summary(&submit_wait(&url, &train, &[]));
     assert_eq!(summary["steps"], 3);
     assert!(train_out.join("model.safetensors").is_file());
 
