@@ -23,7 +23,7 @@ enum Command {
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
     Eval(sparq::eval::run::EvalArgs),
     /// Fine-tune a SPLADE model with SpladeLoss (one process or several), resumable.
-    Train(sparq::train::TrainArgs),
+    Train(Box<sparq::train::TrainArgs>),
     /// Convert an encode output for a retrieval engine: anserini, qdrant, elasticsearch, jsonl.
     Export(sparq::export::ExportArgs),
     /// Summarise an encode output: rows, files, bytes, active dims, frequent tokens.
@@ -148,16 +148,6 @@ fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
     match sparq::coord::coordinator::run_encode(args) {
         Ok((summary, failures)) => {
             println!("{}", serde_json::to_string(&summary).expect("serializable"));
-            for f in &failures {
-                eprintln!(
-                    "sparq: shard {} ({} rows {}..{}) failed: {}",
-                    if f.part.is_empty() { "-" } else { &f.part },
-                    f.file,
-                    f.rows.0,
-                    f.rows.0 + f.rows.1,
-                    f.causes.join("; then: ")
-                );
-            }
             if failures.is_empty() {
                 ExitCode::SUCCESS
             } else {

@@ -7,146 +7,19 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::corpus::*;
 use common::process::*;
 use common::s3::{endpoint, read_parts, upload, BUCKET};
+use common::service::*;
 use common::*;
 use object_store::ObjectStore;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use sparq::serve::api::JobView;
-
-/// A `sparq serve` process on a free loopback port.
-struct Service {
-    child: Child,
-    url: String,
-}
-
-impl Service {
-    fn start(state: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = sparq_cmd(&["serve", "--listen", listen, "--state"]);
-        cmd.arg(state).stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[serve] {line}");
-                if let Some(addr) = line
-                    .strip_prefix("sparq: serving on ")
-                    .and_then(|l| l.split(' ').next())
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the service printed its address");
-        Self { child, url }
-    }
-
-    fn port(&self) -> &str {
-        self.url.rsplit(':').next().unwrap()
-    }
-
-    fn job(&self, id: &str) -> JobView {
-        let v = get(&self.url, &format!("/v1/jobs/{id}"), None);
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn submit(&self, spec: &Value) -> String {
-        let r = Client::new()
-            .post(format!("{}/v1/jobs", self.url))
-            .json(spec)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
-        r.json::<Value>().unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn wait_final(&self, id: &str) -> JobView {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let job = self.job(id);
-            if sparq::serve::api::is_final(&job.state) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not end: {job:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `sparq worker` process.
-struct Worker(Child);
-
-impl Worker {
-    fn start(url: &str, name: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = sparq_cmd(&[
-            "worker",
-            "--coordinator",
-            url,
-            "--threads",
-            "1",
-            "--name",
-            name,
-            "--poll",
-            "0.1",
-        ]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self(cmd.spawn().unwrap())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sparq_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sparq"));
-    c.current_dir(root())
-        .env_remove("SPARQ_MODEL")
-        .env_remove("SPARQ_TOKEN")
-        .env_remove("SPARQ_COORDINATOR")
-        .args(args);
-    c
-}
-
-fn get(url: &str, path: &str, token: Option<&str>) -> Value {
-    let mut r = Client::new().get(format!("{url}{path}"));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().unwrap()
-}
 
 fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -778,11 +651,7 @@ fn readme_several_machines_section_runs_as_written() {
 fn the_example_job_specs_pass_the_services_checks() {
     use sparq::serve::spec::{parse_spec, JobSpec, Roots};
     let repo = root().canonicalize().unwrap();
-    let roots = Roots {
-        allowed: vec![repo.clone()],
-        base: repo.clone(),
-        default_model: tiny_model(),
-    };
+    let roots = Roots::new(std::slice::from_ref(&repo), repo.clone(), tiny_model()).unwrap();
     let mut kinds = Vec::new();
     for entry in std::fs::read_dir(repo.join("jobs")).unwrap() {
         let path = entry.unwrap().path();

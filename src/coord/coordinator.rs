@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::duplicates::{find_duplicates, DuplicateExample};
 use super::plan::{check_columns, shards_of_file, ShardSpec};
 use super::pool::{WorkerEvent, WorkerPool};
 use super::progress::JobProgress;
 use super::protocol::{FromWorker, RowFailure, ShardReport, ToWorker};
 use super::JobError;
+use crate::encode::job::InputRecord;
 use crate::encode::job::{job_devices, job_dtype, EncodeArgs, JobIdentity, WorkerConfig};
-use crate::io::input::{list_inputs, read_metadata};
+use crate::io::input::{list_inputs, read_footer, InputFile, InputReader};
 use crate::io::url::Location;
-use crate::io::{Committer, StoreUrl};
+use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::model::{fingerprint, Dtype, ModelLayout};
 
 /// Name of the file that records which job made an output.
@@ -64,8 +66,17 @@ pub struct EncodeSummary {
     pub committed_shards: usize,
     /// Rows with null text (empty vectors).
     pub null_texts: u64,
-    /// Ids seen twice within a shard.
+    /// Rows of the whole output whose id occurred before, in any file or shard.
     pub duplicate_ids: u64,
+    /// A few duplicated ids and the parts holding them.
+    #[serde(default)]
+    pub duplicate_examples: Vec<DuplicateExample>,
+    /// Rows with a null id encoded by this run.
+    #[serde(default)]
+    pub null_ids: u64,
+    /// Where the first few are.
+    #[serde(default)]
+    pub null_id_examples: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -97,15 +108,18 @@ pub struct EncodePlan {
 }
 
 /// Plans an encode job: checks the settings, model and inputs, cuts shards, claims (or resumes)
-/// the output. `dtype` is the job's precision (see [`job_dtype`]).
+/// the output. `dtype` is the job's precision (see [`job_dtype`]); every local path the job
+/// touches must resolve under `roots` (a service's allowed folders; anywhere for the CLI).
 pub fn plan_encode(
     args: &EncodeArgs,
     dtype: Dtype,
+    roots: &AllowedRoots,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<EncodePlan, JobError> {
     validate(args)?;
     let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
     // Validate the model (config, tokenizer, weights present) before any work.
+    roots.check_model(&model)?;
     let layout = ModelLayout::read(&model)?;
     crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
     let model_fingerprint = fingerprint(&layout.root)?;
@@ -113,23 +127,28 @@ pub fn plan_encode(
     let input = StoreUrl::parse(&args.input)?;
     let output = StoreUrl::parse(&args.output)?;
     check_overlap(&input, &output)?;
-    let committer = Committer::new(&output)?;
+    let committer = Committer::new(&output)?.confined(roots);
     runtime.block_on(committer.probe())?;
 
     // Plan: list, read footers, check columns, cut shards.
-    let (store, files) = runtime.block_on(list_inputs(&input))?;
+    let (store, files) = runtime.block_on(list_inputs(&input, roots))?;
     let footers: Vec<_> = runtime.block_on(
-        futures::stream::iter(files.iter().map(|f| read_metadata(store.clone(), f)))
-            .buffered(16)
-            .collect(),
+        futures::stream::iter(files.iter().map(|f| {
+            let store = store.clone();
+            async move { read_footer(&mut InputReader::open(store, f, roots)?).await }
+        }))
+        .buffered(16)
+        .collect(),
     );
     let mut failures = Vec::new();
     let mut shards = Vec::new();
+    let mut records = Vec::new();
     let mut next_id = 0;
     let mut types: Option<Vec<(String, String)>> = None;
     for (index, (file, footer)) in files.iter().zip(footers).enumerate() {
-        let metadata = match footer {
-            Ok(m) => m,
+        let footer = match footer {
+            Ok(f) => f,
+            Err(e @ StoreError::Escape { .. }) => return Err(e.into()),
             Err(e) => {
                 failures.push(ShardFailure {
                     part: String::new(),
@@ -137,9 +156,24 @@ pub fn plan_encode(
                     rows: (0, 0),
                     causes: vec![e.to_string()],
                 });
+                records.push(InputRecord {
+                    url: file.url.clone(),
+                    size: file.size,
+                    version: file.version.clone(),
+                    rows: None,
+                    footer: None,
+                });
                 continue;
             }
         };
+        records.push(InputRecord {
+            url: file.url.clone(),
+            size: file.size,
+            version: file.version.clone(),
+            rows: Some(footer.rows),
+            footer: Some(footer.digest.clone()),
+        });
+        let metadata = footer.metadata;
         let schema = metadata.schema();
         let (id, keep, _) = check_columns(
             &file.url,
@@ -175,8 +209,7 @@ pub fn plan_encode(
             .collect();
         shards.extend(shards_of_file(
             index,
-            &file.url,
-            file.size,
+            file,
             &rg,
             args.shard_rows,
             &mut next_id,
@@ -187,7 +220,7 @@ pub fn plan_encode(
     let identity = JobIdentity {
         model: model_fingerprint.clone(),
         input: args.input.clone(),
-        input_files: files.iter().map(|f| (f.url.clone(), f.size)).collect(),
+        input_files: records,
         id_column: args.id_column.clone(),
         text_column: args.text_column.clone(),
         keep_columns: args.keep_columns.clone(),
@@ -208,12 +241,36 @@ pub fn plan_encode(
                 || is_part(n)
         })
         .collect();
+    // Files sparq did not write would be taken for parts, or break every reader: refuse them
+    // before any work (leftover temporary names of an interrupted marker write are ours).
+    let foreign: Vec<&str> = existing
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !(owned.iter().any(|o| o == n) || n.starts_with('.') && n.ends_with(".tmp")))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(JobError::Settings(format!(
+            "--output {} holds {} file(s) sparq did not write ({}{}): encode into an empty \
+             folder or prefix, or move them out",
+            output.raw,
+            foreign.len(),
+            foreign
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if foreign.len() > 5 { ", ..." } else { "" }
+        )));
+    }
     let previous: Option<JobIdentity> = runtime
         .block_on(committer.get(JOB_FILE))?
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mismatch = match &previous {
         Some(prev) => identity.differences(prev),
-        None if owned.iter().any(|n| is_part(n)) => vec!["job (parts without a _sparq_job.json)"],
+        None if owned.iter().any(|n| is_part(n)) => {
+            vec!["job (parts without a _sparq_job.json)".to_string()]
+        }
         None => vec![],
     };
     let mut committed: HashSet<String> = existing
@@ -255,6 +312,7 @@ pub fn plan_encode(
         keep_columns: args.keep_columns.clone(),
         query: args.query,
         output: output.raw.clone(),
+        allowed_roots: roots.clone(),
     };
     Ok(EncodePlan {
         model,
@@ -276,7 +334,8 @@ pub fn finish_encode(
     seconds: f64,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<EncodeSummary, JobError> {
-    let committer = Committer::new(&StoreUrl::parse(&plan.template.output)?)?;
+    let committer = Committer::new(&StoreUrl::parse(&plan.template.output)?)?
+        .confined(&plan.template.allowed_roots);
     let mut summary = EncodeSummary {
         skipped_shards: plan.shards.len() - plan.pending.len(),
         ..Default::default()
@@ -286,7 +345,12 @@ pub fn finish_encode(
         summary.tokens += r.tokens;
         summary.failed_rows += r.failed_rows;
         summary.null_texts += r.null_texts;
-        summary.duplicate_ids += r.duplicate_ids;
+        summary.null_ids += r.null_ids;
+        for e in &r.null_id_examples {
+            if summary.null_id_examples.len() < 5 {
+                summary.null_id_examples.push(e.clone());
+            }
+        }
         summary.committed_shards += 1;
     }
     let active: u64 = reports.values().map(|r| r.active_dims).sum();
@@ -301,9 +365,28 @@ pub fn finish_encode(
     summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
 
-    committer.remove_empty_attempts();
-    // Manifest, then the success marker, last.
+    committer.remove_attempts();
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
+    // Duplicate ids across the whole output (every committed part, this run's or earlier).
+    let output = committer.url().clone();
+    let sizes: BTreeMap<String, u64> = runtime.block_on(committer.list())?.into_iter().collect();
+    let part_files: Vec<InputFile> = plan
+        .shards
+        .iter()
+        .filter(|s| !failed_parts.contains(s.part.as_str()))
+        .filter_map(|s| Some(part_file(&output, &s.part, *sizes.get(&s.part)?)))
+        .collect::<Result<_, _>>()?;
+    let (store, _) = output.store()?;
+    let duplicates = find_duplicates(
+        runtime,
+        store,
+        &part_files,
+        &plan.identity.id_column,
+        &plan.template.allowed_roots,
+    )?;
+    summary.duplicate_ids = duplicates.rows;
+    summary.duplicate_examples = duplicates.examples;
+    // Manifest, then the success marker, last.
     let parts: Vec<ManifestPart> = plan
         .shards
         .iter()
@@ -342,7 +425,7 @@ pub fn finish_encode(
 pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
     let started = Instant::now();
     validate(args)?;
-    let devices = job_devices(args);
+    let mut devices = job_devices(args);
     for d in devices.iter().collect::<HashSet<_>>() {
         d.resolve()?;
     }
@@ -351,8 +434,19 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let plan = plan_encode(args, dtype, &runtime)?;
+    let plan = plan_encode(args, dtype, &AllowedRoots::anywhere(), &runtime)?;
     let mut failures = plan.failures.clone();
+    if !plan.pending.is_empty() && plan.pending.len() < devices.len() {
+        // More workers than shards would load the model to sit idle.
+        eprintln!(
+            "sparq: note: {} shard(s) to encode: starting {} of the {} workers asked for \
+             (lower --shard-rows for more shards)",
+            plan.pending.len(),
+            plan.pending.len(),
+            devices.len()
+        );
+        devices.truncate(plan.pending.len());
+    }
 
     let threads = args.threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -369,14 +463,20 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     let by_id: BTreeMap<usize, &ShardSpec> = plan.shards.iter().map(|s| (s.id, s)).collect();
     let pending: Vec<&ShardSpec> = plan.pending.iter().map(|id| by_id[id]).collect();
     let reports = lease_loop(args, &configs, &pending, &mut failures)?;
+    // Each failed shard's causes, before the manifest is written: if that fails too (a full
+    // disk), the causes are still said.
+    for f in &failures {
+        eprintln!(
+            "sparq: shard {} ({} rows {}..{}) failed: {}",
+            if f.part.is_empty() { "-" } else { &f.part },
+            f.file,
+            f.rows.0,
+            f.rows.0 + f.rows.1,
+            f.causes.join("; then: ")
+        );
+    }
 
     for r in reports.values() {
-        if r.duplicate_ids > 0 {
-            eprintln!(
-                "sparq: warning: shard {}: {} duplicate ids, e.g. {:?}",
-                r.shard, r.duplicate_ids, r.duplicate_examples
-            );
-        }
         for f in &r.failures {
             eprintln!(
                 "sparq: warning: {}, row group {}, row {}, column `{}`: {}; its vector is null",
@@ -391,6 +491,26 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         started.elapsed().as_secs_f64(),
         &runtime,
     )?;
+    if summary.null_ids > 0 {
+        eprintln!(
+            "sparq: warning: {} rows have a null id `{}` (their vectors are written), e.g. {}",
+            summary.null_ids,
+            plan.identity.id_column,
+            summary.null_id_examples.join("; ")
+        );
+    }
+    if summary.duplicate_ids > 0 {
+        let examples: Vec<String> = summary
+            .duplicate_examples
+            .iter()
+            .map(|e| format!("{:?} in {}", e.id, e.parts.join(", ")))
+            .collect();
+        eprintln!(
+            "sparq: warning: {} duplicate ids in the output (rows whose id occurred before), e.g. {}",
+            summary.duplicate_ids,
+            examples.join("; ")
+        );
+    }
     Ok((summary, failures))
 }
 
@@ -618,27 +738,59 @@ struct Lease {
     tokens: u64,
 }
 
+/// An output part as an input file (to read its id column back).
+fn part_file(output: &StoreUrl, name: &str, size: u64) -> Result<InputFile, StoreError> {
+    let url = match &output.location {
+        Location::Local(dir) => dir.join(name).to_string_lossy().into_owned(),
+        Location::S3 { .. } => output.join(name),
+    };
+    let path = match &output.location {
+        Location::Local(dir) => object_store::path::Path::from_absolute_path(dir.join(name))
+            .map_err(|e| StoreError::BadUrl {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?,
+        Location::S3 { key, .. } => object_store::path::Path::from(format!("{key}/{name}")),
+    };
+    Ok(InputFile {
+        url,
+        path,
+        size,
+        version: None,
+    })
+}
+
 fn is_part(name: &str) -> bool {
     !name.contains('/') && name.starts_with("part-") && name.ends_with(".parquet")
 }
 
-/// Checks the numeric settings of an encode job.
+/// Checks the numeric settings of an encode job: each within the range a run can mean.
 pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
-    let bad = |m: &str| Err(JobError::Settings(m.to_string()));
-    if args.batch_tokens == 0 {
-        return bad("--batch-tokens must be positive");
-    }
-    if args.shard_rows == 0 {
-        return bad("--shard-rows must be positive");
-    }
-    if args.max_active_dims == Some(0) {
-        return bad("--max-active-dims must be a positive integer");
-    }
-    if args.max_attempts == 0 {
-        return bad("--max-attempts must be at least 1");
-    }
-    if args.workers == Some(0) {
-        return bad("--workers must be at least 1");
+    let ranges: [(&str, Option<u64>, u64, u64); 7] = [
+        ("--batch-tokens", Some(args.batch_tokens as u64), 1, 1 << 24),
+        ("--shard-rows", Some(args.shard_rows), 1, 1 << 32),
+        (
+            "--max-active-dims",
+            args.max_active_dims.map(|k| k as u64),
+            1,
+            1 << 24,
+        ),
+        ("--max-attempts", Some(args.max_attempts as u64), 1, 100),
+        ("--workers", args.workers.map(|w| w as u64), 1, 1024),
+        ("--threads", args.threads.map(|t| t as u64), 1, 4096),
+        (
+            "--lease-timeout",
+            Some(args.lease_timeout),
+            1,
+            7 * 24 * 3600,
+        ),
+    ];
+    for (flag, value, low, high) in ranges {
+        if let Some(v) = value.filter(|v| !(low..=high).contains(v)) {
+            return Err(JobError::Settings(format!(
+                "{flag} {v} is outside its range [{low}, {high}]"
+            )));
+        }
     }
     Ok(())
 }

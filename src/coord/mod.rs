@@ -2,6 +2,7 @@
 //! the worker loop, and their protocol.
 
 pub mod coordinator;
+pub mod duplicates;
 pub mod plan;
 pub mod pool;
 pub mod progress;
@@ -53,12 +54,12 @@ pub enum JobError {
         found: String,
     },
     /// The output holds another job.
-    #[error("{output} already holds output made with a different {}: use another --output, or --overwrite to replace it", differences.join(", "))]
+    #[error("{output} already holds output made with a different {}: use another --output, or --overwrite to re-encode everything into it", differences.join("; "))]
     OutputMismatch {
         /// The output URL.
         output: String,
         /// What differs.
-        differences: Vec<&'static str>,
+        differences: Vec<String>,
     },
     /// Invalid settings.
     #[error("{0}")]

@@ -18,6 +18,10 @@ pub struct ShardSpec {
     pub file: String,
     /// Input file size.
     pub file_size: u64,
+    /// Input file version as planned (S3 ETag, or local size and mtime); a worker refuses
+    /// another version.
+    #[serde(default)]
+    pub file_version: Option<String>,
     /// First row (within the file).
     pub first_row: u64,
     /// Number of rows.
@@ -31,8 +35,7 @@ pub struct ShardSpec {
 /// Splits one file with the given row-group sizes into shards of at most `shard_rows` rows.
 pub fn shards_of_file(
     file_index: usize,
-    file: &str,
-    file_size: u64,
+    file: &crate::io::input::InputFile,
     row_groups: &[u64],
     shard_rows: u64,
     next_id: &mut usize,
@@ -46,8 +49,9 @@ pub fn shards_of_file(
             if *rows > 0 {
                 out.push(ShardSpec {
                     id: *next_id,
-                    file: file.to_string(),
-                    file_size,
+                    file: file.url.clone(),
+                    file_size: file.size,
+                    file_version: file.version.clone(),
                     first_row: first,
                     rows: *rows,
                     segments: std::mem::take(segments),
@@ -99,7 +103,10 @@ pub fn check_columns(
     };
     let id_index = find(id)?;
     let text_index = find(text)?;
-    let text_type = schema.field(text_index).data_type();
+    let text_type = match schema.field(text_index).data_type() {
+        DataType::Dictionary(_, values) => values.as_ref(),
+        other => other,
+    };
     if !matches!(
         text_type,
         DataType::Utf8
@@ -138,7 +145,13 @@ mod tests {
     #[test]
     fn shards_cover_every_row_once_within_bounds() {
         let mut id = 0;
-        let shards = shards_of_file(3, "f", 10, &[5, 30, 0, 7, 2], 10, &mut id);
+        let file = crate::io::input::InputFile {
+            url: "/f".into(),
+            path: "f".into(),
+            size: 10,
+            version: None,
+        };
+        let shards = shards_of_file(3, &file, &[5, 30, 0, 7, 2], 10, &mut id);
         let total: u64 = shards.iter().map(|s| s.rows).sum();
         assert_eq!(total, 44);
         let mut next = 0;

@@ -55,10 +55,12 @@ pub struct ShardReport {
     pub failed_rows: u64,
     /// First failures, for the manifest and messages.
     pub failures: Vec<RowFailure>,
-    /// Ids seen more than once within the shard.
-    pub duplicate_ids: u64,
-    /// A few of them.
-    pub duplicate_examples: Vec<String>,
+    /// Rows whose id is null (their vectors are written; the id cannot name them).
+    #[serde(default)]
+    pub null_ids: u64,
+    /// Where the first few are: `file, row N`.
+    #[serde(default)]
+    pub null_id_examples: Vec<String>,
     /// Whether another attempt had committed the part already (nothing was written).
     pub already_committed: bool,
 }

@@ -51,7 +51,8 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
             .map_err(|e| e.to_string())?;
         let committer = StoreUrl::parse(&config.output)
             .and_then(|u| Committer::new(&u))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .confined(&config.allowed_roots);
         Ok((encoder, runtime, committer))
     };
     let (encoder, runtime, committer) = match setup() {

@@ -90,6 +90,95 @@ pub struct WorkerConfig {
     pub query: bool,
     /// Output URL.
     pub output: String,
+    /// Folders local inputs, the model and the output must resolve under (service jobs).
+    #[serde(default)]
+    pub allowed_roots: crate::io::AllowedRoots,
+}
+
+/// One input file as the output's identity records it: what the store can prove cheaply about
+/// its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "InputRecordRepr")]
+pub struct InputRecord {
+    /// File URL.
+    pub url: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// S3 ETag, or `<size>-<mtime ns>` of a local file (`None` in records of sparq ≤ 0.1.0).
+    pub version: Option<String>,
+    /// Rows, from the footer.
+    pub rows: Option<u64>,
+    /// SHA-256 of the parquet footer.
+    pub footer: Option<String>,
+}
+
+/// Today's record, or the `[url, size]` pair older outputs hold.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InputRecordRepr {
+    Full {
+        url: String,
+        size: u64,
+        version: Option<String>,
+        rows: Option<u64>,
+        footer: Option<String>,
+    },
+    Pair(String, u64),
+}
+
+impl From<InputRecordRepr> for InputRecord {
+    fn from(r: InputRecordRepr) -> Self {
+        match r {
+            InputRecordRepr::Full {
+                url,
+                size,
+                version,
+                rows,
+                footer,
+            } => Self {
+                url,
+                size,
+                version,
+                rows,
+                footer,
+            },
+            InputRecordRepr::Pair(url, size) => Self {
+                url,
+                size,
+                version: None,
+                rows: None,
+                footer: None,
+            },
+        }
+    }
+}
+
+impl InputRecord {
+    /// How `now` differs from this record (`None` when it is the same file as far as both
+    /// records can tell: an older record without version or digest compares the size only).
+    pub fn change(&self, now: &InputRecord) -> Option<String> {
+        let differs =
+            |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+        if self.size != now.size {
+            Some(format!("{} bytes, was {}", now.size, self.size))
+        } else if matches!((self.rows, now.rows), (Some(a), Some(b)) if a != b) {
+            Some(format!(
+                "{} rows, was {}",
+                now.rows.unwrap_or(0),
+                self.rows.unwrap_or(0)
+            ))
+        } else if differs(&self.footer, &now.footer) {
+            Some("its parquet footer (row groups, sizes, statistics) differs".into())
+        } else if differs(&self.version, &now.version) {
+            Some(if now.url.starts_with("s3://") {
+                "its ETag differs".into()
+            } else {
+                "modified since: same size, new modification time".into()
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// The settings that decide the output's content: an existing output is resumed only when
@@ -100,8 +189,8 @@ pub struct JobIdentity {
     pub model: String,
     /// Input URL.
     pub input: String,
-    /// Input files and sizes, in order: shard names depend on them.
-    pub input_files: Vec<(String, u64)>,
+    /// Input files, in order: shard names depend on them.
+    pub input_files: Vec<InputRecord>,
     /// Id column.
     pub id_column: String,
     /// Text column.
@@ -119,19 +208,36 @@ pub struct JobIdentity {
 }
 
 impl JobIdentity {
-    /// Names of the fields that differ from `other`.
-    pub fn differences(&self, other: &JobIdentity) -> Vec<&'static str> {
+    /// What differs from `other` (the recorded identity): each setting named, with the
+    /// input files that changed.
+    pub fn differences(&self, other: &JobIdentity) -> Vec<String> {
         let mut out = Vec::new();
         let mut check = |same: bool, name: &'static str| {
             if !same {
-                out.push(name)
+                out.push(name.to_string())
             }
         };
         check(self.model == other.model, "model");
-        check(
-            self.input == other.input && self.input_files == other.input_files,
-            "input files",
-        );
+        let urls = |id: &JobIdentity| {
+            id.input_files
+                .iter()
+                .map(|f| f.url.clone())
+                .collect::<Vec<_>>()
+        };
+        if self.input != other.input || urls(self) != urls(other) {
+            out.push("input files".into());
+        } else {
+            for (now, was) in self.input_files.iter().zip(&other.input_files) {
+                if let Some(change) = was.change(now) {
+                    out.push(format!("content of input file {} ({change})", now.url));
+                }
+            }
+        }
+        let mut check = |same: bool, name: &'static str| {
+            if !same {
+                out.push(name.to_string())
+            }
+        };
         check(self.id_column == other.id_column, "--id-column");
         check(self.text_column == other.text_column, "--text-column");
         check(self.keep_columns == other.keep_columns, "--keep-columns");

@@ -1,13 +1,10 @@
 //! One shard through a worker: reader → tokenizer → token-budget batcher + model → writer,
 //! joined by bounded channels (memory stays flat however large the shard), then the commit.
 
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use crossbeam_channel::bounded;
 
 use super::batcher::TokenBudgetBatcher;
@@ -15,10 +12,10 @@ use super::job::WorkerConfig;
 use super::SparseVector;
 use crate::coord::plan::{check_columns, ShardSpec};
 use crate::coord::protocol::{RowFailure, ShardReport};
-use crate::io::input::{read_metadata, read_row_group_range, InputFile};
+use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
 use crate::io::output::{output_schema, PartWriter};
-use crate::io::{CommitOutcome, Committer, StoreUrl};
-use crate::model::{InputKind, SpladeEncoder};
+use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
+use crate::model::{InputKind, ModelError, SpladeEncoder};
 
 /// Rows per record batch read (also the unit the batcher sorts by length).
 const READ_BATCH_ROWS: usize = 2048;
@@ -45,6 +42,14 @@ impl ShardError {
         Self {
             message: message.into(),
             retryable: true,
+        }
+    }
+    /// Storage errors: I/O and the store's own failures may pass on another attempt; a file
+    /// that changed, a path outside the allowed roots or a corrupt file will not.
+    fn store(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { .. } | StoreError::Object { .. } => Self::io(e.to_string()),
+            _ => Self::data(e.to_string()),
         }
     }
 }
@@ -93,10 +98,14 @@ pub fn encode_shard(
         url: shard.file.clone(),
         path,
         size: shard.file_size,
+        version: shard.file_version.clone(),
     };
+    let mut input =
+        InputReader::open(store, &file, &config.allowed_roots).map_err(ShardError::store)?;
     let metadata = runtime
-        .block_on(read_metadata(store.clone(), &file))
-        .map_err(|e| ShardError::data(e.to_string()))?;
+        .block_on(read_footer(&mut input))
+        .map_err(ShardError::store)?
+        .metadata;
     let schema = metadata.schema().clone();
     let (id_field, keep_fields, projection) = check_columns(
         &file.url,
@@ -148,8 +157,7 @@ pub fn encode_shard(
                 let mut open = true;
                 runtime
                     .block_on(read_row_group_range(
-                        store.clone(),
-                        &file,
+                        input.clone(),
                         &metadata,
                         seg,
                         &projection,
@@ -167,8 +175,11 @@ pub fn encode_shard(
                             open
                         },
                     ))
-                    .map_err(|e| {
-                        ShardError::data(format!("{e} (column `{text_column}` or `{id_column}`)"))
+                    .map_err(|e| match e {
+                        StoreError::Parquet { .. } => ShardError::data(format!(
+                            "{e} (column `{text_column}` or `{id_column}`)"
+                        )),
+                        e => ShardError::store(e),
                     })?;
                 if !open {
                     break;
@@ -178,8 +189,7 @@ pub fn encode_shard(
             Ok(())
         });
         let tokenizing = scope.spawn(|| -> Result<(u64, u64, Vec<String>), ShardError> {
-            let mut seen = HashSet::new();
-            let (mut duplicates, mut nulls, mut examples) = (0u64, 0u64, Vec::new());
+            let (mut null_ids, mut nulls, mut examples) = (0u64, 0u64, Vec::new());
             for raw in raw_rx {
                 let ids = raw
                     .batch
@@ -201,7 +211,23 @@ pub fn encode_shard(
                             file.url, config.text_column
                         ))
                     })?;
-                count_duplicates(&ids, &mut seen, &mut duplicates, &mut examples);
+                for i in (0..ids.len()).filter(|&i| ids.is_null(i)) {
+                    null_ids += 1;
+                    if examples.len() < LISTED_FAILURES {
+                        examples.push(format!("{}, row {}", file.url, raw.first_row + i as u64));
+                    }
+                }
+                // Dictionary-encoded texts (pandas categoricals, say) are decoded to plain text.
+                let texts = match texts.data_type() {
+                    DataType::Dictionary(_, values) => arrow::compute::cast(&texts, values)
+                        .map_err(|e| {
+                            ShardError::data(format!(
+                                "{}: column `{}`: {e}",
+                                file.url, config.text_column
+                            ))
+                        })?,
+                    _ => texts,
+                };
                 let cells = text_cells(&texts);
                 let mut strings = Vec::new();
                 let mut tokens: Vec<Result<Option<Vec<u32>>, RowFailure>> =
@@ -245,7 +271,7 @@ pub fn encode_shard(
                 }
             }
             drop(tok_tx);
-            Ok((duplicates, nulls, examples))
+            Ok((null_ids, nulls, examples))
         });
         let writer = scope.spawn(|| -> Result<Option<Vec<u8>>, ShardError> {
             let mut writer =
@@ -300,7 +326,11 @@ pub fn encode_shard(
                     let input: Vec<&[u32]> = batch.iter().map(|&b| seqs[b]).collect();
                     let out = encoder
                         .encode_ids(&input, config.max_active_dims)
-                        .map_err(|e| ShardError::io(format!("model: {e}")))?;
+                        .map_err(|e| match e {
+                            // The same model gives the same numbers on another attempt.
+                            ModelError::NonFinite { .. } => ShardError::data(e.to_string()),
+                            e => ShardError::io(format!("model: {e}")),
+                        })?;
                     for (&b, v) in batch.iter().zip(out) {
                         report.active_dims += v.len() as u64;
                         vectors[present[b]] = Some(v);
@@ -350,7 +380,7 @@ pub fn encode_shard(
         )
     });
     read_result?;
-    let (duplicates, nulls, examples) = tok_result?;
+    let (null_ids, nulls, examples) = tok_result?;
     model_result?;
     let bytes = write_result?.ok_or_else(|| ShardError::data("no rows were written"))?;
     if report.rows != shard.rows {
@@ -359,8 +389,10 @@ pub fn encode_shard(
             file.url, report.rows, shard.rows
         )));
     }
-    report.duplicate_ids = duplicates;
-    report.duplicate_examples = examples;
+    // A file rewritten while it was read may still decode: its version says it changed.
+    input.check_unchanged().map_err(ShardError::store)?;
+    report.null_ids = null_ids;
+    report.null_id_examples = examples;
     report.null_texts = nulls;
     let outcome = runtime
         .block_on(committer.commit(&shard.part, bytes))
@@ -399,27 +431,5 @@ fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
         DataType::BinaryView => array.as_binary_view().iter().map(bytes).collect(),
         // A column of the Null type: every text is null.
         _ => (0..array.len()).map(|_| TextCell::Null).collect(),
-    }
-}
-
-fn count_duplicates(
-    ids: &ArrayRef,
-    seen: &mut HashSet<u64>,
-    duplicates: &mut u64,
-    examples: &mut Vec<String>,
-) {
-    let Ok(formatter) = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default()) else {
-        return;
-    };
-    for i in 0..ids.len() {
-        let text = formatter.value(i).to_string();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        if !seen.insert(hasher.finish()) {
-            *duplicates += 1;
-            if examples.len() < 5 {
-                examples.push(text);
-            }
-        }
     }
 }

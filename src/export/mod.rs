@@ -70,6 +70,9 @@ pub struct ExportArgs {
     /// elasticsearch: the index named in each bulk action (default: none, the bulk URL's).
     #[arg(long)]
     pub index: Option<String>,
+    /// Export an output without `_SUCCESS` (failed shards, or a run not finished) after a warning.
+    #[arg(long)]
+    pub allow_incomplete: bool,
 }
 
 /// What an export wrote.

@@ -13,26 +13,75 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use super::ExportError;
+use crate::coord::coordinator::{MANIFEST, SUCCESS};
 use crate::encode::SparseVector;
 use crate::io::input::{list_inputs, InputFile};
 use crate::io::output::{read_sparse, SPARSE_COLUMN};
-use crate::io::{Committer, StoreUrl};
+use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::model::layout::ModelLayout;
 use crate::model::tokenizer::SpladeTokenizer;
 
-/// The part files of an output, in name order.
+/// The part files of an output (`part-*.parquet` at its top level, nothing else), in name
+/// order. An output without `_SUCCESS` (interrupted, or with failed shards) is refused unless
+/// `allow_incomplete`, which reads the parts there are after a warning.
 pub fn output_parts(
     runtime: &tokio::runtime::Runtime,
     url: &str,
+    allow_incomplete: bool,
 ) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), ExportError> {
     let parsed = StoreUrl::parse(url)?;
-    let (store, mut files) = runtime.block_on(list_inputs(&parsed))?;
-    if files.is_empty() {
-        return Err(ExportError::Input(format!(
+    let no_parts = || {
+        ExportError::Input(format!(
             "{url}: no part-*.parquet files: pass the --output folder of a `sparq encode` run"
-        )));
+        ))
+    };
+    let (store, mut files) = match runtime.block_on(list_inputs(&parsed, &AllowedRoots::anywhere()))
+    {
+        Ok(found) => found,
+        Err(StoreError::NoInput { .. }) => return Err(no_parts()),
+        Err(e) => return Err(e.into()),
+    };
+    // Parts are named by sparq and sit at the top level; any other file is not read.
+    let top = match &parsed.location {
+        crate::io::url::Location::Local(dir) => dir.to_string_lossy().into_owned(),
+        crate::io::url::Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+    };
+    files.retain(|f| {
+        let (dir, name) = f.url.rsplit_once('/').unwrap_or(("", &f.url));
+        dir.trim_end_matches('/') == top.trim_end_matches('/')
+            && name.starts_with("part-")
+            && name.ends_with(".parquet")
+    });
+    if files.is_empty() {
+        return Err(no_parts());
     }
     files.sort_by(|a, b| a.url.cmp(&b.url));
+    let committer = Committer::new(&parsed)?;
+    if runtime.block_on(committer.get(SUCCESS))?.is_none() {
+        let manifest = runtime
+            .block_on(committer.get(MANIFEST))?
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        let why = match manifest
+            .as_ref()
+            .and_then(|m| m["failed_shards"].as_array())
+        {
+            Some(failed) if !failed.is_empty() => {
+                format!("{} shard(s) failed, so rows are missing", failed.len())
+            }
+            _ => "the run was interrupted or is still running".into(),
+        };
+        if !allow_incomplete {
+            return Err(ExportError::Input(format!(
+                "{url} is incomplete (no _SUCCESS: {why}): rerun the same `sparq encode` command \
+                 to finish it, or pass --allow-incomplete to read the {} part(s) there are",
+                files.len()
+            )));
+        }
+        eprintln!(
+            "sparq: warning: {url} is incomplete ({why}): reading its {} part(s)",
+            files.len()
+        );
+    }
     Ok((store, files))
 }
 
@@ -163,12 +212,15 @@ pub struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read an output without `_SUCCESS` (failed shards, or a run not finished) after a warning.
+    #[arg(long)]
+    pub allow_incomplete: bool,
 }
 
 /// Rows, files, bytes, active dimensions and the most frequent tokens of an output.
 pub fn inspect(args: &InspectArgs) -> Result<Value, ExportError> {
     let runtime = runtime()?;
-    let (store, files) = output_parts(&runtime, &args.url)?;
+    let (store, files) = output_parts(&runtime, &args.url, args.allow_incomplete)?;
     let tokenizer = tokenizer_for(&runtime, &args.model, &args.url).ok();
     let (mut rows, mut nulls, mut empty, mut weights) = (0u64, 0u64, 0u64, 0u64);
     // Exact percentiles in constant memory: a histogram of active dims, document frequency by id.
@@ -272,13 +324,16 @@ pub struct DecodeArgs {
     /// The output's id column.
     #[arg(long, default_value = "id")]
     pub id_column: String,
+    /// Read an output without `_SUCCESS` (failed shards, or a run not finished) after a warning.
+    #[arg(long)]
+    pub allow_incomplete: bool,
 }
 
 /// The top tokens of the rows with the given ids: one JSON value per id found, in the order
 /// asked; ids not found are reported in the error.
 pub fn decode(args: &DecodeArgs) -> Result<Vec<Value>, ExportError> {
     let runtime = runtime()?;
-    let (store, files) = output_parts(&runtime, &args.url)?;
+    let (store, files) = output_parts(&runtime, &args.url, args.allow_incomplete)?;
     let tokenizer = tokenizer_for(&runtime, &args.model, &args.url)?;
     let mut found: Vec<Option<Value>> = vec![None; args.ids.len()];
     for file in &files {

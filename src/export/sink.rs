@@ -221,7 +221,7 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         min_weight: args.min_weight,
         quantize,
     };
-    let (store, files) = output_parts(&runtime, &args.input)?;
+    let (store, files) = output_parts(&runtime, &args.input, args.allow_incomplete)?;
     let tokenizer = if args.format.needs_tokens() || args.tokens {
         Some(tokenizer_for(&runtime, &args.model, &args.input)?)
     } else {

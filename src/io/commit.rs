@@ -18,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::url::{Location, StoreUrl};
-use super::StoreError;
+use super::{AllowedRoots, StoreError};
 
 /// Result of committing a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,7 @@ pub enum CommitOutcome {
 pub struct Committer {
     url: StoreUrl,
     target: Target,
+    roots: AllowedRoots,
 }
 
 #[derive(Clone)]
@@ -55,7 +56,24 @@ impl Committer {
         Ok(Self {
             url: url.clone(),
             target,
+            roots: AllowedRoots::anywhere(),
         })
+    }
+
+    /// The same committer, writing a local output only while it resolves under `roots`
+    /// (checked at every write, so a folder swapped for a link later is refused too).
+    pub fn confined(mut self, roots: &AllowedRoots) -> Self {
+        self.roots = roots.clone();
+        self
+    }
+
+    /// Checks that the local output folder (and `sub`, if given) resolve under the roots.
+    fn check_local(&self, dir: &std::path::Path, sub: Option<&str>) -> Result<(), StoreError> {
+        self.roots.check(dir)?;
+        if let Some(sub) = sub {
+            self.roots.check(&dir.join(sub))?;
+        }
+        Ok(())
     }
 
     /// The output URL.
@@ -67,6 +85,7 @@ impl Committer {
     pub async fn commit(&self, name: &str, bytes: Vec<u8>) -> Result<CommitOutcome, StoreError> {
         match &self.target {
             Target::Local(dir) => {
+                self.check_local(dir, Some("_attempts"))?;
                 let dir = dir.clone();
                 let name = name.to_string();
                 tokio::task::spawn_blocking(move || commit_local(&dir, &name, &bytes))
@@ -102,6 +121,7 @@ impl Committer {
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         match &self.target {
             Target::Local(dir) => {
+                self.check_local(dir, None)?;
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
                     op: "creating",
                     path: dir.clone(),
@@ -129,15 +149,27 @@ impl Committer {
     /// Reads a small object, `None` if it does not exist.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.target {
-            Target::Local(dir) => match std::fs::read(dir.join(name)) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(StoreError::Io {
-                    op: "reading",
-                    path: dir.join(name),
-                    source: e,
-                }),
-            },
+            Target::Local(dir) => {
+                let path = dir.join(name);
+                let read = self.roots.open(&path).and_then(|mut f| {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| StoreError::Io {
+                        op: "reading",
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    Ok(bytes)
+                });
+                match read {
+                    Ok(b) => Ok(Some(b)),
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Target::Object(store, prefix) => match store.get(&prefix.clone().join(name)).await {
                 Ok(r) => Ok(Some(
                     r.bytes()
@@ -155,6 +187,7 @@ impl Committer {
     pub async fn list(&self) -> Result<Vec<(String, u64)>, StoreError> {
         match &self.target {
             Target::Local(dir) => {
+                self.check_local(dir, None)?;
                 let mut out = Vec::new();
                 list_local(dir, "", &mut out)?;
                 Ok(out)
@@ -180,7 +213,10 @@ impl Committer {
     pub async fn delete(&self, names: &[String]) -> Result<(), StoreError> {
         for name in names {
             match &self.target {
-                Target::Local(dir) => match std::fs::remove_file(dir.join(name)) {
+                Target::Local(dir) => match self
+                    .check_local(dir, None)
+                    .map(|()| std::fs::remove_file(dir.join(name)))?
+                {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -203,21 +239,43 @@ impl Committer {
         Ok(())
     }
 
-    /// Removes the local `_attempts` folder when no attempt is left in it (S3 has none).
-    pub fn remove_empty_attempts(&self) {
+    /// Removes the local `_attempts` folder and any attempt left in it by a worker that died
+    /// mid-write (S3 has none). Only when no attempt can still be running: at the end of a job.
+    pub fn remove_attempts(&self) {
         if let Target::Local(dir) = &self.target {
-            let _ = std::fs::remove_dir(dir.join("_attempts"));
+            if self.check_local(dir, Some("_attempts")).is_err() {
+                return;
+            }
+            let attempts = dir.join("_attempts");
+            if let Ok(entries) = std::fs::read_dir(&attempts) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&attempts);
         }
     }
 
     /// Checks that the output can be written (bucket exists, credentials work) before any work.
     pub async fn probe(&self) -> Result<(), StoreError> {
         match &self.target {
-            Target::Local(dir) => std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-                op: "creating",
-                path: dir.clone(),
-                source: e,
-            }),
+            Target::Local(dir) => {
+                self.check_local(dir, None)?;
+                if dir.exists() && !dir.is_dir() {
+                    return Err(StoreError::BadUrl {
+                        url: self.url.raw.clone(),
+                        detail: "is a file: the output must be a folder (or an s3:// prefix)"
+                            .into(),
+                    });
+                }
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                    op: "creating",
+                    path: dir.clone(),
+                    source: e,
+                })
+            }
             Target::Object(store, prefix) => {
                 let mut stream = store.list(Some(prefix));
                 match stream.next().await {
@@ -270,8 +328,14 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> 
         source: e,
     };
     let mut f = std::fs::File::create(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        // A full disk leaves no half-written file behind.
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(io(e));
+    }
+    Ok(())
 }
 
 fn list_local(

@@ -1,11 +1,14 @@
 //! Parquet input: listing the files a URL names and reading row ranges of them.
 
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
@@ -14,8 +17,10 @@ use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
+use sha2::{Digest, Sha256};
+
 use super::url::{Location, StoreUrl};
-use super::StoreError;
+use super::{AllowedRoots, StoreError};
 
 /// One input parquet file.
 #[derive(Debug, Clone)]
@@ -26,13 +31,35 @@ pub struct InputFile {
     pub path: ObjectPath,
     /// Size in bytes.
     pub size: u64,
+    /// The version the store vouches for: the S3 ETag, or `<size>-<mtime ns>` of a local
+    /// file. Reads check it, so a file changed after planning is noticed.
+    pub version: Option<String>,
+}
+
+impl InputFile {
+    /// The local path, for a local file.
+    pub fn local_path(&self) -> Option<&Path> {
+        (!self.url.starts_with("s3://")).then(|| Path::new(&self.url))
+    }
+}
+
+/// The version of a local file: size and modification time (ns).
+pub fn local_version(meta: &std::fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{mtime}", meta.len())
 }
 
 /// Lists the parquet files `url` names: one file, every `*.parquet` under a folder or
 /// prefix (skipping names starting with `_` or `.`), or the matches of a glob in the last
-/// path component. Sorted by path.
+/// path component. Sorted by path. Local files and folders met on the way (links followed)
+/// must resolve under `roots`.
 pub async fn list_inputs(
     url: &StoreUrl,
+    roots: &AllowedRoots,
 ) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), StoreError> {
     let (store, path) = url.store()?;
     let raw_key = match &url.location {
@@ -40,78 +67,20 @@ pub async fn list_inputs(
         Location::S3 { key, .. } => key.clone(),
     };
     let is_glob = raw_key.contains(['*', '?', '[']);
-    let (prefix, pattern) = if is_glob {
-        let (dir, _) = raw_key.rsplit_once('/').unwrap_or(("", raw_key.as_str()));
-        let pattern = glob::Pattern::new(&raw_key).map_err(|e| StoreError::BadUrl {
-            url: url.raw.clone(),
-            detail: format!("invalid glob: {e}"),
-        })?;
-        let prefix = match &url.location {
-            Location::Local(_) => {
-                ObjectPath::from_absolute_path(dir).map_err(|e| StoreError::BadUrl {
-                    url: url.raw.clone(),
-                    detail: e.to_string(),
-                })?
-            }
-            Location::S3 { .. } => ObjectPath::from(dir),
-        };
-        (prefix, Some(pattern))
+    let pattern = if is_glob {
+        Some(
+            glob::Pattern::new(&raw_key).map_err(|e| StoreError::BadUrl {
+                url: url.raw.clone(),
+                detail: format!("invalid glob: {e}"),
+            })?,
+        )
     } else {
-        (path.clone(), None)
+        None
     };
-    // A single object named exactly.
-    if pattern.is_none() {
-        if let Ok(meta) = store.head(&path).await {
-            let url_of = file_url(url, &meta.location);
-            return Ok((
-                store,
-                vec![InputFile {
-                    url: url_of,
-                    path: meta.location,
-                    size: meta.size,
-                }],
-            ));
-        }
-    }
-    let mut files = Vec::new();
-    let mut listing = store.list(Some(&prefix));
-    while let Some(item) = listing.next().await {
-        let meta = match item {
-            Ok(meta) => meta,
-            // A missing local folder lists as an error; report it as no input.
-            Err(object_store::Error::NotFound { .. }) => break,
-            Err(e) => return Err(StoreError::object("listing", &url.raw, e)),
-        };
-        let relative: Vec<&str> = meta
-            .location
-            .as_ref()
-            .strip_prefix(prefix.as_ref())
-            .unwrap_or(meta.location.as_ref())
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let hidden = relative
-            .iter()
-            .any(|part| part.starts_with('_') || part.starts_with('.'));
-        let name = meta.location.filename().unwrap_or("");
-        let matched = match &pattern {
-            Some(p) => {
-                let full = match &url.location {
-                    Location::Local(_) => format!("/{}", meta.location.as_ref()),
-                    Location::S3 { .. } => meta.location.as_ref().to_string(),
-                };
-                p.matches(&full)
-            }
-            None => name.ends_with(".parquet"),
-        };
-        if matched && !hidden {
-            files.push(InputFile {
-                url: file_url(url, &meta.location),
-                path: meta.location,
-                size: meta.size,
-            });
-        }
-    }
+    let mut files = match &url.location {
+        Location::Local(local) => list_local(url, local, pattern.as_ref(), roots)?,
+        Location::S3 { .. } => list_s3(url, &store, &path, &raw_key, pattern.as_ref()).await?,
+    };
     if files.is_empty() {
         return Err(StoreError::NoInput {
             url: url.raw.clone(),
@@ -121,6 +90,136 @@ pub async fn list_inputs(
     Ok((store, files))
 }
 
+async fn list_s3(
+    url: &StoreUrl,
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    raw_key: &str,
+    pattern: Option<&glob::Pattern>,
+) -> Result<Vec<InputFile>, StoreError> {
+    let prefix = match pattern {
+        Some(_) => ObjectPath::from(raw_key.rsplit_once('/').map_or("", |(dir, _)| dir)),
+        None => path.clone(),
+    };
+    let file_of = |meta: object_store::ObjectMeta| InputFile {
+        url: file_url(url, &meta.location),
+        path: meta.location,
+        size: meta.size,
+        version: meta.e_tag,
+    };
+    // A single object named exactly.
+    if pattern.is_none() {
+        if let Ok(meta) = store.head(path).await {
+            return Ok(vec![file_of(meta)]);
+        }
+    }
+    let mut files = Vec::new();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(item) = listing.next().await {
+        let meta = item.map_err(|e| StoreError::object("listing", &url.raw, e))?;
+        let relative = meta
+            .location
+            .as_ref()
+            .strip_prefix(prefix.as_ref())
+            .unwrap_or(meta.location.as_ref());
+        let name = meta.location.filename().unwrap_or("");
+        let matched = match pattern {
+            Some(p) => p.matches(meta.location.as_ref()),
+            None => name.ends_with(".parquet"),
+        };
+        if matched && !hidden(relative) {
+            files.push(file_of(meta));
+        }
+    }
+    Ok(files)
+}
+
+/// Whether a relative name has a part starting with `_` or `.` (markers, temporary files).
+fn hidden(relative: &str) -> bool {
+    relative
+        .split('/')
+        .any(|part| part.starts_with('_') || part.starts_with('.'))
+}
+
+/// Walks a local file, folder or glob. Every folder is checked against `roots` before it is
+/// read and every file before it is listed, by where it really is.
+fn list_local(
+    url: &StoreUrl,
+    local: &Path,
+    pattern: Option<&glob::Pattern>,
+    roots: &AllowedRoots,
+) -> Result<Vec<InputFile>, StoreError> {
+    let io = |op, path: &Path, e| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let start = match pattern {
+        Some(_) => local.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        None => local.to_path_buf(),
+    };
+    let mut files = Vec::new();
+    let mut visited = std::collections::HashSet::new();
+    let mut stack = vec![(start.clone(), String::new())];
+    let add = |path: PathBuf, files: &mut Vec<InputFile>| -> Result<(), StoreError> {
+        roots.check(&path)?;
+        let meta = std::fs::metadata(&path).map_err(|e| io("reading the metadata of", &path, e))?;
+        let object = ObjectPath::from_absolute_path(&path).map_err(|e| StoreError::BadUrl {
+            url: url.raw.clone(),
+            detail: e.to_string(),
+        })?;
+        files.push(InputFile {
+            url: path.to_string_lossy().into_owned(),
+            path: object,
+            size: meta.len(),
+            version: Some(local_version(&meta)),
+        });
+        Ok(())
+    };
+    if pattern.is_none() && start.is_file() {
+        add(start, &mut files)?;
+        return Ok(files);
+    }
+    while let Some((dir, rel)) = stack.pop() {
+        let real = roots.check(&dir)?;
+        if !visited.insert(real) {
+            continue; // A link back to a folder already walked.
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A missing folder is no input (reported as such by the caller).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("listing", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io("listing", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let rel_name = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if hidden(&name) {
+                continue;
+            }
+            // `is_dir` / `is_file` follow links; broken links are neither and are skipped.
+            if path.is_dir() {
+                stack.push((path, rel_name));
+            } else if path.is_file() {
+                let matched = match pattern {
+                    Some(p) => p.matches(&path.to_string_lossy()),
+                    None => name.ends_with(".parquet"),
+                };
+                if matched {
+                    add(path, &mut files)?;
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
 fn file_url(url: &StoreUrl, path: &ObjectPath) -> String {
     match &url.location {
         Location::Local(_) => format!("/{}", path.as_ref()),
@@ -128,21 +227,84 @@ fn file_url(url: &StoreUrl, path: &ObjectPath) -> String {
     }
 }
 
+/// A parquet footer and what identifies the file's content.
+#[derive(Debug, Clone)]
+pub struct Footer {
+    /// The decoded metadata.
+    pub metadata: ArrowReaderMetadata,
+    /// SHA-256 of the footer bytes (schema, row groups, column chunk offsets, sizes and
+    /// statistics): a rewritten file has another one.
+    pub digest: String,
+    /// Rows in the file.
+    pub rows: u64,
+}
+
+/// Bytes read from the end of a file in one request: most footers fit.
+const FOOTER_PREFETCH: u64 = 64 << 10;
+
+/// Reads and decodes the footer of a parquet file, and digests it.
+pub async fn read_footer(reader: &mut InputReader) -> Result<Footer, StoreError> {
+    let url = reader.url.clone();
+    let corrupt = |detail: String| StoreError::Parquet {
+        location: url.clone(),
+        detail: format!(
+            "cannot read the parquet footer ({detail}): the file is corrupt, truncated or not \
+             parquet; re-export it or move it out of the input"
+        ),
+    };
+    let size = reader.size;
+    if size < 12 {
+        return Err(corrupt(format!("{size} bytes is too short")));
+    }
+    let tail_len = FOOTER_PREFETCH.min(size);
+    let tail = reader.read_range(size - tail_len..size).await?;
+    if &tail[tail.len() - 4..] != b"PAR1" {
+        return Err(corrupt("no PAR1 magic at the end".into()));
+    }
+    let n = tail.len();
+    let footer_len = u32::from_le_bytes(tail[n - 8..n - 4].try_into().expect("4 bytes")) as u64;
+    if footer_len + 12 > size {
+        return Err(corrupt(format!(
+            "the footer claims {footer_len} bytes of a {size}-byte file"
+        )));
+    }
+    let footer = if footer_len + 8 <= tail_len {
+        tail.slice((n - 8 - footer_len as usize)..(n - 8))
+    } else {
+        reader.read_range(size - 8 - footer_len..size - 8).await?
+    };
+    let digest = hex::encode(Sha256::digest(&footer));
+    let metadata =
+        ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| corrupt(e.to_string()))?;
+    let rows = metadata.file_metadata().num_rows().max(0) as u64;
+    let metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(Footer {
+        metadata,
+        digest,
+        rows,
+    })
+}
+
 /// Reads the footer of a parquet file.
 pub async fn read_metadata(
     store: Arc<dyn ObjectStore>,
     file: &InputFile,
+    roots: &AllowedRoots,
 ) -> Result<ArrowReaderMetadata, StoreError> {
-    let mut reader = ObjectFileReader::new(store, file);
-    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await.map_err(|e| {
-        StoreError::Parquet {
-            location: file.url.clone(),
-            detail: format!(
-                "cannot read the parquet footer ({e}): the file is corrupt, truncated or not parquet; \
-                 re-export it or move it out of the input"
-            ),
-        }
-    })
+    let mut reader = InputReader::open(store, file, roots)?;
+    Ok(read_footer(&mut reader).await?.metadata)
+}
+
+/// Reads a whole input file (small files: training data, output parts).
+pub async fn read_whole(
+    store: Arc<dyn ObjectStore>,
+    file: &InputFile,
+    roots: &AllowedRoots,
+) -> Result<bytes::Bytes, StoreError> {
+    let mut reader = InputReader::open(store, file, roots)?;
+    let size = reader.size;
+    reader.read_range(0..size).await
 }
 
 /// A contiguous run of rows inside one row group.
@@ -159,15 +321,15 @@ pub struct RowGroupSlice {
 /// Streams the rows of `slice` to `sink` (until it returns false), projected onto the
 /// columns at `columns` (indices of the file's top-level arrow fields).
 pub async fn read_row_group_range(
-    store: Arc<dyn ObjectStore>,
-    file: &InputFile,
+    reader: InputReader,
     metadata: &ArrowReaderMetadata,
     slice: &RowGroupSlice,
     columns: &[usize],
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> bool,
 ) -> Result<(), StoreError> {
-    let reader = ObjectFileReader::new(store, file);
+    let url = reader.url.clone();
+    let probe = reader.clone();
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata.clone());
     let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
     let row_group = slice.row_group;
@@ -175,7 +337,7 @@ pub async fn read_row_group_range(
         RowSelector::skip(slice.skip as usize),
         RowSelector::select(slice.rows as usize),
     ]);
-    let location = || format!("{}, row group {row_group}", file.url);
+    let location = || format!("{url}, row group {row_group}");
     let mut stream = builder
         .with_row_groups(vec![row_group])
         .with_projection(mask)
@@ -187,12 +349,25 @@ pub async fn read_row_group_range(
             detail: e.to_string(),
         })?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| StoreError::Parquet {
-            location: location(),
-            detail: format!(
-                "{e}: the row group cannot be decoded (corrupt file?); re-export the file"
-            ),
-        })?;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                // A file changed under the reader decodes as garbage: say so, not "corrupt".
+                probe.check_unchanged()?;
+                if let Some(StoreError::Changed { url, detail }) = store_error_of(&e) {
+                    return Err(StoreError::Changed {
+                        url: url.clone(),
+                        detail: detail.clone(),
+                    });
+                }
+                return Err(StoreError::Parquet {
+                    location: location(),
+                    detail: format!(
+                        "{e}: the row group cannot be decoded (corrupt file?); re-export the file"
+                    ),
+                });
+            }
+        };
         if !sink(batch) {
             break;
         }
@@ -200,51 +375,137 @@ pub async fn read_row_group_range(
     Ok(())
 }
 
-/// Reads byte ranges of one object for the parquet decoder; the size is known from the
-/// listing, so the footer costs one ranged read.
-struct ObjectFileReader {
-    store: Arc<dyn ObjectStore>,
-    path: ObjectPath,
+/// Reads byte ranges of one input file for the parquet decoder. A local file is opened once,
+/// through the allowed roots, and read by offset; an S3 object is read with `If-Match` on the
+/// planned ETag. Either way a file that is not the planned version fails as changed.
+#[derive(Clone)]
+pub struct InputReader {
+    source: Source,
+    url: String,
     size: u64,
+    version: Option<String>,
 }
 
-impl ObjectFileReader {
-    fn new(store: Arc<dyn ObjectStore>, file: &InputFile) -> Self {
-        Self {
-            store,
-            path: file.path.clone(),
+#[derive(Clone)]
+enum Source {
+    Local(Arc<std::fs::File>),
+    Object(Arc<dyn ObjectStore>, ObjectPath),
+}
+
+impl InputReader {
+    /// Opens `file` (a local one through `roots`) and checks it is the listed version.
+    pub fn open(
+        store: Arc<dyn ObjectStore>,
+        file: &InputFile,
+        roots: &AllowedRoots,
+    ) -> Result<Self, StoreError> {
+        let source = match file.local_path() {
+            Some(path) => Source::Local(Arc::new(roots.open(path)?)),
+            None => Source::Object(store, file.path.clone()),
+        };
+        let reader = Self {
+            source,
+            url: file.url.clone(),
             size: file.size,
+            version: file.version.clone(),
+        };
+        reader.check_unchanged()?;
+        Ok(reader)
+    }
+
+    /// The file's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Fails with [`StoreError::Changed`] when an open local file is no longer the listed
+    /// version (S3 reads check their ETag on every request).
+    pub fn check_unchanged(&self) -> Result<(), StoreError> {
+        let Source::Local(file) = &self.source else {
+            return Ok(());
+        };
+        let meta = file.metadata().map_err(|e| StoreError::Io {
+            op: "reading the metadata of",
+            path: PathBuf::from(&self.url),
+            source: e,
+        })?;
+        let now = local_version(&meta);
+        match &self.version {
+            Some(planned) if *planned != now => Err(StoreError::Changed {
+                url: self.url.clone(),
+                detail: describe_change(planned, &now),
+            }),
+            _ if meta.len() != self.size => Err(StoreError::Changed {
+                url: self.url.clone(),
+                detail: format!("{} bytes, planned {}", meta.len(), self.size),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_range(&mut self, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        match &self.source {
+            Source::Local(file) => {
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                let read = file.read_exact_at(&mut buf, range.start);
+                if let Err(e) = read {
+                    self.check_unchanged()?;
+                    return Err(StoreError::Io {
+                        op: "reading",
+                        path: PathBuf::from(&self.url),
+                        source: e,
+                    });
+                }
+                Ok(Bytes::from(buf))
+            }
+            Source::Object(store, path) => {
+                let options = GetOptions {
+                    if_match: self.version.clone(),
+                    range: Some(GetRange::Bounded(range)),
+                    ..Default::default()
+                };
+                let result = match store.get_opts(path, options).await {
+                    Ok(r) => r.bytes().await,
+                    Err(e) => Err(e),
+                };
+                result.map_err(|e| match e {
+                    object_store::Error::Precondition { .. } => StoreError::Changed {
+                        url: self.url.clone(),
+                        detail: format!(
+                            "its ETag is no longer {}",
+                            self.version.as_deref().unwrap_or("?")
+                        ),
+                    },
+                    e => StoreError::object("reading", &self.url, e),
+                })
+            }
         }
     }
 }
 
-fn external(e: object_store::Error) -> ParquetError {
+/// Says how two local versions (`<size>-<mtime ns>`) differ.
+fn describe_change(planned: &str, now: &str) -> String {
+    let parse = |v: &str| -> Option<(u64, u128)> {
+        let (size, mtime) = v.split_once('-')?;
+        Some((size.parse().ok()?, mtime.parse().ok()?))
+    };
+    match (parse(planned), parse(now)) {
+        (Some((s0, _)), Some((s1, _))) if s0 != s1 => format!("{s1} bytes, planned {s0}"),
+        (Some(_), Some(_)) => "modified since it was planned".into(),
+        _ => format!("version {now}, planned {planned}"),
+    }
+}
+
+fn external(e: StoreError) -> ParquetError {
     ParquetError::External(Box::new(e))
 }
 
-impl AsyncFileReader for ObjectFileReader {
+impl AsyncFileReader for InputReader {
     fn get_bytes(
         &mut self,
         range: std::ops::Range<u64>,
     ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
-        Box::pin(async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(external)
-        })
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<std::ops::Range<u64>>,
-    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
-        Box::pin(async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(external)
-        })
+        Box::pin(async move { self.read_range(range).await.map_err(external) })
     }
 
     fn get_metadata<'a>(
@@ -259,5 +520,13 @@ impl AsyncFileReader for ObjectFileReader {
                 .await?;
             Ok(Arc::new(metadata))
         })
+    }
+}
+
+/// The store error inside a decoder error, if the decoder failed reading (a changed file).
+pub fn store_error_of(e: &ParquetError) -> Option<&StoreError> {
+    match e {
+        ParquetError::External(inner) => inner.downcast_ref::<StoreError>(),
+        _ => None,
     }
 }

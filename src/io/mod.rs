@@ -1,11 +1,13 @@
 //! Storage: URLs (local paths and `s3://`), parquet input, parquet output and the
 //! exactly-once commit protocol.
 
+pub mod access;
 pub mod commit;
 pub mod input;
 pub mod output;
 pub mod url;
 
+pub use access::AllowedRoots;
 pub use commit::{CommitOutcome, Committer};
 pub use url::StoreUrl;
 
@@ -45,6 +47,26 @@ pub enum StoreError {
         path: std::path::PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A local path resolves outside the allowed roots.
+    #[error("`{path}` resolves to `{real}`, outside the folders {owner} may touch ({roots}): use a path under one of them (links are followed to where they point)")]
+    Escape {
+        /// The path as met (typed, listed or matched).
+        path: std::path::PathBuf,
+        /// Where it really is.
+        real: std::path::PathBuf,
+        /// Who set the roots.
+        owner: String,
+        /// The allowed folders.
+        roots: String,
+    },
+    /// An input file is not the one that was planned.
+    #[error("{url} changed during the run ({detail}): its shards were not encoded; rerun once the file is final")]
+    Changed {
+        /// The file.
+        url: String,
+        /// What differs.
+        detail: String,
     },
     /// A parquet file cannot be decoded.
     #[error("{location}: {detail}")]

@@ -221,6 +221,7 @@ impl SpladeEncoder {
             WeightMap::load(&layout.transformer_dir)?
         };
         let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
+        weights.check_finite(&layout.root)?;
         model.to(torch_device, dtype.kind());
         Ok(Self {
             layout,
@@ -371,9 +372,18 @@ impl SpladeEncoder {
                 self.shape_multiple(),
             )?;
             clock.lap(profile::Stage::Pooling);
-            let out = sparse_rows(&pooled, k);
+            let out = sparse_rows(&pooled, k)?;
             clock.lap(profile::Stage::Extract);
-            out
+            // Finite weights can still overflow (bf16, extreme inputs): never write NaN.
+            if out.iter().any(|v| v.values.iter().any(|x| !x.is_finite())) {
+                return Err(ModelError::NonFinite {
+                    path: self.layout.root.clone(),
+                    detail: format!(
+                        "its output for a batch of {rows} texts holds NaN or infinite weights"
+                    ),
+                });
+            }
+            Ok(out)
         })
     }
 }

@@ -120,6 +120,14 @@ pub enum ModelError {
     /// The tokenizer failed on an input.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// Weights or outputs that are NaN or infinite.
+    #[error("model {path}: {detail}: its vectors would be meaningless; use a model whose training did not diverge")]
+    NonFinite {
+        /// The model folder.
+        path: PathBuf,
+        /// Which tensor, or which output.
+        detail: String,
+    },
 }
 
 impl From<tch::TchError> for ModelError {

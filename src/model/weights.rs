@@ -136,6 +136,23 @@ impl WeightMap {
             .collect()
     }
 
+    /// Fails on the first parameter taken that holds a NaN or an infinity.
+    pub fn check_finite(&self, model: &Path) -> Result<(), ModelError> {
+        for (name, t) in &self.taken {
+            if !t.is_floating_point() {
+                continue;
+            }
+            let finite = t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
+            if !finite {
+                return Err(ModelError::NonFinite {
+                    path: model.to_path_buf(),
+                    detail: format!("weight `{name}` holds NaN or infinite values"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Moves and casts every tensor not yet taken (before a model is built from them).
     pub fn convert(&mut self, device: tch::Device, kind: tch::Kind) -> Result<(), ModelError> {
         for t in self.tensors.values_mut() {

@@ -163,6 +163,10 @@ pub struct LeaseGrant {
     pub heartbeat_s: u64,
     /// The work.
     pub work: Work,
+    /// The folders the service lets jobs touch: the worker checks every local path it opens
+    /// against them.
+    #[serde(default)]
+    pub allowed_roots: crate::io::AllowedRoots,
 }
 
 /// Heartbeat body.
@@ -454,7 +458,10 @@ async fn lease(
     let request: LeaseRequest = parse_body(&body)?;
     let grant = app.db().lease(&request.worker)?;
     Ok(match grant {
-        Some(g) => Json(g).into_response(),
+        Some(mut g) => {
+            g.allowed_roots = app.roots.access.clone();
+            Json(g).into_response()
+        }
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }

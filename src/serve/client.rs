@@ -234,7 +234,26 @@ pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
     }
     let table: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
+    // JSON has no NaN or infinity: serde would send them as null, which reads as "not set".
+    for (key, value) in &table {
+        if let Some(bad) = non_finite(value) {
+            anyhow::bail!(
+                "{}: `{key}` = {bad}: job settings must be finite numbers",
+                path.display()
+            );
+        }
+    }
     Ok(serde_json::to_value(table)?)
+}
+
+/// The first NaN or infinite float in a TOML value, if any.
+fn non_finite(value: &toml::Value) -> Option<f64> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(*f),
+        toml::Value::Array(items) => items.iter().find_map(non_finite),
+        toml::Value::Table(t) => t.values().find_map(non_finite),
+        _ => None,
+    }
 }
 
 /// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.

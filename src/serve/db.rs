@@ -399,6 +399,8 @@ impl Db {
             lease_timeout_s: lease_timeout,
             heartbeat_s: (lease_timeout / 4).clamp(1, 10),
             work,
+            // The service fills this in (the database does not know its roots).
+            allowed_roots: crate::io::AllowedRoots::anywhere(),
         }))
     }
 
@@ -823,6 +825,7 @@ mod tests {
             id,
             file: "/in/a.parquet".into(),
             file_size: 1,
+            file_version: None,
             first_row: id as u64 * 10,
             rows: 10,
             segments: Vec::new(),
@@ -858,6 +861,7 @@ mod tests {
                 keep_columns: Vec::new(),
                 query: false,
                 output: "/out".into(),
+                allowed_roots: Default::default(),
             },
         }
     }

@@ -69,19 +69,8 @@ pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         args.allow_roots.clone()
     };
-    let mut allowed = Vec::new();
-    for root in wanted {
-        allowed.push(
-            base.join(&root)
-                .canonicalize()
-                .with_context(|| format!("--allow-root {}", root.display()))?,
-        );
-    }
-    let roots = Roots {
-        allowed,
-        base,
-        default_model: crate::default_model_dir(),
-    };
+    let roots =
+        Roots::new(&wanted, base, crate::default_model_dir()).map_err(anyhow::Error::msg)?;
     if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating the folder of --state {}", args.state.display()))?;
@@ -192,7 +181,8 @@ fn plan_job(
     match parse_spec(doc, &app.roots)? {
         JobSpec::Encode { args, .. } => {
             let dtype = args.dtype.unwrap_or(Dtype::F32);
-            let plan = plan_encode(&args, dtype, runtime).map_err(|e| e.to_string())?;
+            let plan =
+                plan_encode(&args, dtype, &app.roots.access, runtime).map_err(|e| e.to_string())?;
             eprintln!(
                 "sparq: job {id}: {} shards ({} to encode, {} committed before) → {}",
                 plan.shards.len(),

@@ -18,7 +18,7 @@ use super::client::{Client, CoordinatorArg};
 use crate::coord::plan::ShardSpec;
 use crate::encode::job::WorkerConfig;
 use crate::encode::pipeline::{encode_shard, ShardProgress};
-use crate::io::{Committer, StoreUrl};
+use crate::io::{AllowedRoots, Committer, StoreUrl};
 use crate::model::{DeviceSpec, Dtype, SpladeEncoder};
 
 /// How long a worker keeps trying to reach a coordinator that went away (a restart).
@@ -45,6 +45,10 @@ pub struct WorkerArgs {
     /// Seconds between requests for work while idle.
     #[arg(long, default_value_t = 1.0)]
     pub poll: f64,
+    /// Folder this worker lets jobs touch (repeatable), on top of the coordinator's own allowed
+    /// roots: a path must lie under both. Default: whatever the coordinator allows.
+    #[arg(long = "allow-root", value_name = "PATH")]
+    pub allow_roots: Vec<PathBuf>,
 }
 
 struct Loaded {
@@ -82,6 +86,11 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
         args.device,
         client.url()
     );
+    let own_roots = if args.allow_roots.is_empty() {
+        AllowedRoots::anywhere()
+    } else {
+        AllowedRoots::under("this worker", &args.allow_roots)?
+    };
     let mut loaded: Option<Loaded> = None;
     let mut committers: HashMap<String, Committer> = HashMap::new();
     let mut idle_since = Instant::now();
@@ -110,11 +119,13 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
         };
         let grant: LeaseGrant = serde_json::from_value(grant)?;
         let lease = grant.lease.clone();
+        let roots = grant.allowed_roots.clone().and(&own_roots);
         let outcome = match grant.work.clone() {
             Work::Encode { config, shard } => {
                 let config = WorkerConfig {
                     device: args.device.to_string(),
                     threads,
+                    allowed_roots: config.allowed_roots.clone().and(&roots),
                     ..*config
                 };
                 encode_lease(
@@ -128,7 +139,7 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
                     &mut committers,
                 )
             }
-            Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads),
+            Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads, &roots),
         };
         let (path, body) = match outcome {
             Ok(report) => (
@@ -239,6 +250,12 @@ fn encode_lease(
     let needs_load = !loaded
         .as_ref()
         .is_some_and(|l| l.model == config.model && l.dtype == config.dtype);
+    if let Err(e) = config.allowed_roots.check_model(&config.model) {
+        return Err(FailedReport {
+            error: format!("worker {name}: {e}"),
+            retryable: false,
+        });
+    }
     if needs_load {
         *loaded = None; // Free the old model first.
         let device: DeviceSpec = match config.device.parse() {
@@ -260,7 +277,7 @@ fn encode_lease(
         Some(c) => c,
         None => {
             let c = match StoreUrl::parse(&config.output).and_then(|u| Committer::new(&u)) {
-                Ok(c) => c,
+                Ok(c) => c.confined(&config.allowed_roots),
                 Err(e) => return Err(retry(e.to_string())),
             };
             committers.entry(config.output.clone()).or_insert(c)
@@ -290,6 +307,7 @@ fn train_lease(
     spec: &Value,
     args: &WorkerArgs,
     threads: usize,
+    roots: &AllowedRoots,
 ) -> Result<Value, FailedReport> {
     let fail = |error: String, retryable: bool| FailedReport { error, retryable };
     let mut table = spec.clone();
@@ -312,6 +330,8 @@ fn train_lease(
         .args(["--device", &args.device.to_string()])
         .args(["--threads", &threads.to_string()])
         .arg("--resume")
+        .arg("--allowed-roots")
+        .arg(serde_json::to_string(roots).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -2,14 +2,15 @@
 //! `sparq serve` checks before queueing it. Its keys are the flags of the job's command
 //! (`sparq encode` or `sparq train`) with `_` for `-`; nothing in a spec is executed.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, FromArgMatches};
 use serde_json::{Map, Value};
 
 use crate::encode::job::EncodeArgs;
+use crate::io::access::{normalise, resolve_existing};
 use crate::io::url::Location;
-use crate::io::StoreUrl;
+use crate::io::{AllowedRoots, StoreUrl};
 use crate::train::TrainArgs;
 
 /// Longest string value accepted in a spec.
@@ -28,8 +29,8 @@ const TRAIN_WORKER_KEYS: [&str; 5] = ["device", "threads", "config", "resume", "
 /// Where a spec's local paths may point.
 #[derive(Debug, Clone)]
 pub struct Roots {
-    /// Canonical allowed folders.
-    pub allowed: Vec<PathBuf>,
+    /// The allowed folders (and the default model), as every reader and writer checks them.
+    pub access: AllowedRoots,
     /// Where relative paths start (the service's working directory).
     pub base: PathBuf,
     /// The service's default model, allowed wherever it is.
@@ -37,32 +38,37 @@ pub struct Roots {
 }
 
 impl Roots {
-    /// Checks that `path` (absolute or relative to `base`) lies under an allowed root; returns
-    /// it absolute and normalised.
+    /// Roots of a service: `allowed` folders (relative to `base`), the default model.
+    pub fn new(allowed: &[PathBuf], base: PathBuf, default_model: PathBuf) -> Result<Self, String> {
+        let absolute: Vec<PathBuf> = allowed.iter().map(|r| base.join(r)).collect();
+        let access = AllowedRoots::under("this service", &absolute)
+            .map_err(|e| format!("--allow-root: {e}"))?
+            .with_model(&base.join(&default_model));
+        Ok(Self {
+            access,
+            base,
+            default_model,
+        })
+    }
+
+    /// Checks that `path` (absolute or relative to `base`) lies under an allowed root, by where
+    /// it really is; returns it absolute and normalised.
     pub fn check(&self, key: &str, path: &Path) -> Result<PathBuf, String> {
         let absolute = normalise(&self.base.join(path));
-        let real = resolve_existing(&absolute);
-        if real == resolve_existing(&normalise(&self.base.join(&self.default_model))) {
+        if resolve_existing(&absolute)
+            == resolve_existing(&normalise(&self.base.join(&self.default_model)))
+        {
             return Ok(absolute);
         }
-        if self.allowed.iter().any(|root| real.starts_with(root)) {
-            Ok(absolute)
-        } else {
-            Err(format!(
-                "`{key}` = {} is outside the folders this service may touch ({}): use a path \
-                 under one of them, or start `sparq serve` with --allow-root",
-                path.display(),
-                self.allowed
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        }
+        self.access
+            .check(&absolute)
+            .map(|_| absolute)
+            .map_err(|e| format!("`{key}`: {e}; or start `sparq serve` with --allow-root"))
     }
 
     /// Checks a store URL: S3 as is, local paths under the roots (made absolute). For globs the
-    /// folder before the first wildcard is checked.
+    /// folder before the first wildcard is checked here; what the glob matches is checked when
+    /// it is listed.
     fn check_url(&self, key: &str, raw: &str) -> Result<String, String> {
         let url = StoreUrl::parse(raw).map_err(|e| format!("`{key}`: {e}"))?;
         match url.location {
@@ -80,46 +86,6 @@ impl Roots {
                 let checked = self.check(key, Path::new(dir))?;
                 Ok(checked.join(rest).display().to_string())
             }
-        }
-    }
-}
-
-/// Lexically removes `.` and `..` (no file system access).
-fn normalise(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// Resolves symlinks in the longest existing prefix of `path` and appends the rest.
-fn resolve_existing(path: &Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (
-            existing.file_name().map(|n| n.to_os_string()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
         }
     }
 }
@@ -224,6 +190,11 @@ fn check_sizes(key: &str, value: &Value) -> Result<(), String> {
         )),
         Value::Array(items) => items.iter().try_for_each(|v| check_sizes(key, v)),
         Value::Object(_) => Err(format!("`{key}` is a table; job settings are plain values")),
+        // Never "not set": a NaN or infinity becomes null on its way through JSON.
+        Value::Null => Err(format!(
+            "`{key}` is null: give a value, or leave the key out for the default (NaN and \
+             infinity are not job settings)"
+        )),
         _ => Ok(()),
     }
 }
@@ -299,10 +270,7 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
         .try_get_matches_from(&argv)
         .map_err(|e| clap_message(&e))?;
     let args = EncodeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
-    crate::coord::coordinator::validate(&args).map_err(|e| e.to_string())?;
-    if args.lease_timeout == 0 {
-        return Err("`lease_timeout` must be at least 1 second".into());
-    }
+    crate::coord::coordinator::validate(&args).map_err(|e| flags_as_keys(&e.to_string()))?;
     // The default model resolves on the service: pin it, so every worker uses the same folder.
     if !map.contains_key("model") {
         let model = roots.check("model", &args.model)?;
@@ -351,6 +319,18 @@ fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, St
     })
 }
 
+/// A command's message with its `--flag-name`s written as spec keys (`flag_name`).
+fn flags_as_keys(message: &str) -> String {
+    let words: Vec<String> = message
+        .split(' ')
+        .map(|w| match w.strip_prefix("--") {
+            Some(flag) => format!("`{}`", flag.replace('-', "_")),
+            None => w.to_string(),
+        })
+        .collect();
+    format!("{} (in the job spec)", words.join(" "))
+}
+
 /// clap's message without its usage footer, with flags named as spec keys.
 fn clap_message(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
@@ -389,11 +369,12 @@ mod tests {
 
     fn roots() -> Roots {
         let base = std::env::temp_dir().canonicalize().unwrap();
-        Roots {
-            allowed: vec![base.clone()],
-            base,
-            default_model: crate::default_model_dir(),
-        }
+        Roots::new(
+            std::slice::from_ref(&base),
+            base.clone(),
+            crate::default_model_dir(),
+        )
+        .unwrap()
     }
 
     #[test]

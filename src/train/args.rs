@@ -96,6 +96,11 @@ pub struct TrainArgs {
     /// also bounds how long the other ranks wait for rank 0's evaluations and checkpoints.
     #[arg(long)]
     pub collective_timeout: Option<u64>,
+    /// Internal (set by `sparq worker` for service jobs): the folders local paths must resolve
+    /// under, as JSON.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub allowed_roots: Option<String>,
 }
 
 /// Resolved training settings (defaults applied).
@@ -148,6 +153,15 @@ pub struct TrainConfig {
 }
 
 impl TrainArgs {
+    /// The folders local paths must resolve under (anywhere unless a service job says).
+    pub fn roots(&self) -> Result<crate::io::AllowedRoots, TrainError> {
+        match &self.allowed_roots {
+            None => Ok(crate::io::AllowedRoots::anywhere()),
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| TrainError::Option(format!("--allowed-roots: {e}"))),
+        }
+    }
+
     /// Reads `--config` (if any) and lets the flags override it.
     pub fn merged(&self) -> Result<TrainArgs, TrainError> {
         let Some(path) = &self.config else {
@@ -155,7 +169,7 @@ impl TrainArgs {
         };
         let file = read_config(path)?;
         macro_rules! pick {
-            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), $($f: self.$f.clone().or(file.$f),)* } };
+            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), allowed_roots: self.allowed_roots.clone(), $($f: self.$f.clone().or(file.$f),)* } };
         }
         Ok(pick!(
             model,
@@ -218,36 +232,99 @@ impl TrainArgs {
             seed: self.seed.unwrap_or(12),
             save_steps: self.save_steps.unwrap_or(500),
             save_total_limit: self.save_total_limit,
-            logging_steps: self.logging_steps.unwrap_or(10).max(1),
+            logging_steps: self.logging_steps.unwrap_or(10),
             eval_beir: self.eval_beir.clone(),
             eval_steps: self.eval_steps,
             load_best_at_end: self.load_best_at_end.unwrap_or(false),
             device,
             dtype,
         };
-        if config.batch_size < 1 {
-            return bad("--batch-size must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&config.warmup_ratio) {
-            return bad(format!(
-                "--warmup-ratio {} must be in [0, 1)",
-                config.warmup_ratio
-            ));
-        }
-        if config.learning_rate <= 0.0 || !config.learning_rate.is_finite() {
-            return bad(format!(
-                "--learning-rate {} must be positive",
-                config.learning_rate
-            ));
-        }
-        if config.max_steps == Some(0) || config.epochs == 0 {
-            return bad("--max-steps and --epochs must be at least 1".into());
-        }
+        check_ranges(&config)?;
         if config.load_best_at_end && config.eval_beir.is_none() {
             return bad("--load-best-at-end needs --eval-beir".into());
         }
         Ok(config)
     }
+}
+
+/// A number's sensible range: `[low, high]`, each end open or closed.
+struct Range {
+    flag: &'static str,
+    value: f64,
+    low: (f64, bool),
+    high: (f64, bool),
+}
+
+impl Range {
+    fn check(&self) -> Result<(), TrainError> {
+        let (low, low_in) = self.low;
+        let (high, high_in) = self.high;
+        let above = if low_in {
+            self.value >= low
+        } else {
+            self.value > low
+        };
+        let below = if high_in {
+            self.value <= high
+        } else {
+            self.value < high
+        };
+        if self.value.is_finite() && above && below {
+            return Ok(());
+        }
+        Err(TrainError::Option(format!(
+            "--{} {:?} is outside its range {}{low}, {high}{} (`{}` in config files and job specs)",
+            self.flag,
+            self.value,
+            if low_in { "[" } else { "(" },
+            if high_in { "]" } else { ")" },
+            self.flag.replace('-', "_")
+        )))
+    }
+}
+
+/// Rejects non-finite numbers and values no run can mean (a learning rate of 1e308 turns every
+/// parameter into NaN; a negative λ rewards density).
+fn check_ranges(c: &TrainConfig) -> Result<(), TrainError> {
+    let ranges = [
+        ("learning-rate", c.learning_rate, (0.0, false), (1.0, true)),
+        ("warmup-ratio", c.warmup_ratio, (0.0, true), (1.0, false)),
+        ("weight-decay", c.weight_decay, (0.0, true), (1.0, true)),
+        ("max-grad-norm", c.max_grad_norm, (0.0, false), (1e6, true)),
+        ("lambda-query", c.lambda_query, (0.0, true), (10.0, true)),
+        (
+            "lambda-document",
+            c.lambda_document,
+            (0.0, true),
+            (10.0, true),
+        ),
+        (
+            "batch-size",
+            c.batch_size as f64,
+            (1.0, true),
+            (65536.0, true),
+        ),
+    ];
+    for (flag, value, low, high) in ranges {
+        Range {
+            flag,
+            value,
+            low,
+            high,
+        }
+        .check()?;
+    }
+    if c.max_steps == Some(0) || c.epochs == 0 {
+        return Err(TrainError::Option(
+            "--max-steps and --epochs must be at least 1".into(),
+        ));
+    }
+    if c.logging_steps == 0 {
+        return Err(TrainError::Option(
+            "--logging-steps must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<TrainArgs, TrainError> {

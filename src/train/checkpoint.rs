@@ -14,7 +14,7 @@ use super::data::Cursor;
 use super::model::{io_error, read_named, TrainModel};
 use super::optim::Param;
 use super::{TrainConfig, TrainError};
-use crate::io::{Committer, StoreUrl};
+use crate::io::{AllowedRoots, Committer, StoreUrl};
 
 /// The marker file of a complete checkpoint.
 pub const MARKER: &str = "_COMPLETE";
@@ -46,20 +46,36 @@ pub struct TrainerState {
 pub struct Output {
     url: StoreUrl,
     root: Committer,
+    roots: AllowedRoots,
 }
 
 impl Output {
-    /// Opens `url` (a folder or s3:// prefix).
-    pub fn new(url: &str) -> Result<Self, TrainError> {
+    /// Opens `url` (a folder or s3:// prefix); a local folder must resolve under `roots`
+    /// whenever it is written.
+    pub fn new(url: &str, roots: &AllowedRoots) -> Result<Self, TrainError> {
         let url = StoreUrl::parse(url).map_err(|e| TrainError::Data(e.to_string()))?;
-        let root = Committer::new(&url).map_err(|e| TrainError::Data(e.to_string()))?;
-        Ok(Self { url, root })
+        let root = Committer::new(&url)
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .confined(roots);
+        let output = Self {
+            url,
+            root,
+            roots: roots.clone(),
+        };
+        output.local()?;
+        Ok(output)
     }
 
-    fn local(&self) -> Option<PathBuf> {
+    /// The local folder, checked against the roots (`None` for S3).
+    fn local(&self) -> Result<Option<PathBuf>, TrainError> {
         match &self.url.location {
-            crate::io::url::Location::Local(p) => Some(p.clone()),
-            _ => None,
+            crate::io::url::Location::Local(p) => {
+                self.roots
+                    .check(p)
+                    .map_err(|e| TrainError::Option(e.to_string()))?;
+                Ok(Some(p.clone()))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -93,7 +109,7 @@ impl Output {
         state: &TrainerState,
     ) -> Result<String, TrainError> {
         let name = format!("checkpoint-{}", state.step);
-        let staging = match self.local() {
+        let staging = match self.local()? {
             Some(dir) => dir.join(format!(".{name}.partial-{}", uuid::Uuid::new_v4())),
             None => std::env::temp_dir().join(format!("sparq-{name}-{}", uuid::Uuid::new_v4())),
         };
@@ -115,7 +131,7 @@ impl Output {
         let state_path = staging.join("trainer_state.json");
         let json = serde_json::to_vec_pretty(state).expect("serializable");
         std::fs::write(&state_path, json).map_err(|e| io_error(&state_path, e))?;
-        match self.local() {
+        match self.local()? {
             Some(dir) => {
                 sync_tree(&staging)?;
                 let marker = staging.join(MARKER);
@@ -165,7 +181,9 @@ impl Output {
             self.url.join(dir)
         };
         let parsed = StoreUrl::parse(&url).map_err(|e| TrainError::Data(e.to_string()))?;
-        let target = Committer::new(&parsed).map_err(|e| TrainError::Data(e.to_string()))?;
+        let target = Committer::new(&parsed)
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .confined(&self.roots);
         Ok((target, file))
     }
 
@@ -203,7 +221,10 @@ impl Output {
         scratch: &Path,
     ) -> Result<PathBuf, TrainError> {
         let name = format!("checkpoint-{step}");
-        if let Some(dir) = self.local() {
+        if let Some(dir) = self.local()? {
+            self.roots
+                .check_tree(&dir.join(&name), 2)
+                .map_err(|e| TrainError::Option(e.to_string()))?;
             return Ok(dir.join(name));
         }
         let prefix = format!("{name}/");
@@ -232,7 +253,7 @@ impl Output {
         keep: Option<usize>,
         protect: Option<u64>,
     ) -> Result<(), TrainError> {
-        if let Some(dir) = self.local() {
+        if let Some(dir) = self.local()? {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries.flatten() {
                     let n = e.file_name().to_string_lossy().into_owned();
@@ -250,7 +271,7 @@ impl Output {
                 continue;
             }
             let name = format!("checkpoint-{step}");
-            match self.local() {
+            match self.local()? {
                 Some(dir) => {
                     let _ = std::fs::remove_dir_all(dir.join(&name));
                 }
@@ -280,7 +301,7 @@ impl Output {
         rt: &tokio::runtime::Runtime,
         model_dir: &Path,
     ) -> Result<(), TrainError> {
-        match self.local() {
+        match self.local()? {
             Some(dir) => copy_tree(model_dir, &dir),
             None => {
                 let mut files = Vec::new();

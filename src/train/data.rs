@@ -6,11 +6,11 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
-use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::TrainError;
-use crate::io::StoreUrl;
+use crate::io::input::read_whole;
+use crate::io::{AllowedRoots, StoreUrl};
 
 /// The training rows: `columns[c][row]`, column 0 the anchors, 1 the positives, then negatives.
 #[derive(Debug, Clone)]
@@ -40,16 +40,17 @@ pub fn read_pairs(
     runtime: &tokio::runtime::Runtime,
     url: &str,
     columns: &[String],
+    roots: &AllowedRoots,
 ) -> Result<PairData, TrainError> {
     let root = StoreUrl::parse(url).map_err(|e| TrainError::Data(e.to_string()))?;
     let (store, files) = runtime
-        .block_on(crate::io::input::list_inputs(&root))
+        .block_on(crate::io::input::list_inputs(&root, roots))
         .map_err(|e| TrainError::Data(e.to_string()))?;
     let mut out: Option<PairData> = None;
     for file in files {
         let bytes = runtime
-            .block_on(async { store.get(&file.path).await?.bytes().await })
-            .map_err(|e| TrainError::Data(format!("{}: {e}", file.url)))?;
+            .block_on(read_whole(store.clone(), &file, roots))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| {
             TrainError::Data(format!("{}: not a readable parquet file ({e})", file.url))
         })?;

@@ -53,4 +53,7 @@ pub enum TrainError {
     /// Evaluation during training failed.
     #[error("evaluation: {0}")]
     Eval(String),
+    /// The loss, a gradient or a parameter became non-finite.
+    #[error("{0}")]
+    Diverged(String),
 }

@@ -69,8 +69,17 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         .enable_all()
         .build()
         .map_err(|e| TrainError::Option(format!("cannot start the I/O runtime: {e}")))?;
-    let output = Output::new(&config.output)?;
-    let data = read_pairs(&runtime, &config.train_data, &config.columns)?;
+    let roots = merged.roots()?;
+    roots
+        .check_model(&config.model)
+        .map_err(|e| TrainError::Option(e.to_string()))?;
+    if let Some(beir) = &config.eval_beir {
+        roots
+            .check_tree(beir, 2)
+            .map_err(|e| TrainError::Option(e.to_string()))?;
+    }
+    let output = Output::new(&config.output, &roots)?;
+    let data = read_pairs(&runtime, &config.train_data, &config.columns, &roots)?;
     let steps_per_epoch =
         (epoch_batches(&data, config.batch_size, config.seed, 0).len() / world) as u64;
     if steps_per_epoch == 0 {
@@ -186,12 +195,19 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones.
         tch::manual_seed(mix(config.seed, step, rank) as i64);
         let parts = train_step(&model, &data, &rows, lambda_query, lambda_document)?;
+        if !parts.1.total.is_finite() {
+            return Err(diverged(step + 1, "the loss", parts.1.total, lr));
+        }
         zero_grad(&mut params);
         parts.0.backward();
         if let Some(g) = group.as_mut() {
             average_gradients(g, &params)?;
         }
         let grad_norm = clip_grad_norm(&params, config.max_grad_norm)?;
+        // Checked before the update: a non-finite gradient would make every parameter NaN.
+        if !grad_norm.is_finite() {
+            return Err(diverged(step + 1, "the gradient norm", grad_norm, lr));
+        }
         adamw.step(&mut params, lr, step + 1)?;
         state.step += 1;
         state.cursor.step_in_epoch += 1;
@@ -241,6 +257,7 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         }
         if save {
             if rank == 0 {
+                check_finite(&params, state.step, lr)?;
                 output.write_checkpoint(&runtime, &model, &params, &state)?;
                 output.prune(&runtime, config.save_total_limit, state.best.map(|b| b.1))?;
             }
@@ -269,7 +286,10 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
                 restore_weights_only(&dir, &best_model)?;
                 best_model.save(&final_dir)?;
             }
-            _ => model.save(&final_dir)?,
+            _ => {
+                check_finite(&params, state.step, state.learning_rate)?;
+                model.save(&final_dir)?
+            }
         }
         output.write_final(&runtime, &final_dir)?;
     }
@@ -535,6 +555,32 @@ fn check_compatible(
             ),
         })
     }
+}
+
+/// The error of a run whose numbers left the finite range.
+fn diverged(step: u64, what: &str, value: f64, lr: f64) -> TrainError {
+    TrainError::Diverged(format!(
+        "step {step}: {what} is {value}: training diverged (learning rate {lr:e} at this step); \
+         nothing of this step was saved. Lower --learning-rate (or raise --warmup-ratio), then \
+         --resume from the last checkpoint or start again"
+    ))
+}
+
+/// Refuses to save parameters that are not all finite (an update can overflow even when the
+/// loss and gradients were finite).
+fn check_finite(params: &[Param], step: u64, lr: f64) -> Result<(), TrainError> {
+    for p in params {
+        let finite = p.tensor.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
+        if !finite {
+            return Err(diverged(
+                step,
+                &format!("parameter `{}`", p.name),
+                f64::NAN,
+                lr,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn mix(seed: u64, step: u64, rank: usize) -> u64 {
