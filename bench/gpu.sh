@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# One prepared run on a lent H100/H200: parity with sentence-transformers on the card, then
-# sparq bf16 vs sentence-transformers bf16 timings (bench/gpu_bench.py). The sparq binary is
-# built beforehand on the CPU machine and carried over with the corpus:
-#   .venv/bin/python bench/make_corpus.py /tmp/c --docs 50000 --queries 10
-#   mkdir -p target/gpu-data && cp /tmp/c/corpus.parquet target/gpu-data/
-#   device run, carry target/release/sparq and target/gpu-data: bench/gpu.sh [DOCS]
-# Needs python3 with torch 2.11 and sentence-transformers (the lent machines have both).
-# Writes gpu.md and gpu.log into $OUT when set, else into target/gpu-out.
+# One prepared run on a lent H100/H200 (bench/gpu_bench.py): the measured bf16 matmul rate,
+# parity of the packed encoder with sentence-transformers on the card, then steady-state
+# throughput of `sparq encode-text` and `sparq encode` against sentence-transformers bf16 on a
+# realistic mix (200k docs, mean ~60 tokens) and a long mix (100k docs, mean ~200, max 512).
+# Build the binary here first; the corpora and the BERT-base-size model are made on the card:
+#   device run, carry target/release/sparq: bench/gpu.sh [DOCS] [LONG_DOCS]
+# Needs python3 with torch 2.11 and sentence-transformers (the lent machines have both); about
+# 6 minutes on an H200. Writes gpu.md, gpu.log and <date>-<card>.json into $OUT when set, else
+# into target/gpu-out; copy the JSON into bench/gpu-runs/ and the figures into RESULTS.md.
+# A dry run on a CPU: OUT=/tmp/g bench/gpu.sh 400 200 --device cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_LIB=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-target/gpu-out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.log"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.log"
+fi
 python3 -c 'import sentence_transformers as s, transformers as t; print("sentence-transformers", s.__version__, "transformers", t.__version__)' | tee -a "$OUT/gpu.log"
-PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py target/gpu-data/corpus.parquet "$OUT" --docs "${1:-30000}" 2>&1 \
+PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py "$OUT" --docs "${1:-200000}" --long-docs "${2:-100000}" "${@:3}" 2>&1 \
   | grep --line-buffered -v -e '^Loading weights' -e '^Writing model' -e 'it/s]' | tee -a "$OUT/gpu.log"

@@ -119,3 +119,36 @@ fn bad_option_values_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-active-dims"));
 }
+
+#[test]
+fn the_profile_counts_one_host_wait_per_batch() {
+    let input = std::fs::read_to_string(root().join("tests/fixtures/texts.jsonl")).unwrap();
+    let texts = input.lines().count();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
+        .args(["encode-text", "--batch-size", "4"])
+        .env("SPARQ_PROFILE", "1")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("profile:")).unwrap();
+    // "profile: N batches, W host waits (1.00 per batch), S token shapes: ..."
+    let batches = texts.div_ceil(4);
+    assert!(
+        line.contains(&format!(
+            "{batches} batches, {batches} host waits (1.00 per batch)"
+        )),
+        "{line}"
+    );
+}

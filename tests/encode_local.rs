@@ -417,3 +417,32 @@ fn a_stalled_worker_loses_its_lease_and_the_shard_is_redone() {
     // Every id once, null texts included (as empty vectors).
     assert_exactly_once(&rows, &reference_vectors(&(0..2000).collect::<Vec<_>>()));
 }
+
+#[test]
+fn batches_queued_ahead_of_the_one_waited_for_write_the_same_output() {
+    // The GPU's launch-ahead bookkeeping, run on the CPU: several batches per chunk and
+    // chunks finishing across each other, then every row once with the reference vectors.
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(&dir.path().join("in/a.parquet"), 0..300, 64);
+    for depth in ["0", "3"] {
+        let out = sparq()
+            .args([
+                "encode",
+                "--threads",
+                "1",
+                "--batch-tokens",
+                "300",
+                "--input",
+            ])
+            .arg(dir.path().join("in"))
+            .arg("--output")
+            .arg(dir.path().join(format!("out-{depth}")))
+            .env("SPARQ_PIPELINE_DEPTH", depth)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (rows, _) = read_output(&dir.path().join(format!("out-{depth}")));
+        let ids: Vec<i64> = (0..300).collect();
+        assert_exactly_once(&rows, &reference_vectors(&ids));
+    }
+}

@@ -767,7 +767,12 @@ fn is_part(name: &str) -> bool {
 /// Checks the numeric settings of an encode job: each within the range a run can mean.
 pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
     let ranges: [(&str, Option<u64>, u64, u64); 7] = [
-        ("--batch-tokens", Some(args.batch_tokens as u64), 1, 1 << 24),
+        (
+            "--batch-tokens",
+            args.batch_tokens.map(|t| t as u64),
+            1,
+            1 << 24,
+        ),
         ("--shard-rows", Some(args.shard_rows), 1, 1 << 32),
         (
             "--max-active-dims",

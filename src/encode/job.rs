@@ -32,9 +32,10 @@ pub struct EncodeArgs {
     /// Number of CPU worker processes (when --devices is not given).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Token budget per forward pass: longest sequence × sequences, padding included.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_tokens: usize,
+    /// Real tokens per forward pass (the packed batch; no padding counted). Default: 4096 on
+    /// CPU, 65536 on CUDA.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
     /// Keep only the K largest weights of each vector (default: the model's setting, else all).
     #[arg(long, value_name = "K")]
     pub max_active_dims: Option<usize>,
@@ -76,8 +77,8 @@ pub struct WorkerConfig {
     pub dtype: Dtype,
     /// Intra-op threads.
     pub threads: usize,
-    /// Token budget per forward pass.
-    pub batch_tokens: usize,
+    /// Real tokens per forward pass (`None`: the device's default).
+    pub batch_tokens: Option<usize>,
     /// Top-k per vector.
     pub max_active_dims: Option<usize>,
     /// Id column name.

@@ -1,13 +1,14 @@
 //! One shard through a worker: reader → tokenizer → token-budget batcher + model → writer,
 //! joined by bounded channels (memory stays flat however large the shard), then the commit.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use crossbeam_channel::bounded;
 
-use super::batcher::TokenBudgetBatcher;
+use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
 use super::job::WorkerConfig;
 use super::SparseVector;
 use crate::coord::plan::{check_columns, ShardSpec};
@@ -15,6 +16,7 @@ use crate::coord::protocol::{RowFailure, ShardReport};
 use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
 use crate::io::output::{output_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
+use crate::model::encoder::InFlight;
 use crate::model::{InputKind, ModelError, SpladeEncoder};
 
 /// Rows per record batch read (also the unit the batcher sorts by length).
@@ -83,6 +85,24 @@ struct EncodedChunk {
     vectors: Vec<Option<SparseVector>>,
 }
 
+/// A chunk whose batches are (partly) still on the device.
+struct OpenChunk {
+    batch: RecordBatch,
+    vectors: Vec<Option<SparseVector>>,
+    /// Batches of the chunk not yet waited for.
+    outstanding: usize,
+    /// Rows that need no forward pass (null or failed texts).
+    without_pass: u64,
+}
+
+/// A launched batch: which rows of which chunk it encodes.
+struct Launched<'e> {
+    chunk: u64,
+    members: Vec<usize>,
+    tokens: u64,
+    inflight: InFlight<'e>,
+}
+
 /// Encodes one shard and commits its part.
 pub fn encode_shard(
     encoder: &SpladeEncoder,
@@ -136,8 +156,14 @@ pub fn encode_shard(
         .to_string();
     let tokenizer = encoder.tokenizer();
     let batcher = TokenBudgetBatcher {
-        budget: config.batch_tokens.max(1),
-        max_sequences: 512,
+        budget: config
+            .batch_tokens
+            .unwrap_or(if encoder.is_cuda() {
+                CUDA_BATCH_TOKENS
+            } else {
+                CPU_BATCH_TOKENS
+            })
+            .max(1),
     };
     let mut report = ShardReport {
         shard: shard.id,
@@ -301,48 +327,69 @@ pub fn encode_shard(
                 .map(Some)
                 .map_err(|e| ShardError::data(format!("writing the part: {e}")))
         });
-        // The model stage runs here: the model is owned by this thread.
+        // The model stage runs here: the model is owned by this thread. Each batch is launched
+        // before the previous one is waited for, so on a GPU the host packs and uploads the
+        // next batch (and decodes the last) while the device computes.
         let model_result = (|| -> Result<(), ShardError> {
-            for chunk in tok_rx {
-                let mut vectors: Vec<Option<SparseVector>> = vec![None; chunk.tokens.len()];
-                let present: Vec<usize> = (0..chunk.tokens.len())
-                    .filter(|&i| matches!(chunk.tokens[i], Ok(Some(_))))
-                    .collect();
-                let seqs: Vec<&[u32]> = present
-                    .iter()
-                    .map(|&i| match &chunk.tokens[i] {
-                        Ok(Some(ids)) => ids.as_slice(),
-                        _ => unreachable!("filtered"),
-                    })
-                    .collect();
-                let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-                for batch in batcher.batches(&lengths) {
-                    if progress.cancel.load(Ordering::Relaxed) {
-                        return Err(ShardError {
-                            message: "abandoned: the lease was lost or the job cancelled".into(),
-                            retryable: true,
-                        });
-                    }
-                    let input: Vec<&[u32]> = batch.iter().map(|&b| seqs[b]).collect();
-                    let out = encoder
-                        .encode_ids(&input, config.max_active_dims)
-                        .map_err(|e| match e {
-                            // The same model gives the same numbers on another attempt.
-                            ModelError::NonFinite { .. } => ShardError::data(e.to_string()),
-                            e => ShardError::io(format!("model: {e}")),
-                        })?;
-                    for (&b, v) in batch.iter().zip(out) {
+            let model_error = |e: ModelError| match e {
+                // The same model gives the same numbers on another attempt.
+                ModelError::NonFinite { .. } => ShardError::data(e.to_string()),
+                e => ShardError::io(format!("model: {e}")),
+            };
+            let mut open: VecDeque<OpenChunk> = VecDeque::new();
+            let mut launched: VecDeque<Launched> = VecDeque::new();
+            let mut first_seq = 0u64;
+            // Waits for the oldest launched batch, then sends every finished chunk, in order.
+            let finish_oldest = |open: &mut VecDeque<OpenChunk>,
+                                 launched: &mut VecDeque<Launched>,
+                                 first_seq: &mut u64,
+                                 report: &mut ShardReport|
+             -> Result<bool, ShardError> {
+                if let Some(l) = launched.pop_front() {
+                    let out = l.inflight.wait().map_err(model_error)?;
+                    let chunk = &mut open[(l.chunk - *first_seq) as usize];
+                    for (&i, v) in l.members.iter().zip(out) {
                         report.active_dims += v.len() as u64;
-                        vectors[present[b]] = Some(v);
+                        chunk.vectors[i] = Some(v);
                     }
-                    let tokens: u64 = input.iter().map(|s| s.len() as u64).sum();
-                    report.tokens += tokens;
-                    progress.tokens.fetch_add(tokens, Ordering::Relaxed);
+                    chunk.outstanding -= 1;
+                    report.tokens += l.tokens;
+                    progress.tokens.fetch_add(l.tokens, Ordering::Relaxed);
                     progress
                         .rows
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        .fetch_add(l.members.len() as u64, Ordering::Relaxed);
                 }
-                for (i, t) in chunk.tokens.iter().enumerate() {
+                while open.front().is_some_and(|c| c.outstanding == 0) {
+                    let chunk = open.pop_front().expect("checked");
+                    *first_seq += 1;
+                    // Rows without a forward pass (null text, failed) count when their chunk
+                    // is done.
+                    progress
+                        .rows
+                        .fetch_add(chunk.without_pass, Ordering::Relaxed);
+                    if enc_tx
+                        .send(EncodedChunk {
+                            batch: chunk.batch,
+                            vectors: chunk.vectors,
+                        })
+                        .is_err()
+                    {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            };
+            // On a GPU one batch stays queued while the host waits for the one before it; on
+            // the CPU the work is done at launch, and holding results would only cost memory.
+            let depth = pipeline_depth(encoder.is_cuda());
+            for chunk in tok_rx {
+                let TokenChunk { batch, tokens } = chunk;
+                let seq = first_seq + open.len() as u64;
+                let mut vectors: Vec<Option<SparseVector>> = vec![None; tokens.len()];
+                let present: Vec<usize> = (0..tokens.len())
+                    .filter(|&i| matches!(tokens[i], Ok(Some(_))))
+                    .collect();
+                for (i, t) in tokens.iter().enumerate() {
                     match t {
                         Ok(None) => vectors[i] = Some(SparseVector::default()),
                         Err(failure) => {
@@ -355,17 +402,51 @@ pub fn encode_shard(
                     }
                 }
                 report.rows += vectors.len() as u64;
-                // Rows without a forward pass (null text, failed) count when their chunk is done.
-                progress
-                    .rows
-                    .fetch_add((vectors.len() - present.len()) as u64, Ordering::Relaxed);
-                if enc_tx
-                    .send(EncodedChunk {
-                        batch: chunk.batch,
-                        vectors,
+                let seqs: Vec<&[u32]> = present
+                    .iter()
+                    .map(|&i| match &tokens[i] {
+                        Ok(Some(ids)) => ids.as_slice(),
+                        _ => unreachable!("filtered"),
                     })
-                    .is_err()
-                {
+                    .collect();
+                let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+                let batches = batcher.batches(&lengths);
+                open.push_back(OpenChunk {
+                    without_pass: (vectors.len() - present.len()) as u64,
+                    batch,
+                    vectors,
+                    outstanding: batches.len(),
+                });
+                for members in &batches {
+                    if progress.cancel.load(Ordering::Relaxed) {
+                        return Err(ShardError {
+                            message: "abandoned: the lease was lost or the job cancelled".into(),
+                            retryable: true,
+                        });
+                    }
+                    let input: Vec<&[u32]> = members.iter().map(|&b| seqs[b]).collect();
+                    let inflight = encoder
+                        .launch(&input, config.max_active_dims)
+                        .map_err(model_error)?;
+                    launched.push_back(Launched {
+                        chunk: seq,
+                        members: members.iter().map(|&b| present[b]).collect(),
+                        tokens: input.iter().map(|s| s.len() as u64).sum(),
+                        inflight,
+                    });
+                    while launched.len() > depth {
+                        if !finish_oldest(&mut open, &mut launched, &mut first_seq, &mut report)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                // A chunk with nothing to encode (or already done) goes out now.
+                if !finish_oldest(&mut open, &mut VecDeque::new(), &mut first_seq, &mut report)? {
+                    return Ok(());
+                }
+            }
+            while !launched.is_empty() || !open.is_empty() {
+                if !finish_oldest(&mut open, &mut launched, &mut first_seq, &mut report)? {
                     break;
                 }
             }
@@ -399,6 +480,15 @@ pub fn encode_shard(
         .map_err(|e| ShardError::io(e.to_string()))?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
+}
+
+/// Batches left queued on the device while the host waits for an older one: 1 on CUDA, 0 on
+/// the CPU; `SPARQ_PIPELINE_DEPTH` overrides it (tests run the GPU's bookkeeping on a CPU).
+fn pipeline_depth(cuda: bool) -> usize {
+    std::env::var("SPARQ_PIPELINE_DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::from(cuda))
 }
 
 fn joined<T>(result: std::thread::Result<Result<T, ShardError>>) -> Result<T, ShardError> {

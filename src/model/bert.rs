@@ -7,9 +7,10 @@ use tch::{Kind, Tensor};
 
 use super::config::BertConfig;
 use super::layers::{
-    activation, attention_mask, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
+    activation, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
     TransformerBlock,
 };
+use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -116,24 +117,28 @@ impl Bert {
         })
     }
 
-    /// Runs the encoder and the MLM transform: `[batch, seq, hidden]`, before the vocabulary
-    /// projection (see [`Bert::decoder`]).
-    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
-        let (_, len) = ids.size2()?;
-        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
-        let types = ids.f_zeros_like()?;
+    /// Runs the encoder and the MLM transform over the packed stream of `batch`:
+    /// `[tokens, hidden]`, before the vocabulary projection (see [`Bert::decoder`]).
+    pub fn transformed(&self, batch: &PackedBatch) -> Result<Tensor, tch::TchError> {
         let e = &self.embeddings;
-        let x = lookup(&e.word, ids)?
-            .f_add(&lookup(&e.position, &positions)?)?
-            .f_add(&lookup(&e.token_type, &types)?)?;
+        // Every token has type 0: one row of the type table, broadcast.
+        let x = lookup(&e.word, &batch.ids)?
+            .f_add(&lookup(&e.position, &batch.positions)?)?
+            .f_add(&e.token_type.f_narrow(0, 0, 1)?)?;
         let mut x = dropout(&e.norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
-        let attend = attention_mask(mask)?;
         let heads = self.cfg.num_attention_heads;
         for layer in &self.layers {
-            x = layer.forward(&x, heads, &attend, &self.cfg.hidden_act, self.dropout)?;
+            x = layer.forward(&x, heads, batch, &self.cfg.hidden_act, self.dropout)?;
         }
         let t = activation(&self.cfg.hidden_act, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
+    }
+
+    /// Fuses each layer's Q/K/V projections (inference only).
+    pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
+        self.layers
+            .iter_mut()
+            .try_for_each(TransformerBlock::fuse_qkv)
     }
 
     /// Turns training dropout on (the config's rates) or off.

@@ -7,9 +7,10 @@ use tch::{Kind, Tensor};
 
 use super::config::DistilBertConfig;
 use super::layers::{
-    activation, attention_mask, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
+    activation, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
     TransformerBlock,
 };
+use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -97,24 +98,30 @@ impl DistilBert {
         })
     }
 
-    /// Runs the encoder and the MLM transform: `[batch, seq, dim]`.
-    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
-        let (_, len) = ids.size2()?;
-        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
-        let x = lookup(&self.word, ids)?.f_add(&lookup(&self.position, &positions)?)?;
+    /// Runs the encoder and the MLM transform over the packed stream of `batch`:
+    /// `[tokens, dim]`.
+    pub fn transformed(&self, batch: &PackedBatch) -> Result<Tensor, tch::TchError> {
+        let x =
+            lookup(&self.word, &batch.ids)?.f_add(&lookup(&self.position, &batch.positions)?)?;
         let mut x = dropout(&self.emb_norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
-        let attend = attention_mask(mask)?;
         for layer in &self.layers {
             x = layer.forward(
                 &x,
                 self.cfg.n_heads,
-                &attend,
+                batch,
                 &self.cfg.activation,
                 self.dropout,
             )?;
         }
         let t = activation(&self.cfg.activation, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
+    }
+
+    /// Fuses each layer's Q/K/V projections (inference only).
+    pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
+        self.layers
+            .iter_mut()
+            .try_for_each(TransformerBlock::fuse_qkv)
     }
 
     /// Turns training dropout on (the config's rates) or off.

@@ -6,8 +6,11 @@ use std::str::FromStr;
 
 use tch::{Device, Kind, Tensor};
 
+use super::extract::{Extracted, Extraction};
+use super::layers::AttentionKernel;
 use super::layout::ModelLayout;
 use super::mlm::MaskedLm;
+use super::packed::{token_bucket, PackedBatch};
 use super::pooling::SpladePooling;
 use super::tokenizer::SpladeTokenizer;
 use super::weights::WeightMap;
@@ -201,6 +204,8 @@ pub struct SpladeEncoder {
     model: MaskedLm,
     device: Device,
     dtype: Dtype,
+    /// Sparse extraction state (the adaptive bound on non-zeros per row).
+    extraction: Extraction,
     /// Memory maps the model's tensors may point into: they live as long as the model.
     _maps: Vec<std::sync::Arc<memmap2::Mmap>>,
 }
@@ -208,6 +213,7 @@ pub struct SpladeEncoder {
 impl SpladeEncoder {
     /// Loads the model folder `dir` onto `device` in `dtype` (default: bf16 on CUDA, fp32 on CPU).
     pub fn load(dir: &Path, device: DeviceSpec, dtype: Option<Dtype>) -> Result<Self, ModelError> {
+        let started = std::time::Instant::now();
         let layout = ModelLayout::read(dir)?;
         let tokenizer = SpladeTokenizer::load(&layout)?;
         let torch_device = device.resolve()?;
@@ -223,12 +229,19 @@ impl SpladeEncoder {
         let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
         weights.check_finite(&layout.root)?;
         model.to(torch_device, dtype.kind());
+        // One Q/K/V GEMM per layer, except where the weights are mapped from the page cache:
+        // a fused copy would cost every worker its own (and CPU GEMMs gain little from it).
+        if !shared {
+            model.fuse_qkv()?;
+        }
+        profile::loaded(started.elapsed().as_secs_f64());
         Ok(Self {
             layout,
             tokenizer,
             model,
             device: torch_device,
             dtype,
+            extraction: Extraction::new(torch_device),
             _maps: weights.maps(),
         })
     }
@@ -236,6 +249,11 @@ impl SpladeEncoder {
     /// The folder layout (pooling, prompts, limits).
     pub fn layout(&self) -> &ModelLayout {
         &self.layout
+    }
+
+    /// Whether the model runs on a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        self.device.is_cuda()
     }
 
     /// The tokenizer.
@@ -300,15 +318,28 @@ impl SpladeEncoder {
         let mut order: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_some()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].as_ref().map_or(0, Vec::len)));
         let mut out = vec![SparseVector::default(); ids.len()];
+        // On CUDA the next batch is launched before this one is waited for (see `launch`).
+        let mut pending: Option<(&[usize], InFlight<'_>)> = None;
         for chunk in order.chunks(opts.batch_size.max(1)) {
             let batch: Vec<&[u32]> = chunk
                 .iter()
                 .map(|&i| ids[i].as_deref().unwrap_or_default())
                 .collect();
-            for (&i, vector) in chunk
-                .iter()
-                .zip(self.encode_ids(&batch, opts.max_active_dims)?)
-            {
+            let launched = self.launch(&batch, opts.max_active_dims)?;
+            let (done, inflight) = if self.device.is_cuda() {
+                match pending.replace((chunk, launched)) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                (chunk, launched)
+            };
+            for (&i, vector) in done.iter().zip(inflight.wait()?) {
+                out[i] = vector;
+            }
+        }
+        if let Some((done, inflight)) = pending {
+            for (&i, vector) in done.iter().zip(inflight.wait()?) {
                 out[i] = vector;
             }
         }
@@ -331,66 +362,108 @@ impl SpladeEncoder {
         batch: &[&[u32]],
         max_active_dims: Option<usize>,
     ) -> Result<Vec<SparseVector>, ModelError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = batch.len() as i64;
-        let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1) as i64;
-        let width = shape_bucket(longest, self.shape_multiple())
-            .min(self.layout.arch.max_position_embeddings())
-            .max(longest);
-        let mut ids = vec![0i64; (rows * width) as usize];
-        let mut mask = vec![0i64; (rows * width) as usize];
-        let mut lengths = Vec::with_capacity(batch.len());
-        for (r, seq) in batch.iter().enumerate() {
-            let base = r * width as usize;
-            for (t, &id) in seq.iter().enumerate() {
-                ids[base + t] = id as i64;
-                mask[base + t] = 1;
-            }
-            lengths.push(seq.len() as i64);
-        }
-        if lengths.contains(&0) {
+        self.launch(batch, max_active_dims)?.wait()
+    }
+
+    /// Starts a forward pass over tokenized sequences: on CUDA everything (upload, model,
+    /// pooling, extraction, the copy of the result to the host) is queued and this returns
+    /// at once, so the caller can prepare and launch the next batch before it waits for this
+    /// one ([`InFlight::wait`]). On CPU the work is done here.
+    pub fn launch(
+        &self,
+        batch: &[&[u32]],
+        max_active_dims: Option<usize>,
+    ) -> Result<InFlight<'_>, ModelError> {
+        if batch.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Option("an input has no tokens at all".into()));
         }
         let k = max_active_dims.or(self.layout.max_active_dims);
         let mut clock = profile::Clock::start(self.device);
-        tch::no_grad(|| -> Result<Vec<SparseVector>, ModelError> {
-            let ids = Tensor::from_slice(&ids)
-                .f_view([rows, width])?
-                .f_to_device(self.device)?;
-            let mask = Tensor::from_slice(&mask)
-                .f_view([rows, width])?
-                .f_to_device(self.device)?;
-            clock.lap(profile::Stage::Input);
-            let hidden = self.model.transformed(&ids, &mask)?;
-            clock.lap(profile::Stage::Encoder);
-            let pooled = self.layout.pooling.pool(
-                &hidden,
-                &lengths,
-                self.model.decoder(),
-                self.shape_multiple(),
-            )?;
-            clock.lap(profile::Stage::Pooling);
-            let out = sparse_rows(&pooled, k)?;
+        tch::no_grad(|| -> Result<InFlight, ModelError> {
+            let (pooled, cold) = match self.pooled(batch, &mut clock) {
+                // The variable-length kernels failed on this GPU: the grid path from now on.
+                Err(e) if !super::packed::varlen_usable() && self.device.is_cuda() => {
+                    eprintln!("sparq: note: {e}; attention falls back to a padded grid");
+                    self.pooled(batch, &mut clock)?
+                }
+                other => other?,
+            };
+            let result = self.extraction.launch(&pooled, k, self.device)?;
             clock.lap(profile::Stage::Extract);
-            // Finite weights can still overflow (bf16, extreme inputs): never write NaN.
-            if out.iter().any(|v| v.values.iter().any(|x| !x.is_finite())) {
-                return Err(ModelError::NonFinite {
-                    path: self.layout.root.clone(),
-                    detail: format!(
-                        "its output for a batch of {rows} texts holds NaN or infinite weights"
-                    ),
-                });
-            }
-            Ok(out)
+            Ok(InFlight {
+                result,
+                rows: batch.len(),
+                extraction: &self.extraction,
+                model: self.layout.root.clone(),
+                tokens: batch.iter().map(|s| s.len() as u64).sum(),
+                cold,
+            })
         })
+    }
+
+    /// The pooled `[sequences, vocab]` fp32 vectors of a batch, on the device, and whether the
+    /// batch's padded shape was new.
+    fn pooled(
+        &self,
+        batch: &[&[u32]],
+        clock: &mut profile::Clock,
+    ) -> Result<(Tensor, bool), ModelError> {
+        let real: i64 = batch.iter().map(|s| s.len() as i64).sum();
+        let multiple = self.shape_multiple();
+        let total = token_bucket(real, self.device.is_cuda(), multiple);
+        let cold = profile::count_shape(total);
+        let kernel = AttentionKernel::for_device(self.device);
+        let packed = PackedBatch::new(batch, total, self.device, kernel, multiple)?;
+        clock.lap(profile::Stage::Input);
+        let hidden = self.model.transformed(&packed)?;
+        clock.lap(profile::Stage::Encoder);
+        let pooled =
+            self.layout
+                .pooling
+                .pool(&hidden, &packed.lengths, self.model.decoder(), multiple)?;
+        clock.lap(profile::Stage::Pooling);
+        Ok((pooled, cold))
     }
 }
 
-/// Opt-in timing of the forward pass by stage (`SPARQ_PROFILE=1`): each stage is closed by a
-/// device synchronisation, so the figures are true device times, at some cost in overlap. The
-/// totals go to stderr when the process's encoding ends ([`profile::report`]).
+/// A batch whose forward pass is queued on the device.
+pub struct InFlight<'a> {
+    result: Extracted,
+    rows: usize,
+    extraction: &'a Extraction,
+    model: std::path::PathBuf,
+    /// Real tokens, and whether the batch's padded shape was new (for the profile).
+    tokens: u64,
+    cold: bool,
+}
+
+impl InFlight<'_> {
+    /// Waits for the batch and returns its vectors, in input order: one device-to-host copy
+    /// (and one wait) per batch, unless a vector has more non-zeros than the extraction's
+    /// current bound, when the batch is extracted again exactly (and the bound raised).
+    pub fn wait(self) -> Result<Vec<SparseVector>, ModelError> {
+        let out = tch::no_grad(|| self.extraction.finish(self.result, self.rows))?;
+        profile::batch_done(self.tokens, self.cold);
+        // Finite weights can still overflow (bf16, extreme inputs): never write NaN.
+        if out.iter().any(|v| v.values.iter().any(|x| !x.is_finite())) {
+            return Err(ModelError::NonFinite {
+                path: self.model,
+                detail: format!(
+                    "its output for a batch of {} texts holds NaN or infinite weights",
+                    self.rows
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Opt-in profile of the forward pass (`SPARQ_PROFILE=1`): stage times, each stage closed by a
+/// device synchronisation (true device times, at some cost in overlap), host waits per batch,
+/// distinct padded shapes, the model's load time, and the steady-state rate with the intervals
+/// of batches of cold and warm shapes. `SPARQ_PROFILE=counts` leaves out the stage times and
+/// their synchronisations. The line goes to stderr when the process's encoding ends
+/// ([`profile::report`]).
 pub mod profile {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -414,11 +487,85 @@ pub mod profile {
     const NAMES: [&str; 4] = ["input", "encoder", "pooling", "extract"];
     static NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
     static BATCHES: AtomicU64 = AtomicU64::new(0);
+    static WAITS: AtomicU64 = AtomicU64::new(0);
+    static SHAPES: std::sync::Mutex<std::collections::BTreeSet<i64>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+    /// Counts a host wait for the device (a synchronisation the encoder itself needs, not one
+    /// the profiler adds to time its stages).
+    pub fn count_wait() {
+        if enabled() {
+            WAITS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the token count a batch was padded to; true the first time it is seen (a
+    /// cold shape: the first GEMMs of a shape pay for planning and allocation).
+    pub fn count_shape(tokens: i64) -> bool {
+        enabled()
+            && SHAPES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tokens)
+    }
+
+    /// When each batch's vectors reached the host, its real tokens, and whether its shape was
+    /// cold; the model's load time.
+    static TIMELINE: std::sync::Mutex<Vec<(Instant, u64, bool)>> =
+        std::sync::Mutex::new(Vec::new());
+    static LOAD_NANOS: AtomicU64 = AtomicU64::new(0);
+
+    /// Records a batch whose vectors reached the host.
+    pub fn batch_done(tokens: u64, cold: bool) {
+        if enabled() {
+            let mut t = TIMELINE.lock().unwrap_or_else(|p| p.into_inner());
+            t.push((Instant::now(), tokens, cold));
+        }
+    }
+
+    /// Records how long loading the model took.
+    pub fn loaded(seconds: f64) {
+        LOAD_NANOS.store((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Steady-state throughput (real tokens/s over the batches after the first tenth: start-up
+    /// and cold shapes left out), the mean interval before batches with cold and with warm
+    /// shapes (ms), and the number of cold batches.
+    fn steady() -> Option<(f64, f64, f64, usize)> {
+        let t = TIMELINE.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() < 3 {
+            return None;
+        }
+        let skip = (t.len() / 10).max(1);
+        let tokens: u64 = t[skip + 1..].iter().map(|b| b.1).sum();
+        let secs = (t[t.len() - 1].0 - t[skip].0).as_secs_f64();
+        let mean = |cold: bool| {
+            let gaps: Vec<f64> = t
+                .windows(2)
+                .filter(|w| w[1].2 == cold)
+                .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
+                .collect();
+            gaps.iter().sum::<f64>() / gaps.len().max(1) as f64
+        };
+        let cold = t.iter().filter(|b| b.2).count();
+        Some((
+            tokens as f64 / secs.max(1e-9),
+            mean(true),
+            mean(false),
+            cold,
+        ))
+    }
 
     /// Whether `SPARQ_PROFILE` is set (to anything but `0` or empty).
     pub fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| std::env::var("SPARQ_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+    }
+
+    /// Whether stages are timed too (`SPARQ_PROFILE=counts` keeps the counters and the
+    /// steady-state rate but adds no synchronisation, so throughput is not disturbed).
+    fn stage_timing() -> bool {
+        enabled() && std::env::var("SPARQ_PROFILE").is_ok_and(|v| v != "counts")
     }
 
     /// Times the stages of one batch (does nothing unless [`enabled`]).
@@ -435,7 +582,7 @@ pub mod profile {
             }
             Self {
                 device,
-                last: enabled().then(Instant::now),
+                last: stage_timing().then(Instant::now),
             }
         }
 
@@ -461,9 +608,20 @@ pub mod profile {
             .zip(&NANOS)
             .map(|(name, n)| format!("{name} {:.3} s", n.load(Ordering::Relaxed) as f64 / 1e9))
             .collect();
+        let batches = BATCHES.load(Ordering::Relaxed);
+        let waits = WAITS.load(Ordering::Relaxed);
+        let shapes = SHAPES.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let steady = steady().map_or(String::new(), |(rate, cold, warm, n)| {
+            format!(
+                "; steady {rate:.0} tokens/s; batch interval {cold:.1} ms with a cold shape \
+                 ({n} batches), {warm:.1} ms warm"
+            )
+        });
         Some(format!(
-            "profile: {} batches: {}",
-            BATCHES.load(Ordering::Relaxed),
+            "profile: model load {:.2} s, {batches} batches, {waits} host waits ({:.2} per \
+             batch), {shapes} token shapes: {}{steady}",
+            LOAD_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
+            waits as f64 / batches.max(1) as f64,
             parts.join(", ")
         ))
     }
@@ -498,32 +656,4 @@ pub fn shape_bucket(n: i64, multiple: i64) -> i64 {
     } else {
         (n + multiple - 1) / multiple * multiple
     }
-}
-
-/// Extracts the non-zeros of each row of `[rows, vocab]` on the device (only they cross to the
-/// host), after keeping the top `k` of each row if asked.
-pub fn sparse_rows(pooled: &Tensor, k: Option<usize>) -> Result<Vec<SparseVector>, ModelError> {
-    let (rows, vocab) = pooled.size2()?;
-    let pooled = match k {
-        Some(k) if (k as i64) < vocab => {
-            let (_, top) = pooled.f_abs()?.f_topk(k as i64, -1, true, false)?;
-            pooled
-                .f_zeros_like()?
-                .f_scatter(-1, &top, &pooled.f_gather(-1, &top, false)?)?
-        }
-        _ => pooled.shallow_clone(),
-    };
-    let nonzero = pooled.f_ne(0.0)?;
-    let coords = nonzero.f_nonzero()?.f_to_device(Device::Cpu)?;
-    let values = pooled.f_masked_select(&nonzero)?.f_to_device(Device::Cpu)?;
-    let count = coords.size()[0] as usize;
-    let coords: Vec<i64> = Vec::<i64>::try_from(coords.f_reshape([-1])?)?;
-    let values: Vec<f32> = Vec::<f32>::try_from(values.f_to_kind(Kind::Float)?)?;
-    let mut out = vec![SparseVector::default(); rows as usize];
-    for n in 0..count {
-        let v = &mut out[coords[2 * n] as usize];
-        v.indices.push(coords[2 * n + 1] as u32);
-        v.values.push(values[n]);
-    }
-    Ok(out)
 }

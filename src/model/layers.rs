@@ -2,6 +2,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -66,20 +67,21 @@ impl LayerNorm {
 /// How self-attention is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// libtorch's fused `scaled_dot_product_attention`.
+    /// Variable-length kernels over the packed stream (CUDA; see [`super::packed`]).
+    Varlen,
+    /// libtorch's fused `scaled_dot_product_attention` on a padded grid.
     Fused,
-    /// Two batched matmuls around a masked fp32 softmax.
+    /// Two batched matmuls around a masked fp32 softmax, on a padded grid.
     Matmul,
 }
 
 impl AttentionKernel {
-    /// The kernel for tensors on `device`: `SPARQ_ATTENTION=fused|matmul` if set, else fused on
-    /// CPU and matmul on CUDA. On CUDA the fused op picks cuDNN's attention on Hopper, which
-    /// plans a graph for every new (batch, length) shape: length-sorted batches are nearly all
-    /// new shapes, and planning cost ~20 ms per batch (measured on an H200, 2026-11-27: the
-    /// 2-layer tiny model spent 21 ms per batch of 64 in its encoder). SPLADE inputs are at
-    /// most a few hundred tokens, where the explicit form's `[batch, heads, len, len]` scores
-    /// are small.
+    /// The kernel for tensors on `device`: `SPARQ_ATTENTION=varlen|fused|matmul` if set, else
+    /// fused on CPU and the variable-length kernels on CUDA (with the explicit matmul form as
+    /// the fallback where they fail). The fused op on a padded grid picks cuDNN's attention on
+    /// Hopper, which plans a graph for every new (batch, length) shape: ~20 ms per batch
+    /// (measured on an H200, 2026-11-27: the 2-layer tiny model spent 21 ms per batch of 64 in
+    /// its encoder).
     pub fn for_device(device: tch::Device) -> Self {
         static CHOICE: std::sync::OnceLock<Option<AttentionKernel>> = std::sync::OnceLock::new();
         let forced = *CHOICE.get_or_init(|| {
@@ -88,16 +90,19 @@ impl AttentionKernel {
                 .to_ascii_lowercase()
                 .as_str()
             {
+                "varlen" | "flash" => Some(AttentionKernel::Varlen),
                 "fused" | "sdpa" => Some(AttentionKernel::Fused),
                 "matmul" | "explicit" => Some(AttentionKernel::Matmul),
                 _ => None,
             }
         });
-        forced.unwrap_or(if device.is_cuda() {
-            AttentionKernel::Matmul
-        } else {
-            AttentionKernel::Fused
-        })
+        match (forced, device.is_cuda()) {
+            // The variable-length kernels exist only on CUDA.
+            (Some(AttentionKernel::Varlen), false) | (None, false) => AttentionKernel::Fused,
+            (Some(k), _) => k,
+            (None, true) if super::packed::varlen_usable() => AttentionKernel::Varlen,
+            (None, true) => AttentionKernel::Matmul,
+        }
     }
 }
 
@@ -147,7 +152,8 @@ pub fn self_attention(
             None,
             false,
         )?,
-        AttentionKernel::Matmul => {
+        // The grid fallback of the variable-length path on CUDA: explicit, no cuDNN planning.
+        AttentionKernel::Matmul | AttentionKernel::Varlen => {
             let scale = 1.0 / ((h / heads) as f64).sqrt();
             let scores = q
                 .f_matmul(&k.f_transpose(-2, -1)?)?
@@ -163,11 +169,6 @@ pub fn self_attention(
 /// Embedding lookup: rows of `table` for each id.
 pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor, tch::TchError> {
     Tensor::f_embedding(table, ids, -1, false, false)
-}
-
-/// The boolean `[batch, 1, 1, seq]` mask the attention kernel takes: true where a key is real.
-pub fn attention_mask(mask: &Tensor) -> Result<Tensor, tch::TchError> {
-    mask.f_to_kind(Kind::Bool)?.f_unsqueeze(1)?.f_unsqueeze(1)
 }
 
 /// The activation named in a config (`gelu` is the exact erf form, as in Hugging Face).
@@ -219,9 +220,12 @@ pub struct BlockKeys {
     pub out_norm: &'static str,
 }
 
-/// A post-LayerNorm transformer block: self-attention, add & norm, feed-forward, add & norm.
+/// A post-LayerNorm transformer block: self-attention, add & norm, feed-forward, add & norm,
+/// on the packed token stream.
 pub struct TransformerBlock {
     qkv: [Linear; 3],
+    /// Q, K and V as one `[3·hidden, hidden]` projection (inference; see [`Self::fuse_qkv`]).
+    fused: Option<Linear>,
     attn_out: Linear,
     attn_norm: LayerNorm,
     ffn_in: Linear,
@@ -245,6 +249,7 @@ impl TransformerBlock {
                 linear(w, keys.qkv[1], hidden, hidden)?,
                 linear(w, keys.qkv[2], hidden, hidden)?,
             ],
+            fused: None,
             attn_out: linear(w, keys.attn_out, hidden, hidden)?,
             attn_norm: LayerNorm::load(w, &key(keys.attn_norm), hidden, eps)?,
             ffn_in: linear(w, keys.ffn[0], hidden, inner)?,
@@ -253,25 +258,43 @@ impl TransformerBlock {
         })
     }
 
-    /// Applies the block; `attend` is the boolean attention mask, `act` the FFN activation,
-    /// `drop` the dropout rates when training.
+    /// Concatenates the Q, K and V projections into one GEMM (for inference: the separate
+    /// tensors stay the parameters a trainer updates, and are dropped here).
+    pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
+        let [q, k, v] = &self.qkv;
+        self.fused = Some(Linear {
+            weight: Tensor::f_cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            bias: Tensor::f_cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+        });
+        Ok(())
+    }
+
+    /// Applies the block to the packed stream `x` `[tokens, hidden]` of `batch`; `act` is the
+    /// FFN activation, `drop` the dropout rates when training.
     pub fn forward(
         &self,
         x: &Tensor,
         heads: i64,
-        attend: &Tensor,
+        batch: &PackedBatch,
         act: &str,
         drop: Option<Dropout>,
     ) -> Result<Tensor, tch::TchError> {
-        let [q, k, v] = &self.qkv;
-        let ctx = self_attention(
-            &q.forward(x)?,
-            &k.forward(x)?,
-            &v.forward(x)?,
-            heads,
-            attend,
-            drop.map_or(0.0, |d| d.attention),
-        )?;
+        let ctx = match &self.fused {
+            Some(qkv) => {
+                let parts = qkv.forward(x)?.f_chunk(3, -1)?;
+                batch.attend(&parts[0], &parts[1], &parts[2], heads, 0.0)?
+            }
+            None => {
+                let [q, k, v] = &self.qkv;
+                batch.attend(
+                    &q.forward(x)?,
+                    &k.forward(x)?,
+                    &v.forward(x)?,
+                    heads,
+                    drop.map_or(0.0, |d| d.attention),
+                )?
+            }
+        };
         let attn_drop = drop.filter(|d| d.after_attention).map(|d| d.hidden);
         let attended = dropout(&self.attn_out.forward(&ctx)?, attn_drop)?;
         let x = self.attn_norm.forward(&attended.f_add(x)?)?;

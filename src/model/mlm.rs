@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor};
 use super::bert::Bert;
 use super::config::ArchConfig;
 use super::distilbert::DistilBert;
+use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -26,11 +27,20 @@ impl MaskedLm {
         })
     }
 
-    /// Encoder + MLM transform: `[batch, seq, hidden]`.
-    pub fn transformed(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, tch::TchError> {
+    /// Encoder + MLM transform over a packed batch: `[tokens, hidden]`.
+    pub fn transformed(&self, batch: &PackedBatch) -> Result<Tensor, tch::TchError> {
         match self {
-            MaskedLm::Bert(m) => m.transformed(ids, mask),
-            MaskedLm::DistilBert(m) => m.transformed(ids, mask),
+            MaskedLm::Bert(m) => m.transformed(batch),
+            MaskedLm::DistilBert(m) => m.transformed(batch),
+        }
+    }
+
+    /// Fuses each layer's Q/K/V projections into one GEMM (inference only: after this the
+    /// model is not trained).
+    pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
+        match self {
+            MaskedLm::Bert(m) => m.fuse_qkv(),
+            MaskedLm::DistilBert(m) => m.fuse_qkv(),
         }
     }
 

@@ -4,12 +4,15 @@
 pub mod args;
 pub mod bert;
 pub mod config;
+pub mod cuda_event;
 pub mod distilbert;
 pub mod encoder;
+pub mod extract;
 pub mod fingerprint;
 pub mod layers;
 pub mod layout;
 pub mod mlm;
+pub mod packed;
 pub mod pooling;
 pub mod tokenizer;
 pub mod weights;

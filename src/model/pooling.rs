@@ -4,8 +4,9 @@
 //!
 //! Formal et al., "SPLADE v2" (arXiv:2109.10086). Max pooling commutes with the monotone
 //! activation, so the vocabulary logits of a few sequences at a time are reduced raw and the
-//! `[batch, vocab]` result is activated once. Padding tokens are skipped entirely (packed
-//! out before the vocabulary projection), which is what masking achieves upstream.
+//! `[batch, vocab]` result is activated once. The input is the packed stream of real tokens
+//! (see [`super::packed`]), so padding never reaches the vocabulary projection, which is what
+//! masking achieves upstream.
 
 use tch::{Kind, Tensor};
 
@@ -65,31 +66,21 @@ impl SpladePooling {
         }
     }
 
-    /// Pools the MLM-transformed hidden states `[batch, seq, hidden]` into `[batch, vocab]`
-    /// fp32 SPLADE vectors. `lengths[b]` is the number of real (unpadded, left-aligned)
-    /// tokens of row `b`; `decoder` is the vocabulary projection.
+    /// Pools the MLM-transformed packed stream `[tokens, hidden]` into `[sequences, vocab]`
+    /// fp32 SPLADE vectors. `lengths[b]` is the number of tokens of sequence `b`, which follow
+    /// each other from row 0 (rows past them, bucket padding, are not read); `decoder` is the
+    /// vocabulary projection. Each projection covers whole sequences and a multiple of
+    /// `multiple` rows where there are enough (fewer distinct matmul shapes).
     pub fn pool(
         &self,
-        hidden: &Tensor,
+        packed: &Tensor,
         lengths: &[i64],
         decoder: (&Tensor, &Tensor),
         multiple: i64,
     ) -> Result<Tensor, tch::TchError> {
-        let (batch, seq, width) = hidden.size3()?;
-        let device = hidden.device();
+        let (rows, _) = packed.size2()?;
+        let device = packed.device();
         let vocab = decoder.0.size()[0];
-        // Flat indices of real tokens, row-major, so each row's tokens are contiguous.
-        let mut flat: Vec<i64> = lengths
-            .iter()
-            .enumerate()
-            .flat_map(|(b, &n)| (0..n).map(move |t| b as i64 * seq + t))
-            .collect();
-        // Spare rows, so every chunk can project a multiple of `multiple` tokens (the extra
-        // logits are computed and ignored): fewer distinct matmul shapes.
-        flat.extend(std::iter::repeat_n(0, (multiple.max(1) - 1) as usize));
-        let packed = hidden
-            .f_reshape([batch * seq, width])?
-            .f_index_select(0, &Tensor::from_slice(&flat).f_to_device(device)?)?;
         let budget = if device.is_cuda() {
             CUDA_CHUNK_ELEMENTS
         } else {
@@ -106,7 +97,8 @@ impl SpladePooling {
                 tokens += lengths[last];
                 last += 1;
             }
-            let projected = crate::model::encoder::shape_bucket(tokens, multiple);
+            let projected =
+                crate::model::encoder::shape_bucket(tokens, multiple).min(rows - offset);
             let logits = packed
                 .f_narrow(0, offset, projected)?
                 .f_linear(decoder.0, Some(decoder.1))?

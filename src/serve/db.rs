@@ -854,7 +854,7 @@ mod tests {
                 device: String::new(),
                 dtype: Dtype::F32,
                 threads: 0,
-                batch_tokens: 1,
+                batch_tokens: Some(1),
                 max_active_dims: None,
                 id_column: "id".into(),
                 text_column: "text".into(),

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
+use crate::model::layers::AttentionKernel;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
+use crate::model::packed::PackedBatch;
 use crate::model::tokenizer::SpladeTokenizer;
 use crate::model::weights::WeightMap;
 
@@ -65,31 +67,21 @@ impl TrainModel {
         self.model.set_training(on);
     }
 
-    /// SPLADE vectors `[n, vocab]` (fp32, differentiable) of tokenized sequences.
+    /// SPLADE vectors `[n, vocab]` (fp32, differentiable) of tokenized sequences, through the
+    /// same packed forward pass inference uses.
     pub fn forward(&self, seqs: &[Vec<u32>]) -> Result<Tensor, TrainError> {
-        let rows = seqs.len() as i64;
-        let width = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1) as i64;
-        let mut ids = vec![0i64; (rows * width) as usize];
-        let mut mask = vec![0i64; (rows * width) as usize];
-        let mut lengths = Vec::with_capacity(seqs.len());
-        for (r, seq) in seqs.iter().enumerate() {
-            for (t, &id) in seq.iter().enumerate() {
-                ids[r * width as usize + t] = id as i64;
-                mask[r * width as usize + t] = 1;
-            }
-            lengths.push(seq.len().max(1) as i64);
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        if refs.iter().any(|s| s.is_empty()) {
+            return Err(TrainError::Data("a text tokenized to nothing".into()));
         }
-        let ids = Tensor::from_slice(&ids)
-            .view([rows, width])
-            .to_device(self.device);
-        let mask = Tensor::from_slice(&mask)
-            .view([rows, width])
-            .to_device(self.device);
+        let real: i64 = refs.iter().map(|s| s.len() as i64).sum();
+        let kernel = AttentionKernel::for_device(self.device);
+        let batch = PackedBatch::new(&refs, real, self.device, kernel, 1)?;
         let run = || -> Result<Tensor, tch::TchError> {
-            let hidden = self.model.transformed(&ids, &mask)?;
+            let hidden = self.model.transformed(&batch)?;
             self.layout
                 .pooling
-                .pool(&hidden, &lengths, self.model.decoder(), 1)
+                .pool(&hidden, &batch.lengths, self.model.decoder(), 1)
         };
         let pooled = if self.autocast {
             tch::autocast(true, run)

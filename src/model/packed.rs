@@ -1,0 +1,359 @@
+//! The packed token stream every forward pass runs on: the real tokens of a batch laid end to
+//! end, `[tokens, hidden]`, with cumulative lengths marking the sequences.
+//!
+//! FasterTransformer's "effective transformer" and text-embeddings-inference's `flash_bert`
+//! run BERT this way: embeddings, Q/K/V, the attention output, the FFN and the MLM head see
+//! only real tokens, and attention alone knows where sequences start and end. On CUDA it runs
+//! over the variable-length segments directly (FlashAttention-2 in bf16, the memory-efficient
+//! kernel in fp32, through `csrc/varlen_attention.cpp`); on CPU, and wherever those kernels are
+//! not available, the tokens are scattered into a `[sequences, longest]` grid around the
+//! attention call only and gathered back.
+//!
+//! On CUDA the stream is padded to one of a few token-count buckets ([`token_bucket`]), so a
+//! long run sees a handful of shapes and every one is warm after the first batches; the
+//! padding forms segments of its own, which nothing reads. The index tensors are built on the
+//! host in one buffer and uploaded once, from pinned memory, without blocking.
+
+use std::ffi::c_char;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::{Device, Kind, Tensor};
+
+use super::layers::{self_attention, AttentionKernel};
+
+/// Tokens of the smallest CUDA bucket; buckets up to [`LINEAR_BUCKETS`] are its multiples.
+const BUCKET_STEP: i64 = 256;
+/// Beyond this, buckets grow geometrically (×2^¼): a few shapes per doubling.
+const LINEAR_BUCKETS: i64 = 2048;
+
+/// The padded token count of a packed batch of `tokens` real tokens: on CUDA one of a small
+/// fixed set (multiples of 256 up to 2,048, then 2,048·2^(k/4) rounded up to 256: 32 shapes up
+/// to 131,072 tokens, at most 19% padding); elsewhere `tokens` rounded up to `multiple`.
+pub fn token_bucket(tokens: i64, cuda: bool, multiple: i64) -> i64 {
+    let tokens = tokens.max(1);
+    if !cuda {
+        let m = multiple.max(1);
+        return (tokens + m - 1) / m * m;
+    }
+    if tokens <= LINEAR_BUCKETS {
+        return (tokens + BUCKET_STEP - 1) / BUCKET_STEP * BUCKET_STEP;
+    }
+    let mut k = 0i32;
+    loop {
+        let size = (LINEAR_BUCKETS as f64 * 2f64.powf(k as f64 / 4.0)).ceil() as i64;
+        let size = (size + BUCKET_STEP - 1) / BUCKET_STEP * BUCKET_STEP;
+        if size >= tokens {
+            return size;
+        }
+        k += 1;
+    }
+}
+
+/// How attention finds the sequences of a packed batch.
+pub enum AttentionPlan {
+    /// Variable-length kernels over `cu_seqlens` (CUDA).
+    Varlen,
+    /// Scatter into a `[rows, width]` grid, attend with a key mask, gather back.
+    Grid {
+        /// Position of each real token in the flattened grid, `[real]`.
+        index: Tensor,
+        /// Boolean key mask `[rows, 1, 1, width]`.
+        keys: Tensor,
+        /// Sequences.
+        rows: i64,
+        /// Grid width (the longest sequence, rounded up for bf16 on CPU).
+        width: i64,
+    },
+}
+
+/// A batch of tokenized sequences as one stream, on the model's device.
+pub struct PackedBatch {
+    /// Token ids `[total]`: the real tokens, then padding.
+    pub ids: Tensor,
+    /// Position of each token within its sequence `[total]`.
+    pub positions: Tensor,
+    /// Cumulative segment lengths, int32 `[segments + 1]`: the sequences, then padding.
+    pub cu_seqlens: Tensor,
+    /// Real tokens per sequence, in order.
+    pub lengths: Vec<i64>,
+    /// Real tokens.
+    pub real: i64,
+    /// Tokens including padding.
+    pub total: i64,
+    /// Longest segment (padding segments included).
+    pub max_len: i64,
+    /// How attention runs.
+    pub attention: AttentionPlan,
+}
+
+impl PackedBatch {
+    /// Packs `seqs` (none empty) into `total` ≥ their token count slots on `device`, for
+    /// attention by `kernel`; `multiple` rounds the CPU grid width (bf16 shape caching).
+    pub fn new(
+        seqs: &[&[u32]],
+        total: i64,
+        device: Device,
+        kernel: AttentionKernel,
+        multiple: i64,
+    ) -> Result<Self, tch::TchError> {
+        let lengths: Vec<i64> = seqs.iter().map(|s| s.len() as i64).collect();
+        let real: i64 = lengths.iter().sum();
+        let total = total.max(real).max(1);
+        let longest = lengths.iter().copied().max().unwrap_or(1).max(1);
+        // Padding segments no longer than the longest sequence: their attention costs no more
+        // than a sequence's would.
+        let mut segments = lengths.clone();
+        let mut pad = total - real;
+        while pad > 0 {
+            let n = pad.min(longest);
+            segments.push(n);
+            pad -= n;
+        }
+        let mut buf: Vec<i64> = Vec::with_capacity((2 * total) as usize + segments.len() + 1);
+        for s in seqs {
+            buf.extend(s.iter().map(|&id| id as i64));
+        }
+        buf.resize(total as usize, 0);
+        for &n in &lengths {
+            buf.extend(0..n);
+        }
+        buf.resize((2 * total) as usize, 0);
+        buf.push(0);
+        let mut end = 0;
+        for &n in &segments {
+            end += n;
+            buf.push(end);
+        }
+        let host = Tensor::from_slice(&buf);
+        let uploaded = upload(&host, device)?;
+        let ids = uploaded.f_narrow(0, 0, total)?;
+        let positions = uploaded.f_narrow(0, total, total)?;
+        let cu_seqlens = uploaded
+            .f_narrow(0, 2 * total, segments.len() as i64 + 1)?
+            .f_to_kind(Kind::Int)?;
+        let attention = if kernel == AttentionKernel::Varlen && varlen_usable() {
+            AttentionPlan::Varlen
+        } else {
+            let width = super::encoder::shape_bucket(longest, multiple);
+            let rows = lengths.len() as i64;
+            let mut index = Vec::with_capacity(real as usize);
+            let mut keys = vec![false; (rows * width) as usize];
+            for (b, &n) in lengths.iter().enumerate() {
+                for t in 0..n {
+                    index.push(b as i64 * width + t);
+                    keys[b * width as usize + t as usize] = true;
+                }
+            }
+            AttentionPlan::Grid {
+                index: upload(&Tensor::from_slice(&index), device)?,
+                keys: upload(&Tensor::from_slice(&keys), device)?.f_view([rows, 1, 1, width])?,
+                rows,
+                width,
+            }
+        };
+        Ok(Self {
+            ids,
+            positions,
+            cu_seqlens,
+            lengths,
+            real,
+            total,
+            max_len: longest,
+            attention,
+        })
+    }
+
+    /// Multi-head self-attention of the packed `q`, `k`, `v` (`[total, hidden]` each), each
+    /// token attending to the tokens of its own segment; `[total, hidden]`.
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: i64,
+        attn_dropout: f64,
+    ) -> Result<Tensor, tch::TchError> {
+        let (total, hidden) = q.size2()?;
+        match &self.attention {
+            AttentionPlan::Varlen => {
+                let split = |t: &Tensor| t.f_view([total, heads, hidden / heads]);
+                let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+                let out = varlen_attention(
+                    &split(q)?,
+                    &split(k)?,
+                    &split(v)?,
+                    &self.cu_seqlens,
+                    self.max_len,
+                    scale,
+                    attn_dropout,
+                )?;
+                out.f_view([total, hidden])
+            }
+            AttentionPlan::Grid {
+                index,
+                keys,
+                rows,
+                width,
+            } => {
+                let grid = |t: &Tensor| -> Result<Tensor, tch::TchError> {
+                    Tensor::f_zeros([rows * width, hidden], (t.kind(), t.device()))?
+                        .f_index_copy(0, index, &t.f_narrow(0, 0, self.real)?)?
+                        .f_view([*rows, *width, hidden])
+                };
+                let ctx =
+                    self_attention(&grid(q)?, &grid(k)?, &grid(v)?, heads, keys, attn_dropout)?
+                        .f_reshape([rows * width, hidden])?
+                        .f_index_select(0, index)?;
+                if total > self.real {
+                    let pad = Tensor::f_zeros([total - self.real, hidden], (q.kind(), q.device()))?;
+                    Tensor::f_cat(&[ctx, pad], 0)
+                } else {
+                    Ok(ctx)
+                }
+            }
+        }
+    }
+}
+
+/// Copies a host tensor to `device`: from pinned memory without blocking on CUDA (the copy is
+/// ordered before the kernels that read it on the same stream).
+fn upload(host: &Tensor, device: Device) -> Result<Tensor, tch::TchError> {
+    match device {
+        Device::Cpu => Ok(host.shallow_clone()),
+        _ => host
+            .f_pin_memory(device)?
+            .f_to_device_(device, host.kind(), true, false),
+    }
+}
+
+/// Set once a variable-length kernel failed here (an old GPU, a libtorch without them): the
+/// grid path is used from then on.
+static VARLEN_BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the variable-length kernels are worth trying.
+pub fn varlen_usable() -> bool {
+    !VARLEN_BROKEN.load(Ordering::Relaxed)
+}
+
+extern "C" {
+    fn sparq_varlen_attention(
+        q: *const torch_sys::C_tensor,
+        k: *const torch_sys::C_tensor,
+        v: *const torch_sys::C_tensor,
+        cu_seqlens: *const torch_sys::C_tensor,
+        max_len: i64,
+        scale: f64,
+        dropout: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
+}
+
+/// ATen's variable-length attention (see `csrc/varlen_attention.cpp`): q, k, v
+/// `[tokens, heads, head_dim]`, segments by `cu_seqlens`; `[tokens, heads, head_dim]`.
+pub fn varlen_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_len: i64,
+    scale: f64,
+    attn_dropout: f64,
+) -> Result<Tensor, tch::TchError> {
+    let mut err = vec![0 as c_char; 512];
+    // SAFETY: every pointer is a live tensor owned by the caller for the duration of the
+    // call; the shim returns a new heap tensor (owned by the returned `Tensor`) or null with a
+    // NUL-terminated message in `err`, and catches every C++ exception.
+    let out = unsafe {
+        sparq_varlen_attention(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            cu_seqlens.as_ptr(),
+            max_len,
+            scale,
+            attn_dropout,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if out.is_null() {
+        VARLEN_BROKEN.store(true, Ordering::Relaxed);
+        // SAFETY: the shim wrote a NUL-terminated string into the buffer.
+        let message = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return Err(tch::TchError::Torch(format!(
+            "variable-length attention: {message}"
+        )));
+    }
+    // SAFETY: a non-null result is a tensor the shim allocated for us to own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_few_and_cover_every_size() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=131_072i64 {
+            let b = token_bucket(n, true, 1);
+            assert!(b >= n && b % 256 == 0);
+            // Never more than ~19% padding beyond the first bucket step.
+            assert!(
+                b <= 256 || (b as f64) < n as f64 * 1.19 + 256.0,
+                "{n} → {b}"
+            );
+            shapes.insert(b);
+        }
+        assert_eq!(shapes.len(), 32);
+        assert_eq!(token_bucket(13, false, 8), 16);
+        assert_eq!(token_bucket(13, false, 1), 13);
+    }
+
+    #[test]
+    fn the_grid_attention_equals_per_sequence_attention() {
+        tch::manual_seed(1);
+        let seqs: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![4], vec![5, 6, 7, 8, 9]];
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let batch = PackedBatch::new(&refs, 12, Device::Cpu, AttentionKernel::Fused, 1).unwrap();
+        assert_eq!(batch.real, 9);
+        assert_eq!(
+            Vec::<i32>::try_from(&batch.cu_seqlens).unwrap(),
+            vec![0, 3, 4, 9, 12]
+        );
+        let (h, heads) = (8, 2);
+        let q = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
+        let packed = batch.attend(&q, &k, &v, heads, 0.0).unwrap();
+        let mut start = 0;
+        for &n in &batch.lengths {
+            let one = |t: &Tensor| t.narrow(0, start, n).unsqueeze(0);
+            let mask = Tensor::ones([1, 1, 1, n], (Kind::Bool, Device::Cpu));
+            let alone = self_attention(&one(&q), &one(&k), &one(&v), heads, &mask, 0.0).unwrap();
+            let diff = (alone.squeeze_dim(0) - packed.narrow(0, start, n))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-6, "{diff}");
+            start += n;
+        }
+        // On a CPU tensor the variable-length kernels refuse cleanly (no kernel, no crash).
+        let err = varlen_attention(
+            &q.view([12, heads, h / heads]),
+            &k.view([12, heads, h / heads]),
+            &v.view([12, heads, h / heads]),
+            &batch.cu_seqlens,
+            5,
+            0.5,
+            0.0,
+        );
+        assert!(err.is_err());
+    }
+}
