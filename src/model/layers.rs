@@ -2,7 +2,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::packed::PackedBatch;
+use super::packed::{PackedBatch, Qkv};
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -280,16 +280,12 @@ impl TransformerBlock {
         drop: Option<Dropout>,
     ) -> Result<Tensor, tch::TchError> {
         let ctx = match &self.fused {
-            Some(qkv) => {
-                let parts = qkv.forward(x)?.f_chunk(3, -1)?;
-                batch.attend(&parts[0], &parts[1], &parts[2], heads, 0.0)?
-            }
+            Some(qkv) => batch.attend(Qkv::Fused(&qkv.forward(x)?), heads, 0.0)?,
             None => {
                 let [q, k, v] = &self.qkv;
+                let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
                 batch.attend(
-                    &q.forward(x)?,
-                    &k.forward(x)?,
-                    &v.forward(x)?,
+                    Qkv::Split(&q, &k, &v),
                     heads,
                     drop.map_or(0.0, |d| d.attention),
                 )?

@@ -134,15 +134,22 @@ impl PackedBatch {
         let attention = if kernel == AttentionKernel::Varlen && varlen_usable() {
             AttentionPlan::Varlen
         } else {
+            // Each sequence is a grid row; padding tokens fill extra rows of their own, so one
+            // scatter and one gather cover the whole stream.
             let width = super::encoder::shape_bucket(longest, multiple);
-            let rows = lengths.len() as i64;
-            let mut index = Vec::with_capacity(real as usize);
+            let pad = total - real;
+            let rows = lengths.len() as i64 + (pad + width - 1) / width;
+            let mut index = Vec::with_capacity(total as usize);
             let mut keys = vec![false; (rows * width) as usize];
             for (b, &n) in lengths.iter().enumerate() {
                 for t in 0..n {
                     index.push(b as i64 * width + t);
-                    keys[b * width as usize + t as usize] = true;
                 }
+            }
+            let first_pad_cell = lengths.len() as i64 * width;
+            index.extend(first_pad_cell..first_pad_cell + pad);
+            for &cell in &index {
+                keys[cell as usize] = true;
             }
             AttentionPlan::Grid {
                 index: upload(&Tensor::from_slice(&index), device)?,
@@ -163,25 +170,24 @@ impl PackedBatch {
         })
     }
 
-    /// Multi-head self-attention of the packed `q`, `k`, `v` (`[total, hidden]` each), each
-    /// token attending to the tokens of its own segment; `[total, hidden]`.
+    /// Multi-head self-attention over the packed stream, each token attending to the tokens of
+    /// its own segment; `[total, hidden]`.
     pub fn attend(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        qkv: Qkv<'_>,
         heads: i64,
         attn_dropout: f64,
     ) -> Result<Tensor, tch::TchError> {
-        let (total, hidden) = q.size2()?;
         match &self.attention {
             AttentionPlan::Varlen => {
+                let (q, k, v) = qkv.split()?;
+                let (total, hidden) = q.size2()?;
                 let split = |t: &Tensor| t.f_view([total, heads, hidden / heads]);
                 let scale = 1.0 / ((hidden / heads) as f64).sqrt();
                 let out = varlen_attention(
-                    &split(q)?,
-                    &split(k)?,
-                    &split(v)?,
+                    &split(&q)?,
+                    &split(&k)?,
+                    &split(&v)?,
                     &self.cu_seqlens,
                     self.max_len,
                     scale,
@@ -195,22 +201,54 @@ impl PackedBatch {
                 rows,
                 width,
             } => {
-                let grid = |t: &Tensor| -> Result<Tensor, tch::TchError> {
-                    Tensor::f_zeros([rows * width, hidden], (t.kind(), t.device()))?
-                        .f_index_copy(0, index, &t.f_narrow(0, 0, self.real)?)?
-                        .f_view([*rows, *width, hidden])
-                };
-                let ctx =
-                    self_attention(&grid(q)?, &grid(k)?, &grid(v)?, heads, keys, attn_dropout)?
-                        .f_reshape([rows * width, hidden])?
-                        .f_index_select(0, index)?;
-                if total > self.real {
-                    let pad = Tensor::f_zeros([total - self.real, hidden], (q.kind(), q.device()))?;
-                    Tensor::f_cat(&[ctx, pad], 0)
+                let joined = qkv.joined()?;
+                let (_, three) = joined.size2()?;
+                // Zeros where no token is: a masked key's value must be finite (0 · NaN = NaN).
+                let mut grid =
+                    Tensor::f_zeros([rows * width, three], (joined.kind(), joined.device()))?;
+                if joined.requires_grad() {
+                    grid = grid.f_index_copy(0, index, &joined)?;
                 } else {
-                    Ok(ctx)
+                    let _ = grid.f_index_copy_(0, index, &joined)?;
                 }
+                let grid = grid.f_view([*rows, *width, three])?;
+                let parts = grid.f_chunk(3, -1)?;
+                self_attention(&parts[0], &parts[1], &parts[2], heads, keys, attn_dropout)?
+                    .f_reshape([rows * width, three / 3])?
+                    .f_index_select(0, index)
             }
+        }
+    }
+}
+
+/// The query, key and value projections of a packed stream: one `[total, 3·hidden]` tensor (a
+/// fused projection) or three `[total, hidden]` ones.
+pub enum Qkv<'a> {
+    /// Q, K and V side by side.
+    Fused(&'a Tensor),
+    /// Q, K and V apart.
+    Split(&'a Tensor, &'a Tensor, &'a Tensor),
+}
+
+impl Qkv<'_> {
+    fn split(&self) -> Result<(Tensor, Tensor, Tensor), tch::TchError> {
+        match self {
+            Qkv::Fused(t) => {
+                let p = t.f_chunk(3, -1)?;
+                Ok((
+                    p[0].shallow_clone(),
+                    p[1].shallow_clone(),
+                    p[2].shallow_clone(),
+                ))
+            }
+            Qkv::Split(q, k, v) => Ok((q.shallow_clone(), k.shallow_clone(), v.shallow_clone())),
+        }
+    }
+
+    fn joined(&self) -> Result<Tensor, tch::TchError> {
+        match self {
+            Qkv::Fused(t) => Ok(t.shallow_clone()),
+            Qkv::Split(q, k, v) => Tensor::f_cat(&[*q, *k, *v], -1),
         }
     }
 }
@@ -331,7 +369,11 @@ mod tests {
         let q = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
         let k = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([12, h], (Kind::Float, Device::Cpu));
-        let packed = batch.attend(&q, &k, &v, heads, 0.0).unwrap();
+        let packed = batch.attend(Qkv::Split(&q, &k, &v), heads, 0.0).unwrap();
+        let fused = batch
+            .attend(Qkv::Fused(&Tensor::cat(&[&q, &k, &v], -1)), heads, 0.0)
+            .unwrap();
+        assert_eq!(packed, fused);
         let mut start = 0;
         for &n in &batch.lengths {
             let one = |t: &Tensor| t.narrow(0, start, n).unsqueeze(0);

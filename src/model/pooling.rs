@@ -97,12 +97,14 @@ impl SpladePooling {
                 tokens += lengths[last];
                 last += 1;
             }
-            let projected =
-                crate::model::encoder::shape_bucket(tokens, multiple).min(rows - offset);
+            // Near the end of the stream the window slides back rather than shrinking, so the
+            // projected row count stays a multiple (the extra rows are computed and ignored).
+            let projected = crate::model::encoder::shape_bucket(tokens, multiple).min(rows);
+            let start = offset.min(rows - projected);
             let logits = packed
-                .f_narrow(0, offset, projected)?
+                .f_narrow(0, start, projected)?
                 .f_linear(decoder.0, Some(decoder.1))?
-                .f_narrow(0, 0, tokens)?;
+                .f_narrow(0, offset - start, tokens)?;
             pooled.push(self.reduce_rows(&logits, &lengths[first..last])?);
             offset += tokens;
             first = last;
