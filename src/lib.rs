@@ -9,6 +9,7 @@ pub mod io;
 pub mod model;
 pub mod serve;
 pub mod train;
+pub mod types;
 
 use std::path::PathBuf;
 

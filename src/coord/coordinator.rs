@@ -19,7 +19,7 @@ use crate::encode::job::{job_devices, job_dtype, EncodeArgs, JobIdentity, Worker
 use crate::io::input::{list_inputs, read_footer, InputFile, InputReader};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
-use crate::model::{fingerprint, Dtype, ModelLayout};
+use crate::model::{fingerprint, Dtype, ModelLayout, ResolveDevice};
 
 /// Name of the file that records which job made an output.
 pub const JOB_FILE: &str = "_sparq_job.json";

@@ -4,8 +4,8 @@
 pub mod batcher;
 pub mod job;
 pub mod pipeline;
-pub mod sparse;
 pub mod text;
 
 pub use batcher::TokenBudgetBatcher;
-pub use sparse::SparseVector;
+/// Re-exported from [`crate::types`].
+pub use crate::types::SparseVector;

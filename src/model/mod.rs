@@ -5,6 +5,7 @@ pub mod args;
 pub mod bert;
 pub mod config;
 pub mod cuda_event;
+pub mod device;
 pub mod distilbert;
 pub mod encoder;
 pub mod extract;
@@ -20,7 +21,9 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use args::ModelArgs;
-pub use encoder::{DeviceSpec, Dtype, EncodeOptions, InputKind, SpladeEncoder};
+pub use crate::types::{DeviceSpec, Dtype, InputKind};
+pub use device::ResolveDevice;
+pub use encoder::{EncodeOptions, SpladeEncoder};
 pub use fingerprint::fingerprint;
 pub use layout::ModelLayout;
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};

@@ -19,7 +19,7 @@ use crate::coord::plan::ShardSpec;
 use crate::encode::job::WorkerConfig;
 use crate::encode::pipeline::{encode_shard, ShardProgress};
 use crate::io::{AllowedRoots, Committer, StoreUrl};
-use crate::model::{DeviceSpec, Dtype, SpladeEncoder};
+use crate::model::{DeviceSpec, Dtype, ResolveDevice, SpladeEncoder};
 
 /// How long a worker keeps trying to reach a coordinator that went away (a restart).
 const PATIENCE: Duration = Duration::from_secs(3600);

@@ -15,7 +15,7 @@ use super::loss::{lambda_at, splade_loss};
 use super::model::TrainModel;
 use super::optim::{clip_grad_norm, linear_lr, warmup_steps, zero_grad, AdamW, Param};
 use super::TrainError;
-use crate::model::{DeviceSpec, Dtype};
+use crate::model::{DeviceSpec, Dtype, ResolveDevice};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
