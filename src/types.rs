@@ -136,4 +136,3 @@ pub enum InputKind {
     /// `encode_document`.
     Document,
 }
-

@@ -166,8 +166,17 @@ fn read_files() -> BTreeMap<PathBuf, File> {
                     continue;
                 }
                 for kw in [
-                    "fn ", "async fn ", "unsafe fn ", "struct ", "enum ", "trait ", "const ",
-                    "static ", "type ", "mod ", "union ",
+                    "fn ",
+                    "async fn ",
+                    "unsafe fn ",
+                    "struct ",
+                    "enum ",
+                    "trait ",
+                    "const ",
+                    "static ",
+                    "type ",
+                    "mod ",
+                    "union ",
                 ] {
                     if let Some(rest) = l.strip_prefix(kw) {
                         defines.insert(ident(rest));
@@ -303,7 +312,10 @@ fn resolve(
     Some(file.clone())
 }
 
-fn graph() -> (BTreeMap<PathBuf, File>, BTreeMap<PathBuf, BTreeSet<PathBuf>>) {
+fn graph() -> (
+    BTreeMap<PathBuf, File>,
+    BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+) {
     let files = read_files();
     let by_module: BTreeMap<Vec<String>, PathBuf> = files
         .iter()

@@ -121,7 +121,7 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
     }
     drop(stop);
     let _ = heartbeat.join();
-    if let Some(line) = crate::model::encoder::profile::report() {
+    if let Some(line) = crate::model::profile::report() {
         eprintln!("sparq: worker on {}: {line}", config.device);
     }
     0

@@ -6,6 +6,6 @@ pub mod job;
 pub mod pipeline;
 pub mod text;
 
-pub use batcher::TokenBudgetBatcher;
 /// Re-exported from [`crate::types`].
 pub use crate::types::SparseVector;
+pub use batcher::TokenBudgetBatcher;

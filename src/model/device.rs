@@ -79,4 +79,3 @@ fn load_cuda_backend() -> Option<&'static str> {
         })
         .as_deref()
 }
-

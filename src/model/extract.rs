@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use tch::{Device, Kind, Tensor};
 
 use super::cuda_event::Event;
-use super::encoder::profile;
+use super::profile;
 use super::ModelError;
 use crate::encode::SparseVector;
 

@@ -1,6 +1,6 @@
 //! Building blocks shared by the BERT-family encoders: linear, LayerNorm, attention.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::packed::{PackedBatch, Qkv};
 use super::weights::WeightMap;
@@ -64,48 +64,6 @@ impl LayerNorm {
     }
 }
 
-/// How self-attention is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// Variable-length kernels over the packed stream (CUDA; see [`super::packed`]).
-    Varlen,
-    /// libtorch's fused `scaled_dot_product_attention` on a padded grid.
-    Fused,
-    /// Two batched matmuls around a masked fp32 softmax, on a padded grid.
-    Matmul,
-}
-
-impl AttentionKernel {
-    /// The kernel for tensors on `device`: `SPARQ_ATTENTION=varlen|fused|matmul` if set, else
-    /// fused on CPU and the variable-length kernels on CUDA (with the explicit matmul form as
-    /// the fallback where they fail). The fused op on a padded grid picks cuDNN's attention on
-    /// Hopper, which plans a graph for every new (batch, length) shape: ~20 ms per batch
-    /// (measured on an H200, 2026-11-27: the 2-layer tiny model spent 21 ms per batch of 64 in
-    /// its encoder).
-    pub fn for_device(device: tch::Device) -> Self {
-        static CHOICE: std::sync::OnceLock<Option<AttentionKernel>> = std::sync::OnceLock::new();
-        let forced = *CHOICE.get_or_init(|| {
-            match std::env::var("SPARQ_ATTENTION")
-                .ok()?
-                .to_ascii_lowercase()
-                .as_str()
-            {
-                "varlen" | "flash" => Some(AttentionKernel::Varlen),
-                "fused" | "sdpa" => Some(AttentionKernel::Fused),
-                "matmul" | "explicit" => Some(AttentionKernel::Matmul),
-                _ => None,
-            }
-        });
-        match (forced, device.is_cuda()) {
-            // The variable-length kernels exist only on CUDA.
-            (Some(AttentionKernel::Varlen), false) | (None, false) => AttentionKernel::Fused,
-            (Some(k), _) => k,
-            (None, true) if super::packed::varlen_usable() => AttentionKernel::Varlen,
-            (None, true) => AttentionKernel::Matmul,
-        }
-    }
-}
-
 /// Dropout rates of a model in training (Hugging Face's placements).
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
@@ -124,46 +82,6 @@ pub fn dropout(x: &Tensor, p: Option<f64>) -> Result<Tensor, tch::TchError> {
         Some(p) if p > 0.0 => x.f_dropout(p, true),
         _ => Ok(x.shallow_clone()),
     }
-}
-
-/// Multi-head self-attention; `attend` is the boolean `[batch, 1, 1, seq]` key mask and
-/// `attn_dropout` the dropout rate on attention probabilities (0 outside training).
-pub fn self_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: i64,
-    attend: &Tensor,
-    attn_dropout: f64,
-) -> Result<Tensor, tch::TchError> {
-    let (b, l, h) = q.size3()?;
-    let split = |t: &Tensor| -> Result<Tensor, tch::TchError> {
-        t.f_view([b, l, heads, h / heads])?.f_transpose(1, 2)
-    };
-    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-    let ctx = match AttentionKernel::for_device(q.device()) {
-        AttentionKernel::Fused => Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(attend),
-            attn_dropout,
-            false,
-            None,
-            false,
-        )?,
-        // The grid fallback of the variable-length path on CUDA: explicit, no cuDNN planning.
-        AttentionKernel::Matmul | AttentionKernel::Varlen => {
-            let scale = 1.0 / ((h / heads) as f64).sqrt();
-            let scores = q
-                .f_matmul(&k.f_transpose(-2, -1)?)?
-                .f_mul_scalar(scale)?
-                .f_masked_fill(&attend.f_logical_not()?, f64::NEG_INFINITY)?;
-            let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(v.kind())?;
-            dropout(&probs, Some(attn_dropout))?.f_matmul(&v)?
-        }
-    };
-    ctx.f_transpose(1, 2)?.f_reshape([b, l, h])
 }
 
 /// Embedding lookup: rows of `table` for each id.

@@ -14,12 +14,18 @@
 //! padding forms segments of its own, which nothing reads. The index tensors are built on the
 //! host in one buffer and uploaded once, from pinned memory, without blocking.
 
-use std::ffi::c_char;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{self_attention, AttentionKernel};
+use super::attention::{self_attention, varlen_attention, varlen_usable, AttentionKernel};
+
+/// `n` rounded up to a multiple of `multiple`.
+pub fn shape_bucket(n: i64, multiple: i64) -> i64 {
+    if multiple <= 1 {
+        n
+    } else {
+        (n + multiple - 1) / multiple * multiple
+    }
+}
 
 /// Tokens of the smallest CUDA bucket; buckets up to [`LINEAR_BUCKETS`] are its multiples.
 const BUCKET_STEP: i64 = 256;
@@ -136,7 +142,7 @@ impl PackedBatch {
         } else {
             // Each sequence is a grid row; padding tokens fill extra rows of their own, so one
             // scatter and one gather cover the whole stream.
-            let width = super::encoder::shape_bucket(longest, multiple);
+            let width = shape_bucket(longest, multiple);
             let pad = total - real;
             let rows = lengths.len() as i64 + (pad + width - 1) / width;
             let mut index = Vec::with_capacity(total as usize);
@@ -262,74 +268,6 @@ fn upload(host: &Tensor, device: Device) -> Result<Tensor, tch::TchError> {
             .f_pin_memory(device)?
             .f_to_device_(device, host.kind(), true, false),
     }
-}
-
-/// Set once a variable-length kernel failed here (an old GPU, a libtorch without them): the
-/// grid path is used from then on.
-static VARLEN_BROKEN: AtomicBool = AtomicBool::new(false);
-
-/// Whether the variable-length kernels are worth trying.
-pub fn varlen_usable() -> bool {
-    !VARLEN_BROKEN.load(Ordering::Relaxed)
-}
-
-extern "C" {
-    fn sparq_varlen_attention(
-        q: *const torch_sys::C_tensor,
-        k: *const torch_sys::C_tensor,
-        v: *const torch_sys::C_tensor,
-        cu_seqlens: *const torch_sys::C_tensor,
-        max_len: i64,
-        scale: f64,
-        dropout: f64,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> *mut torch_sys::C_tensor;
-}
-
-/// ATen's variable-length attention (see `csrc/varlen_attention.cpp`): q, k, v
-/// `[tokens, heads, head_dim]`, segments by `cu_seqlens`; `[tokens, heads, head_dim]`.
-pub fn varlen_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cu_seqlens: &Tensor,
-    max_len: i64,
-    scale: f64,
-    attn_dropout: f64,
-) -> Result<Tensor, tch::TchError> {
-    let mut err = vec![0 as c_char; 512];
-    // SAFETY: every pointer is a live tensor owned by the caller for the duration of the
-    // call; the shim returns a new heap tensor (owned by the returned `Tensor`) or null with a
-    // NUL-terminated message in `err`, and catches every C++ exception.
-    let out = unsafe {
-        sparq_varlen_attention(
-            q.as_ptr(),
-            k.as_ptr(),
-            v.as_ptr(),
-            cu_seqlens.as_ptr(),
-            max_len,
-            scale,
-            attn_dropout,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    if out.is_null() {
-        VARLEN_BROKEN.store(true, Ordering::Relaxed);
-        // SAFETY: the shim wrote a NUL-terminated string into the buffer.
-        let message = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
-            .to_string_lossy()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        return Err(tch::TchError::Torch(format!(
-            "variable-length attention: {message}"
-        )));
-    }
-    // SAFETY: a non-null result is a tensor the shim allocated for us to own.
-    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ impl SpladePooling {
             }
             // Near the end of the stream the window slides back rather than shrinking, so the
             // projected row count stays a multiple (the extra rows are computed and ignored).
-            let projected = crate::model::encoder::shape_bucket(tokens, multiple).min(rows);
+            let projected = super::packed::shape_bucket(tokens, multiple).min(rows);
             let start = offset.min(rows - projected);
             let logits = packed
                 .f_narrow(0, start, projected)?

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 
 use tch::Tensor;
 
-use super::ModelError;
+use super::error::{clean_tch_error, ModelError};
 
 /// Checkpoint tensors by Hugging Face state-dict key.
 pub struct WeightMap {
@@ -274,14 +274,4 @@ fn shards_of(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
             }
         })
         .collect()
-}
-
-/// Keeps the first line of a libtorch error: the rest is a C++ backtrace users can't act on.
-pub fn clean_tch_error(message: &str) -> String {
-    message
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(message)
-        .trim()
-        .to_string()
 }

@@ -16,8 +16,7 @@ use super::optim::Param;
 use super::{TrainConfig, TrainError};
 use crate::io::{AllowedRoots, Committer, StoreUrl};
 
-/// The marker file of a complete checkpoint.
-pub const MARKER: &str = "_COMPLETE";
+pub use super::CHECKPOINT_MARKER as MARKER;
 
 /// Training progress saved with each checkpoint.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

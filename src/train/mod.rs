@@ -14,6 +14,9 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use args::{TrainArgs, TrainConfig};
+
+/// The marker file of a complete checkpoint (written last into `checkpoint-<step>/`).
+pub const CHECKPOINT_MARKER: &str = "_COMPLETE";
 pub use trainer::run_train;
 
 /// What can stop training.
@@ -29,7 +32,7 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     /// A libtorch operation failed.
-    #[error("libtorch: {}", crate::model::weights::clean_tch_error(&.0.to_string()))]
+    #[error("libtorch: {}", crate::model::clean_tch_error(&.0.to_string()))]
     Torch(#[from] tch::TchError),
     /// Reading or writing a file failed.
     #[error("{}: {detail}", path.display())]

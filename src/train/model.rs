@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
-use crate::model::layers::AttentionKernel;
+use crate::model::attention::AttentionKernel;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
 use crate::model::packed::PackedBatch;
@@ -136,7 +136,7 @@ pub fn read_named(file: &Path) -> Result<std::collections::HashMap<String, Tenso
     Ok(Tensor::read_safetensors(file)
         .map_err(|e| TrainError::Checkpoint {
             path: file.to_path_buf(),
-            detail: crate::model::weights::clean_tch_error(&e.to_string()),
+            detail: crate::model::clean_tch_error(&e.to_string()),
         })?
         .into_iter()
         .map(|(k, v)| (crate::model::weights::normalize_key(&k), v))
@@ -153,7 +153,7 @@ fn skipped(name: &str) -> bool {
         || name.starts_with(".checkpoint-")
         || name == "optimizer.safetensors"
         || name == "trainer_state.json"
-        || name == super::checkpoint::MARKER
+        || name == super::CHECKPOINT_MARKER
 }
 
 fn copy_model_files(src: &Path, dst: &Path, rel: &Path) -> Result<(), TrainError> {
