@@ -19,7 +19,7 @@ enum Command {
     /// Encode texts from stdin (one JSON string per line) into sparse vectors on stdout.
     EncodeText(sparq::encode::text::EncodeTextArgs),
     /// Encode parquet corpora (local or S3) with worker processes, exactly once, resumable.
-    Encode(sparq::encode::job::EncodeArgs),
+    Encode(sparq::job::args::EncodeArgs),
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
     Eval(sparq::eval::run::EvalArgs),
     /// Fine-tune a SPLADE model with SpladeLoss (one process or several), resumable.
@@ -118,7 +118,8 @@ fn main() -> ExitCode {
         Command::Cancel(args) => sparq::serve::client::cancel(&args),
         Command::Worker(args) => sparq::serve::remote::run_worker(&args),
         Command::EncodeWorker => {
-            let code = sparq::coord::worker::run_worker(std::io::stdin().lock(), std::io::stdout());
+            let code =
+                sparq::coord::worker::run_pipe_worker(std::io::stdin().lock(), std::io::stdout());
             return ExitCode::from(code as u8);
         }
     };
@@ -144,7 +145,7 @@ fn with_code(result: anyhow::Result<u8>) -> ExitCode {
 
 /// Runs `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
 /// failed (the rest is committed).
-fn encode(args: &sparq::encode::job::EncodeArgs) -> ExitCode {
+fn encode(args: &sparq::job::args::EncodeArgs) -> ExitCode {
     match sparq::coord::coordinator::run_encode(args) {
         Ok((summary, failures)) => {
             println!("{}", serde_json::to_string(&summary).expect("serializable"));

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::protocol::{FromWorker, ToWorker};
-use crate::encode::job::WorkerConfig;
+use crate::encode::settings::{EncodeSettings, WorkerSettings};
 
 /// Something a worker did.
 #[derive(Debug)]
@@ -58,8 +58,14 @@ impl WorkerPool {
         }
     }
 
-    /// Starts a worker in `slot` with `config`; returns its generation.
-    pub fn spawn(&mut self, slot: usize, config: &WorkerConfig) -> std::io::Result<u64> {
+    /// Starts a worker in `slot` with the job's `settings` and its own `worker` settings;
+    /// returns its generation.
+    pub fn spawn(
+        &mut self,
+        slot: usize,
+        settings: &EncodeSettings,
+        worker: &WorkerSettings,
+    ) -> std::io::Result<u64> {
         self.kill(slot);
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
@@ -71,15 +77,13 @@ impl WorkerPool {
         // The tokenizer's thread pool gets the worker's share of cores, as libtorch does:
         // with every worker sized for the whole machine they oversubscribe it.
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            command.env("RAYON_NUM_THREADS", config.threads.max(1).to_string());
+            command.env("RAYON_NUM_THREADS", worker.threads.max(1).to_string());
         }
         if std::env::var_os(crate::model::encoder::ONEDNN_CACHE_VAR).is_none() {
-            if let Ok(device) = config.device.parse() {
-                command.env(
-                    crate::model::encoder::ONEDNN_CACHE_VAR,
-                    crate::model::encoder::onednn_cache_capacity(device, config.dtype),
-                );
-            }
+            command.env(
+                crate::model::encoder::ONEDNN_CACHE_VAR,
+                crate::model::encoder::onednn_cache_capacity(worker.device, settings.dtype),
+            );
         }
         // SAFETY: prctl is async-signal-safe; it makes the worker die with the coordinator, so a
         // killed coordinator leaves no worker committing behind a rerun's back.
@@ -113,7 +117,11 @@ impl WorkerPool {
             }
             let _ = tx.send(WorkerEvent::Exited { slot, generation });
         });
-        let init = serde_json::to_string(&ToWorker::Init(config.clone())).expect("serializable");
+        let init = serde_json::to_string(&ToWorker::Init {
+            settings: Box::new(settings.clone()),
+            worker: *worker,
+        })
+        .expect("serializable");
         // A worker that dies at once shows up as an Exited event; ignore the write error here.
         let _ = writeln!(stdin, "{init}").and_then(|_| stdin.flush());
         self.processes[slot] = Some(Process {

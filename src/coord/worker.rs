@@ -1,5 +1,6 @@
-//! The worker process (`sparq encode-worker`, spawned by the coordinator): loads the model
-//! once, then encodes and commits the shards it is leased, heartbeating as it goes.
+//! The local worker process (`sparq encode-worker`, spawned by `sparq encode`'s coordinator):
+//! loads the model once, then encodes and commits the shards it is leased over its pipes,
+//! heartbeating as it goes. (`serve::remote` is the worker of the service, over HTTP.)
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,13 +10,13 @@ use std::time::Duration;
 use super::protocol::{FromWorker, ToWorker};
 use crate::encode::pipeline::{encode_shard, ShardProgress};
 use crate::io::{Committer, StoreUrl};
-use crate::model::{DeviceSpec, SpladeEncoder};
+use crate::model::SpladeEncoder;
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Runs the worker protocol over stdin/stdout until `stop` or end of input. Returns the exit code.
-pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i32 {
+pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i32 {
     let out = Arc::new(Mutex::new(output));
     let send = {
         let out = out.clone();
@@ -27,11 +28,11 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
         }
     };
     let mut lines = input.lines();
-    let config = match lines
+    let (config, worker) = match lines
         .next()
         .map(|l| l.map(|l| serde_json::from_str::<ToWorker>(&l)))
     {
-        Some(Ok(Ok(ToWorker::Init(config)))) => config,
+        Some(Ok(Ok(ToWorker::Init { settings, worker }))) => (*settings, worker),
         _ => {
             send(&FromWorker::Fatal {
                 error: "expected an init message first".into(),
@@ -39,10 +40,9 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
             return 2;
         }
     };
-    tch::set_num_threads(config.threads.max(1) as i32);
+    tch::set_num_threads(worker.threads.max(1) as i32);
     let setup = || -> Result<_, String> {
-        let device: DeviceSpec = config.device.parse()?;
-        let encoder = SpladeEncoder::load(&config.model, device, Some(config.dtype))
+        let encoder = SpladeEncoder::load(&config.model, worker.device, Some(config.dtype))
             .map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -105,13 +105,13 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
                     Ok(report) => send(&FromWorker::Done(report)),
                     Err(e) => send(&FromWorker::Failed {
                         shard: shard.id,
-                        error: e.message,
-                        retryable: e.retryable,
+                        error: e.to_string(),
+                        retryable: e.is_retryable(),
                     }),
                 }
             }
             Ok(ToWorker::Stop) => break,
-            Ok(ToWorker::Init(_)) | Err(_) => {
+            Ok(ToWorker::Init { .. }) | Err(_) => {
                 send(&FromWorker::Fatal {
                     error: format!("unexpected message: {line}"),
                 });
@@ -122,7 +122,7 @@ pub fn run_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i
     drop(stop);
     let _ = heartbeat.join();
     if let Some(line) = crate::model::profile::report() {
-        eprintln!("sparq: worker on {}: {line}", config.device);
+        eprintln!("sparq: worker on {}: {line}", worker.device);
     }
     0
 }

@@ -1,9 +1,11 @@
-//! Encoding: sparse vectors, the token-budget batcher, the per-shard pipeline of a worker,
-//! and the `encode-text` command.
+//! Encoding: the shard contract (what a worker encodes and reports), the columns it reads,
+//! the token-budget batcher, the per-shard pipeline of a worker, and `encode-text`.
 
 pub mod batcher;
-pub mod job;
+pub mod columns;
 pub mod pipeline;
+pub mod settings;
+pub mod shard;
 pub mod text;
 
 /// Re-exported from [`crate::types`].

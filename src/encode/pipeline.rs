@@ -9,52 +9,20 @@ use arrow::datatypes::DataType;
 use crossbeam_channel::bounded;
 
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
-use super::job::WorkerConfig;
-use super::SparseVector;
-use crate::coord::plan::{check_columns, ShardSpec};
-use crate::coord::protocol::{RowFailure, ShardReport};
+use super::columns::check_columns;
+use super::settings::EncodeSettings;
+use super::shard::{RowFailure, ShardError, ShardReport, ShardSpec};
 use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
 use crate::io::output::{output_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
 use crate::model::encoder::InFlight;
-use crate::model::{InputKind, ModelError, SpladeEncoder};
+use crate::model::{InputKind, SpladeEncoder};
+use crate::types::SparseVector;
 
 /// Rows per record batch read (also the unit the batcher sorts by length).
 const READ_BATCH_ROWS: usize = 2048;
 /// Row failures listed in a report (all are counted).
 const LISTED_FAILURES: usize = 20;
-
-/// Why a shard failed, and whether another attempt may succeed.
-#[derive(Debug)]
-pub struct ShardError {
-    /// Cause, naming file, row group and column where known.
-    pub message: String,
-    /// I/O errors are retryable; bad data is not.
-    pub retryable: bool,
-}
-
-impl ShardError {
-    fn data(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
-    }
-    fn io(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-    /// Storage errors: I/O and the store's own failures may pass on another attempt; a file
-    /// that changed, a path outside the allowed roots or a corrupt file will not.
-    fn store(e: StoreError) -> Self {
-        match e {
-            StoreError::Io { .. } | StoreError::Object { .. } => Self::io(e.to_string()),
-            _ => Self::data(e.to_string()),
-        }
-    }
-}
 
 /// Live counters of the shard in progress (read by the heartbeat).
 #[derive(Debug, Default)]
@@ -106,26 +74,22 @@ struct Launched<'e> {
 /// Encodes one shard and commits its part.
 pub fn encode_shard(
     encoder: &SpladeEncoder,
-    config: &WorkerConfig,
+    config: &EncodeSettings,
     runtime: &tokio::runtime::Runtime,
     committer: &Committer,
     shard: &ShardSpec,
     progress: &ShardProgress,
 ) -> Result<ShardReport, ShardError> {
-    let url = StoreUrl::parse(&shard.file).map_err(|e| ShardError::data(e.to_string()))?;
-    let (store, path) = url.store().map_err(|e| ShardError::io(e.to_string()))?;
+    let url = StoreUrl::parse(&shard.file)?;
+    let (store, path) = url.store()?;
     let file = InputFile {
         url: shard.file.clone(),
         path,
         size: shard.file_size,
         version: shard.file_version.clone(),
     };
-    let mut input =
-        InputReader::open(store, &file, &config.allowed_roots).map_err(ShardError::store)?;
-    let metadata = runtime
-        .block_on(read_footer(&mut input))
-        .map_err(ShardError::store)?
-        .metadata;
+    let mut input = InputReader::open(store, &file, &config.allowed_roots)?;
+    let metadata = runtime.block_on(read_footer(&mut input))?.metadata;
     let schema = metadata.schema().clone();
     let (id_field, keep_fields, projection) = check_columns(
         &file.url,
@@ -133,8 +97,7 @@ pub fn encode_shard(
         &config.id_column,
         &config.text_column,
         &config.keep_columns,
-    )
-    .map_err(|e| ShardError::data(e.to_string()))?;
+    )?;
     let out_schema = output_schema(&id_field, &keep_fields);
     let row_group_starts: Vec<u64> = metadata
         .metadata()
@@ -202,10 +165,10 @@ pub fn encode_shard(
                         },
                     ))
                     .map_err(|e| match e {
-                        StoreError::Parquet { .. } => ShardError::data(format!(
+                        StoreError::Parquet { .. } => ShardError::Data(format!(
                             "{e} (column `{text_column}` or `{id_column}`)"
                         )),
-                        e => ShardError::store(e),
+                        e => ShardError::Store(e),
                     })?;
                 if !open {
                     break;
@@ -222,7 +185,7 @@ pub fn encode_shard(
                     .column_by_name(&config.id_column)
                     .cloned()
                     .ok_or_else(|| {
-                        ShardError::data(format!(
+                        ShardError::Data(format!(
                             "{}: column `{}` missing from a row group",
                             file.url, config.id_column
                         ))
@@ -232,7 +195,7 @@ pub fn encode_shard(
                     .column_by_name(&config.text_column)
                     .cloned()
                     .ok_or_else(|| {
-                        ShardError::data(format!(
+                        ShardError::Data(format!(
                             "{}: column `{}` missing from a row group",
                             file.url, config.text_column
                         ))
@@ -247,7 +210,7 @@ pub fn encode_shard(
                 let texts = match texts.data_type() {
                     DataType::Dictionary(_, values) => arrow::compute::cast(&texts, values)
                         .map_err(|e| {
-                            ShardError::data(format!(
+                            ShardError::Data(format!(
                                 "{}: column `{}`: {e}",
                                 file.url, config.text_column
                             ))
@@ -277,10 +240,7 @@ pub fn encode_shard(
                         })),
                     }
                 }
-                let mut encoded = tokenizer
-                    .encode_batch(strings)
-                    .map_err(|e| ShardError::data(e.to_string()))?
-                    .into_iter();
+                let mut encoded = tokenizer.encode_batch(strings)?.into_iter();
                 for slot in tokens.iter_mut() {
                     if let Ok(Some(ids)) = slot {
                         *ids = encoded.next().unwrap_or_default();
@@ -301,7 +261,7 @@ pub fn encode_shard(
         });
         let writer = scope.spawn(|| -> Result<Option<Vec<u8>>, ShardError> {
             let mut writer =
-                PartWriter::new(out_schema.clone()).map_err(|e| ShardError::data(e.to_string()))?;
+                PartWriter::new(out_schema.clone()).map_err(|e| ShardError::Data(e.to_string()))?;
             let mut rows = 0;
             for chunk in enc_rx {
                 let id = chunk
@@ -317,7 +277,7 @@ pub fn encode_shard(
                 rows += chunk.vectors.len();
                 writer
                     .write(id, &chunk.vectors, keep)
-                    .map_err(|e| ShardError::data(format!("writing the part: {e}")))?;
+                    .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
             }
             if rows == 0 && shard.rows > 0 {
                 return Ok(None); // Upstream failed; its error is reported.
@@ -325,17 +285,13 @@ pub fn encode_shard(
             writer
                 .finish()
                 .map(Some)
-                .map_err(|e| ShardError::data(format!("writing the part: {e}")))
+                .map_err(|e| ShardError::Data(format!("writing the part: {e}")))
         });
         // The model stage runs here: the model is owned by this thread. Each batch is launched
         // before the previous one is waited for, so on a GPU the host packs and uploads the
         // next batch (and decodes the last) while the device computes.
         let model_result = (|| -> Result<(), ShardError> {
-            let model_error = |e: ModelError| match e {
-                // The same model gives the same numbers on another attempt.
-                ModelError::NonFinite { .. } => ShardError::data(e.to_string()),
-                e => ShardError::io(format!("model: {e}")),
-            };
+            let model_error = ShardError::Model;
             let mut open: VecDeque<OpenChunk> = VecDeque::new();
             let mut launched: VecDeque<Launched> = VecDeque::new();
             let mut first_seq = 0u64;
@@ -419,10 +375,7 @@ pub fn encode_shard(
                 });
                 for members in &batches {
                     if progress.cancel.load(Ordering::Relaxed) {
-                        return Err(ShardError {
-                            message: "abandoned: the lease was lost or the job cancelled".into(),
-                            retryable: true,
-                        });
+                        return Err(ShardError::Abandoned);
                     }
                     let input: Vec<&[u32]> = members.iter().map(|&b| seqs[b]).collect();
                     let inflight = encoder
@@ -463,21 +416,19 @@ pub fn encode_shard(
     read_result?;
     let (null_ids, nulls, examples) = tok_result?;
     model_result?;
-    let bytes = write_result?.ok_or_else(|| ShardError::data("no rows were written"))?;
+    let bytes = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
     if report.rows != shard.rows {
-        return Err(ShardError::data(format!(
+        return Err(ShardError::Data(format!(
             "{}: read {} rows where the footer promises {} (truncated file?)",
             file.url, report.rows, shard.rows
         )));
     }
     // A file rewritten while it was read may still decode: its version says it changed.
-    input.check_unchanged().map_err(ShardError::store)?;
+    input.check_unchanged()?;
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let outcome = runtime
-        .block_on(committer.commit(&shard.part, bytes))
-        .map_err(|e| ShardError::io(e.to_string()))?;
+    let outcome = runtime.block_on(committer.commit(&shard.part, bytes))?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }
@@ -492,7 +443,7 @@ fn pipeline_depth(cuda: bool) -> usize {
 }
 
 fn joined<T>(result: std::thread::Result<Result<T, ShardError>>) -> Result<T, ShardError> {
-    result.unwrap_or_else(|_| Err(ShardError::data("a pipeline thread panicked")))
+    result.unwrap_or_else(|_| Err(ShardError::Panicked))
 }
 
 enum TextCell<'a> {

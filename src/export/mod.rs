@@ -59,7 +59,7 @@ pub struct ExportArgs {
     pub tokens: bool,
     /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens); it should
     /// be the model that encoded the output (checked against the output's job record).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
     pub model: PathBuf,
     /// The output's id column.
     #[arg(long, default_value = "id")]

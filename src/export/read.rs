@@ -13,11 +13,11 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use super::ExportError;
-use crate::coord::coordinator::{MANIFEST, SUCCESS};
 use crate::encode::SparseVector;
 use crate::io::input::{list_inputs, InputFile};
 use crate::io::output::{read_sparse, SPARSE_COLUMN};
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
+use crate::job::{JOB_FILE, MANIFEST, SUCCESS};
 use crate::model::layout::ModelLayout;
 use crate::model::tokenizer::SpladeTokenizer;
 
@@ -176,7 +176,7 @@ pub fn tokenizer_for(
     let layout = ModelLayout::read(model)?;
     let tokenizer = SpladeTokenizer::load(&layout)?;
     let committer = Committer::new(&StoreUrl::parse(output)?)?;
-    if let Some(job) = runtime.block_on(committer.get(crate::coord::coordinator::JOB_FILE))? {
+    if let Some(job) = runtime.block_on(committer.get(JOB_FILE))? {
         let recorded = serde_json::from_slice::<serde_json::Value>(&job)
             .ok()
             .and_then(|j| j["model"].as_str().map(str::to_string));
@@ -201,7 +201,7 @@ pub struct InspectArgs {
     /// A `sparq encode` output (folder or s3:// prefix).
     pub url: String,
     /// Model naming the dimensions in the top-token list.
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
     pub model: PathBuf,
     /// Tokens listed by document frequency.
     #[arg(long, default_value_t = 20)]
@@ -319,7 +319,7 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = 20)]
     pub top: usize,
     /// Model naming the dimensions (the one that encoded the output).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
     pub model: PathBuf,
     /// The output's id column.
     #[arg(long, default_value = "id")]

@@ -9,7 +9,7 @@ use super::{DeviceSpec, Dtype, EncodeOptions, ModelError, SpladeEncoder};
 pub struct ModelArgs {
     /// Model folder: a sentence-transformers SparseEncoder (v4/v5 or v6 layout) or a Hugging
     /// Face BertForMaskedLM / DistilBertForMaskedLM folder.
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
     pub model: PathBuf,
     /// Keep only the K largest weights of each vector (default: the model's saved setting, else all).
     #[arg(long, value_name = "K")]

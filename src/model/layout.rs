@@ -320,3 +320,17 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Mode
         detail: e.to_string(),
     })
 }
+
+/// The bundled default model: `models/splade-bert-tiny-nq` under the working directory if it
+/// is there, else the one in the source tree sparq was built from.
+pub fn default_model_dir() -> PathBuf {
+    let local = PathBuf::from("models/splade-bert-tiny-nq");
+    if local.is_dir() {
+        local
+    } else {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/splade-bert-tiny-nq"
+        ))
+    }
+}

@@ -27,5 +27,5 @@ pub use device::ResolveDevice;
 pub use encoder::{EncodeOptions, SpladeEncoder};
 pub use error::{clean_tch_error, ModelError};
 pub use fingerprint::fingerprint;
-pub use layout::ModelLayout;
+pub use layout::{default_model_dir, ModelLayout};
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};

@@ -21,207 +21,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::db::{Db, Inserted};
 use super::spec::{parse_spec, Roots};
-use crate::coord::plan::ShardSpec;
-use crate::encode::job::WorkerConfig;
-
-/// Waiting to be planned.
-pub const STATE_QUEUED: &str = "queued";
-/// Being planned (inputs listed, shards cut).
-pub const STATE_PLANNING: &str = "planning";
-/// Shards being leased.
-pub const STATE_RUNNING: &str = "running";
-/// Writing the manifest.
-pub const STATE_FINISHING: &str = "finishing";
-/// Ended, complete.
-pub const STATE_SUCCEEDED: &str = "succeeded";
-/// Ended with failed shards or an error.
-pub const STATE_FAILED: &str = "failed";
-/// Cancelled by a user.
-pub const STATE_CANCELLED: &str = "cancelled";
-
-/// Whether a job state is final.
-pub fn is_final(state: &str) -> bool {
-    [STATE_SUCCEEDED, STATE_FAILED, STATE_CANCELLED].contains(&state)
-}
-
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 256 * 1024;
-
-/// A job as the API shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct JobView {
-    /// Job id.
-    pub id: String,
-    /// The name it was submitted under, if any (`sparq submit --name`).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `encode` or `train`.
-    pub kind: String,
-    /// queued, planning, running, finishing, succeeded, failed, cancelled.
-    pub state: String,
-    /// Submission time (seconds since the epoch).
-    pub created: f64,
-    /// When planning ended.
-    pub started: Option<f64>,
-    /// When it ended.
-    pub finished: Option<f64>,
-    /// Shards in the plan (1 for a train job).
-    pub shards_total: u64,
-    /// Shards committed (by this job or an earlier run of the same output).
-    pub shards_done: u64,
-    /// Shards that failed for good.
-    pub shards_failed: u64,
-    /// Shards leased now.
-    pub shards_running: u64,
-    /// Rows in the plan (train: steps).
-    pub rows_total: u64,
-    /// Rows committed or in progress (train: steps).
-    pub rows_done: u64,
-    /// Rows encoded per second since the job started.
-    pub docs_per_s: f64,
-    /// Seconds left at the current rate.
-    pub eta_s: Option<f64>,
-    /// Leases granted.
-    pub attempts: u64,
-    /// Leases beyond the first per shard (retries after failures or lost workers).
-    pub retries: u64,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// The command's summary (encode or train), once ended.
-    pub summary: Option<Value>,
-    /// The normalised spec (detail only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Value>,
-    /// Every shard (detail only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shards: Vec<ShardView>,
-}
-
-/// One shard of a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardView {
-    /// Shard id.
-    pub shard: usize,
-    /// Rows.
-    pub rows: u64,
-    /// pending, leased, done, skipped, failed, cancelled.
-    pub state: String,
-    /// Leases granted for it.
-    pub attempts: u32,
-    /// Last worker holding it.
-    pub worker: Option<String>,
-    /// Causes of failed attempts.
-    pub causes: Vec<String>,
-}
-
-/// A worker asking for work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeaseRequest {
-    /// Worker name (host-pid unless given).
-    pub worker: String,
-    /// Its device.
-    pub device: String,
-}
-
-/// What a lease is for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Work {
-    /// Encode one shard with these settings (the worker fills in device and threads).
-    Encode {
-        /// Job settings.
-        config: Box<WorkerConfig>,
-        /// The shard.
-        shard: ShardSpec,
-    },
-    /// Run (or resume) a training job with this spec.
-    Train {
-        /// The normalised spec.
-        spec: Value,
-    },
-}
-
-/// A lease granted to a worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeaseGrant {
-    /// Lease id (used in heartbeats and reports).
-    pub lease: String,
-    /// Job id.
-    pub job: String,
-    /// 1-based attempt of this shard.
-    pub attempt: u32,
-    /// The lease is lost after this many seconds without a heartbeat.
-    pub lease_timeout_s: u64,
-    /// Seconds between heartbeats.
-    pub heartbeat_s: u64,
-    /// The work.
-    pub work: Work,
-    /// The folders the service lets jobs touch: the worker checks every local path it opens
-    /// against them.
-    #[serde(default)]
-    pub allowed_roots: crate::io::AllowedRoots,
-}
-
-/// Heartbeat body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// Rows done in the shard (train: steps).
-    pub rows: u64,
-    /// Tokens done.
-    pub tokens: u64,
-}
-
-/// Done body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DoneReport {
-    /// Worker name.
-    pub worker: String,
-    /// The shard report (encode) or train summary.
-    pub report: Value,
-}
-
-/// Failed body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FailedReport {
-    /// Cause.
-    pub error: String,
-    /// Whether another attempt may succeed.
-    pub retryable: bool,
-}
-
-/// The answer to a heartbeat or report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeaseReply {
-    /// False: stop working on this lease.
-    pub keep: bool,
-    /// Why not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl LeaseReply {
-    /// Go on.
-    pub fn keep() -> Self {
-        Self {
-            keep: true,
-            reason: None,
-        }
-    }
-    /// Stop, because.
-    pub fn stop(reason: &str) -> Self {
-        Self {
-            keep: false,
-            reason: Some(reason.to_string()),
-        }
-    }
-}
+pub use super::wire::*;
 
 /// Shared state of the handlers.
 pub struct App {
@@ -381,7 +188,7 @@ async fn submit(
             let _ = app.wake.try_send(());
             Ok((
                 StatusCode::CREATED,
-                Json(json!({ "id": id, "state": STATE_QUEUED, "existing": false })),
+                Json(json!({ "id": id, "state": JobState::Queued, "existing": false })),
             ))
         }
         Inserted::Existing {

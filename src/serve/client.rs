@@ -7,7 +7,7 @@ use reqwest::blocking::Client as Http;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::api::{is_final, JobView, STATE_SUCCEEDED};
+use super::wire::{JobState, JobView};
 use super::{COORDINATOR_VAR, DEFAULT_COORDINATOR, TOKEN_VAR};
 
 /// Why a request failed.
@@ -318,16 +318,16 @@ pub fn wait_for(client: &Client, id: &str) -> anyhow::Result<u8> {
             eprintln!("sparq: {id}: {line}");
             last = line;
         }
-        if is_final(&job.state) {
+        if job.state.is_final() {
             if let Some(summary) = &job.summary {
                 println!("{summary}");
             }
             if let Some(error) = &job.error {
                 eprintln!("sparq: job {id} {}: {error}", job.state);
             }
-            return Ok(match job.state.as_str() {
-                STATE_SUCCEEDED => 0,
-                "cancelled" => 3,
+            return Ok(match job.state {
+                JobState::Succeeded => 0,
+                JobState::Cancelled => 3,
                 _ => 1,
             });
         }

@@ -8,13 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::api::{
-    JobView, LeaseGrant, LeaseReply, ShardView, Work, STATE_CANCELLED, STATE_FAILED,
-    STATE_FINISHING, STATE_PLANNING, STATE_QUEUED, STATE_RUNNING, STATE_SUCCEEDED,
-};
-use crate::coord::coordinator::{EncodePlan, ShardFailure};
-use crate::coord::plan::ShardSpec;
-use crate::coord::protocol::ShardReport;
+use super::wire::{JobState, JobView, LeaseGrant, LeaseReply, ShardState, ShardView, Work};
+use crate::encode::shard::{ShardReport, ShardSpec};
+use crate::job::plan::EncodePlan;
+use crate::job::ShardFailure;
 
 /// Errors of the state database.
 pub type DbResult<T> = Result<T, rusqlite::Error>;
@@ -65,13 +62,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS shards_lease ON shards(lease);
 ";
 
 /// Shard states.
-const PENDING: &str = "pending";
-const LEASED: &str = "leased";
-const DONE: &str = "done";
-/// Committed by an earlier run of the same output: nothing to do.
-const SKIPPED: &str = "skipped";
-const FAILED: &str = "failed";
-const CANCELLED: &str = "cancelled";
 
 /// What `insert_job` did.
 #[derive(Debug, PartialEq)]
@@ -83,7 +73,7 @@ pub enum Inserted {
         /// Its id.
         id: String,
         /// Its state.
-        state: String,
+        state: JobState,
         /// Whether the spec equals the one submitted now.
         same: bool,
     },
@@ -155,16 +145,16 @@ impl Db {
         let t = now();
         db.conn.execute(
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
-            params![STATE_QUEUED, STATE_PLANNING],
+            params![JobState::Queued, JobState::Planning],
         )?;
         db.conn.execute(
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
-            params![STATE_RUNNING, STATE_FINISHING],
+            params![JobState::Running, JobState::Finishing],
         )?;
         db.conn.execute(
             "UPDATE shards SET expires = ?1 + (SELECT lease_timeout FROM jobs WHERE jobs.id = shards.job)
              WHERE state = ?2",
-            params![t, LEASED],
+            params![t, ShardState::Leased],
         )?;
         Ok(db)
     }
@@ -182,7 +172,12 @@ impl Db {
     pub fn unfinished_jobs(&self) -> DbResult<u64> {
         self.conn.query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2, ?3, ?4)",
-            params![STATE_QUEUED, STATE_PLANNING, STATE_RUNNING, STATE_FINISHING],
+            params![
+                JobState::Queued,
+                JobState::Planning,
+                JobState::Running,
+                JobState::Finishing
+            ],
             |r| r.get(0),
         )
     }
@@ -200,7 +195,7 @@ impl Db {
         let (max_attempts, lease_timeout) = limits;
         let tx = self.conn.transaction()?;
         if let Some(name) = name {
-            let existing: Option<(String, String, String)> = tx
+            let existing: Option<(String, JobState, String)> = tx
                 .query_row(
                     "SELECT id, state, spec FROM jobs WHERE name = ?1",
                     params![name],
@@ -214,7 +209,7 @@ impl Db {
         }
         let waiting: u64 = tx.query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN (?1, ?2)",
-            params![STATE_QUEUED, STATE_PLANNING],
+            params![JobState::Queued, JobState::Planning],
             |r| r.get(0),
         )?;
         if waiting >= max_queued {
@@ -228,7 +223,7 @@ impl Db {
                 id,
                 kind,
                 spec.to_string(),
-                STATE_QUEUED,
+                JobState::Queued,
                 now(),
                 max_attempts,
                 lease_timeout,
@@ -245,7 +240,7 @@ impl Db {
         let found: Option<(String, String)> = tx
             .query_row(
                 "SELECT id, spec FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1",
-                params![STATE_QUEUED],
+                params![JobState::Queued],
                 |r| r.try_into(),
             )
             .optional()?;
@@ -254,7 +249,7 @@ impl Db {
         };
         tx.execute(
             "UPDATE jobs SET state = ?1 WHERE id = ?2",
-            params![STATE_PLANNING, id],
+            params![JobState::Planning, id],
         )?;
         tx.commit()?;
         Ok(Some(ToPlan {
@@ -266,12 +261,12 @@ impl Db {
     /// Stores an encode plan: its shards become leasable (those committed before are skipped).
     pub fn set_planned_encode(&mut self, id: &str, plan: &EncodePlan) -> DbResult<()> {
         let tx = self.conn.transaction()?;
-        let state: Option<String> = tx
+        let state: Option<JobState> = tx
             .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
                 r.get(0)
             })
             .optional()?;
-        if state.as_deref() != Some(STATE_PLANNING) {
+        if state != Some(JobState::Planning) {
             return Ok(()); // Cancelled meanwhile.
         }
         {
@@ -280,9 +275,9 @@ impl Db {
             )?;
             for s in &plan.shards {
                 let state = if plan.pending.contains(&s.id) {
-                    PENDING
+                    ShardState::Pending
                 } else {
-                    SKIPPED
+                    ShardState::Skipped
                 };
                 insert.execute(params![
                     id,
@@ -300,7 +295,7 @@ impl Db {
         tx.execute(
             "UPDATE jobs SET state = ?1, plan = ?2, started = ?3 WHERE id = ?4",
             params![
-                STATE_RUNNING,
+                JobState::Running,
                 serde_json::to_string(&stored).expect("serializable"),
                 now(),
                 id
@@ -314,12 +309,12 @@ impl Db {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
             "UPDATE jobs SET state = ?1, started = ?2 WHERE id = ?3 AND state = ?4",
-            params![STATE_RUNNING, now(), id, STATE_PLANNING],
+            params![JobState::Running, now(), id, JobState::Planning],
         )?;
         if n == 1 {
             tx.execute(
                 "INSERT OR REPLACE INTO shards (job, shard, spec, rows, state) VALUES (?1, 0, 'null', 0, ?2)",
-                params![id, PENDING],
+                params![id, ShardState::Pending],
             )?;
         }
         tx.commit()
@@ -329,7 +324,7 @@ impl Db {
     pub fn fail_job(&mut self, id: &str, error: &str) -> DbResult<()> {
         self.conn.execute(
             "UPDATE jobs SET state = ?1, error = ?2, finished = ?3 WHERE id = ?4 AND state != ?5",
-            params![STATE_FAILED, error, now(), id, STATE_CANCELLED],
+            params![JobState::Failed, error, now(), id, JobState::Cancelled],
         )?;
         Ok(())
     }
@@ -353,7 +348,7 @@ impl Db {
                  FROM shards s JOIN jobs j ON j.id = s.job
                  WHERE s.state = ?1 AND j.state = ?2
                  ORDER BY j.seq, s.shard LIMIT 1",
-                params![PENDING, STATE_RUNNING],
+                params![ShardState::Pending, JobState::Running],
                 |r| r.try_into(),
             )
             .optional()?;
@@ -373,7 +368,7 @@ impl Db {
             let shard: ShardSpec =
                 serde_json::from_str(&shard_spec).map_err(|_| rusqlite::Error::InvalidQuery)?;
             Work::Encode {
-                config: Box::new(plan.template),
+                settings: Box::new(plan.settings),
                 shard,
             }
         };
@@ -383,7 +378,7 @@ impl Db {
              attempts = attempts + 1, progress_rows = 0, progress_tokens = 0
              WHERE job = ?5 AND shard = ?6",
             params![
-                LEASED,
+                ShardState::Leased,
                 lease,
                 worker,
                 now() + lease_timeout as f64,
@@ -405,7 +400,7 @@ impl Db {
     }
 
     /// The shard state, job state and lease timeout behind a lease.
-    fn held(&self, lease: &str) -> DbResult<Option<(String, String, u64)>> {
+    fn held(&self, lease: &str) -> DbResult<Option<(ShardState, JobState, u64)>> {
         self.conn
             .query_row(
                 "SELECT s.state, j.state, j.lease_timeout
@@ -421,7 +416,7 @@ impl Db {
     pub fn heartbeat(&mut self, lease: &str, rows: u64, tokens: u64) -> DbResult<LeaseReply> {
         match self.held(lease)? {
             Some((state, job_state, timeout))
-                if state == LEASED && job_state == STATE_RUNNING =>
+                if state == ShardState::Leased && job_state == JobState::Running =>
             {
                 self.conn.execute(
                     "UPDATE shards SET expires = ?1, progress_rows = ?2, progress_tokens = ?3 WHERE lease = ?4",
@@ -429,7 +424,7 @@ impl Db {
                 )?;
                 Ok(LeaseReply::keep())
             }
-            Some((_, job_state, _)) if job_state == STATE_CANCELLED => {
+            Some((_, job_state, _)) if job_state == JobState::Cancelled => {
                 Ok(LeaseReply::stop("the job was cancelled"))
             }
             _ => Ok(LeaseReply::stop(
@@ -443,7 +438,7 @@ impl Db {
     /// the part exactly once either way.
     pub fn done(&mut self, lease: &str, worker: &str, report: &Value) -> DbResult<LeaseReply> {
         let tx = self.conn.transaction()?;
-        let shard: Option<(String, i64, String, String)> = tx
+        let shard: Option<(String, i64, ShardState, JobState)> = tx
             .query_row(
                 "SELECT s.job, s.shard, s.state, j.state FROM shards s JOIN jobs j ON j.id = s.job
                  WHERE s.lease = ?1",
@@ -453,13 +448,14 @@ impl Db {
             .optional()?;
         let reply = match shard {
             Some((job, shard, state, job_state))
-                if [LEASED, PENDING, FAILED].contains(&state.as_str())
-                    && job_state == STATE_RUNNING =>
+                if [ShardState::Leased, ShardState::Pending, ShardState::Failed]
+                    .contains(&state)
+                    && job_state == JobState::Running =>
             {
                 tx.execute(
                     "UPDATE shards SET state = ?1, report = ?2, worker = ?3, expires = NULL
                      WHERE job = ?4 AND shard = ?5",
-                    params![DONE, report.to_string(), worker, job, shard],
+                    params![ShardState::Done, report.to_string(), worker, job, shard],
                 )?;
                 LeaseReply::keep()
             }
@@ -474,7 +470,7 @@ impl Db {
     /// attempts (or at once when the cause is not retryable).
     pub fn failed(&mut self, lease: &str, error: &str, retryable: bool) -> DbResult<LeaseReply> {
         let tx = self.conn.transaction()?;
-        let held: Option<(String, i64, String, u32, String, u32)> = tx
+        let held: Option<(String, i64, ShardState, u32, String, u32)> = tx
             .query_row(
                 "SELECT s.job, s.shard, s.state, s.attempts, s.causes, j.max_attempts
                  FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
@@ -483,13 +479,13 @@ impl Db {
             )
             .optional()?;
         let reply = match held {
-            Some((job, shard, state, attempts, causes, max)) if state == LEASED => {
+            Some((job, shard, state, attempts, causes, max)) if state == ShardState::Leased => {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
                 list.push(error.to_string());
                 let next = if retryable && attempts < max {
-                    PENDING
+                    ShardState::Pending
                 } else {
-                    FAILED
+                    ShardState::Failed
                 };
                 tx.execute(
                     "UPDATE shards SET state = ?1, causes = ?2, lease = NULL, expires = NULL
@@ -522,7 +518,7 @@ impl Db {
                  WHERE s.state = ?1 AND s.expires < ?2",
             )?;
             let rows: Vec<(String, i64, u32, String, String, u32, u64)> = stmt
-                .query_map(params![LEASED, t], |r| r.try_into())?
+                .query_map(params![ShardState::Leased, t], |r| r.try_into())?
                 .collect::<DbResult<_>>()?;
             for (job, shard, attempts, causes, worker, max, timeout) in rows {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
@@ -536,7 +532,11 @@ impl Db {
                     "UPDATE shards SET state = ?1, causes = ?2, expires = NULL
                      WHERE job = ?3 AND shard = ?4",
                     params![
-                        if failed { FAILED } else { PENDING },
+                        if failed {
+                            ShardState::Failed
+                        } else {
+                            ShardState::Pending
+                        },
                         serde_json::to_string(&list).expect("serializable"),
                         job,
                         shard
@@ -562,7 +562,7 @@ impl Db {
                 "SELECT id, kind, plan, started FROM jobs j WHERE state = ?1
                  AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job = j.id AND s.state IN (?2, ?3))
                  ORDER BY seq LIMIT 1",
-                params![STATE_RUNNING, PENDING, LEASED],
+                params![JobState::Running, ShardState::Pending, ShardState::Leased],
                 |r| r.try_into(),
             )
             .optional()?;
@@ -571,7 +571,7 @@ impl Db {
         };
         tx.execute(
             "UPDATE jobs SET state = ?1 WHERE id = ?2",
-            params![STATE_FINISHING, id],
+            params![JobState::Finishing, id],
         )?;
         let mut plan: Option<EncodePlan> = plan.and_then(|p| serde_json::from_str(&p).ok());
         let mut reports = BTreeMap::new();
@@ -584,13 +584,13 @@ impl Db {
             let mut stmt = tx.prepare(
                 "SELECT shard, spec, state, causes, report FROM shards WHERE job = ?1 ORDER BY shard",
             )?;
-            let rows: Vec<(i64, String, String, String, Option<String>)> = stmt
+            let rows: Vec<(i64, String, ShardState, String, Option<String>)> = stmt
                 .query_map(params![id], |r| r.try_into())?
                 .collect::<DbResult<_>>()?;
             for (shard, spec, state, causes, report) in rows {
                 let causes: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
                 if kind == "train" {
-                    if state == DONE {
+                    if state == ShardState::Done {
                         train_summary = report.and_then(|r| serde_json::from_str(&r).ok());
                     } else {
                         failures.push(ShardFailure {
@@ -605,13 +605,13 @@ impl Db {
                 let Ok(spec) = serde_json::from_str::<ShardSpec>(&spec) else {
                     continue;
                 };
-                match state.as_str() {
-                    DONE => {
+                match state {
+                    ShardState::Done => {
                         if let Some(r) = report.and_then(|r| serde_json::from_str(&r).ok()) {
                             reports.insert(shard as usize, r);
                         }
                     }
-                    FAILED | CANCELLED => failures.push(ShardFailure {
+                    ShardState::Failed | ShardState::Cancelled => failures.push(ShardFailure {
                         part: spec.part.clone(),
                         file: spec.file.clone(),
                         rows: (spec.first_row, spec.rows),
@@ -647,21 +647,21 @@ impl Db {
         self.conn.execute(
             "UPDATE jobs SET state = ?1, summary = ?2, error = ?3, finished = ?4 WHERE id = ?5 AND state = ?6",
             params![
-                if succeeded { STATE_SUCCEEDED } else { STATE_FAILED },
+                if succeeded { JobState::Succeeded } else { JobState::Failed },
                 summary.to_string(),
                 error,
                 now(),
                 id,
-                STATE_FINISHING
+                JobState::Finishing
             ],
         )?;
         Ok(())
     }
 
     /// Cancels a job that has not ended. Returns the new view; `Err(state)` if it had ended.
-    pub fn cancel(&mut self, id: &str) -> DbResult<Option<Result<JobView, String>>> {
+    pub fn cancel(&mut self, id: &str) -> DbResult<Option<Result<JobView, JobState>>> {
         let tx = self.conn.transaction()?;
-        let state: Option<String> = tx
+        let state: Option<JobState> = tx
             .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
                 r.get(0)
             })
@@ -669,16 +669,16 @@ impl Db {
         let Some(state) = state else {
             return Ok(None);
         };
-        if [STATE_SUCCEEDED, STATE_FAILED, STATE_CANCELLED].contains(&state.as_str()) {
+        if state.is_final() {
             return Ok(Some(Err(state)));
         }
         tx.execute(
             "UPDATE jobs SET state = ?1, finished = ?2 WHERE id = ?3",
-            params![STATE_CANCELLED, now(), id],
+            params![JobState::Cancelled, now(), id],
         )?;
         tx.execute(
             "UPDATE shards SET state = ?1 WHERE job = ?2 AND state = ?3",
-            params![CANCELLED, id, PENDING],
+            params![ShardState::Cancelled, id, ShardState::Pending],
         )?;
         tx.commit()?;
         Ok(self.job(id, false)?.map(Ok))
@@ -705,7 +705,7 @@ impl Db {
         type Row = (
             String,
             String,
-            String,
+            JobState,
             f64,
             Option<f64>,
             Option<f64>,
@@ -743,7 +743,7 @@ impl Db {
         type ShardRow = (
             i64,
             u64,
-            String,
+            ShardState,
             u32,
             String,
             Option<String>,
@@ -760,8 +760,8 @@ impl Db {
             view.attempts += attempts as u64;
             view.retries += attempts.saturating_sub(1) as u64;
             let causes: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
-            match state.as_str() {
-                DONE => {
+            match state {
+                ShardState::Done => {
                     view.shards_done += 1;
                     view.rows_done += rows;
                     encoded_rows += rows;
@@ -775,16 +775,16 @@ impl Db {
                         view.rows_total = steps;
                     }
                 }
-                SKIPPED => {
+                ShardState::Skipped => {
                     view.shards_done += 1;
                     view.rows_done += rows;
                 }
-                LEASED => {
+                ShardState::Leased => {
                     view.shards_running += 1;
                     view.rows_done += progress;
                     encoded_rows += progress;
                 }
-                FAILED => view.shards_failed += 1,
+                ShardState::Failed => view.shards_failed += 1,
                 _ => {}
             }
             if detail {
@@ -817,7 +817,8 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::job::{JobIdentity, WorkerConfig};
+    use crate::encode::settings::EncodeSettings;
+    use crate::job::identity::JobIdentity;
     use crate::model::Dtype;
 
     fn plan(shards: usize) -> EncodePlan {
@@ -849,11 +850,9 @@ mod tests {
             shards: (0..shards).map(shard).collect(),
             pending: (0..shards).collect(),
             failures: Vec::new(),
-            template: WorkerConfig {
+            settings: EncodeSettings {
                 model: "/m".into(),
-                device: String::new(),
                 dtype: Dtype::F32,
-                threads: 0,
                 batch_tokens: Some(1),
                 max_active_dims: None,
                 id_column: "id".into(),
@@ -933,13 +932,16 @@ mod tests {
             (job, lease, queued)
         };
         let mut db = Db::open(&path).unwrap();
-        assert_eq!(db.job(&queued, false).unwrap().unwrap().state, STATE_QUEUED);
+        assert_eq!(
+            db.job(&queued, false).unwrap().unwrap().state,
+            JobState::Queued
+        );
         assert!(
             db.heartbeat(&lease, 5, 50).unwrap().keep,
             "the lease survived"
         );
         let view = db.job(&job, false).unwrap().unwrap();
-        assert_eq!((view.state.as_str(), view.rows_done), (STATE_RUNNING, 5));
+        assert_eq!((view.state, view.rows_done), (JobState::Running, 5));
         assert_eq!(
             db.insert_job("encode", &Value::Null, (2, 30), 1, None)
                 .unwrap(),
@@ -951,7 +953,7 @@ mod tests {
                 .unwrap(),
             Inserted::Existing {
                 id: queued.clone(),
-                state: STATE_QUEUED.into(),
+                state: JobState::Queued,
                 same: true
             }
         );

@@ -8,6 +8,7 @@ pub mod client;
 pub mod db;
 pub mod remote;
 pub mod spec;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ use serde_json::{json, Value};
 use self::api::App;
 use self::db::{Db, ToFinish};
 use self::spec::{parse_spec, JobSpec, Roots};
-use crate::coord::coordinator::{finish_encode, plan_encode};
+use crate::job::finish::finish_encode;
+use crate::job::plan::plan_encode;
 use crate::model::Dtype;
 
 /// Environment variable holding the bearer token (service, workers and CLI).
@@ -70,7 +72,7 @@ pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         args.allow_roots.clone()
     };
     let roots =
-        Roots::new(&wanted, base, crate::default_model_dir()).map_err(anyhow::Error::msg)?;
+        Roots::new(&wanted, base, crate::model::default_model_dir()).map_err(anyhow::Error::msg)?;
     if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating the folder of --state {}", args.state.display()))?;
@@ -235,7 +237,7 @@ fn finisher(app: &App) {
 }
 
 fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
-    let failed_error = |failures: &[crate::coord::coordinator::ShardFailure]| {
+    let failed_error = |failures: &[crate::job::ShardFailure]| {
         let first = failures
             .first()
             .map(|f| {

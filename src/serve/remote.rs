@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, Work};
 use super::client::{Client, CoordinatorArg};
-use crate::coord::plan::ShardSpec;
-use crate::encode::job::WorkerConfig;
 use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::encode::settings::{EncodeSettings, WorkerSettings};
+use crate::encode::shard::ShardSpec;
 use crate::io::{AllowedRoots, Committer, StoreUrl};
 use crate::model::{DeviceSpec, Dtype, ResolveDevice, SpladeEncoder};
 
@@ -121,17 +121,19 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
         let lease = grant.lease.clone();
         let roots = grant.allowed_roots.clone().and(&own_roots);
         let outcome = match grant.work.clone() {
-            Work::Encode { config, shard } => {
-                let config = WorkerConfig {
-                    device: args.device.to_string(),
+            Work::Encode { settings, shard } => {
+                let settings = EncodeSettings {
+                    allowed_roots: settings.allowed_roots.clone().and(&roots),
+                    ..*settings
+                };
+                let worker = WorkerSettings {
+                    device: args.device,
                     threads,
-                    allowed_roots: config.allowed_roots.clone().and(&roots),
-                    ..*config
                 };
                 encode_lease(
                     &client,
                     &grant,
-                    &config,
+                    (&settings, &worker),
                     &shard,
                     &name,
                     &runtime,
@@ -220,7 +222,7 @@ impl Drop for Heartbeats {
 fn encode_lease(
     client: &Client,
     grant: &LeaseGrant,
-    config: &WorkerConfig,
+    (config, worker): (&EncodeSettings, &WorkerSettings),
     shard: &ShardSpec,
     name: &str,
     runtime: &tokio::runtime::Runtime,
@@ -228,7 +230,7 @@ fn encode_lease(
     committers: &mut HashMap<String, Committer>,
 ) -> Result<Value, FailedReport> {
     let retry = |error: String| FailedReport {
-        error: format!("worker {name} on {}: {error}", config.device),
+        error: format!("worker {name} on {}: {error}", worker.device),
         retryable: true,
     };
     let progress = Arc::new(ShardProgress::default());
@@ -258,11 +260,7 @@ fn encode_lease(
     }
     if needs_load {
         *loaded = None; // Free the old model first.
-        let device: DeviceSpec = match config.device.parse() {
-            Ok(d) => d,
-            Err(e) => return Err(retry(e)),
-        };
-        match SpladeEncoder::load(&config.model, device, Some(config.dtype)) {
+        match SpladeEncoder::load(&config.model, worker.device, Some(config.dtype)) {
             Ok(encoder) => {
                 *loaded = Some(Loaded {
                     model: config.model.clone(),
@@ -293,8 +291,8 @@ fn encode_lease(
     match result {
         Ok(report) => Ok(serde_json::to_value(report).expect("serializable")),
         Err(e) => Err(FailedReport {
-            error: format!("worker {name}: {}", e.message),
-            retryable: e.retryable,
+            error: format!("worker {name}: {e}"),
+            retryable: e.is_retryable(),
         }),
     }
 }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, CommandFactory, FromArgMatches};
 use serde_json::{Map, Value};
 
-use crate::encode::job::EncodeArgs;
 use crate::io::access::{normalise, resolve_existing};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, StoreUrl};
+use crate::job::args::EncodeArgs;
 use crate::train::TrainArgs;
 
 /// Longest string value accepted in a spec.
@@ -270,7 +270,7 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
         .try_get_matches_from(&argv)
         .map_err(|e| clap_message(&e))?;
     let args = EncodeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
-    crate::coord::coordinator::validate(&args).map_err(|e| flags_as_keys(&e.to_string()))?;
+    crate::job::plan::validate(&args).map_err(|e| flags_as_keys(&e.to_string()))?;
     // The default model resolves on the service: pin it, so every worker uses the same folder.
     if !map.contains_key("model") {
         let model = roots.check("model", &args.model)?;
@@ -306,7 +306,7 @@ fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, St
         }
     }
     if !map.contains_key("model") {
-        let model = roots.check("model", &crate::default_model_dir())?;
+        let model = roots.check("model", &crate::model::default_model_dir())?;
         map.insert("model".into(), Value::String(model.display().to_string()));
     }
     let mut args: TrainArgs = serde_json::from_value(Value::Object(map.clone()))
@@ -372,7 +372,7 @@ mod tests {
         Roots::new(
             std::slice::from_ref(&base),
             base.clone(),
-            crate::default_model_dir(),
+            crate::model::default_model_dir(),
         )
         .unwrap()
     }

@@ -216,7 +216,10 @@ impl TrainArgs {
             return bad("--dtype bf16 trains with CUDA autocast: use it with --device cuda (CPU training runs in f32)".into());
         }
         let config = TrainConfig {
-            model: self.model.clone().unwrap_or_else(crate::default_model_dir),
+            model: self
+                .model
+                .clone()
+                .unwrap_or_else(crate::model::default_model_dir),
             train_data,
             columns: self.columns.clone().unwrap_or_default(),
             output,

@@ -1,100 +1,9 @@
-//! `sparq encode` options, and the settings every worker of a job shares.
-
-use std::path::PathBuf;
+//! The output's identity (`_sparq_job.json`): the settings and input files that decide its
+//! content. An existing output is resumed only when they are equal.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DeviceSpec, Dtype};
-
-/// Options of `sparq encode`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EncodeArgs {
-    /// Input parquet: a file, a folder or prefix (every *.parquet under it, skipping names that
-    /// start with `_` or `.`), a glob ('data/*.parquet'), or s3://bucket/prefix. S3 is configured
-    /// by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP.
-    #[arg(long)]
-    pub input: String,
-    /// Output folder or s3://bucket/prefix: part-*.parquet files, then _manifest.json and _SUCCESS.
-    #[arg(long)]
-    pub output: String,
-    /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::default_model_dir())]
-    pub model: PathBuf,
-    /// Column holding the row ids (any type; copied to the output as is).
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
-    /// Column holding the texts (string, or binary holding UTF-8).
-    #[arg(long, default_value = "text")]
-    pub text_column: String,
-    /// One worker process per listed device, e.g. cpu,cpu or cuda:0,cuda:1.
-    #[arg(long, value_delimiter = ',', conflicts_with = "workers")]
-    pub devices: Vec<DeviceSpec>,
-    /// Number of CPU worker processes (when --devices is not given).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Real tokens per forward pass (the packed batch; no padding counted). Default: 4096 on
-    /// CPU, 65536 on CUDA.
-    #[arg(long)]
-    pub batch_tokens: Option<usize>,
-    /// Keep only the K largest weights of each vector (default: the model's setting, else all).
-    #[arg(long, value_name = "K")]
-    pub max_active_dims: Option<usize>,
-    /// Precision: f32 or bf16. Default: f32 when every device is a CPU, else bf16.
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
-    /// Input columns copied to the output beside the id and the vector.
-    #[arg(long, value_delimiter = ',')]
-    pub keep_columns: Vec<String>,
-    /// Encode texts as queries (the model's query prompt) instead of documents.
-    #[arg(long)]
-    pub query: bool,
-    /// Replace an existing output made with other settings (deletes its parts first).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Most rows per shard (the unit of leasing, retry and commit).
-    #[arg(long, default_value_t = 20_000)]
-    pub shard_rows: u64,
-    /// Intra-op threads per worker (default: cores / workers).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Attempts per shard before it is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: u32,
-    /// Seconds without progress after which a worker is considered stalled, killed, and its
-    /// shard leased to another worker.
-    #[arg(long, default_value_t = 300)]
-    pub lease_timeout: u64,
-}
-
-/// What a worker needs to encode any shard of the job (sent once, at start-up).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerConfig {
-    /// Absolute model folder.
-    pub model: PathBuf,
-    /// This worker's device.
-    pub device: String,
-    /// Precision of the whole job.
-    pub dtype: Dtype,
-    /// Intra-op threads.
-    pub threads: usize,
-    /// Real tokens per forward pass (`None`: the device's default).
-    pub batch_tokens: Option<usize>,
-    /// Top-k per vector.
-    pub max_active_dims: Option<usize>,
-    /// Id column name.
-    pub id_column: String,
-    /// Text column name.
-    pub text_column: String,
-    /// Pass-through columns.
-    pub keep_columns: Vec<String>,
-    /// Encode as queries.
-    pub query: bool,
-    /// Output URL.
-    pub output: String,
-    /// Folders local inputs, the model and the output must resolve under (service jobs).
-    #[serde(default)]
-    pub allowed_roots: crate::io::AllowedRoots,
-}
+use crate::types::Dtype;
 
 /// One input file as the output's identity records it: what the store can prove cheaply about
 /// its content.
@@ -251,23 +160,4 @@ impl JobIdentity {
         check(self.shard_rows == other.shard_rows, "--shard-rows");
         out
     }
-}
-
-/// Devices of the job: `--devices`, else `--workers` CPU workers (default 1).
-pub fn job_devices(args: &EncodeArgs) -> Vec<DeviceSpec> {
-    if args.devices.is_empty() {
-        vec![DeviceSpec::Cpu; args.workers.unwrap_or(1).max(1)]
-    } else {
-        args.devices.clone()
-    }
-}
-
-/// The job's precision: `--dtype`, else f32 on an all-CPU job, else bf16.
-pub fn job_dtype(args: &EncodeArgs, devices: &[DeviceSpec]) -> Dtype {
-    args.dtype
-        .unwrap_or(if devices.iter().all(|d| *d == DeviceSpec::Cpu) {
-            Dtype::F32
-        } else {
-            Dtype::Bf16
-        })
 }

@@ -1,0 +1,44 @@
+//! What a shard is encoded with: the job's settings, shared by every worker and stored with the
+//! plan, and each worker's own (device, threads).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::AllowedRoots;
+use crate::types::{DeviceSpec, Dtype};
+
+/// The settings every worker of a job encodes with (sent once; stored with the plan).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncodeSettings {
+    /// Absolute model folder.
+    pub model: PathBuf,
+    /// Precision of the whole job.
+    pub dtype: Dtype,
+    /// Real tokens per forward pass (`None`: the device's default).
+    pub batch_tokens: Option<usize>,
+    /// Top-k per vector.
+    pub max_active_dims: Option<usize>,
+    /// Id column name.
+    pub id_column: String,
+    /// Text column name.
+    pub text_column: String,
+    /// Pass-through columns.
+    pub keep_columns: Vec<String>,
+    /// Encode as queries.
+    pub query: bool,
+    /// Output URL.
+    pub output: String,
+    /// Folders local inputs, the model and the output must resolve under (service jobs).
+    #[serde(default)]
+    pub allowed_roots: AllowedRoots,
+}
+
+/// One worker's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// Its device.
+    pub device: DeviceSpec,
+    /// Intra-op threads.
+    pub threads: usize,
+}

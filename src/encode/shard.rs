@@ -1,0 +1,143 @@
+//! A shard: the unit a worker encodes and commits as one part (a row range of one file), what
+//! it reports, and why it can fail.
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::StoreError;
+use crate::model::ModelError;
+
+/// Part of one row group read by a shard.
+pub use crate::io::input::RowGroupSlice as Segment;
+
+/// A unit of work: a contiguous row range of one file, committed as one part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSpec {
+    /// Index in the plan.
+    pub id: usize,
+    /// Input file URL.
+    pub file: String,
+    /// Input file size.
+    pub file_size: u64,
+    /// Input file version as planned (S3 ETag, or local size and mtime); a worker refuses
+    /// another version.
+    #[serde(default)]
+    pub file_version: Option<String>,
+    /// First row (within the file).
+    pub first_row: u64,
+    /// Number of rows.
+    pub rows: u64,
+    /// Row groups read, in order.
+    pub segments: Vec<Segment>,
+    /// Final name of the output part.
+    pub part: String,
+}
+
+/// A row that could not be encoded (its output row has a null vector).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowFailure {
+    /// Input file.
+    pub file: String,
+    /// Row group.
+    pub row_group: usize,
+    /// Row index within the file.
+    pub row: u64,
+    /// Column.
+    pub column: String,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What a worker reports for a finished shard.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// Shard id.
+    pub shard: usize,
+    /// Rows written.
+    pub rows: u64,
+    /// Tokens encoded (special tokens included, after truncation).
+    pub tokens: u64,
+    /// Sum of active dims over rows.
+    pub active_dims: u64,
+    /// Rows whose text was null (empty vectors).
+    pub null_texts: u64,
+    /// Rows that failed (null vectors), with the first few causes.
+    pub failed_rows: u64,
+    /// First failures, for the manifest and messages.
+    pub failures: Vec<RowFailure>,
+    /// Rows whose id is null (their vectors are written; the id cannot name them).
+    #[serde(default)]
+    pub null_ids: u64,
+    /// Where the first few are: `file, row N`.
+    #[serde(default)]
+    pub null_id_examples: Vec<String>,
+    /// Whether another attempt had committed the part already (nothing was written).
+    pub already_committed: bool,
+}
+
+/// Why a shard failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// Reading the input or writing the part failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The model failed.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    /// The input does not fit the job (columns, types).
+    #[error(transparent)]
+    Columns(#[from] super::columns::ColumnError),
+    /// The data cannot be encoded as it is (a truncated file, a failed tokenizer, ...).
+    #[error("{0}")]
+    Data(String),
+    /// The shard was given up: its lease was lost or its job cancelled.
+    #[error("abandoned: the lease was lost or the job cancelled")]
+    Abandoned,
+    /// A pipeline thread panicked.
+    #[error("a pipeline thread panicked")]
+    Panicked,
+}
+
+impl ShardError {
+    /// Whether another attempt may succeed: I/O, the store's own failures, a lost lease and
+    /// model failures other than non-finite numbers; not bad data, a changed file, a path
+    /// outside the allowed roots, or a model that gives NaN (the same model gives the same
+    /// numbers).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ShardError::Store(e) => matches!(e, StoreError::Io { .. } | StoreError::Object { .. }),
+            ShardError::Model(e) => {
+                !matches!(e, ModelError::NonFinite { .. } | ModelError::Tokenize(_))
+            }
+            ShardError::Abandoned => true,
+            ShardError::Columns(_) | ShardError::Data(_) | ShardError::Panicked => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrying_is_for_what_may_pass_the_next_time() {
+        let io = StoreError::Io {
+            op: "reading",
+            path: "/x".into(),
+            source: std::io::Error::other("disk"),
+        };
+        assert!(ShardError::Store(io).is_retryable());
+        let changed = StoreError::Changed {
+            url: "/x".into(),
+            detail: "modified".into(),
+        };
+        assert!(!ShardError::Store(changed).is_retryable());
+        assert!(!ShardError::Model(ModelError::NonFinite {
+            path: "/m".into(),
+            detail: "NaN".into(),
+        })
+        .is_retryable());
+        assert!(ShardError::Model(ModelError::Torch("out of memory".into())).is_retryable());
+        assert!(ShardError::Abandoned.is_retryable());
+        assert!(!ShardError::Data("truncated".into()).is_retryable());
+    }
+}

@@ -1,0 +1,177 @@
+//! Finishing a job: the shard reports summed into the summary, duplicate ids counted over the
+//! whole output, the manifest, and `_SUCCESS` written last.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::duplicates::{find_duplicates, DuplicateExample};
+use super::plan::EncodePlan;
+use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
+use crate::encode::shard::{RowFailure, ShardReport};
+use crate::io::input::InputFile;
+use crate::io::url::Location;
+use crate::io::{Committer, StoreError, StoreUrl};
+
+/// The one JSON line printed at the end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EncodeSummary {
+    /// Rows encoded by this run.
+    pub docs: u64,
+    /// Tokens encoded by this run.
+    pub tokens: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Rows per second.
+    pub docs_per_s: f64,
+    /// Tokens per second.
+    pub tokens_per_s: f64,
+    /// Mean non-zero dims per vector.
+    pub mean_active_dims: f64,
+    /// Rows that could not be encoded (null vectors).
+    pub failed_rows: u64,
+    /// Shards that could not be encoded.
+    pub failed_shards: usize,
+    /// Shards committed by earlier runs and skipped.
+    pub skipped_shards: usize,
+    /// Shards committed by this run.
+    pub committed_shards: usize,
+    /// Rows with null text (empty vectors).
+    pub null_texts: u64,
+    /// Rows of the whole output whose id occurred before, in any file or shard.
+    pub duplicate_ids: u64,
+    /// A few duplicated ids and the parts holding them.
+    #[serde(default)]
+    pub duplicate_examples: Vec<DuplicateExample>,
+    /// Rows with a null id encoded by this run.
+    #[serde(default)]
+    pub null_ids: u64,
+    /// Where the first few are.
+    #[serde(default)]
+    pub null_id_examples: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ManifestPart<'a> {
+    name: &'a str,
+    rows: u64,
+    source: &'a str,
+    first_row: u64,
+}
+
+/// Ends a job: sums the shard reports into the summary and writes the manifest, then
+/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's.
+pub fn finish_encode(
+    plan: &EncodePlan,
+    reports: &BTreeMap<usize, ShardReport>,
+    failures: &[ShardFailure],
+    seconds: f64,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<EncodeSummary, JobError> {
+    let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
+        .confined(&plan.settings.allowed_roots);
+    let mut summary = EncodeSummary {
+        skipped_shards: plan.shards.len() - plan.pending.len(),
+        ..Default::default()
+    };
+    for r in reports.values() {
+        summary.docs += r.rows;
+        summary.tokens += r.tokens;
+        summary.failed_rows += r.failed_rows;
+        summary.null_texts += r.null_texts;
+        summary.null_ids += r.null_ids;
+        for e in &r.null_id_examples {
+            if summary.null_id_examples.len() < 5 {
+                summary.null_id_examples.push(e.clone());
+            }
+        }
+        summary.committed_shards += 1;
+    }
+    let active: u64 = reports.values().map(|r| r.active_dims).sum();
+    let encoded = summary.docs - summary.failed_rows - summary.null_texts;
+    summary.mean_active_dims = if encoded > 0 {
+        active as f64 / encoded as f64
+    } else {
+        0.0
+    };
+    summary.failed_shards = failures.len();
+    summary.seconds = seconds;
+    summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
+    summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
+
+    committer.remove_attempts();
+    let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
+    // Duplicate ids across the whole output (every committed part, this run's or earlier).
+    let output = committer.url().clone();
+    let sizes: BTreeMap<String, u64> = runtime.block_on(committer.list())?.into_iter().collect();
+    let part_files: Vec<InputFile> = plan
+        .shards
+        .iter()
+        .filter(|s| !failed_parts.contains(s.part.as_str()))
+        .filter_map(|s| Some(part_file(&output, &s.part, *sizes.get(&s.part)?)))
+        .collect::<Result<_, _>>()?;
+    let (store, _) = output.store()?;
+    let duplicates = find_duplicates(
+        runtime,
+        store,
+        &part_files,
+        &plan.identity.id_column,
+        &plan.settings.allowed_roots,
+    )?;
+    summary.duplicate_ids = duplicates.rows;
+    summary.duplicate_examples = duplicates.examples;
+    // Manifest, then the success marker, last.
+    let parts: Vec<ManifestPart> = plan
+        .shards
+        .iter()
+        .filter(|s| !failed_parts.contains(s.part.as_str()))
+        .map(|s| ManifestPart {
+            name: &s.part,
+            rows: s.rows,
+            source: &s.file,
+            first_row: s.first_row,
+        })
+        .collect();
+    let failed_row_list: Vec<&RowFailure> = reports.values().flat_map(|r| &r.failures).collect();
+    let manifest = serde_json::json!({
+        "sparq_version": env!("CARGO_PKG_VERSION"),
+        "complete": failures.is_empty(),
+        "model": { "path": plan.model, "fingerprint": plan.model_fingerprint },
+        "settings": plan.identity,
+        "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
+        "files": parts,
+        "failed_shards": failures,
+        "failed_rows": failed_row_list,
+        "summary": summary,
+    });
+    runtime.block_on(committer.put(
+        MANIFEST,
+        serde_json::to_vec_pretty(&manifest).expect("serializable"),
+    ))?;
+    if failures.is_empty() {
+        runtime.block_on(committer.put(SUCCESS, Vec::new()))?;
+    }
+    Ok(summary)
+}
+
+/// An output part as an input file (to read its id column back).
+fn part_file(output: &StoreUrl, name: &str, size: u64) -> Result<InputFile, StoreError> {
+    let url = match &output.location {
+        Location::Local(dir) => dir.join(name).to_string_lossy().into_owned(),
+        Location::S3 { .. } => output.join(name),
+    };
+    let path = match &output.location {
+        Location::Local(dir) => object_store::path::Path::from_absolute_path(dir.join(name))
+            .map_err(|e| StoreError::BadUrl {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?,
+        Location::S3 { key, .. } => object_store::path::Path::from(format!("{key}/{name}")),
+    };
+    Ok(InputFile {
+        url,
+        path,
+        size,
+        version: None,
+    })
+}

@@ -1,0 +1,93 @@
+//! The encode job: planning shards from the input, the output's identity, finishing with the
+//! manifest and `_SUCCESS`, and the names of what a job writes. The local coordinator
+//! (`coord`) and the service (`serve`) are two transports over this layer.
+
+pub mod args;
+pub mod duplicates;
+pub mod finish;
+pub mod identity;
+pub mod plan;
+
+use serde::{Deserialize, Serialize};
+
+use crate::encode::columns::ColumnError;
+use crate::io::StoreError;
+use crate::model::ModelError;
+
+/// The file that records which job made an output.
+pub const JOB_FILE: &str = "_sparq_job.json";
+/// The manifest, written when a job ends.
+pub const MANIFEST: &str = "_manifest.json";
+/// The success marker, written last.
+pub const SUCCESS: &str = "_SUCCESS";
+
+/// Whether `name` (relative to the output) is a part sparq writes.
+pub fn is_part(name: &str) -> bool {
+    !name.contains('/') && name.starts_with("part-") && name.ends_with(".parquet")
+}
+
+/// The part a shard of file `file_index` starting at row `first_row` is committed as.
+pub fn part_name(file_index: usize, first_row: u64) -> String {
+    format!("part-{file_index:05}-{first_row:012}.parquet")
+}
+
+/// A shard that could not be encoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardFailure {
+    /// Output part it would have been (empty for an unreadable file).
+    pub part: String,
+    /// Input file.
+    pub file: String,
+    /// First row and row count.
+    pub rows: (u64, u64),
+    /// Cause of every attempt.
+    pub causes: Vec<String>,
+}
+
+/// Everything that stops an encode job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The model cannot be used.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A column is missing or not text.
+    #[error(transparent)]
+    Columns(#[from] ColumnError),
+    /// Files disagree on a column type.
+    #[error("{file}: column `{column}` is {found} but earlier files have {expected}: cast the files to one schema")]
+    SchemaMismatch {
+        /// The file.
+        file: String,
+        /// The column.
+        column: String,
+        /// Type in earlier files.
+        expected: String,
+        /// Type in this file.
+        found: String,
+    },
+    /// The output holds another job.
+    #[error("{output} already holds output made with a different {}: use another --output, or --overwrite to re-encode everything into it", differences.join("; "))]
+    OutputMismatch {
+        /// The output URL.
+        output: String,
+        /// What differs.
+        differences: Vec<String>,
+    },
+    /// Invalid settings.
+    #[error("{0}")]
+    Settings(String),
+    /// A worker could not start or work at all.
+    #[error("worker on {device}: {error}")]
+    Worker {
+        /// Its device.
+        device: String,
+        /// What it said.
+        error: String,
+    },
+    /// Spawning or talking to a worker process failed.
+    #[error("worker process: {0}")]
+    Process(#[from] std::io::Error),
+}

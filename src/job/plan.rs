@@ -1,0 +1,414 @@
+//! Planning: input files → shards of bounded size (file × row range, split at row-group
+//! boundaries where possible), with the schema, settings and output checked before any work;
+//! the output claimed for this job or resumed.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::args::EncodeArgs;
+use super::identity::{InputRecord, JobIdentity};
+use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, SUCCESS};
+use crate::encode::columns::check_columns;
+use crate::encode::settings::EncodeSettings;
+use crate::encode::shard::{Segment, ShardSpec};
+use crate::io::input::{list_inputs, read_footer, InputReader};
+use crate::io::url::Location;
+use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
+use crate::model::{fingerprint, ModelLayout};
+use crate::types::Dtype;
+
+/// A planned encode job: what `plan_encode` found and decided, enough to lease its shards
+/// (here or through `sparq serve`) and to write the manifest at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncodePlan {
+    /// Absolute model folder.
+    pub model: PathBuf,
+    /// Its fingerprint.
+    pub model_fingerprint: String,
+    /// What the output is made of.
+    pub identity: JobIdentity,
+    /// Every shard, committed before or not.
+    pub shards: Vec<ShardSpec>,
+    /// Ids of the shards still to encode.
+    pub pending: Vec<usize>,
+    /// Input files that could not be read (no shards).
+    pub failures: Vec<ShardFailure>,
+    /// What every worker encodes with.
+    #[serde(alias = "template")]
+    pub settings: EncodeSettings,
+}
+
+/// Plans an encode job: checks the settings, model and inputs, cuts shards, claims (or resumes)
+/// the output. `dtype` is the job's precision (see [`job_dtype`]); every local path the job
+/// touches must resolve under `roots` (a service's allowed folders; anywhere for the CLI).
+pub fn plan_encode(
+    args: &EncodeArgs,
+    dtype: Dtype,
+    roots: &AllowedRoots,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<EncodePlan, JobError> {
+    validate(args)?;
+    let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
+    // Validate the model (config, tokenizer, weights present) before any work.
+    roots.check_model(&model)?;
+    let layout = ModelLayout::read(&model)?;
+    crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
+    let model_fingerprint = fingerprint(&layout.root)?;
+
+    let input = StoreUrl::parse(&args.input)?;
+    let output = StoreUrl::parse(&args.output)?;
+    check_overlap(&input, &output)?;
+    let committer = Committer::new(&output)?.confined(roots);
+    runtime.block_on(committer.probe())?;
+
+    // Plan: list, read footers, check columns, cut shards.
+    let (store, files) = runtime.block_on(list_inputs(&input, roots))?;
+    let footers: Vec<_> = runtime.block_on(
+        futures::stream::iter(files.iter().map(|f| {
+            let store = store.clone();
+            async move { read_footer(&mut InputReader::open(store, f, roots)?).await }
+        }))
+        .buffered(16)
+        .collect(),
+    );
+    let mut failures = Vec::new();
+    let mut shards = Vec::new();
+    let mut records = Vec::new();
+    let mut next_id = 0;
+    let mut types: Option<Vec<(String, String)>> = None;
+    for (index, (file, footer)) in files.iter().zip(footers).enumerate() {
+        let footer = match footer {
+            Ok(f) => f,
+            Err(e @ StoreError::Escape { .. }) => return Err(e.into()),
+            Err(e) => {
+                failures.push(ShardFailure {
+                    part: String::new(),
+                    file: file.url.clone(),
+                    rows: (0, 0),
+                    causes: vec![e.to_string()],
+                });
+                records.push(InputRecord {
+                    url: file.url.clone(),
+                    size: file.size,
+                    version: file.version.clone(),
+                    rows: None,
+                    footer: None,
+                });
+                continue;
+            }
+        };
+        records.push(InputRecord {
+            url: file.url.clone(),
+            size: file.size,
+            version: file.version.clone(),
+            rows: Some(footer.rows),
+            footer: Some(footer.digest.clone()),
+        });
+        let metadata = footer.metadata;
+        let schema = metadata.schema();
+        let (id, keep, _) = check_columns(
+            &file.url,
+            schema,
+            &args.id_column,
+            &args.text_column,
+            &args.keep_columns,
+        )?;
+        let these: Vec<(String, String)> = std::iter::once(&id)
+            .chain(&keep)
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect();
+        match &types {
+            None => types = Some(these),
+            Some(expected) => {
+                if let Some(((name, want), (_, got))) =
+                    expected.iter().zip(&these).find(|(a, b)| a != b)
+                {
+                    return Err(JobError::SchemaMismatch {
+                        file: file.url.clone(),
+                        column: name.clone(),
+                        expected: want.clone(),
+                        found: got.clone(),
+                    });
+                }
+            }
+        }
+        let rg: Vec<u64> = metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect();
+        shards.extend(shards_of_file(
+            index,
+            file,
+            &rg,
+            args.shard_rows,
+            &mut next_id,
+        ));
+    }
+
+    // The output: same job resumes, another job is refused unless --overwrite.
+    let identity = JobIdentity {
+        model: model_fingerprint.clone(),
+        input: args.input.clone(),
+        input_files: records,
+        id_column: args.id_column.clone(),
+        text_column: args.text_column.clone(),
+        keep_columns: args.keep_columns.clone(),
+        max_active_dims: args.max_active_dims,
+        dtype,
+        query: args.query,
+        shard_rows: args.shard_rows,
+    };
+    let existing = runtime.block_on(committer.list())?;
+    let owned: Vec<String> = existing
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| {
+            n == JOB_FILE
+                || n == MANIFEST
+                || n == SUCCESS
+                || n.starts_with("_attempts/")
+                || is_part(n)
+        })
+        .collect();
+    // Files sparq did not write would be taken for parts, or break every reader: refuse them
+    // before any work (leftover temporary names of an interrupted marker write are ours).
+    let foreign: Vec<&str> = existing
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !(owned.iter().any(|o| o == n) || n.starts_with('.') && n.ends_with(".tmp")))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(JobError::Settings(format!(
+            "--output {} holds {} file(s) sparq did not write ({}{}): encode into an empty \
+             folder or prefix, or move them out",
+            output.raw,
+            foreign.len(),
+            foreign
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if foreign.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    let previous: Option<JobIdentity> = runtime
+        .block_on(committer.get(JOB_FILE))?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mismatch = match &previous {
+        Some(prev) => identity.differences(prev),
+        None if owned.iter().any(|n| is_part(n)) => {
+            vec!["job (parts without a _sparq_job.json)".to_string()]
+        }
+        None => vec![],
+    };
+    let mut committed: HashSet<String> = existing
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| is_part(n))
+        .collect();
+    if args.overwrite && !owned.is_empty() {
+        runtime.block_on(committer.delete(&owned))?;
+        committed.clear();
+    } else if !mismatch.is_empty() {
+        return Err(JobError::OutputMismatch {
+            output: output.raw.clone(),
+            differences: mismatch,
+        });
+    }
+    runtime.block_on(committer.put(
+        JOB_FILE,
+        serde_json::to_vec_pretty(&identity).expect("serializable"),
+    ))?;
+    let pending: Vec<usize> = shards
+        .iter()
+        .filter(|s| !committed.contains(&s.part))
+        .map(|s| s.id)
+        .collect();
+    if !pending.is_empty() {
+        // The output is about to change: an old success marker would lie.
+        runtime.block_on(committer.delete(&[SUCCESS.to_string(), MANIFEST.to_string()]))?;
+    }
+    let settings = EncodeSettings {
+        model: model.clone(),
+        dtype,
+        batch_tokens: args.batch_tokens,
+        max_active_dims: args.max_active_dims,
+        id_column: args.id_column.clone(),
+        text_column: args.text_column.clone(),
+        keep_columns: args.keep_columns.clone(),
+        query: args.query,
+        output: output.raw.clone(),
+        allowed_roots: roots.clone(),
+    };
+    Ok(EncodePlan {
+        model,
+        model_fingerprint,
+        identity,
+        shards,
+        pending,
+        failures,
+        settings,
+    })
+}
+
+/// Splits one file with the given row-group sizes into shards of at most `shard_rows` rows.
+pub fn shards_of_file(
+    file_index: usize,
+    file: &crate::io::input::InputFile,
+    row_groups: &[u64],
+    shard_rows: u64,
+    next_id: &mut usize,
+) -> Vec<ShardSpec> {
+    let shard_rows = shard_rows.max(1);
+    let mut out = Vec::new();
+    let mut current: Vec<Segment> = Vec::new();
+    let (mut current_rows, mut first_row, mut file_row) = (0u64, 0u64, 0u64);
+    let mut close =
+        |segments: &mut Vec<Segment>, rows: &mut u64, first: u64, out: &mut Vec<ShardSpec>| {
+            if *rows > 0 {
+                out.push(ShardSpec {
+                    id: *next_id,
+                    file: file.url.clone(),
+                    file_size: file.size,
+                    file_version: file.version.clone(),
+                    first_row: first,
+                    rows: *rows,
+                    segments: std::mem::take(segments),
+                    part: super::part_name(file_index, first),
+                });
+                *next_id += 1;
+            }
+            *rows = 0;
+        };
+    for (rg, &rg_rows) in row_groups.iter().enumerate() {
+        let mut offset = 0;
+        while offset < rg_rows {
+            if current_rows == 0 {
+                first_row = file_row;
+            }
+            let take = (rg_rows - offset).min(shard_rows - current_rows);
+            current.push(Segment {
+                row_group: rg,
+                skip: offset,
+                rows: take,
+            });
+            current_rows += take;
+            offset += take;
+            file_row += take;
+            if current_rows == shard_rows {
+                close(&mut current, &mut current_rows, first_row, &mut out);
+            }
+        }
+    }
+    close(&mut current, &mut current_rows, first_row, &mut out);
+    out
+}
+
+/// Checks the numeric settings of an encode job: each within the range a run can mean.
+pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
+    let ranges: [(&str, Option<u64>, u64, u64); 7] = [
+        (
+            "--batch-tokens",
+            args.batch_tokens.map(|t| t as u64),
+            1,
+            1 << 24,
+        ),
+        ("--shard-rows", Some(args.shard_rows), 1, 1 << 32),
+        (
+            "--max-active-dims",
+            args.max_active_dims.map(|k| k as u64),
+            1,
+            1 << 24,
+        ),
+        ("--max-attempts", Some(args.max_attempts as u64), 1, 100),
+        ("--workers", args.workers.map(|w| w as u64), 1, 1024),
+        ("--threads", args.threads.map(|t| t as u64), 1, 4096),
+        (
+            "--lease-timeout",
+            Some(args.lease_timeout),
+            1,
+            7 * 24 * 3600,
+        ),
+    ];
+    for (flag, value, low, high) in ranges {
+        if let Some(v) = value.filter(|v| !(low..=high).contains(v)) {
+            return Err(JobError::Settings(format!(
+                "{flag} {v} is outside its range [{low}, {high}]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an output inside the input (the next listing would read the output as input).
+fn check_overlap(input: &StoreUrl, output: &StoreUrl) -> Result<(), JobError> {
+    let overlap = match (&input.location, &output.location) {
+        (Location::Local(i), Location::Local(o)) => i.is_dir() && o.starts_with(i) || i == o,
+        (
+            Location::S3 {
+                bucket: bi,
+                key: ki,
+            },
+            Location::S3 {
+                bucket: bo,
+                key: ko,
+            },
+        ) => bi == bo && (ko == ki || ki.is_empty() || ko.starts_with(&format!("{ki}/"))),
+        _ => false,
+    };
+    if overlap {
+        return Err(JobError::Settings(format!(
+            "--output {} is inside --input {}: its parts would be read as input next time; choose an output outside the input",
+            output.raw, input.raw
+        )));
+    }
+    Ok(())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_row_once_within_bounds() {
+        let mut id = 0;
+        let file = crate::io::input::InputFile {
+            url: "/f".into(),
+            path: "f".into(),
+            size: 10,
+            version: None,
+        };
+        let shards = shards_of_file(3, &file, &[5, 30, 0, 7, 2], 10, &mut id);
+        let total: u64 = shards.iter().map(|s| s.rows).sum();
+        assert_eq!(total, 44);
+        let mut next = 0;
+        for s in &shards {
+            assert!(s.rows <= 10);
+            assert_eq!(s.first_row, next);
+            assert_eq!(s.segments.iter().map(|g| g.rows).sum::<u64>(), s.rows);
+            next += s.rows;
+        }
+        assert_eq!(
+            shards[0].segments,
+            vec![
+                Segment {
+                    row_group: 0,
+                    skip: 0,
+                    rows: 5
+                },
+                Segment {
+                    row_group: 1,
+                    skip: 0,
+                    rows: 5
+                }
+            ]
+        );
+        assert_eq!(shards[1].part, "part-00003-000000000010.parquet");
+        assert_eq!(id, shards.len());
+    }
+}
