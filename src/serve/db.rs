@@ -61,8 +61,6 @@ CREATE INDEX IF NOT EXISTS shards_state ON shards(state, job);
 CREATE UNIQUE INDEX IF NOT EXISTS shards_lease ON shards(lease);
 ";
 
-/// Shard states.
-
 /// What `insert_job` did.
 #[derive(Debug, PartialEq)]
 pub enum Inserted {
@@ -424,7 +422,7 @@ impl Db {
                 )?;
                 Ok(LeaseReply::keep())
             }
-            Some((_, job_state, _)) if job_state == JobState::Cancelled => {
+            Some((_, JobState::Cancelled, _)) => {
                 Ok(LeaseReply::stop("the job was cancelled"))
             }
             _ => Ok(LeaseReply::stop(
@@ -479,7 +477,7 @@ impl Db {
             )
             .optional()?;
         let reply = match held {
-            Some((job, shard, state, attempts, causes, max)) if state == ShardState::Leased => {
+            Some((job, shard, ShardState::Leased, attempts, causes, max)) => {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
                 list.push(error.to_string());
                 let next = if retryable && attempts < max {
