@@ -163,7 +163,7 @@ state_text!(
 );
 
 /// Whether a job state (as the API spells it) is final.
-pub fn is_final(state: impl AsRef<str>) -> bool {
+pub fn is_final<S: AsRef<str> + ?Sized>(state: &S) -> bool {
     state
         .as_ref()
         .parse::<JobState>()
