@@ -182,8 +182,8 @@ fn read_files() -> BTreeMap<PathBuf, File> {
                         defines.insert(ident(rest));
                     }
                 }
-                if l.starts_with("macro_rules! ") {
-                    defines.insert(ident(&l["macro_rules! ".len()..]));
+                if let Some(rest) = l.strip_prefix("macro_rules! ") {
+                    defines.insert(ident(rest));
                 }
             }
             // Paths written inline: `crate::a::b(...)`, `super::x::Y`.
