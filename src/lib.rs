@@ -1,6 +1,7 @@
 //! sparq: SPLADE learned-sparse encoding at scale on libtorch, exact to sentence-transformers.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod coord;
 pub mod encode;
 pub mod eval;

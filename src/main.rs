@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sparq::cli::log::LogFormat;
+use sparq::cli::CliError;
 use sparq::model::encoder::{onednn_cache_capacity, ONEDNN_CACHE_VAR};
 use sparq::model::{DeviceSpec, Dtype};
 
@@ -12,7 +14,14 @@ use sparq::model::{DeviceSpec, Dtype};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` (`sparq: ...`) or `json` (one object per line, for cluster
+    /// log collectors). The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, env = LOG_FORMAT_VAR, default_value = "text")]
+    log_format: LogFormat,
 }
+
+/// Carries `--log-format` to child processes.
+const LOG_FORMAT_VAR: &str = "SPARQ_LOG_FORMAT";
 
 #[derive(Subcommand)]
 enum Command {
@@ -94,29 +103,29 @@ fn main() -> ExitCode {
             std::env::set_var(ONEDNN_CACHE_VAR, value);
         }
     }
-    let result: anyhow::Result<()> = match cli.command {
+    // Children (a worker's `sparq train`, `sparq encode`'s workers) log the same way.
+    std::env::set_var(LOG_FORMAT_VAR, cli.log_format.as_str());
+    sparq::cli::log::init(cli.log_format);
+    use sparq::cli::{commands, service};
+    let result: Result<(), CliError> = match cli.command {
         Command::EncodeText(args) => {
             // Unlocked handles: the pipeline reads and writes them on its own threads.
             let stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
             let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
             sparq::encode::text::run(&args, stdin, stdout).map_err(Into::into)
         }
-        Command::Encode(args) => return encode(&args),
-        Command::Eval(args) => eval(&args),
-        Command::Train(args) => train(&args),
-        Command::Export(args) => sparq::export::run_export(&args)
-            .map(|s| println!("{}", serde_json::json!({ "export_summary": s })))
-            .map_err(Into::into),
-        Command::Inspect(args) => inspect(&args),
-        Command::Decode(args) => sparq::export::decode(&args)
-            .map(|rows| rows.iter().for_each(|r| println!("{r}")))
-            .map_err(Into::into),
-        Command::Serve(args) => sparq::serve::run_serve(&args),
+        Command::Encode(args) => return commands::encode(&args),
+        Command::Eval(args) => commands::eval(&args),
+        Command::Train(args) => commands::train(&args),
+        Command::Export(args) => commands::export(&args),
+        Command::Inspect(args) => commands::inspect(&args),
+        Command::Decode(args) => commands::decode(&args),
+        Command::Serve(args) => sparq::serve::run_serve(&args).map_err(Into::into),
         // These exit with the job's status: 0 succeeded, 1 failed, 3 cancelled.
-        Command::Submit(args) => return with_code(sparq::serve::client::submit(&args)),
-        Command::Status(args) => return with_code(sparq::serve::client::status(&args)),
-        Command::Cancel(args) => sparq::serve::client::cancel(&args),
-        Command::Worker(args) => sparq::serve::remote::run_worker(&args),
+        Command::Submit(args) => return with_code(service::submit(&args)),
+        Command::Status(args) => return with_code(service::status(&args)),
+        Command::Cancel(args) => service::cancel(&args),
+        Command::Worker(args) => sparq::serve::remote::run_remote_worker(&args).map_err(Into::into),
         Command::EncodeWorker => {
             let code =
                 sparq::coord::worker::run_pipe_worker(std::io::stdin().lock(), std::io::stdout());
@@ -125,120 +134,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sparq: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+/// Prints an error with its chain of causes; exit code 1.
+fn fail(e: CliError) -> ExitCode {
+    eprintln!("sparq: error: {:#}", anyhow::Error::new(e));
+    ExitCode::FAILURE
 }
 
 /// A command's own exit code, or 1 with its error.
-fn with_code(result: anyhow::Result<u8>) -> ExitCode {
+fn with_code(result: Result<u8, CliError>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("sparq: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
-}
-
-/// Runs `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
-/// failed (the rest is committed).
-fn encode(args: &sparq::job::args::EncodeArgs) -> ExitCode {
-    match sparq::coord::coordinator::run_encode(args) {
-        Ok((summary, failures)) => {
-            println!("{}", serde_json::to_string(&summary).expect("serializable"));
-            if failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("sparq: {} shard(s) failed; the rest is committed. Fix the cause and rerun the same command to finish.", failures.len());
-                ExitCode::from(2)
-            }
-        }
-        Err(e) => {
-            eprintln!("sparq: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Runs `eval`: one JSON line per dataset (the metrics alone for one dataset; with a
-/// `dataset` key, then their mean, for several).
-fn inspect(args: &sparq::export::InspectArgs) -> anyhow::Result<()> {
-    let report = sparq::export::inspect(args)?;
-    if args.json {
-        println!("{report}");
-        return Ok(());
-    }
-    let r = &report;
-    println!("{}", r["url"].as_str().unwrap_or(""));
-    println!(
-        "  {} rows in {} files, {} bytes ({:.1} bytes/row)",
-        r["rows"],
-        r["files"],
-        r["bytes"],
-        r["bytes_per_row"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "  null vectors {}, empty vectors {}",
-        r["null_vectors"], r["empty_vectors"]
-    );
-    println!("  schema: {}", r["schema"].as_str().unwrap_or(""));
-    let d = &r["active_dims"];
-    println!(
-        "  active dims: mean {:.1}, p50 {}, p99 {}, max {}",
-        d["mean"].as_f64().unwrap_or(0.0),
-        d["p50"],
-        d["p99"],
-        d["max"]
-    );
-    println!("  top tokens by document frequency:");
-    for t in r["top_tokens_by_document_frequency"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        println!(
-            "    {:>8} {:<20} {:>10} docs ({:.1}%)",
-            t["id"],
-            t["token"].as_str().unwrap_or("?"),
-            t["documents"],
-            100.0 * t["fraction"].as_f64().unwrap_or(0.0)
-        );
-    }
-    Ok(())
-}
-
-fn train(args: &sparq::train::TrainArgs) -> anyhow::Result<()> {
-    if let Some(summary) = sparq::train::run_train(args)? {
-        if std::env::var("RANK").map_or(true, |r| r == "0") {
-            println!("{}", serde_json::json!({ "train_summary": summary }));
-            eprintln!(
-                "sparq: trained {} steps ({:.1} pairs/s); model in {}",
-                summary.steps, summary.samples_per_s, summary.output
-            );
-        }
-    }
-    Ok(())
-}
-
-fn eval(args: &sparq::eval::run::EvalArgs) -> anyhow::Result<()> {
-    let results = sparq::eval::run::run_eval(args)?;
-    let line = |m: &sparq::eval::IrMetrics, name: Option<&str>| {
-        let mut v = serde_json::to_value(m).expect("serializable");
-        if let Some(name) = name {
-            v["dataset"] = name.into();
-        }
-        println!("{v}");
-    };
-    if results.len() == 1 {
-        line(&results[0].metrics, None);
-    } else {
-        for r in &results {
-            line(&r.metrics, Some(&r.name));
-        }
-        line(&sparq::eval::run::aggregate(&results), Some("mean"));
-    }
-    Ok(())
 }

@@ -36,8 +36,8 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     let mut failures = plan.failures.clone();
     if !plan.pending.is_empty() && plan.pending.len() < devices.len() {
         // More workers than shards would load the model to sit idle.
-        eprintln!(
-            "sparq: note: {} shard(s) to encode: starting {} of the {} workers asked for \
+        tracing::info!(
+            "note: {} shard(s) to encode: starting {} of the {} workers asked for \
              (lower --shard-rows for more shards)",
             plan.pending.len(),
             plan.pending.len(),
@@ -60,8 +60,8 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
     // Each failed shard's causes, before the manifest is written: if that fails too (a full
     // disk), the causes are still said.
     for f in &failures {
-        eprintln!(
-            "sparq: shard {} ({} rows {}..{}) failed: {}",
+        tracing::error!(
+            "shard {} ({} rows {}..{}) failed: {}",
             if f.part.is_empty() { "-" } else { &f.part },
             f.file,
             f.rows.0,
@@ -72,9 +72,13 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
 
     for r in reports.values() {
         for f in &r.failures {
-            eprintln!(
-                "sparq: warning: {}, row group {}, row {}, column `{}`: {}; its vector is null",
-                f.file, f.row_group, f.row, f.column, f.reason
+            tracing::warn!(
+                "{}, row group {}, row {}, column `{}`: {}; its vector is null",
+                f.file,
+                f.row_group,
+                f.row,
+                f.column,
+                f.reason
             );
         }
     }
@@ -86,8 +90,8 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         &runtime,
     )?;
     if summary.null_ids > 0 {
-        eprintln!(
-            "sparq: warning: {} rows have a null id `{}` (their vectors are written), e.g. {}",
+        tracing::warn!(
+            "{} rows have a null id `{}` (their vectors are written), e.g. {}",
             summary.null_ids,
             plan.identity.id_column,
             summary.null_id_examples.join("; ")
@@ -99,8 +103,8 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
             .iter()
             .map(|e| format!("{:?} in {}", e.id, e.parts.join(", ")))
             .collect();
-        eprintln!(
-            "sparq: warning: {} duplicate ids in the output (rows whose id occurred before), e.g. {}",
+        tracing::warn!(
+            "{} duplicate ids in the output (rows whose id occurred before), e.g. {}",
             summary.duplicate_ids,
             examples.join("; ")
         );
@@ -234,10 +238,7 @@ fn lease_loop(
                 }
                 s.ready = false;
                 if remaining > 0 && s.starts < max_starts {
-                    eprintln!(
-                        "sparq: {cause}; starting a new worker on {}",
-                        workers[slot].device
-                    );
+                    tracing::info!("{cause}; starting a new worker on {}", workers[slot].device);
                     s.starts += 1;
                     pool.spawn(slot, settings, &workers[slot])?;
                 } else if remaining > 0 && slots.iter().all(|s| s.starts >= max_starts && !s.ready)

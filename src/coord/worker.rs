@@ -122,7 +122,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
     drop(stop);
     let _ = heartbeat.join();
     if let Some(line) = crate::model::profile::report() {
-        eprintln!("sparq: worker on {}: {line}", worker.device);
+        tracing::info!("worker on {}: {line}", worker.device);
     }
     0
 }

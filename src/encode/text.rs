@@ -134,7 +134,7 @@ pub fn run(
         (joined(reader.join()), model_result, joined(writer.join()))
     });
     if let Some(line) = crate::model::profile::report() {
-        eprintln!("{line}");
+        tracing::info!("{line}");
     }
     // The earliest stage's error is the cause; later ones only saw a closed channel.
     read_result?;

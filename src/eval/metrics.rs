@@ -22,6 +22,9 @@ pub const MAX_K: usize = 100;
 /// Metric name → value, in a stable order.
 pub type IrMetrics = BTreeMap<String, f64>;
 
+/// The key of nDCG@10 in [`IrMetrics`] (the metric training keeps the best model by).
+pub const NDCG_AT_10: &str = "dot_ndcg@10";
+
 /// Ranking metrics over queries: `rankings[q]` lists the corpus ids retrieved for query `q`,
 /// best first; `relevant[q]` its relevant ids.
 pub fn ranking_metrics(rankings: &[Vec<&str>], relevant: &[&HashSet<String>]) -> IrMetrics {

@@ -15,7 +15,7 @@ use crate::encode::SparseVector;
 use crate::io::input::list_inputs;
 use crate::io::output::read_sparse;
 use crate::io::StoreUrl;
-use crate::model::{InputKind, ModelArgs};
+use crate::model::{EncodeOptions, InputKind, ModelArgs, SparseEncode};
 
 /// Options of `sparq eval`.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +63,21 @@ pub struct DatasetResult {
     pub sizes: (usize, usize),
 }
 
+/// How datasets are evaluated, whatever model encodes them.
+#[derive(Debug, Clone, Default)]
+pub struct EvalSettings {
+    /// Sequences per forward pass and the top-k per vector.
+    pub encode: EncodeOptions,
+    /// Retrieval threads.
+    pub threads: usize,
+    /// Write each dataset's rankings as a TREC run here (`-<dataset>` added for several).
+    pub run_file: Option<PathBuf>,
+    /// Take the corpus vectors from this `sparq encode` output instead of encoding them.
+    pub corpus_vectors: Option<String>,
+    /// The id column of `corpus_vectors`.
+    pub corpus_id_column: String,
+}
+
 /// Evaluates every dataset of `args`; prints nothing.
 pub fn run_eval(args: &EvalArgs) -> Result<Vec<DatasetResult>, EvalError> {
     if args.corpus_vectors.is_some() && args.beir.len() > 1 {
@@ -70,42 +85,62 @@ pub fn run_eval(args: &EvalArgs) -> Result<Vec<DatasetResult>, EvalError> {
             "--corpus-vectors holds one corpus: give one --beir".into(),
         ));
     }
-    let threads = args.model.threads();
     let datasets = args
         .beir
         .iter()
         .map(|d| IrDataset::load(d, &args.split, args.title))
         .collect::<Result<Vec<_>, _>>()?;
     let (encoder, opts) = args.model.load()?;
+    let settings = EvalSettings {
+        encode: opts,
+        threads: args.model.threads(),
+        run_file: args.run_file.clone(),
+        corpus_vectors: args.corpus_vectors.clone(),
+        corpus_id_column: args.corpus_id_column.clone(),
+    };
+    evaluate_model(&encoder, &datasets, &settings)
+}
+
+/// Evaluates `model` on `datasets`: queries encoded as queries, documents as documents.
+pub fn evaluate_model(
+    model: &dyn SparseEncode,
+    datasets: &[IrDataset],
+    settings: &EvalSettings,
+) -> Result<Vec<DatasetResult>, EvalError> {
+    let opts = settings.encode;
     let mut results = Vec::new();
-    for ds in &datasets {
+    for ds in datasets {
         if ds.unknown_queries > 0 || ds.unknown_documents > 0 {
-            eprintln!(
-                "sparq: warning: {}: {} judgement(s) name unknown queries (ignored), {} name unknown documents (counted as relevant, never retrieved), as sentence-transformers does",
-                ds.name, ds.unknown_queries, ds.unknown_documents
+            tracing::warn!(
+                "{}: {} judgement(s) name unknown queries (ignored), {} name unknown documents \
+                 (counted as relevant, never retrieved), as sentence-transformers does",
+                ds.name,
+                ds.unknown_queries,
+                ds.unknown_documents
             );
         }
         let judged = ds.judged_queries();
         let query_texts: Vec<Option<&str>> = judged.iter().map(|(_, t)| Some(t.as_str())).collect();
-        let queries = encoder.encode(&query_texts, InputKind::Query, opts)?;
+        let queries = model.encode_texts(&query_texts, InputKind::Query, opts)?;
         let corpus_ids: Vec<String> = ds.corpus.iter().map(|(id, _)| id.clone()).collect();
-        let docs = match &args.corpus_vectors {
-            Some(url) => load_corpus_vectors(url, &args.corpus_id_column, &corpus_ids)?,
+        let docs = match &settings.corpus_vectors {
+            Some(url) => load_corpus_vectors(url, &settings.corpus_id_column, &corpus_ids)?,
             None => {
                 let texts: Vec<Option<&str>> =
                     ds.corpus.iter().map(|(_, t)| Some(t.as_str())).collect();
-                encoder.encode(&texts, InputKind::Document, opts)?
+                model.encode_texts(&texts, InputKind::Document, opts)?
             }
         };
-        let counts = SparsityCounts::new(encoder.dimension() as usize, &queries, &docs);
+        let counts = SparsityCounts::new(model.dimension() as usize, &queries, &docs);
         let mut metrics = evaluate(
             &queries,
             &docs,
             &corpus_ids,
             &judged.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(),
             ds,
-            threads,
-            args.run_file
+            settings.threads,
+            settings
+                .run_file
                 .as_ref()
                 .map(|p| run_path(p, &ds.name, datasets.len())),
         )?;

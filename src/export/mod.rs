@@ -88,5 +88,5 @@ pub struct ExportSummary {
     pub files: Vec<String>,
 }
 
-pub use read::{decode, inspect, DecodeArgs, InspectArgs};
+pub use read::{decode, inspect, DecodeArgs, InspectArgs, InspectReport};
 pub use sink::run_export;

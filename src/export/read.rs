@@ -77,8 +77,8 @@ pub fn output_parts(
                 files.len()
             )));
         }
-        eprintln!(
-            "sparq: warning: {url} is incomplete ({why}): reading its {} part(s)",
+        tracing::warn!(
+            "{url} is incomplete ({why}): reading its {} part(s)",
             files.len()
         );
     }
@@ -217,8 +217,60 @@ pub struct InspectArgs {
     pub allow_incomplete: bool,
 }
 
+/// What `sparq inspect` finds in an output. Fields in alphabetical order, as `--json` has
+/// always written them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InspectReport {
+    /// Active dimensions per vector.
+    pub active_dims: ActiveDims,
+    /// Bytes of the part files.
+    pub bytes: u64,
+    /// Bytes per row.
+    pub bytes_per_row: f64,
+    /// Rows with an empty vector (null or empty texts).
+    pub empty_vectors: u64,
+    /// Part files.
+    pub files: usize,
+    /// Rows with a null vector (texts that failed).
+    pub null_vectors: u64,
+    /// Rows.
+    pub rows: u64,
+    /// The parts' schema, `name: type, ...`.
+    pub schema: String,
+    /// The most frequent dimensions.
+    pub top_tokens_by_document_frequency: Vec<TopToken>,
+    /// The output inspected.
+    pub url: String,
+}
+
+/// Active dimensions per vector (exact percentiles).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActiveDims {
+    /// Largest.
+    pub max: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: usize,
+    /// 99th percentile.
+    pub p99: usize,
+}
+
+/// A dimension and how many vectors use it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TopToken {
+    /// Vectors holding it.
+    pub documents: u64,
+    /// Their fraction of the vectors.
+    pub fraction: f64,
+    /// Vocabulary id.
+    pub id: usize,
+    /// Its token string (`None` without the model's tokenizer).
+    pub token: Option<String>,
+}
+
 /// Rows, files, bytes, active dimensions and the most frequent tokens of an output.
-pub fn inspect(args: &InspectArgs) -> Result<Value, ExportError> {
+pub fn inspect(args: &InspectArgs) -> Result<InspectReport, ExportError> {
     let runtime = runtime()?;
     let (store, files) = output_parts(&runtime, &args.url, args.allow_incomplete)?;
     let tokenizer = tokenizer_for(&runtime, &args.model, &args.url).ok();
@@ -283,28 +335,43 @@ pub fn inspect(args: &InspectArgs) -> Result<Value, ExportError> {
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     top.truncate(args.top);
     let bytes: u64 = files.iter().map(|f| f.size).sum();
-    Ok(serde_json::json!({
-        "url": args.url,
-        "files": files.len(),
-        "rows": rows,
-        "null_vectors": nulls,
-        "empty_vectors": empty,
-        "schema": schema,
-        "bytes": bytes,
-        "bytes_per_row": if rows > 0 { bytes as f64 / rows as f64 } else { 0.0 },
-        "active_dims": {
-            "mean": if counted > 0 { weights as f64 / counted as f64 } else { 0.0 },
-            "p50": percentile(0.5),
-            "p99": percentile(0.99),
-            "max": dims_hist.len().saturating_sub(1),
+    Ok(InspectReport {
+        url: args.url.clone(),
+        files: files.len(),
+        rows,
+        null_vectors: nulls,
+        empty_vectors: empty,
+        schema,
+        bytes,
+        bytes_per_row: if rows > 0 {
+            bytes as f64 / rows as f64
+        } else {
+            0.0
         },
-        "top_tokens_by_document_frequency": top.iter().map(|&(i, n)| serde_json::json!({
-            "id": i,
-            "token": tokenizer.as_ref().map(|t| t.token(i as u32)),
-            "documents": n,
-            "fraction": if counted > 0 { n as f64 / counted as f64 } else { 0.0 },
-        })).collect::<Vec<_>>(),
-    }))
+        active_dims: ActiveDims {
+            mean: if counted > 0 {
+                weights as f64 / counted as f64
+            } else {
+                0.0
+            },
+            p50: percentile(0.5),
+            p99: percentile(0.99),
+            max: dims_hist.len().saturating_sub(1),
+        },
+        top_tokens_by_document_frequency: top
+            .iter()
+            .map(|&(i, n)| TopToken {
+                id: i,
+                token: tokenizer.as_ref().map(|t| t.token(i as u32)),
+                documents: n,
+                fraction: if counted > 0 {
+                    n as f64 / counted as f64
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
+    })
 }
 
 /// Options of `sparq decode`.

@@ -205,7 +205,7 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     }
     if args.format == Format::Anserini && args.quantize.is_some_and(|q| q.fract() != 0.0) {
         // Allowed (any factor works), but say what Anserini expects.
-        eprintln!("sparq: note: Anserini's SPLADE convention is an integer factor (100)");
+        tracing::info!("note: Anserini's SPLADE convention is an integer factor (100)");
     }
     if args.top_k == Some(0) {
         return Err(ExportError::Option("--top-k must be at least 1".into()));
@@ -303,8 +303,8 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         bar.finish_and_clear();
     }
     if summary.skipped_null > 0 {
-        eprintln!(
-            "sparq: warning: {} row(s) without a vector (their text failed to encode) were not exported",
+        tracing::warn!(
+            "{} row(s) without a vector (their text failed to encode) were not exported",
             summary.skipped_null
         );
     }

@@ -36,6 +36,36 @@ impl Default for EncodeOptions {
     }
 }
 
+/// Anything that turns texts into SPLADE vectors: a loaded model, or a model being trained
+/// (evaluated in process, without writing it to disk).
+pub trait SparseEncode {
+    /// Encodes texts as `kind`; `None` gives an empty vector. Output order equals input order.
+    fn encode_texts(
+        &self,
+        texts: &[Option<&str>],
+        kind: InputKind,
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError>;
+
+    /// Output dimension (vocabulary size).
+    fn dimension(&self) -> i64;
+}
+
+impl SparseEncode for SpladeEncoder {
+    fn encode_texts(
+        &self,
+        texts: &[Option<&str>],
+        kind: InputKind,
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        self.encode(texts, kind, opts)
+    }
+
+    fn dimension(&self) -> i64 {
+        SpladeEncoder::dimension(self)
+    }
+}
+
 /// A loaded SPLADE model: tokenizer, masked-LM backbone and pooling on one device.
 pub struct SpladeEncoder {
     layout: ModelLayout,
@@ -222,7 +252,7 @@ impl SpladeEncoder {
             let (pooled, cold) = match self.pooled(batch, &mut clock) {
                 // The variable-length kernels failed on this GPU: the grid path from now on.
                 Err(e) if !super::attention::varlen_usable() && self.device.is_cuda() => {
-                    eprintln!("sparq: note: {e}; attention falls back to a padded grid");
+                    tracing::info!("note: {e}; attention falls back to a padded grid");
                     self.pooled(batch, &mut clock)?
                 }
                 other => other?,

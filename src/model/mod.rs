@@ -24,7 +24,7 @@ pub mod weights;
 pub use crate::types::{DeviceSpec, Dtype, InputKind};
 pub use args::ModelArgs;
 pub use device::ResolveDevice;
-pub use encoder::{EncodeOptions, SpladeEncoder};
+pub use encoder::{EncodeOptions, SparseEncode, SpladeEncoder};
 pub use error::{clean_tch_error, ModelError};
 pub use fingerprint::fingerprint;
 pub use layout::{default_model_dir, ModelLayout};

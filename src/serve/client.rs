@@ -1,4 +1,5 @@
-//! The service's HTTP client, and the commands built on it: `submit`, `status`, `cancel`.
+//! The service's HTTP client, the options of the commands built on it (`submit`, `status`,
+//! `cancel`; `cli::service` runs them), and reading job spec files.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use reqwest::blocking::Client as Http;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::wire::{JobState, JobView};
+use super::wire::JobView;
 use super::{COORDINATOR_VAR, DEFAULT_COORDINATOR, TOKEN_VAR};
 
 /// Why a request failed.
@@ -135,7 +136,7 @@ impl Client {
             match self.call(method.clone(), path, body) {
                 Err(e) if e.is_unreachable() && start.elapsed() < patience => {
                     if !warned {
-                        eprintln!("sparq: {e}; retrying");
+                        tracing::info!("{e}; retrying");
                         warned = true;
                     }
                     std::thread::sleep(wait);
@@ -143,7 +144,7 @@ impl Client {
                 }
                 other => {
                     if warned && other.is_ok() {
-                        eprintln!("sparq: the coordinator at {} answers again", self.base);
+                        tracing::info!("the coordinator at {} answers again", self.base);
                     }
                     return other;
                 }
@@ -225,25 +226,37 @@ pub struct CancelArgs {
 }
 
 /// Reads a spec file (TOML, or JSON for `.json`) as the JSON document the API takes.
-pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the job spec {}: {e}", path.display()))?;
+pub fn read_spec(path: &std::path::Path) -> Result<Value, SpecFileError> {
+    let bad = |detail: String| SpecFileError {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read the job spec: {e}")))?;
     if path.extension().is_some_and(|e| e == "json") {
-        return serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()));
+        return serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")));
     }
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| bad(e.to_string().trim().to_string()))?;
     // JSON has no NaN or infinity: serde would send them as null, which reads as "not set".
     for (key, value) in &table {
-        if let Some(bad) = non_finite(value) {
-            anyhow::bail!(
-                "{}: `{key}` = {bad}: job settings must be finite numbers",
-                path.display()
-            );
+        if let Some(f) = non_finite(value) {
+            return Err(bad(format!(
+                "`{key}` = {f}: job settings must be finite numbers"
+            )));
         }
     }
-    Ok(serde_json::to_value(table)?)
+    serde_json::to_value(table).map_err(|e| bad(e.to_string()))
+}
+
+/// A job spec file that cannot be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {detail}", path.display())]
+pub struct SpecFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub detail: String,
 }
 
 /// The first NaN or infinite float in a TOML value, if any.
@@ -254,189 +267,4 @@ fn non_finite(value: &toml::Value) -> Option<f64> {
         toml::Value::Table(t) => t.values().find_map(non_finite),
         _ => None,
     }
-}
-
-/// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.
-pub fn submit(args: &SubmitArgs) -> anyhow::Result<u8> {
-    let spec = read_spec(&args.spec)?;
-    let client = Client::new(&args.coordinator.coordinator)?;
-    // A service started a moment ago (`sparq serve &`) gets a few seconds to come up. Only a
-    // refused connection is retried: a request that may have arrived could queue the job twice.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let path = match &args.name {
-        // Names are checked by the service; encode the few characters a URL would mangle.
-        Some(name) => format!(
-            "/v1/jobs?name={}",
-            name.replace('%', "%25")
-                .replace('&', "%26")
-                .replace('#', "%23")
-                .replace('+', "%2B")
-                .replace(' ', "%20")
-        ),
-        None => "/v1/jobs".into(),
-    };
-    let answer = loop {
-        match client.call(Method::POST, &path, Some(&spec)) {
-            Err(e) if e.never_arrived() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(250))
-            }
-            other => break other,
-        }
-    }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", args.spec.display()))?
-    .unwrap_or(Value::Null);
-    let id = answer["id"].as_str().unwrap_or_default().to_string();
-    println!("{id}");
-    if answer["existing"] == true {
-        eprintln!(
-            "sparq: `{}` was submitted before as {id} ({}): not queued again",
-            args.name.as_deref().unwrap_or_default(),
-            answer["state"].as_str().unwrap_or("?")
-        );
-    }
-    if !args.wait {
-        return Ok(0);
-    }
-    wait_for(&client, &id)
-}
-
-/// Follows a job until it ends, with a progress line on stderr. Returns the exit code.
-pub fn wait_for(client: &Client, id: &str) -> anyhow::Result<u8> {
-    let mut last = String::new();
-    loop {
-        let job = match client.call_retrying(
-            Method::GET,
-            &format!("/v1/jobs/{id}"),
-            None,
-            Duration::from_secs(600),
-        )? {
-            Some(v) => serde_json::from_value::<JobView>(v)?,
-            None => anyhow::bail!("empty answer for job {id}"),
-        };
-        let line = progress_line(&job);
-        if line != last {
-            eprintln!("sparq: {id}: {line}");
-            last = line;
-        }
-        if job.state.is_final() {
-            if let Some(summary) = &job.summary {
-                println!("{summary}");
-            }
-            if let Some(error) = &job.error {
-                eprintln!("sparq: job {id} {}: {error}", job.state);
-            }
-            return Ok(match job.state {
-                JobState::Succeeded => 0,
-                JobState::Cancelled => 3,
-                _ => 1,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn progress_line(job: &JobView) -> String {
-    let unit = if job.kind == "train" { "steps" } else { "rows" };
-    format!(
-        "{} — shards {}/{}{}, {} {}/{}{}",
-        job.state,
-        job.shards_done,
-        job.shards_total,
-        if job.shards_failed > 0 {
-            format!(" ({} failed)", job.shards_failed)
-        } else {
-            String::new()
-        },
-        unit,
-        job.rows_done,
-        job.rows_total,
-        if job.retries > 0 {
-            format!(", {} retries", job.retries)
-        } else {
-            String::new()
-        }
-    )
-}
-
-fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// `sparq status`; returns the exit code.
-pub fn status(args: &StatusArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.coordinator.coordinator)?;
-    if let (true, Some(id)) = (args.wait, &args.job) {
-        return wait_for(&client, id);
-    }
-    let jobs: Vec<JobView> = match &args.job {
-        Some(id) => vec![client.job(id)?],
-        None => {
-            let v = client.call(Method::GET, "/v1/jobs", None)?;
-            serde_json::from_value(v.unwrap_or(Value::Null)["jobs"].take())?
-        }
-    };
-    if args.json {
-        match &args.job {
-            Some(_) => println!("{}", serde_json::to_string_pretty(&jobs[0])?),
-            None => println!("{}", serde_json::json!({ "jobs": jobs })),
-        }
-        return Ok(0);
-    }
-    println!(
-        "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9} {:>8} {:>8}",
-        "JOB", "KIND", "STATE", "SHARDS", "ROWS", "DOCS/S", "ETA", "FAILURES"
-    );
-    for j in &jobs {
-        println!(
-            "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9.1} {:>8} {:>8}",
-            j.id,
-            j.kind,
-            j.state,
-            format!("{}/{}", j.shards_done, j.shards_total),
-            format!("{}/{}", j.rows_done, j.rows_total),
-            j.docs_per_s,
-            j.eta_s.map_or("-".into(), duration),
-            format!("{}+{}", j.shards_failed, j.retries),
-        );
-    }
-    if let [job] = jobs.as_slice() {
-        if let Some(error) = &job.error {
-            println!("error: {error}");
-        }
-        for s in job.shards.iter().filter(|s| !s.causes.is_empty()) {
-            println!(
-                "shard {} ({}, {} attempts): {}",
-                s.shard,
-                s.state,
-                s.attempts,
-                s.causes.join("; then: ")
-            );
-        }
-        if let Some(summary) = &job.summary {
-            println!("summary: {summary}");
-        }
-    }
-    Ok(0)
-}
-
-/// `sparq cancel`.
-pub fn cancel(args: &CancelArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.coordinator.coordinator)?;
-    client.call(
-        Method::POST,
-        &format!("/v1/jobs/{}/cancel", args.job),
-        Some(&Value::Null),
-    )?;
-    eprintln!(
-        "sparq: job {} cancelled; workers stop its shards at their next heartbeat",
-        args.job
-    );
-    Ok(())
 }

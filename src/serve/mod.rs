@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 
 use self::api::App;
@@ -53,33 +52,79 @@ pub struct ServeArgs {
     pub max_queued: u64,
 }
 
+/// What stops the service or a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback address without a token.
+    #[error("refusing to listen on {0} without a token: set {TOKEN_VAR} (workers and `sparq submit` need the same value), or listen on 127.0.0.1")]
+    NoToken(SocketAddr),
+    /// An operating-system operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state database failed.
+    #[error("{what}: {source}")]
+    State {
+        /// What was attempted.
+        what: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// An `--allow-root` cannot be used.
+    #[error("{0}")]
+    Roots(String),
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// The device cannot be used.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// The coordinator sent something this worker cannot read.
+    #[error("unexpected answer from the coordinator: {0}")]
+    Protocol(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
 /// Runs the service until SIGINT or SIGTERM.
-pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
+pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
     let token = std::env::var(TOKEN_VAR)
         .ok()
         .filter(|t| !t.trim().is_empty());
     if token.is_none() && !args.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} without a token: set {TOKEN_VAR} (workers and `sparq submit` \
-             need the same value), or listen on 127.0.0.1",
-            args.listen
-        );
+        return Err(ServeError::NoToken(args.listen));
     }
-    let base = std::env::current_dir().context("the working directory")?;
+    let base = std::env::current_dir().map_err(io("the working directory"))?;
     let wanted = if args.allow_roots.is_empty() {
         vec![base.clone(), std::env::temp_dir()]
     } else {
         args.allow_roots.clone()
     };
     let roots =
-        Roots::new(&wanted, base, crate::model::default_model_dir()).map_err(anyhow::Error::msg)?;
+        Roots::new(&wanted, base, crate::model::default_model_dir()).map_err(ServeError::Roots)?;
     if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the folder of --state {}", args.state.display()))?;
+        std::fs::create_dir_all(parent).map_err(io(format!(
+            "creating the folder of --state {}",
+            args.state.display()
+        )))?;
     }
-    let db = Db::open(&args.state)
-        .with_context(|| format!("opening the state database {}", args.state.display()))?;
-    let counts = db.count_by_state()?;
+    let state_error = |what: String| move |source| ServeError::State { what, source };
+    let db = Db::open(&args.state).map_err(state_error(format!(
+        "opening the state database {}",
+        args.state.display()
+    )))?;
+    let counts = db
+        .count_by_state()
+        .map_err(state_error("reading the state database".into()))?;
     let (wake, woken) = crossbeam_channel::bounded(1);
     let app = Arc::new(App {
         db: Mutex::new(db),
@@ -92,27 +137,33 @@ pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         let app = app.clone();
         std::thread::Builder::new()
             .name("planner".into())
-            .spawn(move || planner(&app, &woken))?;
+            .spawn(move || planner(&app, &woken))
+            .map_err(io("starting the planner"))?;
     }
     {
         let app = app.clone();
         std::thread::Builder::new()
             .name("finisher".into())
-            .spawn(move || finisher(&app))?;
+            .spawn(move || finisher(&app))
+            .map_err(io("starting the finisher"))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(io("starting the I/O runtime"))?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        eprintln!(
-            "sparq: serving on http://{} (state {}; jobs {}; {})",
-            listener.local_addr()?,
+            .map_err(io(format!("listening on {}", args.listen)))?;
+        let local = listener
+            .local_addr()
+            .map_err(io(format!("listening on {}", args.listen)))?;
+        tracing::info!(
+            "serving on http://{} (state {}; jobs {}; {})",
+            local,
             args.state.display(),
-            serde_json::to_string(&counts)?,
+            serde_json::to_string(&counts).unwrap_or_default(),
             if token.is_some() {
                 "bearer token required"
             } else {
@@ -122,9 +173,9 @@ pub fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
         axum::serve(listener, api::router(app))
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("serving")
+            .map_err(io("serving"))
     })?;
-    eprintln!("sparq: service stopped; queued and running jobs continue when it restarts");
+    tracing::info!("service stopped; queued and running jobs continue when it restarts");
     Ok(())
 }
 
@@ -153,9 +204,9 @@ fn planner(app: &App, woken: &crossbeam_channel::Receiver<()>) {
         match next {
             Ok(Some(job)) => {
                 if let Err(e) = plan_job(app, &job.id, &job.spec, &runtime) {
-                    eprintln!("sparq: job {}: {e}", job.id);
+                    tracing::error!("job {}: {e}", job.id);
                     if let Err(e) = lock(app).fail_job(&job.id, &e) {
-                        eprintln!("sparq: job {}: state database: {e}", job.id);
+                        tracing::error!("job {}: state database: {e}", job.id);
                     }
                 }
             }
@@ -163,7 +214,7 @@ fn planner(app: &App, woken: &crossbeam_channel::Receiver<()>) {
                 let _ = woken.recv_timeout(POLL);
             }
             Err(e) => {
-                eprintln!("sparq: state database: {e}");
+                tracing::error!("state database: {e}");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -185,8 +236,8 @@ fn plan_job(
             let dtype = args.dtype.unwrap_or(Dtype::F32);
             let plan =
                 plan_encode(&args, dtype, &app.roots.access, runtime).map_err(|e| e.to_string())?;
-            eprintln!(
-                "sparq: job {id}: {} shards ({} to encode, {} committed before) → {}",
+            tracing::info!(
+                "job {id}: {} shards ({} to encode, {} committed before) → {}",
                 plan.shards.len(),
                 plan.pending.len(),
                 plan.shards.len() - plan.pending.len(),
@@ -209,8 +260,8 @@ fn finisher(app: &App) {
         match lock(app).expire() {
             Ok(expired) => {
                 for e in expired {
-                    eprintln!(
-                        "sparq: job {} shard {}: worker {} lost its lease; {}",
+                    tracing::info!(
+                        "job {} shard {}: worker {} lost its lease; {}",
                         e.job,
                         e.shard,
                         e.worker,
@@ -222,14 +273,14 @@ fn finisher(app: &App) {
                     );
                 }
             }
-            Err(e) => eprintln!("sparq: state database: {e}"),
+            Err(e) => tracing::error!("state database: {e}"),
         }
         let next = lock(app).next_to_finish();
         match next {
             Ok(Some(job)) => finish_job(app, job, &runtime),
             Ok(None) => std::thread::sleep(POLL),
             Err(e) => {
-                eprintln!("sparq: state database: {e}");
+                tracing::error!("state database: {e}");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -300,8 +351,8 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
         }
         _ => (false, json!(null), Some("the job has no plan".into())),
     };
-    eprintln!(
-        "sparq: job {}: {}{}",
+    tracing::info!(
+        "job {}: {}{}",
         job.id,
         if succeeded { "succeeded" } else { "failed" },
         error
@@ -310,6 +361,6 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
             .unwrap_or_default()
     );
     if let Err(e) = lock(app).set_finished(&job.id, succeeded, &summary, error.as_deref()) {
-        eprintln!("sparq: job {}: state database: {e}", job.id);
+        tracing::error!("job {}: state database: {e}", job.id);
     }
 }

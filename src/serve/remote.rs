@@ -15,11 +15,14 @@ use serde_json::{json, Value};
 
 use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, Work};
 use super::client::{Client, CoordinatorArg};
+use super::ServeError;
 use crate::encode::pipeline::{encode_shard, ShardProgress};
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::ShardSpec;
 use crate::io::{AllowedRoots, Committer, StoreUrl};
-use crate::model::{DeviceSpec, Dtype, ResolveDevice, SpladeEncoder};
+use crate::model::{Dtype, ResolveDevice, SpladeEncoder};
+use crate::train::TrainEvent;
+use crate::types::DeviceSpec;
 
 /// How long a worker keeps trying to reach a coordinator that went away (a restart).
 const PATIENCE: Duration = Duration::from_secs(3600);
@@ -58,7 +61,7 @@ struct Loaded {
 }
 
 /// Runs the worker until `--idle-exit` or a signal.
-pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
+pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
     args.device.resolve()?;
     let client = Client::new(&args.coordinator.coordinator)?;
     let name = args.name.clone().unwrap_or_else(|| {
@@ -76,20 +79,26 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|source| ServeError::Io {
+            what: "starting the I/O runtime".into(),
+            source,
+        })?;
     let request = serde_json::to_value(LeaseRequest {
         worker: name.clone(),
         device: args.device.to_string(),
-    })?;
-    eprintln!(
-        "sparq: worker {name} on {} ({threads} threads) asking {} for work",
+    })
+    .expect("serializable");
+    tracing::info!(
+        "worker {name} on {} ({threads} threads) asking {} for work",
         args.device,
         client.url()
     );
     let own_roots = if args.allow_roots.is_empty() {
         AllowedRoots::anywhere()
     } else {
-        AllowedRoots::under("this worker", &args.allow_roots)?
+        AllowedRoots::under("this worker", &args.allow_roots)
+            .map_err(|e| ServeError::Roots(format!("--allow-root: {e}")))?
     };
     let mut loaded: Option<Loaded> = None;
     let mut committers: HashMap<String, Committer> = HashMap::new();
@@ -108,8 +117,8 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
                     idle_since = Instant::now();
                     continue;
                 }
-                eprintln!(
-                    "sparq: worker {name}: no work for {}s; exiting",
+                tracing::info!(
+                    "worker {name}: no work for {}s; exiting",
                     args.idle_exit.unwrap_or(0)
                 );
                 return Ok(());
@@ -117,7 +126,8 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs_f64(args.poll.max(0.05)));
             continue;
         };
-        let grant: LeaseGrant = serde_json::from_value(grant)?;
+        let grant: LeaseGrant =
+            serde_json::from_value(grant).map_err(|e| ServeError::Protocol(e.to_string()))?;
         let lease = grant.lease.clone();
         let roots = grant.allowed_roots.clone().and(&own_roots);
         let outcome = match grant.work.clone() {
@@ -149,20 +159,21 @@ pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
                 json!({ "worker": name, "report": report }),
             ),
             Err(failure) => {
-                eprintln!(
-                    "sparq: worker {name}: job {} lease {lease}: {}",
-                    grant.job, failure.error
+                tracing::info!(
+                    "worker {name}: job {} lease {lease}: {}",
+                    grant.job,
+                    failure.error
                 );
                 (
                     format!("/v1/leases/{lease}/failed"),
-                    serde_json::to_value(&failure)?,
+                    serde_json::to_value(&failure).expect("serializable"),
                 )
             }
         };
         // The part is committed (or not) already; if the report cannot be delivered the lease
         // times out and the shard's next attempt finds the part committed.
         if let Err(e) = client.call_retrying(Method::POST, &path, Some(&body), PATIENCE) {
-            eprintln!("sparq: worker {name}: could not report lease {lease}: {e}");
+            tracing::error!("worker {name}: could not report lease {lease}: {e}");
         }
         idle_since = Instant::now();
     }
@@ -244,7 +255,7 @@ fn encode_lease(
                 tokens: read.tokens.load(Ordering::Relaxed),
             },
             move |why| {
-                eprintln!("sparq: stopping the shard: {why}");
+                tracing::info!("stopping the shard: {why}");
                 cancel.cancel.store(true, Ordering::Relaxed);
             },
         )
@@ -328,11 +339,12 @@ fn train_lease(
         .args(["--device", &args.device.to_string()])
         .args(["--threads", &threads.to_string()])
         .arg("--resume")
+        .arg("--events")
         .arg("--allowed-roots")
         .arg(serde_json::to_string(roots).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| fail(format!("starting `sparq train`: {e}"), true))?;
     let step = Arc::new(AtomicU64::new(0));
@@ -346,55 +358,41 @@ fn train_lease(
             tokens: 0,
         },
         move |why| {
-            eprintln!("sparq: stopping the training run: {why}");
+            tracing::info!("stopping the training run: {why}");
             // SAFETY: plain kill(2) on our own child.
             unsafe {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
         },
     );
-    let stderr = child.stderr.take().expect("piped");
-    let tail = std::thread::spawn(move || {
-        let mut last: Vec<String> = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            last.push(line);
-            if last.len() > 5 {
-                last.remove(0);
-            }
-        }
-        last
-    });
-    let mut summary = None;
+    // The child's events (typed JSON lines on its stdout): steps for the heartbeats, the
+    // summary for the report, or why it failed. Its log lines go to this worker's stderr.
+    let (mut summary, mut error) = (None, None);
     for line in BufReader::new(child.stdout.take().expect("piped"))
         .lines()
         .map_while(Result::ok)
     {
-        println!("{line}");
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if let Some(s) = v["step"].as_u64() {
-                step.store(s, Ordering::Relaxed);
+        match serde_json::from_str::<TrainEvent>(&line) {
+            Ok(TrainEvent::Summary { train_summary }) => summary = Some(train_summary),
+            Ok(TrainEvent::Failed { train_error }) => error = Some(train_error),
+            Ok(event) => {
+                if let Some(s) = event.step() {
+                    step.store(s, Ordering::Relaxed);
+                }
+                tracing::info!("job {}: {line}", grant.job);
             }
-            if v.get("train_summary").is_some() {
-                summary = Some(v["train_summary"].clone());
-            }
+            Err(_) => tracing::info!("job {}: {line}", grant.job),
         }
     }
     let status = child.wait().map_err(|e| fail(e.to_string(), true))?;
     drop(beats);
-    let last = tail.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     match (status.success(), summary) {
-        (true, Some(summary)) => Ok(summary),
+        (true, Some(summary)) => Ok(serde_json::to_value(summary).expect("serializable")),
         _ => Err(fail(
             format!(
                 "`sparq train` ended with {status}: {}",
-                last.iter()
-                    .rev()
-                    .find(|l| l.contains("error"))
-                    .or(last.last())
-                    .cloned()
-                    .unwrap_or_default()
+                error.unwrap_or_else(|| "no error reported (killed?)".into())
             ),
             true,
         )),

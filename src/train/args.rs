@@ -96,6 +96,11 @@ pub struct TrainArgs {
     /// also bounds how long the other ranks wait for rank 0's evaluations and checkpoints.
     #[arg(long)]
     pub collective_timeout: Option<u64>,
+    /// Internal (set by `sparq worker`): also write a failure as a `{"train_error": ...}` line
+    /// on stdout, so the worker can report why.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub events: bool,
     /// Internal (set by `sparq worker` for service jobs): the folders local paths must resolve
     /// under, as JSON.
     #[arg(long, hide = true)]
@@ -169,7 +174,7 @@ impl TrainArgs {
         };
         let file = read_config(path)?;
         macro_rules! pick {
-            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), allowed_roots: self.allowed_roots.clone(), $($f: self.$f.clone().or(file.$f),)* } };
+            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), events: self.events, allowed_roots: self.allowed_roots.clone(), $($f: self.$f.clone().or(file.$f),)* } };
         }
         Ok(pick!(
             model,

@@ -6,6 +6,7 @@ pub mod args;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
+pub mod events;
 pub mod loss;
 pub mod model;
 pub mod optim;
@@ -17,6 +18,7 @@ pub use args::{TrainArgs, TrainConfig};
 
 /// The marker file of a complete checkpoint (written last into `checkpoint-<step>/`).
 pub const CHECKPOINT_MARKER: &str = "_COMPLETE";
+pub use events::{StepLog, TrainEvent, TrainSummary};
 pub use trainer::run_train;
 
 /// What can stop training.
@@ -55,7 +57,7 @@ pub enum TrainError {
     Collective(String),
     /// Evaluation during training failed.
     #[error("evaluation: {0}")]
-    Eval(String),
+    Eval(#[from] crate::eval::EvalError),
     /// The loss, a gradient or a parameter became non-finite.
     #[error("{0}")]
     Diverged(String),

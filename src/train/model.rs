@@ -7,11 +7,14 @@ use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
 use crate::model::attention::AttentionKernel;
+use crate::model::extract::Extraction;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
 use crate::model::packed::PackedBatch;
 use crate::model::tokenizer::SpladeTokenizer;
 use crate::model::weights::WeightMap;
+use crate::model::{EncodeOptions, InputKind, ModelError, SparseEncode};
+use crate::types::SparseVector;
 
 /// A trainable SPLADE model on one device (fp32 master weights).
 pub struct TrainModel {
@@ -74,9 +77,13 @@ impl TrainModel {
         if refs.iter().any(|s| s.is_empty()) {
             return Err(TrainError::Data("a text tokenized to nothing".into()));
         }
-        let real: i64 = refs.iter().map(|s| s.len() as i64).sum();
+        Ok(self.pooled(&refs)?)
+    }
+
+    fn pooled(&self, seqs: &[&[u32]]) -> Result<Tensor, tch::TchError> {
+        let real: i64 = seqs.iter().map(|s| s.len() as i64).sum();
         let kernel = AttentionKernel::for_device(self.device);
-        let batch = PackedBatch::new(&refs, real, self.device, kernel, 1)?;
+        let batch = PackedBatch::new(seqs, real, self.device, kernel, 1)?;
         let run = || -> Result<Tensor, tch::TchError> {
             let hidden = self.model.transformed(&batch)?;
             self.layout
@@ -88,7 +95,7 @@ impl TrainModel {
         } else {
             run()
         }?;
-        Ok(pooled.f_to_kind(Kind::Float)?)
+        pooled.f_to_kind(Kind::Float)
     }
 
     /// Writes the model into `dir` in the layout it was loaded from: every file of the source
@@ -181,5 +188,57 @@ pub fn io_error(path: &Path, e: std::io::Error) -> TrainError {
     TrainError::Io {
         path: PathBuf::from(path),
         detail: e.to_string(),
+    }
+}
+
+/// The model being trained, encoding as `sparq eval` would encode the saved model: prompts,
+/// length-sorted batches, the saved `max_active_dims`, no gradients. Dropout is as set: the
+/// trainer turns it off around an evaluation.
+impl SparseEncode for TrainModel {
+    fn encode_texts(
+        &self,
+        texts: &[Option<&str>],
+        kind: InputKind,
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        let prompt = match kind {
+            InputKind::Query => self.layout.query_prompt.as_deref(),
+            InputKind::Document => self.layout.document_prompt.as_deref(),
+        }
+        .unwrap_or("");
+        let present: Vec<String> = texts
+            .iter()
+            .flatten()
+            .map(|t| format!("{prompt}{t}"))
+            .collect();
+        let mut ids = self.tokenizer.encode_batch(present)?.into_iter();
+        let tokenized: Vec<Option<Vec<u32>>> =
+            texts.iter().map(|t| t.and_then(|_| ids.next())).collect();
+        let mut order: Vec<usize> = (0..texts.len())
+            .filter(|&i| tokenized[i].is_some())
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].as_ref().map_or(0, Vec::len)));
+        let k = opts.max_active_dims.or(self.layout.max_active_dims);
+        let extraction = Extraction::new(self.device);
+        let mut out = vec![SparseVector::default(); texts.len()];
+        for chunk in order.chunks(opts.batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&i| tokenized[i].as_deref().unwrap_or_default())
+                .collect();
+            let vectors = tch::no_grad(|| -> Result<Vec<SparseVector>, ModelError> {
+                let pooled = self.pooled(&batch)?;
+                let launched = extraction.launch(&pooled, k, self.device)?;
+                extraction.finish(launched, batch.len())
+            })?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn dimension(&self) -> i64 {
+        self.layout.arch.vocab_size()
     }
 }

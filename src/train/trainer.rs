@@ -11,32 +11,24 @@ use super::args::{TrainArgs, TrainConfig};
 use super::checkpoint::{restore, Output, TrainerState};
 use super::data::{epoch_batches, read_pairs, Cursor, PairData};
 use super::dist::{launch, Group, RankEnv};
+use super::events::{StepLog, TrainEvent, TrainSummary};
 use super::loss::{lambda_at, splade_loss};
 use super::model::TrainModel;
 use super::optim::{clip_grad_norm, linear_lr, warmup_steps, zero_grad, AdamW, Param};
 use super::TrainError;
-use crate::model::{DeviceSpec, Dtype, ResolveDevice};
-
-/// What a finished run reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrainSummary {
-    /// Steps taken in total (including those before a resume).
-    pub steps: u64,
-    /// Steps taken by this invocation.
-    pub steps_this_run: u64,
-    /// Step resumed from, if any.
-    pub resumed_from: Option<u64>,
-    /// Training pairs per second over this invocation (all processes).
-    pub samples_per_s: f64,
-    /// Where the final model is.
-    pub output: String,
-    /// Best evaluation (nDCG@10, step), if evaluated.
-    pub best: Option<(f64, u64)>,
-}
+use crate::eval::metrics::NDCG_AT_10;
+use crate::eval::run::{aggregate, evaluate_model, EvalSettings};
+use crate::eval::IrDataset;
+use crate::model::{Dtype, EncodeOptions, ResolveDevice};
+use crate::types::DeviceSpec;
 
 /// Runs `sparq train`. With `--nproc-per-node N` (and no torchrun variables set) it starts N
 /// ranks and waits for them (returns `None`); otherwise it trains as this process's rank.
-pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
+/// Events (log lines, evaluations) go to `on_event` as they happen, on rank 0.
+pub fn run_train(
+    args: &TrainArgs,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<Option<TrainSummary>, TrainError> {
     let merged = args.merged()?;
     let rank_env = RankEnv::from_env()?;
     if let Some(n) = merged.nproc_per_node {
@@ -93,7 +85,11 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
     let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
     let warmup = warmup_steps(total, config.warmup_ratio);
 
-    let model = TrainModel::load(&config.model, device, config.dtype == Dtype::Bf16)?;
+    let mut model = TrainModel::load(&config.model, device, config.dtype == Dtype::Bf16)?;
+    let eval_data = match &config.eval_beir {
+        Some(dir) => Some(IrDataset::load(dir, "test", false)?),
+        None => None,
+    };
     let mut params: Vec<Param> = model
         .params
         .iter()
@@ -131,8 +127,8 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
             state.total_steps = total;
             resumed_from = Some(step);
         } else if rank == 0 {
-            eprintln!(
-                "sparq: note: no complete checkpoint in {}: starting from step 0",
+            tracing::info!(
+                "note: no complete checkpoint in {}: starting from step 0",
                 config.output
             );
         }
@@ -232,13 +228,11 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
             let elapsed = started.elapsed().as_secs_f64();
             let samples = ((state.step - first_step) as usize * config.batch_size * world) as f64;
             let mut line = window.line(&state, epoch, samples / elapsed.max(1e-9));
-            if let Some(hash) = &replicas {
-                line["replicas_identical"] = hash.clone().into();
-            }
-            println!("{line}");
+            line.replicas_identical = replicas;
             if let Some(bar) = &progress {
-                bar.set_message(format!("loss {:.4}", line["loss"].as_f64().unwrap_or(0.0)));
+                bar.set_message(format!("loss {:.4}", line.loss));
             }
+            on_event(&TrainEvent::Step(line));
         }
         let scheduled = config.save_steps > 0 && state.step.is_multiple_of(config.save_steps);
         let eval = config.eval_beir.is_some()
@@ -250,7 +244,7 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
         // With --load-best-at-end every evaluated step is saved, so the best one can be restored.
         let save = (scheduled || (eval && config.load_best_at_end)) && state.step < total;
         if eval && rank == 0 {
-            let ndcg = evaluate(&model, &config, &scratch, state.step)?;
+            let ndcg = evaluate(&mut model, eval_data.as_ref(), state.step, on_event)?;
             if state.best.is_none_or(|(b, _)| ndcg > b) {
                 state.best = Some((ndcg, state.step));
             }
@@ -273,7 +267,7 @@ pub fn run_train(args: &TrainArgs) -> Result<Option<TrainSummary>, TrainError> {
     let samples = ((state.step - first_step) as usize * config.batch_size * world) as f64;
     if rank == 0 {
         if config.eval_beir.is_some() {
-            let ndcg = evaluate(&model, &config, &scratch, state.step)?;
+            let ndcg = evaluate(&mut model, eval_data.as_ref(), state.step, on_event)?;
             if state.best.is_none_or(|(b, _)| ndcg > b) {
                 state.best = Some((ndcg, state.step));
             }
@@ -383,25 +377,26 @@ impl LogWindow {
         Ok(())
     }
 
-    fn line(&mut self, state: &TrainerState, epoch: f64, samples_per_s: f64) -> serde_json::Value {
+    fn line(&mut self, state: &TrainerState, epoch: f64, samples_per_s: f64) -> StepLog {
         let n = self.steps.max(1) as f64;
         let s = std::mem::take(&mut self.sum);
         self.steps = 0;
-        serde_json::json!({
-            "step": state.step,
-            "epoch": (epoch * 1e4).round() / 1e4,
-            "loss": s.total / n,
-            "base_loss": s.base / n,
-            "query_regularizer_loss": s.query_regularizer / n,
-            "document_regularizer_loss": s.document_regularizer / n,
-            "lambda_query": state.lambda_query,
-            "lambda_document": state.lambda_document,
-            "learning_rate": state.learning_rate,
-            "grad_norm": self.grad_norm,
-            "query_active_dims": s.query_active / n,
-            "document_active_dims": s.document_active / n,
-            "samples_per_s": (samples_per_s * 100.0).round() / 100.0,
-        })
+        StepLog {
+            step: state.step,
+            epoch: (epoch * 1e4).round() / 1e4,
+            loss: s.total / n,
+            base_loss: s.base / n,
+            query_regularizer_loss: s.query_regularizer / n,
+            document_regularizer_loss: s.document_regularizer / n,
+            lambda_query: state.lambda_query,
+            lambda_document: state.lambda_document,
+            learning_rate: state.learning_rate,
+            grad_norm: self.grad_norm,
+            query_active_dims: s.query_active / n,
+            document_active_dims: s.document_active / n,
+            samples_per_s: (samples_per_s * 100.0).round() / 100.0,
+            replicas_identical: None,
+        }
     }
 }
 
@@ -459,43 +454,30 @@ fn set_from(t: &Tensor, values: &[f32]) -> Result<(), TrainError> {
     })
 }
 
-/// Evaluates the current model on `--eval-beir` (written to a scratch folder, then `sparq
-/// eval`'s code path); prints the metrics as a JSON line and returns nDCG@10.
+/// Evaluates the model being trained on `--eval-beir`, in process (dropout off, nothing
+/// written to disk), as `sparq eval` would the saved model; reports the metrics as an event
+/// and returns nDCG@10.
 fn evaluate(
-    model: &TrainModel,
-    config: &TrainConfig,
-    scratch: &std::path::Path,
+    model: &mut TrainModel,
+    data: Option<&IrDataset>,
     step: u64,
+    on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<f64, TrainError> {
-    let dir = scratch.join(format!("eval-{step}"));
-    model.save(&dir)?;
-    let args = crate::eval::run::EvalArgs {
-        model: crate::model::ModelArgs {
-            model: dir.clone(),
-            max_active_dims: None,
-            batch_size: 32,
-            device: match model.device() {
-                Device::Cuda(n) => DeviceSpec::Cuda(n),
-                _ => DeviceSpec::Cpu,
-            },
-            dtype: None,
-            threads: None,
-        },
-        beir: vec![config.eval_beir.clone().expect("checked by the caller")],
-        split: "test".into(),
-        title: false,
-        run_file: None,
-        corpus_vectors: None,
-        corpus_id_column: "_id".into(),
+    let Some(data) = data else { return Ok(0.0) };
+    let settings = EvalSettings {
+        encode: EncodeOptions::default(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Default::default()
     };
-    let results = crate::eval::run::run_eval(&args).map_err(|e| TrainError::Eval(e.to_string()))?;
-    let metrics = crate::eval::run::aggregate(&results);
-    let ndcg = metrics
-        .iter()
-        .find(|(k, _)| k.ends_with("ndcg@10"))
-        .map_or(0.0, |(_, v)| *v);
-    println!("{}", serde_json::json!({"step": step, "eval": metrics}));
-    let _ = std::fs::remove_dir_all(&dir);
+    model.set_dropout(false);
+    let results = evaluate_model(&*model, std::slice::from_ref(data), &settings);
+    model.set_dropout(true);
+    let metrics = aggregate(&results?);
+    let ndcg = metrics.get(NDCG_AT_10).copied().unwrap_or(0.0);
+    on_event(&TrainEvent::Eval {
+        eval: metrics,
+        step,
+    });
     Ok(ndcg)
 }
 
@@ -538,8 +520,8 @@ fn check_compatible(
         && config.max_steps.is_some()
     {
         // A longer or shorter run changes the schedules; allowed, but said.
-        eprintln!(
-            "sparq: note: the checkpoint planned {} steps, this run {}: the learning-rate and λ schedules follow the new total",
+        tracing::info!(
+"note: the checkpoint planned {} steps, this run {}: the learning-rate and λ schedules follow the new total",
             saved.total_steps,
             config.max_steps.unwrap_or(0)
         );

@@ -1,0 +1,137 @@
+//! What `encode`, `eval`, `inspect`, `decode`, `export` and `train` print.
+
+use std::process::ExitCode;
+
+use super::CliError;
+use crate::eval::run::{aggregate, run_eval, EvalArgs};
+use crate::eval::IrMetrics;
+use crate::export::{InspectArgs, InspectReport};
+use crate::job::args::EncodeArgs;
+use crate::train::{run_train, TrainArgs, TrainEvent};
+
+/// `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
+/// failed (the rest is committed).
+pub fn encode(args: &EncodeArgs) -> ExitCode {
+    match crate::coord::coordinator::run_encode(args) {
+        Ok((summary, failures)) => {
+            println!("{}", serde_json::to_string(&summary).expect("serializable"));
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "sparq: {} shard(s) failed; the rest is committed. Fix the cause and rerun the \
+                     same command to finish.",
+                    failures.len()
+                );
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("sparq: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inspect`: the report as text, or as one JSON object with `--json`.
+pub fn inspect(args: &InspectArgs) -> Result<(), CliError> {
+    let r: InspectReport = crate::export::inspect(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r).expect("serializable"));
+        return Ok(());
+    }
+    println!("{}", r.url);
+    println!(
+        "  {} rows in {} files, {} bytes ({:.1} bytes/row)",
+        r.rows, r.files, r.bytes, r.bytes_per_row
+    );
+    println!(
+        "  null vectors {}, empty vectors {}",
+        r.null_vectors, r.empty_vectors
+    );
+    println!("  schema: {}", r.schema);
+    let d = &r.active_dims;
+    println!(
+        "  active dims: mean {:.1}, p50 {}, p99 {}, max {}",
+        d.mean, d.p50, d.p99, d.max
+    );
+    println!("  top tokens by document frequency:");
+    for t in &r.top_tokens_by_document_frequency {
+        println!(
+            "    {:>8} {:<20} {:>10} docs ({:.1}%)",
+            t.id,
+            t.token.as_deref().unwrap_or("?"),
+            t.documents,
+            100.0 * t.fraction
+        );
+    }
+    Ok(())
+}
+
+/// `decode`: one JSON line per row asked for.
+pub fn decode(args: &crate::export::DecodeArgs) -> Result<(), CliError> {
+    for row in crate::export::decode(args)? {
+        println!("{row}");
+    }
+    Ok(())
+}
+
+/// `export`: the summary JSON line.
+pub fn export(args: &crate::export::ExportArgs) -> Result<(), CliError> {
+    let summary = crate::export::run_export(args)?;
+    println!("{}", serde_json::json!({ "export_summary": summary }));
+    Ok(())
+}
+
+/// `train`: each event as a JSON line on stdout (rank 0), the end on stderr. With the hidden
+/// `--events` (a worker's child) a failure is written as an event too.
+pub fn train(args: &TrainArgs) -> Result<(), CliError> {
+    let mut print = |event: &TrainEvent| {
+        println!("{}", serde_json::to_string(event).expect("serializable"));
+    };
+    match run_train(args, &mut print) {
+        Ok(Some(summary)) => {
+            if std::env::var("RANK").map_or(true, |r| r == "0") {
+                eprintln!(
+                    "sparq: trained {} steps ({:.1} pairs/s); model in {}",
+                    summary.steps, summary.samples_per_s, summary.output
+                );
+                print(&TrainEvent::Summary {
+                    train_summary: summary,
+                });
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            if args.events {
+                print(&TrainEvent::Failed {
+                    train_error: e.to_string(),
+                });
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `eval`: one JSON line per dataset (the metrics alone for one dataset; with a `dataset` key,
+/// then their mean, for several).
+pub fn eval(args: &EvalArgs) -> Result<(), CliError> {
+    let results = run_eval(args)?;
+    let line = |m: &IrMetrics, name: Option<&str>| {
+        let mut v = serde_json::to_value(m).expect("serializable");
+        if let Some(name) = name {
+            v["dataset"] = name.into();
+        }
+        println!("{v}");
+    };
+    if results.len() == 1 {
+        line(&results[0].metrics, None);
+    } else {
+        for r in &results {
+            line(&r.metrics, Some(&r.name));
+        }
+        line(&aggregate(&results), Some("mean"));
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! `sparq submit`, `status` and `cancel`: what they print and the exit codes they return
+//! (0 succeeded, 1 failed, 3 cancelled).
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::CliError;
+use crate::serve::client::{read_spec, CancelArgs, Client, StatusArgs, SubmitArgs};
+use crate::serve::wire::{JobState, JobView};
+
+/// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.
+pub fn submit(args: &SubmitArgs) -> Result<u8, CliError> {
+    let spec = read_spec(&args.spec)?;
+    let client = Client::new(&args.coordinator.coordinator)?;
+    // A service started a moment ago (`sparq serve &`) gets a few seconds to come up. Only a
+    // refused connection is retried: a request that may have arrived could queue the job twice.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let path = match &args.name {
+        // Names are checked by the service; encode the few characters a URL would mangle.
+        Some(name) => format!(
+            "/v1/jobs?name={}",
+            name.replace('%', "%25")
+                .replace('&', "%26")
+                .replace('#', "%23")
+                .replace('+', "%2B")
+                .replace(' ', "%20")
+        ),
+        None => "/v1/jobs".into(),
+    };
+    let answer = loop {
+        match client.call(Method::POST, &path, Some(&spec)) {
+            Err(e) if e.never_arrived() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            other => break other,
+        }
+    }
+    .map_err(|e| CliError::Message(format!("{}: {e}", args.spec.display())))?
+    .unwrap_or(Value::Null);
+    let id = answer["id"].as_str().unwrap_or_default().to_string();
+    println!("{id}");
+    if answer["existing"] == true {
+        eprintln!(
+            "sparq: `{}` was submitted before as {id} ({}): not queued again",
+            args.name.as_deref().unwrap_or_default(),
+            answer["state"].as_str().unwrap_or("?")
+        );
+    }
+    if !args.wait {
+        return Ok(0);
+    }
+    wait_for(&client, &id)
+}
+
+/// Follows a job until it ends, with a progress line on stderr. Returns the exit code.
+pub fn wait_for(client: &Client, id: &str) -> Result<u8, CliError> {
+    let mut last = String::new();
+    loop {
+        let job = match client.call_retrying(
+            Method::GET,
+            &format!("/v1/jobs/{id}"),
+            None,
+            Duration::from_secs(600),
+        )? {
+            Some(v) => serde_json::from_value::<JobView>(v)
+                .map_err(|e| CliError::Message(format!("unexpected answer for job {id}: {e}")))?,
+            None => return Err(CliError::Message(format!("empty answer for job {id}"))),
+        };
+        let line = progress_line(&job);
+        if line != last {
+            tracing::info!("{id}: {line}");
+            last = line;
+        }
+        if job.state.is_final() {
+            if let Some(summary) = &job.summary {
+                println!("{summary}");
+            }
+            if let Some(error) = &job.error {
+                tracing::info!("job {id} {}: {error}", job.state);
+            }
+            return Ok(match job.state {
+                JobState::Succeeded => 0,
+                JobState::Cancelled => 3,
+                _ => 1,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn progress_line(job: &JobView) -> String {
+    let unit = if job.kind == "train" { "steps" } else { "rows" };
+    format!(
+        "{} — shards {}/{}{}, {} {}/{}{}",
+        job.state,
+        job.shards_done,
+        job.shards_total,
+        if job.shards_failed > 0 {
+            format!(" ({} failed)", job.shards_failed)
+        } else {
+            String::new()
+        },
+        unit,
+        job.rows_done,
+        job.rows_total,
+        if job.retries > 0 {
+            format!(", {} retries", job.retries)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `sparq status`; returns the exit code.
+pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.coordinator.coordinator)?;
+    if let (true, Some(id)) = (args.wait, &args.job) {
+        return wait_for(&client, id);
+    }
+    let jobs: Vec<JobView> = match &args.job {
+        Some(id) => vec![client.job(id)?],
+        None => {
+            let v = client.call(Method::GET, "/v1/jobs", None)?;
+            serde_json::from_value(v.unwrap_or(Value::Null)["jobs"].take())
+                .map_err(|e| CliError::Message(format!("unexpected answer: {e}")))?
+        }
+    };
+    if args.json {
+        match &args.job {
+            Some(_) => println!(
+                "{}",
+                serde_json::to_string_pretty(&jobs[0]).expect("serializable")
+            ),
+            None => println!("{}", serde_json::json!({ "jobs": jobs })),
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9} {:>8} {:>8}",
+        "JOB", "KIND", "STATE", "SHARDS", "ROWS", "DOCS/S", "ETA", "FAILURES"
+    );
+    for j in &jobs {
+        println!(
+            "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9.1} {:>8} {:>8}",
+            j.id,
+            j.kind,
+            j.state,
+            format!("{}/{}", j.shards_done, j.shards_total),
+            format!("{}/{}", j.rows_done, j.rows_total),
+            j.docs_per_s,
+            j.eta_s.map_or("-".into(), duration),
+            format!("{}+{}", j.shards_failed, j.retries),
+        );
+    }
+    if let [job] = jobs.as_slice() {
+        if let Some(error) = &job.error {
+            println!("error: {error}");
+        }
+        for s in job.shards.iter().filter(|s| !s.causes.is_empty()) {
+            println!(
+                "shard {} ({}, {} attempts): {}",
+                s.shard,
+                s.state,
+                s.attempts,
+                s.causes.join("; then: ")
+            );
+        }
+        if let Some(summary) = &job.summary {
+            println!("summary: {summary}");
+        }
+    }
+    Ok(0)
+}
+
+/// `sparq cancel`.
+pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.coordinator.coordinator)?;
+    client.call(
+        Method::POST,
+        &format!("/v1/jobs/{}/cancel", args.job),
+        Some(&Value::Null),
+    )?;
+    eprintln!(
+        "sparq: job {} cancelled; workers stop its shards at their next heartbeat",
+        args.job
+    );
+    Ok(())
+}
