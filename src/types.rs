@@ -89,14 +89,22 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
-/// Precision of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Precision of the forward pass. Read from its names (`f32`, `fp32`, `bf16`, `bfloat16`, ...)
+/// wherever it is given: a flag, a config file, a job spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// fp32: the reference mode, exact to sentence-transformers.
     F32,
     /// bfloat16 weights and activations (pooling output in fp32).
     Bf16,
+}
+
+impl<'de> serde::Deserialize<'de> for Dtype {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl FromStr for Dtype {

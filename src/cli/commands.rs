@@ -12,7 +12,7 @@ use crate::train::{run_train, TrainArgs, TrainEvent};
 /// `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
 /// failed (the rest is committed).
 pub fn encode(args: &EncodeArgs) -> ExitCode {
-    match crate::coord::coordinator::run_encode(args) {
+    match crate::coord::coordinator::run_encode(&args.config, &args.fleet) {
         Ok((summary, failures)) => {
             println!("{}", serde_json::to_string(&summary).expect("serializable"));
             if failures.is_empty() {

@@ -11,7 +11,7 @@ use super::protocol::{FromWorker, ToWorker};
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::{ShardReport, ShardSpec};
 use crate::io::AllowedRoots;
-use crate::job::args::{job_devices, job_dtype, EncodeArgs};
+use crate::job::args::{job_dtype, EncodeConfig, Fleet};
 use crate::job::finish::{finish_encode, EncodeSummary};
 use crate::job::plan::{plan_encode, validate};
 use crate::job::JobError;
@@ -20,19 +20,23 @@ use crate::model::ResolveDevice;
 
 /// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
 /// only when there are none).
-pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
+pub fn run_encode(
+    config: &EncodeConfig,
+    fleet: &Fleet,
+) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
     let started = Instant::now();
-    validate(args)?;
-    let mut devices = job_devices(args);
+    validate(config)?;
+    validate_fleet(fleet)?;
+    let mut devices = fleet.devices();
     for d in devices.iter().collect::<HashSet<_>>() {
         d.resolve()?;
     }
-    let dtype = job_dtype(args, &devices);
+    let dtype = job_dtype(config, &devices);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let plan = plan_encode(args, dtype, &AllowedRoots::anywhere(), &runtime)?;
+    let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime)?;
     let mut failures = plan.failures.clone();
     if !plan.pending.is_empty() && plan.pending.len() < devices.len() {
         // More workers than shards would load the model to sit idle.
@@ -46,7 +50,7 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         devices.truncate(plan.pending.len());
     }
 
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = fleet.threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / devices.len()).max(1)
     });
@@ -56,7 +60,7 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
         .collect();
     let by_id: BTreeMap<usize, &ShardSpec> = plan.shards.iter().map(|s| (s.id, s)).collect();
     let pending: Vec<&ShardSpec> = plan.pending.iter().map(|id| by_id[id]).collect();
-    let reports = lease_loop(args, &plan.settings, &workers, &pending, &mut failures)?;
+    let reports = lease_loop(config, &plan.settings, &workers, &pending, &mut failures)?;
     // Each failed shard's causes, before the manifest is written: if that fails too (a full
     // disk), the causes are still said.
     for f in &failures {
@@ -115,7 +119,7 @@ pub fn run_encode(args: &EncodeArgs) -> Result<(EncodeSummary, Vec<ShardFailure>
 /// Leases `pending` shards to one worker process per entry of `workers` until each is
 /// committed or failed.
 fn lease_loop(
-    args: &EncodeArgs,
+    args: &EncodeConfig,
     settings: &EncodeSettings,
     workers: &[WorkerSettings],
     pending: &[&ShardSpec],
@@ -333,4 +337,19 @@ struct Lease {
     since: Instant,
     rows: u64,
     tokens: u64,
+}
+
+/// Checks the worker fleet's numbers.
+fn validate_fleet(fleet: &Fleet) -> Result<(), JobError> {
+    for (flag, value, high) in [
+        ("--workers", fleet.workers, 1024),
+        ("--threads", fleet.threads, 4096),
+    ] {
+        if let Some(v) = value.filter(|v| !(1..=high).contains(v)) {
+            return Err(JobError::Settings(format!(
+                "{flag} {v} is outside its range [1, {high}]"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -17,6 +17,8 @@ use crate::encode::SparseVector;
 use crate::io::input::{list_inputs, InputFile};
 use crate::io::output::{read_sparse, SPARSE_COLUMN};
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
+use crate::job::finish::Manifest;
+use crate::job::identity::JobIdentity;
 use crate::job::{JOB_FILE, MANIFEST, SUCCESS};
 use crate::model::layout::ModelLayout;
 use crate::model::tokenizer::SpladeTokenizer;
@@ -60,11 +62,8 @@ pub fn output_parts(
     if runtime.block_on(committer.get(SUCCESS))?.is_none() {
         let manifest = runtime
             .block_on(committer.get(MANIFEST))?
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        let why = match manifest
-            .as_ref()
-            .and_then(|m| m["failed_shards"].as_array())
-        {
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        let why = match manifest.map(|m| m.failed_shards) {
             Some(failed) if !failed.is_empty() => {
                 format!("{} shard(s) failed, so rows are missing", failed.len())
             }
@@ -177,9 +176,9 @@ pub fn tokenizer_for(
     let tokenizer = SpladeTokenizer::load(&layout)?;
     let committer = Committer::new(&StoreUrl::parse(output)?)?;
     if let Some(job) = runtime.block_on(committer.get(JOB_FILE))? {
-        let recorded = serde_json::from_slice::<serde_json::Value>(&job)
+        let recorded = serde_json::from_slice::<JobIdentity>(&job)
             .ok()
-            .and_then(|j| j["model"].as_str().map(str::to_string));
+            .map(|j| j.model);
         let ours = crate::model::fingerprint(&layout.root)?;
         if let Some(recorded) = recorded {
             if recorded != ours {

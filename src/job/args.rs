@@ -1,12 +1,39 @@
-//! `sparq encode`'s options, and what they decide for the job's workers.
+//! `sparq encode`'s settings: the job's own ([`EncodeConfig`], also a service job spec) and the
+//! worker fleet that runs it here (devices, processes, threads).
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 use crate::types::{DeviceSpec, Dtype};
 
-/// Options of `sparq encode`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EncodeArgs {
+/// Defaults shared by the command line and job specs.
+mod defaults {
+    pub fn model() -> std::path::PathBuf {
+        crate::model::default_model_dir()
+    }
+    pub fn id_column() -> String {
+        "id".into()
+    }
+    pub fn text_column() -> String {
+        "text".into()
+    }
+    pub fn shard_rows() -> u64 {
+        20_000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn lease_timeout() -> u64 {
+        300
+    }
+}
+
+/// What an encode job is: the settings that decide its output and how it is leased. The flags
+/// of `sparq encode`, and the keys of a service job spec (`kind = "encode"`), are these.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeConfig {
     /// Input parquet: a file, a folder or prefix (every *.parquet under it, skipping names that
     /// start with `_` or `.`), a glob ('data/*.parquet'), or s3://bucket/prefix. S3 is configured
     /// by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP.
@@ -16,69 +43,131 @@ pub struct EncodeArgs {
     #[arg(long)]
     pub output: String,
     /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
+    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = defaults::model())]
+    #[serde(default = "defaults::model")]
     pub model: PathBuf,
     /// Column holding the row ids (any type; copied to the output as is).
-    #[arg(long, default_value = "id")]
+    #[arg(long, default_value_t = defaults::id_column())]
+    #[serde(default = "defaults::id_column")]
     pub id_column: String,
     /// Column holding the texts (string, or binary holding UTF-8).
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value_t = defaults::text_column())]
+    #[serde(default = "defaults::text_column")]
     pub text_column: String,
+    /// Real tokens per forward pass (the packed batch; no padding counted). Default: 4096 on
+    /// CPU, 65536 on CUDA.
+    #[arg(long)]
+    #[serde(default)]
+    pub batch_tokens: Option<usize>,
+    /// Keep only the K largest weights of each vector (default: the model's setting, else all).
+    #[arg(long, value_name = "K")]
+    #[serde(default)]
+    pub max_active_dims: Option<usize>,
+    /// Precision: f32 or bf16. Default: f32 when every device is a CPU, else bf16.
+    #[arg(long)]
+    #[serde(default)]
+    pub dtype: Option<Dtype>,
+    /// Input columns copied to the output beside the id and the vector.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub keep_columns: Vec<String>,
+    /// Encode texts as queries (the model's query prompt) instead of documents.
+    #[arg(long)]
+    #[serde(default)]
+    pub query: bool,
+    /// Replace an existing output made with other settings (deletes its parts first).
+    #[arg(long)]
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Most rows per shard (the unit of leasing, retry and commit).
+    #[arg(long, default_value_t = defaults::shard_rows())]
+    #[serde(default = "defaults::shard_rows")]
+    pub shard_rows: u64,
+    /// Attempts per shard before it is reported failed.
+    #[arg(long, default_value_t = defaults::max_attempts())]
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Seconds without progress after which a worker is considered stalled, killed, and its
+    /// shard leased to another worker.
+    #[arg(long, default_value_t = defaults::lease_timeout())]
+    #[serde(default = "defaults::lease_timeout")]
+    pub lease_timeout: u64,
+}
+
+/// The worker processes `sparq encode` starts on this machine.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct Fleet {
     /// One worker process per listed device, e.g. cpu,cpu or cuda:0,cuda:1.
     #[arg(long, value_delimiter = ',', conflicts_with = "workers")]
     pub devices: Vec<DeviceSpec>,
     /// Number of CPU worker processes (when --devices is not given).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Real tokens per forward pass (the packed batch; no padding counted). Default: 4096 on
-    /// CPU, 65536 on CUDA.
-    #[arg(long)]
-    pub batch_tokens: Option<usize>,
-    /// Keep only the K largest weights of each vector (default: the model's setting, else all).
-    #[arg(long, value_name = "K")]
-    pub max_active_dims: Option<usize>,
-    /// Precision: f32 or bf16. Default: f32 when every device is a CPU, else bf16.
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
-    /// Input columns copied to the output beside the id and the vector.
-    #[arg(long, value_delimiter = ',')]
-    pub keep_columns: Vec<String>,
-    /// Encode texts as queries (the model's query prompt) instead of documents.
-    #[arg(long)]
-    pub query: bool,
-    /// Replace an existing output made with other settings (deletes its parts first).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Most rows per shard (the unit of leasing, retry and commit).
-    #[arg(long, default_value_t = 20_000)]
-    pub shard_rows: u64,
     /// Intra-op threads per worker (default: cores / workers).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Attempts per shard before it is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: u32,
-    /// Seconds without progress after which a worker is considered stalled, killed, and its
-    /// shard leased to another worker.
-    #[arg(long, default_value_t = 300)]
-    pub lease_timeout: u64,
 }
 
-/// Devices of the job: `--devices`, else `--workers` CPU workers (default 1).
-pub fn job_devices(args: &EncodeArgs) -> Vec<DeviceSpec> {
-    if args.devices.is_empty() {
-        vec![DeviceSpec::Cpu; args.workers.unwrap_or(1).max(1)]
-    } else {
-        args.devices.clone()
+/// Options of `sparq encode`: the job, and the workers that run it here.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncodeArgs {
+    /// The job.
+    #[command(flatten)]
+    pub config: EncodeConfig,
+    /// The workers.
+    #[command(flatten)]
+    pub fleet: Fleet,
+}
+
+impl Fleet {
+    /// Devices of the job: `--devices`, else `--workers` CPU workers (default 1).
+    pub fn devices(&self) -> Vec<DeviceSpec> {
+        if self.devices.is_empty() {
+            vec![DeviceSpec::Cpu; self.workers.unwrap_or(1).max(1)]
+        } else {
+            self.devices.clone()
+        }
     }
 }
 
 /// The job's precision: `--dtype`, else f32 on an all-CPU job, else bf16.
-pub fn job_dtype(args: &EncodeArgs, devices: &[DeviceSpec]) -> Dtype {
-    args.dtype
+pub fn job_dtype(config: &EncodeConfig, devices: &[DeviceSpec]) -> Dtype {
+    config
+        .dtype
         .unwrap_or(if devices.iter().all(|d| *d == DeviceSpec::Cpu) {
             Dtype::F32
         } else {
             Dtype::Bf16
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EncodeArgs,
+    }
+
+    #[test]
+    fn flags_and_specs_mean_the_same_job() {
+        let cli = Cli::parse_from(["x", "--input", "in", "--output", "out", "--query"]);
+        let spec: EncodeConfig = serde_json::from_value(
+            serde_json::json!({"input": "in", "output": "out", "query": true}),
+        )
+        .unwrap();
+        let mut from_flags = cli.args.config;
+        from_flags.model = spec.model.clone(); // SPARQ_MODEL may be set where tests run.
+        assert_eq!(from_flags, spec);
+        assert_eq!(cli.args.fleet.devices(), vec![DeviceSpec::Cpu]);
+        assert_eq!(job_dtype(&spec, &[DeviceSpec::Cuda(0)]), Dtype::Bf16);
+        let err = serde_json::from_value::<EncodeConfig>(
+            serde_json::json!({"input": "in", "output": "out", "shard_rowz": 1}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shard_rowz"), "{err}");
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::duplicates::{find_duplicates, DuplicateExample};
+use super::identity::JobIdentity;
 use super::plan::EncodePlan;
 use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
 use crate::encode::shard::{RowFailure, ShardReport};
@@ -51,12 +52,50 @@ pub struct EncodeSummary {
     pub null_id_examples: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct ManifestPart<'a> {
-    name: &'a str,
-    rows: u64,
-    source: &'a str,
-    first_row: u64,
+/// `_manifest.json`: what the output holds and how it was made. Fields in alphabetical
+/// order, as the file has always been written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Whether every shard was committed (then `_SUCCESS` follows).
+    pub complete: bool,
+    /// The first rows that could not be encoded (null vectors).
+    pub failed_rows: Vec<RowFailure>,
+    /// Shards that failed, with their causes.
+    pub failed_shards: Vec<ShardFailure>,
+    /// The committed parts.
+    pub files: Vec<ManifestPart>,
+    /// The model that encoded the output.
+    pub model: ManifestModel,
+    /// Rows in the committed parts.
+    pub rows: u64,
+    /// The output's identity (`_sparq_job.json`).
+    pub settings: JobIdentity,
+    /// The sparq that wrote it.
+    pub sparq_version: String,
+    /// The last run's summary.
+    pub summary: EncodeSummary,
+}
+
+/// One committed part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestPart {
+    /// First row of the source file it holds.
+    pub first_row: u64,
+    /// Its file name.
+    pub name: String,
+    /// Rows.
+    pub rows: u64,
+    /// The input file its rows come from.
+    pub source: String,
+}
+
+/// The model that encoded an output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestModel {
+    /// Its fingerprint (see `model::fingerprint`).
+    pub fingerprint: String,
+    /// Its folder.
+    pub path: std::path::PathBuf,
 }
 
 /// Ends a job: sums the shard reports into the summary and writes the manifest, then
@@ -126,24 +165,29 @@ pub fn finish_encode(
         .iter()
         .filter(|s| !failed_parts.contains(s.part.as_str()))
         .map(|s| ManifestPart {
-            name: &s.part,
+            name: s.part.clone(),
             rows: s.rows,
-            source: &s.file,
+            source: s.file.clone(),
             first_row: s.first_row,
         })
         .collect();
-    let failed_row_list: Vec<&RowFailure> = reports.values().flat_map(|r| &r.failures).collect();
-    let manifest = serde_json::json!({
-        "sparq_version": env!("CARGO_PKG_VERSION"),
-        "complete": failures.is_empty(),
-        "model": { "path": plan.model, "fingerprint": plan.model_fingerprint },
-        "settings": plan.identity,
-        "rows": parts.iter().map(|p| p.rows).sum::<u64>(),
-        "files": parts,
-        "failed_shards": failures,
-        "failed_rows": failed_row_list,
-        "summary": summary,
-    });
+    let manifest = Manifest {
+        sparq_version: env!("CARGO_PKG_VERSION").into(),
+        complete: failures.is_empty(),
+        model: ManifestModel {
+            path: plan.model.clone(),
+            fingerprint: plan.model_fingerprint.clone(),
+        },
+        settings: plan.identity.clone(),
+        rows: parts.iter().map(|p| p.rows).sum(),
+        files: parts,
+        failed_shards: failures.to_vec(),
+        failed_rows: reports
+            .values()
+            .flat_map(|r| r.failures.iter().cloned())
+            .collect(),
+        summary: summary.clone(),
+    };
     runtime.block_on(committer.put(
         MANIFEST,
         serde_json::to_vec_pretty(&manifest).expect("serializable"),

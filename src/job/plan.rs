@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::args::EncodeArgs;
+use super::args::EncodeConfig;
 use super::identity::{InputRecord, JobIdentity};
 use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, SUCCESS};
 use crate::encode::columns::check_columns;
@@ -45,7 +45,7 @@ pub struct EncodePlan {
 /// the output. `dtype` is the job's precision (see [`job_dtype`]); every local path the job
 /// touches must resolve under `roots` (a service's allowed folders; anywhere for the CLI).
 pub fn plan_encode(
-    args: &EncodeArgs,
+    args: &EncodeConfig,
     dtype: Dtype,
     roots: &AllowedRoots,
     runtime: &tokio::runtime::Runtime,
@@ -311,8 +311,8 @@ pub fn shards_of_file(
 }
 
 /// Checks the numeric settings of an encode job: each within the range a run can mean.
-pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
-    let ranges: [(&str, Option<u64>, u64, u64); 7] = [
+pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
+    let ranges: [(&str, Option<u64>, u64, u64); 5] = [
         (
             "--batch-tokens",
             args.batch_tokens.map(|t| t as u64),
@@ -327,8 +327,6 @@ pub fn validate(args: &EncodeArgs) -> Result<(), JobError> {
             1 << 24,
         ),
         ("--max-attempts", Some(args.max_attempts as u64), 1, 100),
-        ("--workers", args.workers.map(|w| w as u64), 1, 1024),
-        ("--threads", args.threads.map(|t| t as u64), 1, 4096),
         (
             "--lease-timeout",
             Some(args.lease_timeout),

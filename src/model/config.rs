@@ -2,6 +2,34 @@
 
 use serde::Deserialize;
 
+/// A feed-forward activation, parsed once from `config.json`'s name for it. An unknown name
+/// is kept as [`Activation::Unsupported`], which loading refuses naming the file and the key:
+/// it never falls back to another function.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `gelu`: the exact erf form, as in Hugging Face.
+    #[default]
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// Any other name.
+    Unsupported(String),
+}
+
+impl<'de> Deserialize<'de> for Activation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(match name.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            _ => Activation::Unsupported(name),
+        })
+    }
+}
+
 /// The fields of a BERT `config.json` that the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -16,8 +44,8 @@ pub struct BertConfig {
     /// Width of the feed-forward block.
     pub intermediate_size: i64,
     /// Activation of the feed-forward block and the MLM transform.
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
+    #[serde(default)]
+    pub hidden_act: Activation,
     /// Number of learned absolute positions.
     #[serde(default = "default_positions")]
     pub max_position_embeddings: i64,
@@ -52,8 +80,8 @@ pub struct DistilBertConfig {
     /// Width of the feed-forward block.
     pub hidden_dim: i64,
     /// Activation of the feed-forward block and the MLM transform.
-    #[serde(default = "default_act")]
-    pub activation: String,
+    #[serde(default)]
+    pub activation: Activation,
     /// Number of positions.
     #[serde(default = "default_positions")]
     pub max_position_embeddings: i64,
@@ -95,9 +123,6 @@ impl ArchConfig {
     }
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
 fn default_positions() -> i64 {
     512
 }

@@ -2,6 +2,7 @@
 
 use tch::Tensor;
 
+use super::config::Activation;
 use super::packed::{PackedBatch, Qkv};
 use super::weights::WeightMap;
 use super::ModelError;
@@ -89,21 +90,17 @@ pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor, tch::TchError> {
     Tensor::f_embedding(table, ids, -1, false, false)
 }
 
-/// The activation named in a config (`gelu` is the exact erf form, as in Hugging Face).
-pub fn activation(name: &str, x: &Tensor) -> Result<Tensor, tch::TchError> {
-    match name {
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.f_gelu("tanh"),
-        "relu" => x.f_relu(),
-        _ => x.f_gelu("none"),
+/// Applies a feed-forward activation.
+pub fn activation(act: &Activation, x: &Tensor) -> Result<Tensor, tch::TchError> {
+    match act {
+        Activation::Gelu => x.f_gelu("none"),
+        Activation::GeluTanh => x.f_gelu("tanh"),
+        Activation::Relu => x.f_relu(),
+        // Refused when the model is loaded (`layout::read_arch`).
+        Activation::Unsupported(name) => Err(tch::TchError::Torch(format!(
+            "activation `{name}` is not supported"
+        ))),
     }
-}
-
-/// Whether [`activation`] implements `name`.
-pub fn activation_supported(name: &str) -> bool {
-    matches!(
-        name,
-        "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "relu"
-    )
 }
 
 /// Anything holding parameters: lets the loader move or cast all of them at once.
@@ -194,7 +191,7 @@ impl TransformerBlock {
         x: &Tensor,
         heads: i64,
         batch: &PackedBatch,
-        act: &str,
+        act: &Activation,
         drop: Option<Dropout>,
     ) -> Result<Tensor, tch::TchError> {
         let ctx = match &self.fused {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::ArchConfig;
+use super::config::{Activation, ArchConfig};
 use super::pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 use super::ModelError;
 
@@ -201,7 +201,7 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
                 hint: "only absolute position embeddings are implemented".into(),
             });
         }
-        check_activation(&path, &c.hidden_act)?;
+        check_activation(&path, "hidden_act", &c.hidden_act)?;
         if c.hidden_size % c.num_attention_heads != 0 {
             return Err(ModelError::Config {
                 path,
@@ -209,20 +209,19 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
             });
         }
     } else if let ArchConfig::DistilBert(c) = &arch {
-        check_activation(&path, &c.activation)?;
+        check_activation(&path, "activation", &c.activation)?;
     }
     Ok(arch)
 }
 
-fn check_activation(path: &Path, name: &str) -> Result<(), ModelError> {
-    if super::layers::activation_supported(name) {
-        Ok(())
-    } else {
-        Err(ModelError::Unsupported {
+fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {
+    match act {
+        Activation::Unsupported(name) => Err(ModelError::Unsupported {
             path: path.to_path_buf(),
-            what: format!("activation `{name}`"),
-            hint: "supported: gelu, gelu_new, gelu_pytorch_tanh, relu".into(),
-        })
+            what: format!("activation `{name}` (key `{key}`)"),
+            hint: "supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu".into(),
+        }),
+        _ => Ok(()),
     }
 }
 

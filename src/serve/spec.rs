@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, CommandFactory, FromArgMatches};
+use clap::Args;
 use serde_json::{Map, Value};
 
 use crate::io::access::{normalise, resolve_existing};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, StoreUrl};
-use crate::job::args::EncodeArgs;
+use crate::job::args::EncodeConfig;
 use crate::train::TrainArgs;
 
 /// Longest string value accepted in a spec.
@@ -98,7 +98,7 @@ pub enum JobSpec {
         /// The spec with defaults filled in.
         spec: Map<String, Value>,
         /// Parsed settings.
-        args: Box<EncodeArgs>,
+        args: Box<EncodeConfig>,
     },
     /// `sparq train` settings.
     Train {
@@ -199,14 +199,6 @@ fn check_sizes(key: &str, value: &Value) -> Result<(), String> {
     }
 }
 
-/// The encode flags as a parser: a spec becomes the argument list of `sparq encode`.
-#[derive(clap::Parser)]
-#[command(name = "encode", no_binary_name = true, disable_help_flag = true)]
-struct EncodeCommand {
-    #[command(flatten)]
-    args: EncodeArgs,
-}
-
 fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, String> {
     for key in WORKER_KEYS {
         if map.contains_key(key) {
@@ -217,13 +209,18 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
     }
     map.entry("lease_timeout")
         .or_insert(Value::from(DEFAULT_LEASE_TIMEOUT));
-    let command = EncodeArgs::augment_args(EncodeCommand::command());
+    let command = EncodeConfig::augment_args(clap::Command::new("encode"));
     let known: Vec<String> = command
         .get_arguments()
         .filter_map(|a| a.get_long())
         .map(|l| l.replace('-', "_"))
-        .filter(|k| !WORKER_KEYS.contains(&k.as_str()))
         .collect();
+    if let Some(key) = map.keys().find(|k| !known.contains(k)) {
+        return Err(format!(
+            "unknown key `{key}` for an encode job (keys: kind, {})",
+            known.join(", ")
+        ));
+    }
     for key in ["input", "output", "model"] {
         if let Some(Value::String(raw)) = map.get(key) {
             let checked = if key == "model" {
@@ -236,52 +233,29 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
             map.insert(key.into(), Value::String(checked));
         }
     }
-    let mut argv: Vec<String> = Vec::new();
-    for (key, value) in &map {
-        if !known.contains(key) {
-            return Err(format!(
-                "unknown key `{key}` for an encode job (keys: kind, {})",
-                known.join(", ")
-            ));
-        }
-        let flag = format!("--{}", key.replace('_', "-"));
-        match value {
-            Value::Bool(true) => argv.push(flag),
-            Value::Bool(false) => {}
-            // `--flag=value`: a value starting with `-` is not taken for a flag.
-            Value::String(s) => argv.push(format!("{flag}={s}")),
-            Value::Number(n) => argv.push(format!("{flag}={n}")),
-            Value::Array(items) => {
-                let parts: Result<Vec<String>, String> = items
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) if !s.contains(',') => Ok(s.clone()),
-                        _ => Err(format!("`{key}` must be a list of names without commas")),
-                    })
-                    .collect();
-                argv.push(format!("{flag}={}", parts?.join(",")));
-            }
-            Value::Null | Value::Object(_) => {
-                return Err(format!("`{key}` must be a string, number, boolean or list"))
-            }
-        }
-    }
-    let matches = command
-        .try_get_matches_from(&argv)
-        .map_err(|e| clap_message(&e))?;
-    let args = EncodeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
-    crate::job::plan::validate(&args).map_err(|e| flags_as_keys(&e.to_string()))?;
     // The default model resolves on the service: pin it, so every worker uses the same folder.
     if !map.contains_key("model") {
-        let model = roots.check("model", &args.model)?;
+        let model = roots.check("model", &crate::model::default_model_dir())?;
         map.insert("model".into(), Value::String(model.display().to_string()));
     }
-    let mut args = args;
-    args.model = PathBuf::from(map["model"].as_str().unwrap_or_default());
+    let config: EncodeConfig =
+        serde_path_to_error::deserialize(Value::Object(map.clone())).map_err(|e| key_error(&e))?;
+    crate::job::plan::validate(&config).map_err(|e| flags_as_keys(&e.to_string()))?;
     Ok(JobSpec::Encode {
         spec: map,
-        args: Box::new(args),
+        args: Box::new(config),
     })
+}
+
+/// A deserialization error with the key it is about, as `` `key`: what is wrong ``.
+fn key_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    if path == "." || path.is_empty() {
+        format!("{inner} (in the job spec)")
+    } else {
+        format!("`{path}`: {inner} (in the job spec)")
+    }
 }
 
 fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, String> {
@@ -329,37 +303,6 @@ fn flags_as_keys(message: &str) -> String {
         })
         .collect();
     format!("{} (in the job spec)", words.join(" "))
-}
-
-/// clap's message without its usage footer, with flags named as spec keys.
-fn clap_message(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let message: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
-        .collect();
-    let first = message.join(" ");
-    let first = first.trim_start_matches("error: ");
-    let mut out = String::new();
-    let mut rest = first;
-    // `'--shard-rows <SHARD_ROWS>'` or `--output <OUTPUT>` → `shard_rows`, `output`
-    while let Some(i) = rest.find("--") {
-        out.push_str(rest[..i].trim_end_matches('\''));
-        let tail = &rest[i + 2..];
-        let end = tail.find(['\'', ' ', '=']).unwrap_or(tail.len());
-        out.push('`');
-        out.push_str(&tail[..end].replace('-', "_"));
-        out.push('`');
-        let mut after = &tail[end..];
-        if let Some(stripped) = after.strip_prefix(" <") {
-            after = stripped.split_once('>').map_or("", |(_, r)| r);
-        }
-        rest = after.trim_start_matches('\'');
-    }
-    out.push_str(rest);
-    format!("{out} (in the job spec)")
 }
 
 #[cfg(test)]
