@@ -144,3 +144,34 @@ pub enum InputKind {
     /// `encode_document`.
     Document,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_products_merge_the_common_dimensions() {
+        let a = SparseVector {
+            indices: vec![1, 4, 9],
+            values: vec![1.0, 2.0, 3.0],
+        };
+        let b = SparseVector {
+            indices: vec![0, 4, 9, 12],
+            values: vec![5.0, 0.5, 2.0, 7.0],
+        };
+        assert_eq!(a.dot(&b), 2.0 * 0.5 + 3.0 * 2.0);
+        assert_eq!(a.dot(&SparseVector::default()), 0.0);
+        assert_eq!(a.dot(&a), 14.0);
+    }
+
+    #[test]
+    fn devices_and_dtypes_read_their_names() {
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("BFloat16".parse::<Dtype>(), Ok(Dtype::Bf16));
+        let d: Dtype = serde_json::from_str("\"fp32\"").unwrap();
+        assert_eq!(d, Dtype::F32);
+        assert!(serde_json::from_str::<Dtype>("\"f16\"").is_err());
+    }
+}

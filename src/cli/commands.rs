@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::CliError;
-use crate::eval::run::{aggregate, run_eval, EvalArgs};
+use crate::eval::run::{aggregate, evaluate_model, EvalArgs};
 use crate::eval::IrMetrics;
 use crate::export::{InspectArgs, InspectReport};
 use crate::job::args::EncodeArgs;
@@ -117,7 +117,9 @@ pub fn train(args: &TrainArgs) -> Result<(), CliError> {
 /// `eval`: one JSON line per dataset (the metrics alone for one dataset; with a `dataset` key,
 /// then their mean, for several).
 pub fn eval(args: &EvalArgs) -> Result<(), CliError> {
-    let results = run_eval(args)?;
+    let datasets = args.datasets()?;
+    let (encoder, opts) = args.model.load().map_err(crate::eval::EvalError::from)?;
+    let results = evaluate_model(&encoder, &datasets, &args.settings(opts))?;
     let line = |m: &IrMetrics, name: Option<&str>| {
         let mut v = serde_json::to_value(m).expect("serializable");
         if let Some(name) = name {

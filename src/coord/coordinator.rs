@@ -353,3 +353,38 @@ fn validate_fleet(fleet: &Fleet) -> Result<(), JobError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_retried_until_its_attempts_run_out_or_the_cause_is_final() {
+        let mut retries = Retries {
+            causes: BTreeMap::new(),
+            max_attempts: 3,
+        };
+        let mut queue = VecDeque::from([7, 8]);
+        assert_eq!(retries.record(5, "reset".into(), true, &mut queue), None);
+        assert_eq!(queue.front(), Some(&5), "retried first");
+        assert_eq!(retries.attempts(5), 1);
+        assert_eq!(retries.record(5, "reset".into(), true, &mut queue), None);
+        let failed = retries.record(5, "reset again".into(), true, &mut queue);
+        assert_eq!(failed.unwrap(), ["reset", "reset", "reset again"]);
+        // Bad data is not retried.
+        let failed = retries.record(9, "corrupt".into(), false, &mut queue);
+        assert_eq!(failed.unwrap(), ["corrupt"]);
+        assert_eq!(queue, [5, 5, 7, 8]);
+    }
+
+    #[test]
+    fn fleets_outside_their_ranges_are_refused() {
+        assert!(validate_fleet(&Fleet::default()).is_ok());
+        let many = Fleet {
+            workers: Some(5000),
+            ..Default::default()
+        };
+        let e = validate_fleet(&many).unwrap_err().to_string();
+        assert!(e.contains("--workers 5000"), "{e}");
+    }
+}

@@ -2,7 +2,7 @@
 //! processes over pipes, the worker process loop, their protocol, and progress.
 
 pub mod coordinator;
-pub mod pool;
-pub mod progress;
-pub mod protocol;
+pub(crate) mod pool;
+pub(crate) mod progress;
+pub(crate) mod protocol;
 pub mod worker;

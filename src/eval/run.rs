@@ -78,27 +78,30 @@ pub struct EvalSettings {
     pub corpus_id_column: String,
 }
 
-/// Evaluates every dataset of `args`; prints nothing.
-pub fn run_eval(args: &EvalArgs) -> Result<Vec<DatasetResult>, EvalError> {
-    if args.corpus_vectors.is_some() && args.beir.len() > 1 {
-        return Err(EvalError::Options(
-            "--corpus-vectors holds one corpus: give one --beir".into(),
-        ));
+impl EvalArgs {
+    /// The datasets named by `--beir`, loaded.
+    pub fn datasets(&self) -> Result<Vec<IrDataset>, EvalError> {
+        if self.corpus_vectors.is_some() && self.beir.len() > 1 {
+            return Err(EvalError::Options(
+                "--corpus-vectors holds one corpus: give one --beir".into(),
+            ));
+        }
+        self.beir
+            .iter()
+            .map(|d| IrDataset::load(d, &self.split, self.title))
+            .collect()
     }
-    let datasets = args
-        .beir
-        .iter()
-        .map(|d| IrDataset::load(d, &args.split, args.title))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (encoder, opts) = args.model.load()?;
-    let settings = EvalSettings {
-        encode: opts,
-        threads: args.model.threads(),
-        run_file: args.run_file.clone(),
-        corpus_vectors: args.corpus_vectors.clone(),
-        corpus_id_column: args.corpus_id_column.clone(),
-    };
-    evaluate_model(&encoder, &datasets, &settings)
+
+    /// The evaluation settings these options give (`opts`: the model's encoding options).
+    pub fn settings(&self, opts: EncodeOptions) -> EvalSettings {
+        EvalSettings {
+            encode: opts,
+            threads: self.model.threads(),
+            run_file: self.run_file.clone(),
+            corpus_vectors: self.corpus_vectors.clone(),
+            corpus_id_column: self.corpus_id_column.clone(),
+        }
+    }
 }
 
 /// Evaluates `model` on `datasets`: queries encoded as queries, documents as documents.

@@ -21,6 +21,17 @@ pub enum ExportError {
     /// Writing the output failed.
     #[error("{0}")]
     Output(String),
+    /// A local file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Loading the tokenizer failed.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),

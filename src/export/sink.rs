@@ -55,14 +55,20 @@ impl RawSink {
         match &parsed.location {
             Location::Local(path) => {
                 let dir = path.parent().unwrap_or(std::path::Path::new("."));
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| ExportError::Output(format!("creating {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+                    what: "creating",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
                 let name = path
                     .file_name()
                     .map_or("out".into(), |n| n.to_string_lossy().into_owned());
                 let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
-                let file = std::fs::File::create(&tmp)
-                    .map_err(|e| ExportError::Output(format!("creating {}: {e}", tmp.display())))?;
+                let file = std::fs::File::create(&tmp).map_err(|source| ExportError::Io {
+                    what: "creating",
+                    path: tmp.clone(),
+                    source,
+                })?;
                 Ok(RawSink::Local {
                     file: BufWriter::with_capacity(1 << 20, file),
                     tmp,
@@ -89,9 +95,16 @@ impl RawSink {
             RawSink::Local { file, tmp, path } => {
                 file.flush()
                     .and_then(|_| file.get_ref().sync_all())
-                    .map_err(|e| ExportError::Output(format!("writing {}: {e}", tmp.display())))?;
-                std::fs::rename(&*tmp, &*path)
-                    .map_err(|e| ExportError::Output(format!("renaming {}: {e}", tmp.display())))?;
+                    .map_err(|source| ExportError::Io {
+                        what: "writing",
+                        path: tmp.clone(),
+                        source,
+                    })?;
+                std::fs::rename(&*tmp, &*path).map_err(|source| ExportError::Io {
+                    what: "renaming",
+                    path: tmp.clone(),
+                    source,
+                })?;
                 Ok(path.display().to_string())
             }
             RawSink::S3 {

@@ -131,3 +131,41 @@ pub fn s3_store(url: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreEr
     })?;
     Ok(Arc::new(store))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_local_paths_or_s3_buckets_and_keys() {
+        let u = StoreUrl::parse("s3://bucket/a/b/").unwrap();
+        assert_eq!(
+            u.location,
+            Location::S3 {
+                bucket: "bucket".into(),
+                key: "a/b".into()
+            }
+        );
+        assert!(u.is_s3());
+        assert_eq!(u.join("part-1"), "s3://bucket/a/b/part-1");
+        assert_eq!(
+            StoreUrl::parse("s3://bucket").unwrap().location,
+            Location::S3 {
+                bucket: "bucket".into(),
+                key: String::new()
+            }
+        );
+        let local = StoreUrl::parse("file:///tmp/x").unwrap();
+        assert_eq!(local.location, Location::Local("/tmp/x".into()));
+        let relative = StoreUrl::parse("data/x").unwrap();
+        assert!(matches!(relative.location, Location::Local(p) if p.is_absolute()));
+        for bad in ["s3://", "gs://b/k", "https://x/y", ""] {
+            let e = StoreUrl::parse(bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(StoreUrl::parse("gs://b/k")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
+    }
+}

@@ -161,3 +161,61 @@ impl JobIdentity {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> JobIdentity {
+        JobIdentity {
+            model: "m1".into(),
+            input: "in".into(),
+            input_files: vec![InputRecord {
+                url: "/in/a.parquet".into(),
+                size: 100,
+                version: Some("100-1".into()),
+                rows: Some(10),
+                footer: Some("f1".into()),
+            }],
+            id_column: "id".into(),
+            text_column: "text".into(),
+            keep_columns: vec![],
+            max_active_dims: None,
+            dtype: Dtype::F32,
+            query: false,
+            shard_rows: 10,
+        }
+    }
+
+    #[test]
+    fn differences_name_the_setting_and_the_changed_file() {
+        let was = identity();
+        assert!(was.differences(&was).is_empty());
+        let mut now = identity();
+        now.model = "m2".into();
+        now.shard_rows = 20;
+        assert_eq!(now.differences(&was), ["model", "--shard-rows"]);
+        let mut now = identity();
+        now.input_files[0].footer = Some("f2".into());
+        let d = now.differences(&was);
+        assert_eq!(d.len(), 1);
+        assert!(
+            d[0].contains("/in/a.parquet") && d[0].contains("footer"),
+            "{d:?}"
+        );
+        let mut now = identity();
+        now.input_files[0].version = Some("100-2".into());
+        assert!(now.differences(&was)[0].contains("modified"));
+    }
+
+    #[test]
+    fn records_of_earlier_versions_compare_by_size() {
+        // sparq 0.1.0 recorded [url, size] pairs.
+        let old: InputRecord = serde_json::from_str(r#"["/in/a.parquet", 100]"#).unwrap();
+        assert_eq!(old.version, None);
+        let now = identity().input_files.remove(0);
+        assert_eq!(old.change(&now), None);
+        let bigger = InputRecord { size: 101, ..now };
+        assert!(old.change(&bigger).unwrap().contains("101 bytes"));
+    }
+}

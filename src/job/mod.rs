@@ -3,7 +3,7 @@
 //! (`coord`) and the service (`serve`) are two transports over this layer.
 
 pub mod args;
-pub mod duplicates;
+pub(crate) mod duplicates;
 pub mod finish;
 pub mod identity;
 pub mod plan;

@@ -410,3 +410,38 @@ mod tests {
         assert_eq!(id, shards.len());
     }
 }
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn an_output_inside_its_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        let url = |p: &std::path::Path| StoreUrl::parse(p.to_str().unwrap()).unwrap();
+        assert!(check_overlap(&url(&input), &url(&input.join("out"))).is_err());
+        assert!(check_overlap(&url(&input), &url(&input)).is_err());
+        assert!(check_overlap(&url(&input), &url(&dir.path().join("out"))).is_ok());
+        let s3 = |u: &str| StoreUrl::parse(u).unwrap();
+        assert!(check_overlap(&s3("s3://b/corpus"), &s3("s3://b/corpus/vectors")).is_err());
+        assert!(check_overlap(&s3("s3://b"), &s3("s3://b/vectors")).is_err());
+        // A prefix that merely starts the same is another folder.
+        assert!(check_overlap(&s3("s3://b/corpus"), &s3("s3://b/corpus-vectors")).is_ok());
+        assert!(check_overlap(&s3("s3://b/corpus"), &s3("s3://c/corpus/v")).is_ok());
+    }
+
+    #[test]
+    fn settings_outside_their_ranges_name_the_flag_and_the_range() {
+        let mut config: EncodeConfig =
+            serde_json::from_value(serde_json::json!({"input": "i", "output": "o"})).unwrap();
+        assert!(validate(&config).is_ok());
+        config.shard_rows = 0;
+        let e = validate(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("--shard-rows 0") && e.contains("[1, 4294967296]"),
+            "{e}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 
 pub mod api;
 pub mod client;
-pub mod db;
+pub(crate) mod db;
 pub mod remote;
 pub mod spec;
 pub mod wire;

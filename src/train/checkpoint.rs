@@ -52,10 +52,8 @@ impl Output {
     /// Opens `url` (a folder or s3:// prefix); a local folder must resolve under `roots`
     /// whenever it is written.
     pub fn new(url: &str, roots: &AllowedRoots) -> Result<Self, TrainError> {
-        let url = StoreUrl::parse(url).map_err(|e| TrainError::Data(e.to_string()))?;
-        let root = Committer::new(&url)
-            .map_err(|e| TrainError::Data(e.to_string()))?
-            .confined(roots);
+        let url = StoreUrl::parse(url)?;
+        let root = Committer::new(&url)?.confined(roots);
         let output = Self {
             url,
             root,
@@ -86,8 +84,7 @@ impl Output {
     /// Steps of the complete checkpoints, ascending.
     pub fn complete_steps(&self, rt: &tokio::runtime::Runtime) -> Result<Vec<u64>, TrainError> {
         let mut steps: Vec<u64> = rt
-            .block_on(self.root.list())
-            .map_err(|e| TrainError::Data(e.to_string()))?
+            .block_on(self.root.list())?
             .into_iter()
             .filter_map(|(name, _)| {
                 let (dir, file) = name.split_once('/')?;
@@ -179,10 +176,8 @@ impl Output {
         } else {
             self.url.join(dir)
         };
-        let parsed = StoreUrl::parse(&url).map_err(|e| TrainError::Data(e.to_string()))?;
-        let target = Committer::new(&parsed)
-            .map_err(|e| TrainError::Data(e.to_string()))?
-            .confined(&self.roots);
+        let parsed = StoreUrl::parse(&url)?;
+        let target = Committer::new(&parsed)?.confined(&self.roots);
         Ok((target, file))
     }
 
@@ -193,23 +188,19 @@ impl Output {
         bytes: Vec<u8>,
     ) -> Result<(), TrainError> {
         let (target, file) = self.at(name)?;
-        rt.block_on(target.put(file, bytes))
-            .map_err(|e| TrainError::Data(e.to_string()))
+        Ok(rt.block_on(target.put(file, bytes))?)
     }
 
     fn get(&self, rt: &tokio::runtime::Runtime, name: &str) -> Result<Vec<u8>, TrainError> {
         let (target, file) = self.at(name)?;
-        rt.block_on(target.get(file))
-            .map_err(|e| TrainError::Data(e.to_string()))?
-            .ok_or_else(|| {
-                TrainError::Data(format!("{} vanished while reading it", self.url.join(name)))
-            })
+        rt.block_on(target.get(file))?.ok_or_else(|| {
+            TrainError::Data(format!("{} vanished while reading it", self.url.join(name)))
+        })
     }
 
     fn delete(&self, rt: &tokio::runtime::Runtime, name: &str) -> Result<(), TrainError> {
         let (target, file) = self.at(name)?;
-        rt.block_on(target.delete(&[file.to_string()]))
-            .map_err(|e| TrainError::Data(e.to_string()))
+        Ok(rt.block_on(target.delete(&[file.to_string()]))?)
     }
 
     /// A local folder holding checkpoint `step` (downloaded from S3 into `scratch`).
@@ -227,10 +218,7 @@ impl Output {
             return Ok(dir.join(name));
         }
         let prefix = format!("{name}/");
-        for (object, _) in rt
-            .block_on(self.root.list())
-            .map_err(|e| TrainError::Data(e.to_string()))?
-        {
+        for (object, _) in rt.block_on(self.root.list())? {
             let Some(rel) = object.strip_prefix(&prefix) else {
                 continue;
             };
@@ -278,8 +266,7 @@ impl Output {
                     // The marker first: a partly deleted checkpoint is never taken for complete.
                     let prefix = format!("{name}/");
                     let mut names: Vec<String> = rt
-                        .block_on(self.root.list())
-                        .map_err(|e| TrainError::Data(e.to_string()))?
+                        .block_on(self.root.list())?
                         .into_iter()
                         .map(|(n, _)| n)
                         .filter(|n| n.starts_with(&prefix))

@@ -42,15 +42,15 @@ pub fn read_pairs(
     columns: &[String],
     roots: &AllowedRoots,
 ) -> Result<PairData, TrainError> {
-    let root = StoreUrl::parse(url).map_err(|e| TrainError::Data(e.to_string()))?;
+    let root = StoreUrl::parse(url).map_err(TrainError::DataStore)?;
     let (store, files) = runtime
         .block_on(crate::io::input::list_inputs(&root, roots))
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+        .map_err(TrainError::DataStore)?;
     let mut out: Option<PairData> = None;
     for file in files {
         let bytes = runtime
             .block_on(read_whole(store.clone(), &file, roots))
-            .map_err(|e| TrainError::Data(e.to_string()))?;
+            .map_err(TrainError::DataStore)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| {
             TrainError::Data(format!("{}: not a readable parquet file ({e})", file.url))
         })?;

@@ -30,6 +30,12 @@ pub enum TrainError {
     /// The training data cannot be used.
     #[error("training data: {0}")]
     Data(String),
+    /// The training data cannot be read.
+    #[error("training data: {0}")]
+    DataStore(#[source] crate::io::StoreError),
+    /// The output (checkpoints, the final model) cannot be read or written.
+    #[error(transparent)]
+    Store(#[from] crate::io::StoreError),
     /// Loading the model failed.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
