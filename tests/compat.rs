@@ -21,17 +21,6 @@ fn sparq() -> Command {
     c
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 #[test]
 fn an_interrupted_output_of_the_earlier_version_resumes_inspects_and_exports() {
     let Some(endpoint) = common::s3::endpoint() else {

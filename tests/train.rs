@@ -11,7 +11,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::corpus::{text_for, write_batch};
 use common::process::{kill9, wait_for};
-use common::tiny_model;
+use common::{copy_dir, tiny_model};
 use tch::Tensor;
 
 const SPARQ: &str = env!("CARGO_BIN_EXE_sparq");
@@ -370,17 +370,6 @@ fn config_file_values_apply_and_flags_win() {
         .filter_map(|l| l["learning_rate"].as_f64())
         .collect();
     assert_eq!(lrs, [0.5, 0.25]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

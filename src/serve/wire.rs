@@ -82,6 +82,16 @@ pub enum ShardState {
 }
 
 impl ShardState {
+    /// Every state.
+    pub const ALL: [ShardState; 6] = [
+        ShardState::Pending,
+        ShardState::Leased,
+        ShardState::Done,
+        ShardState::Skipped,
+        ShardState::Failed,
+        ShardState::Cancelled,
+    ];
+
     /// The state's name, as the API and the database spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,7 +106,7 @@ impl ShardState {
 }
 
 macro_rules! state_text {
-    ($t:ty, [$($v:path),*]) => {
+    ($t:ty) => {
         impl std::fmt::Display for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -115,7 +125,7 @@ macro_rules! state_text {
         impl std::str::FromStr for $t {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
-                [$($v),*]
+                <$t>::ALL
                     .into_iter()
                     .find(|v| v.as_str() == s)
                     .ok_or_else(|| format!("unknown state `{s}`"))
@@ -138,29 +148,8 @@ macro_rules! state_text {
         }
     };
 }
-state_text!(
-    JobState,
-    [
-        JobState::Queued,
-        JobState::Planning,
-        JobState::Running,
-        JobState::Finishing,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled
-    ]
-);
-state_text!(
-    ShardState,
-    [
-        ShardState::Pending,
-        ShardState::Leased,
-        ShardState::Done,
-        ShardState::Skipped,
-        ShardState::Failed,
-        ShardState::Cancelled
-    ]
-);
+state_text!(JobState);
+state_text!(ShardState);
 
 /// Whether a job state (as the API spells it) is final.
 pub fn is_final<S: AsRef<str> + ?Sized>(state: &S) -> bool {
