@@ -107,6 +107,15 @@ impl<'de> serde::Deserialize<'de> for Dtype {
     }
 }
 
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        })
+    }
+}
+
 impl FromStr for Dtype {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -74,6 +74,16 @@ impl StoreUrl {
         })
     }
 
+    /// The location spelled one way: an absolute local path without `.` parts or a trailing
+    /// slash, or `s3://bucket/key` without a trailing slash.
+    pub fn normalized(&self) -> String {
+        match &self.location {
+            Location::Local(p) => p.display().to_string(),
+            Location::S3 { bucket, key } if key.is_empty() => format!("s3://{bucket}"),
+            Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+        }
+    }
+
     /// Whether this is an S3 URL.
     pub fn is_s3(&self) -> bool {
         matches!(self.location, Location::S3 { .. })

@@ -97,7 +97,12 @@ impl InputRecord {
 pub struct JobIdentity {
     /// Model fingerprint (see [`crate::model::fingerprint`]).
     pub model: String,
-    /// Input URL.
+    /// The model's folder when the output was made (not compared: a moved folder with the same
+    /// files is the same model). `inspect`, `decode` and `export` default to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<std::path::PathBuf>,
+    /// Input location, normalized (an absolute path, or s3://bucket/prefix). Shown, not
+    /// compared: the same files spelled another way are the same input.
     pub input: String,
     /// Input files, in order: shard names depend on them.
     pub input_files: Vec<InputRecord>,
@@ -118,24 +123,25 @@ pub struct JobIdentity {
 }
 
 impl JobIdentity {
-    /// What differs from `other` (the recorded identity): each setting named, with the
-    /// input files that changed.
+    /// What differs from `other` (the recorded identity): each setting named with its recorded
+    /// and its new value, and the input files added, removed or changed.
     pub fn differences(&self, other: &JobIdentity) -> Vec<String> {
         let mut out = Vec::new();
-        let mut check = |same: bool, name: &'static str| {
+        let mut check = |same: bool, name: &str, was: String, now: String| {
             if !same {
-                out.push(name.to_string())
+                out.push(format!("{name}: was {was}, now {now}"))
             }
         };
-        check(self.model == other.model, "model");
-        let urls = |id: &JobIdentity| {
-            id.input_files
-                .iter()
-                .map(|f| f.url.clone())
-                .collect::<Vec<_>>()
-        };
-        if self.input != other.input || urls(self) != urls(other) {
-            out.push("input files".into());
+        check(
+            self.model == other.model,
+            "model",
+            model_text(other),
+            model_text(self),
+        );
+        let urls = |id: &JobIdentity| id.input_files.iter().map(|f| f.url.clone()).collect();
+        let (now, was): (Vec<String>, Vec<String>) = (urls(self), urls(other));
+        if now != was {
+            out.push(file_list_change(&other.input, &was, &self.input, &now));
         } else {
             for (now, was) in self.input_files.iter().zip(&other.input_files) {
                 if let Some(change) = was.change(now) {
@@ -143,23 +149,111 @@ impl JobIdentity {
                 }
             }
         }
-        let mut check = |same: bool, name: &'static str| {
+        let mut check = |same: bool, name: &str, was: String, now: String| {
             if !same {
-                out.push(name.to_string())
+                out.push(format!("{name}: was {was}, now {now}"))
             }
         };
-        check(self.id_column == other.id_column, "--id-column");
-        check(self.text_column == other.text_column, "--text-column");
-        check(self.keep_columns == other.keep_columns, "--keep-columns");
+        let text = |s: &str| format!("`{s}`");
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let top = |k: Option<usize>| k.map_or("all".to_string(), |k| k.to_string());
+        check(
+            self.id_column == other.id_column,
+            "--id-column",
+            text(&other.id_column),
+            text(&self.id_column),
+        );
+        check(
+            self.text_column == other.text_column,
+            "--text-column",
+            text(&other.text_column),
+            text(&self.text_column),
+        );
+        check(
+            self.keep_columns == other.keep_columns,
+            "--keep-columns",
+            list(&other.keep_columns),
+            list(&self.keep_columns),
+        );
         check(
             self.max_active_dims == other.max_active_dims,
             "--max-active-dims",
+            top(other.max_active_dims),
+            top(self.max_active_dims),
         );
-        check(self.dtype == other.dtype, "--dtype");
-        check(self.query == other.query, "--query");
-        check(self.shard_rows == other.shard_rows, "--shard-rows");
+        check(
+            self.dtype == other.dtype,
+            "--dtype",
+            other.dtype.to_string(),
+            self.dtype.to_string(),
+        );
+        let kind = |q: bool| if q { "queries (--query)" } else { "documents" }.to_string();
+        check(
+            self.query == other.query,
+            "--query",
+            kind(other.query),
+            kind(self.query),
+        );
+        check(
+            self.shard_rows == other.shard_rows,
+            "--shard-rows",
+            other.shard_rows.to_string(),
+            self.shard_rows.to_string(),
+        );
         out
     }
+}
+
+/// A model as a refusal names it: its folder when recorded, and its fingerprint.
+fn model_text(id: &JobIdentity) -> String {
+    match &id.model_path {
+        Some(p) => format!("{} ({})", p.display(), short(&id.model)),
+        None => format!("fingerprint {}", short(&id.model)),
+    }
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+/// How the input's file list changed: the locations, and the first files added and removed.
+fn file_list_change(was_input: &str, was: &[String], now_input: &str, now: &[String]) -> String {
+    let names = |v: Vec<&String>| {
+        let shown: Vec<&str> = v.iter().take(3).map(|s| s.as_str()).collect();
+        let more = v.len().saturating_sub(3);
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let added: Vec<&String> = now.iter().filter(|f| !was.contains(f)).collect();
+    let removed: Vec<&String> = was.iter().filter(|f| !now.contains(f)).collect();
+    let mut text = format!(
+        "input files: was {} file(s) from {was_input}, now {} from {now_input}",
+        was.len(),
+        now.len()
+    );
+    if !added.is_empty() {
+        text += &format!("; new: {}", names(added));
+    }
+    if !removed.is_empty() {
+        text += &format!("; gone: {}", names(removed));
+    }
+    if was.len() == now.len() && text.ends_with(now_input) {
+        text += "; same files in another order";
+    }
+    text
 }
 
 #[cfg(test)]
@@ -169,6 +263,7 @@ mod tests {
     fn identity() -> JobIdentity {
         JobIdentity {
             model: "m1".into(),
+            model_path: None,
             input: "in".into(),
             input_files: vec![InputRecord {
                 url: "/in/a.parquet".into(),
@@ -194,7 +289,23 @@ mod tests {
         let mut now = identity();
         now.model = "m2".into();
         now.shard_rows = 20;
-        assert_eq!(now.differences(&was), ["model", "--shard-rows"]);
+        let d = now.differences(&was);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].starts_with("model: was fingerprint m1") && d[0].contains("now fingerprint m2")
+        );
+        assert_eq!(d[1], "--shard-rows: was 10, now 20");
+        // The input spelled another way (same files) is the same input.
+        let mut now = identity();
+        now.input = "/elsewhere/../in/".into();
+        assert!(now.differences(&was).is_empty());
+        let mut now = identity();
+        now.input_files[0].url = "/in/b.parquet".into();
+        let d = now.differences(&was);
+        assert!(
+            d[0].contains("new: /in/b.parquet") && d[0].contains("gone: /in/a.parquet"),
+            "{d:?}"
+        );
         let mut now = identity();
         now.input_files[0].footer = Some("f2".into());
         let d = now.differences(&was);

@@ -69,7 +69,7 @@ pub enum JobError {
         found: String,
     },
     /// The output holds another job.
-    #[error("{output} already holds output made with a different {}: use another --output, or --overwrite to re-encode everything into it", differences.join("; "))]
+    #[error("{output} already holds output made with other settings ({}): rerun with the recorded settings to resume it, use another --output, or pass --overwrite to delete what it holds and re-encode everything", differences.join("; "))]
     OutputMismatch {
         /// The output URL.
         output: String,

@@ -153,7 +153,8 @@ pub fn plan_encode(
     // The output: same job resumes, another job is refused unless --overwrite.
     let identity = JobIdentity {
         model: model_fingerprint.clone(),
-        input: args.input.clone(),
+        model_path: Some(model.clone()),
+        input: input.normalized(),
         input_files: records,
         id_column: args.id_column.clone(),
         text_column: args.text_column.clone(),

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The model folder does not exist.
-    #[error("model folder {path} does not exist: pass --model with a sentence-transformers SparseEncoder folder or a Hugging Face *ForMaskedLM folder")]
+    #[error("model folder {path} does not exist: {hint}")]
     MissingFolder {
         /// The folder given.
         path: PathBuf,
+        /// What to do (a hub id is named as one).
+        hint: String,
     },
     /// A file the layout requires is absent.
     #[error("{path} is missing: {hint}")]

@@ -835,6 +835,7 @@ mod tests {
             model_fingerprint: "f".into(),
             identity: JobIdentity {
                 model: "f".into(),
+                model_path: None,
                 input: "/in".into(),
                 input_files: Vec::new(),
                 id_column: "id".into(),
