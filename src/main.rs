@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sparq::cli::log::LogFormat;
 use sparq::cli::CliError;
 use sparq::model::encoder::{onednn_cache_capacity, ONEDNN_CACHE_VAR};
@@ -83,7 +83,8 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Before any thread exists and before libtorch reads it. The coordinator runs no model: it
     // passes each worker the setting for that worker's device and precision.
     if std::env::var_os(ONEDNN_CACHE_VAR).is_none() {
@@ -114,7 +115,17 @@ fn main() -> ExitCode {
             let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
             sparq::encode::text::run(&args, stdin, stdout).map_err(Into::into)
         }
-        Command::Encode(args) => return commands::encode(&args),
+        Command::Encode(args) => {
+            // Which flags the user typed: they win over a --config job file.
+            let sub = matches.subcommand_matches("encode").expect("encode");
+            let given = |id: &str| {
+                matches!(
+                    sub.try_get_raw(id).ok().flatten().and(sub.value_source(id)),
+                    Some(clap::parser::ValueSource::CommandLine)
+                )
+            };
+            return commands::encode(&args, given);
+        }
         Command::Eval(args) => commands::eval(&args),
         Command::Train(args) => commands::train(&args),
         Command::Export(args) => commands::export(&args),

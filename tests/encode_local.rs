@@ -268,7 +268,7 @@ fn missing_column_stops_before_any_work() {
 }
 
 #[test]
-fn corrupt_file_fails_its_shard_while_the_rest_is_committed() {
+fn a_corrupt_or_non_parquet_file_is_refused_before_any_output_exists() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     write_corpus(&input.join("a.parquet"), 0..40, 10);
@@ -277,19 +277,31 @@ fn corrupt_file_fails_its_shard_while_the_rest_is_committed() {
     std::fs::write(input.join("b.parquet"), &good[..good.len() / 2]).unwrap();
     let out_dir = dir.path().join("out");
     let out = encode(&input, &out_dir, &["--workers", "2"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("b.parquet") && err.contains("corrupt"),
+        err.contains("b.parquet") && err.contains("corrupt") && !err.contains("a.parquet"),
         "{err}"
     );
-    assert_eq!(summary(&out)["failed_shards"], 1);
+    assert!(!out_dir.exists(), "nothing is written for a refused input");
+    // A CSV given as the input is refused the same way, naming it.
+    let csv = dir.path().join("docs.csv");
+    std::fs::write(&csv, "id,text\n1,hello\n").unwrap();
+    let out = encode(&csv, &out_dir, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("docs.csv") && stderr(&out).contains("not parquet"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_dir.exists());
+    // Once the bad file is moved out, the rest is encoded, every row once.
+    std::fs::remove_file(input.join("b.parquet")).unwrap();
+    let out = encode(&input, &out_dir, &["--workers", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let (rows, _) = read_output(&out_dir);
     assert_eq!(rows.len(), 80);
-    assert!(!out_dir.join("_SUCCESS").exists());
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("_manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["complete"], false);
+    assert!(out_dir.join("_SUCCESS").exists());
 }
 
 #[test]

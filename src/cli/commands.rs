@@ -6,13 +6,34 @@ use super::CliError;
 use crate::eval::run::{aggregate, evaluate_model, EvalArgs};
 use crate::eval::IrMetrics;
 use crate::export::{InspectArgs, InspectReport};
-use crate::job::args::EncodeArgs;
+use crate::job::args::{EncodeArgs, EncodeConfig, Fleet};
+use crate::job::plan::EncodePlan;
+use crate::job::JobError;
 use crate::train::{run_train, TrainArgs, TrainEvent};
 
 /// `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
-/// failed (the rest is committed).
-pub fn encode(args: &EncodeArgs) -> ExitCode {
-    match crate::coord::coordinator::run_encode(&args.config, &args.fleet) {
+/// failed (the rest is committed), 128 + the signal when interrupted. With `--plan`, the plan.
+pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
+    let config = match args.job(given) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sparq: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.plan {
+        return match crate::coord::coordinator::plan_only(&config, &args.fleet) {
+            Ok(plan) => {
+                print_plan(&config, &args.fleet, &plan);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sparq: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match crate::coord::coordinator::run_encode(&config, &args.fleet) {
         Ok((summary, failures)) => {
             println!("{}", serde_json::to_string(&summary).expect("serializable"));
             if failures.is_empty() {
@@ -26,11 +47,92 @@ pub fn encode(args: &EncodeArgs) -> ExitCode {
                 ExitCode::from(2)
             }
         }
+        Err(e @ JobError::Interrupted { signal, .. }) => {
+            eprintln!("sparq: {e}:");
+            eprintln!("  {}", shell_words(std::env::args()));
+            ExitCode::from(128 + signal as u8)
+        }
         Err(e) => {
             eprintln!("sparq: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line as a shell would take it back (single quotes where needed).
+fn shell_words(args: impl Iterator<Item = String>) -> String {
+    args.map(|a| {
+        if !a.is_empty()
+            && a
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// `encode --plan`: what would run.
+fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
+    let files = &plan.identity.input_files;
+    let rows: u64 = plan.shards.iter().map(|s| s.rows).sum();
+    let pending: std::collections::HashSet<usize> = plan.pending.iter().copied().collect();
+    let pending_rows: u64 = plan
+        .shards
+        .iter()
+        .filter(|s| pending.contains(&s.id))
+        .map(|s| s.rows)
+        .sum();
+    let workers = fleet.devices().len();
+    println!("input   {}", plan.identity.input);
+    println!("        {} file(s), {rows} rows", files.len());
+    for f in files.iter().take(10) {
+        println!(
+            "        {} ({} rows, {} bytes)",
+            f.url,
+            f.rows.unwrap_or(0),
+            f.size
+        );
+    }
+    if files.len() > 10 {
+        println!("        ... and {} more", files.len() - 10);
+    }
+    println!("model   {}", plan.model.display());
+    println!("output  {}", config.output);
+    println!(
+        "shards  {} of at most {} rows ({}); {} committed before, {} to encode ({pending_rows} rows)",
+        plan.shards.len(),
+        plan.identity.shard_rows,
+        if config.shard_rows.is_some() {
+            "--shard-rows".to_string()
+        } else {
+            format!(
+                "default for {workers} {} worker{}",
+                if fleet.devices().iter().all(|d| *d == crate::types::DeviceSpec::Cpu) {
+                    "CPU"
+                } else {
+                    "GPU"
+                },
+                if workers == 1 { "" } else { "s" }
+            )
+        },
+        plan.shards.len() - plan.pending.len(),
+        plan.pending.len(),
+    );
+    if let Some(e) = &plan.estimate {
+        println!(
+            "tokens  ~{} to encode ({:.1} per row over the first {} rows of {})",
+            (e.mean_tokens * pending_rows as f64).round() as u64,
+            e.mean_tokens,
+            e.sampled_rows,
+            e.file
+        );
+    }
+    println!("nothing written (--plan)");
 }
 
 /// `inspect`: the report as text, or as one JSON object with `--json`.

@@ -13,10 +13,30 @@ use crate::encode::shard::{ShardReport, ShardSpec};
 use crate::io::AllowedRoots;
 use crate::job::args::{job_dtype, EncodeConfig, Fleet};
 use crate::job::finish::{finish_encode, EncodeSummary};
-use crate::job::plan::{plan_encode, validate};
+use crate::job::plan::{plan_encode, validate, EncodePlan, PlanOptions};
 use crate::job::JobError;
 use crate::job::ShardFailure;
 use crate::model::ResolveDevice;
+use crate::types::DeviceSpec;
+
+/// Plans an encode job without writing anything (`sparq encode --plan`): the shards this fleet
+/// would run, those already committed, and a token estimate.
+pub fn plan_only(config: &EncodeConfig, fleet: &Fleet) -> Result<EncodePlan, JobError> {
+    validate(config)?;
+    validate_fleet(fleet)?;
+    let devices = fleet.devices();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let options = PlanOptions {
+        workers: devices.len(),
+        cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
+        claim: false,
+    };
+    let dtype = job_dtype(config, &devices);
+    plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)
+}
 
 /// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
 /// only when there are none).
@@ -36,7 +56,30 @@ pub fn run_encode(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime)?;
+    let options = PlanOptions {
+        workers: devices.len(),
+        cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
+        claim: true,
+    };
+    let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
+    let skipped = plan.shards.len() - plan.pending.len();
+    if skipped > 0 && plan.pending.is_empty() {
+        tracing::info!(
+            "{} is already complete: all {skipped} shards were committed before; nothing to encode",
+            config.output
+        );
+    } else if skipped > 0 {
+        let rows = |ids: &mut dyn Iterator<Item = u64>| ids.sum::<u64>();
+        let pending: HashSet<usize> = plan.pending.iter().copied().collect();
+        tracing::info!(
+            "resuming {}: {skipped} of {} shards ({} rows) committed before, {} to encode ({} rows)",
+            config.output,
+            plan.shards.len(),
+            rows(&mut plan.shards.iter().filter(|s| !pending.contains(&s.id)).map(|s| s.rows)),
+            plan.pending.len(),
+            rows(&mut plan.shards.iter().filter(|s| pending.contains(&s.id)).map(|s| s.rows)),
+        );
+    }
     let mut failures = plan.failures.clone();
     if !plan.pending.is_empty() && plan.pending.len() < devices.len() {
         // More workers than shards would load the model to sit idle.
@@ -156,7 +199,19 @@ fn lease_loop(
         causes,
     };
 
+    let interrupt = Interrupt::install();
     while remaining > 0 {
+        if let Some(signal) = interrupt.received() {
+            pool.kill_all();
+            progress.finish();
+            let committed = reports.len();
+            return Err(JobError::Interrupted {
+                signal,
+                committed,
+                rows: reports.values().map(|r| r.rows).sum(),
+                left: remaining,
+            });
+        }
         // Lease queued shards to idle workers.
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.ready && slot.busy.is_none() {
@@ -291,6 +346,55 @@ fn lease_loop(
     pool.shutdown();
     progress.finish();
     Ok(reports)
+}
+
+/// SIGINT and SIGTERM while a job runs: recorded, so the lease loop can stop the workers and
+/// say what is committed (a second one ends the process at once).
+struct Interrupt {
+    previous: [libc::sighandler_t; 2],
+}
+
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe. A second signal exits at once.
+    if SIGNAL.swap(signal, std::sync::atomic::Ordering::SeqCst) != 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) };
+    }
+}
+
+impl Interrupt {
+    fn install() -> Self {
+        SIGNAL.store(0, std::sync::atomic::Ordering::SeqCst);
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that only touches an atomic (and _exit).
+        let previous = unsafe {
+            [
+                libc::signal(libc::SIGINT, handler),
+                libc::signal(libc::SIGTERM, handler),
+            ]
+        };
+        Self { previous }
+    }
+
+    /// The signal received, if any.
+    fn received(&self) -> Option<i32> {
+        match SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        // SAFETY: restores the handlers found at install.
+        unsafe {
+            libc::signal(libc::SIGINT, self.previous[0]);
+            libc::signal(libc::SIGTERM, self.previous[1]);
+        }
+    }
 }
 
 /// Causes of failed attempts per shard.

@@ -85,11 +85,14 @@ impl WorkerPool {
                 crate::model::encoder::onednn_cache_capacity(worker.device, settings.dtype),
             );
         }
-        // SAFETY: prctl is async-signal-safe; it makes the worker die with the coordinator, so a
-        // killed coordinator leaves no worker committing behind a rerun's back.
+        // SAFETY: prctl and setpgid are async-signal-safe. PDEATHSIG makes the worker die with
+        // the coordinator, so a killed coordinator leaves no worker committing behind a rerun's
+        // back. Its own process group keeps a terminal's Ctrl-C from reaching it: the
+        // coordinator decides (it stops the workers and says what is committed).
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -176,6 +179,13 @@ impl WorkerPool {
     pub fn signal_kill(&mut self, slot: usize) {
         if let Some(p) = self.processes[slot].as_mut() {
             let _ = p.child.kill();
+        }
+    }
+
+    /// Kills every worker now (an interrupt: their shards in progress are not committed).
+    pub fn kill_all(&mut self) {
+        for slot in 0..self.processes.len() {
+            self.kill(slot);
         }
     }
 

@@ -66,7 +66,8 @@ impl StoreUrl {
                 path: path.clone(),
                 source: e,
             })?;
-            Location::Local(absolute)
+            // `..` removed lexically: object paths refuse it, and `a/../b` is `b` to a user.
+            Location::Local(super::access::normalise(&absolute))
         };
         Ok(Self {
             raw: raw.to_string(),

@@ -76,6 +76,26 @@ pub enum JobError {
         /// What differs.
         differences: Vec<String>,
     },
+    /// Input files that are not readable parquet (found at planning, before any output).
+    #[error("{count} input file(s) cannot be read as parquet, so nothing was written: {}. Remove them from --input (or narrow it with a glob such as 'folder/*.parquet'), then rerun", files.join("; "))]
+    Unreadable {
+        /// How many.
+        count: usize,
+        /// Each file with its cause (the first few).
+        files: Vec<String>,
+    },
+    /// SIGINT or SIGTERM stopped the job; what is committed stays.
+    #[error("interrupted ({}): {committed} shard(s) ({rows} rows) committed by this run are kept, {left} shard(s) left; rerun the same command to resume", if *signal == 2 { "Ctrl-C" } else { "SIGTERM" })]
+    Interrupted {
+        /// The signal.
+        signal: i32,
+        /// Shards this run committed.
+        committed: usize,
+        /// Their rows.
+        rows: u64,
+        /// Shards not committed.
+        left: usize,
+    },
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),

@@ -39,6 +39,86 @@ pub struct EncodePlan {
     /// What every worker encodes with.
     #[serde(alias = "template")]
     pub settings: EncodeSettings,
+    /// Tokens the job will encode, estimated from a sample (`--plan` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<TokenEstimate>,
+}
+
+/// The tokens a job will encode, estimated at planning from the first rows of its first file,
+/// tokenized as the encoder does (special tokens, truncation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenEstimate {
+    /// The file sampled.
+    pub file: String,
+    /// Rows sampled.
+    pub sampled_rows: usize,
+    /// Their mean tokens per row.
+    pub mean_tokens: f64,
+    /// Rows of the whole input × the mean.
+    pub total_tokens: u64,
+}
+
+/// Rows tokenized for a plan's estimate.
+const ESTIMATE_ROWS: u64 = 512;
+
+async fn estimate_tokens(
+    reader: InputReader,
+    metadata: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    row_groups: &[u64],
+    args: &EncodeConfig,
+    layout: &ModelLayout,
+    total_rows: u64,
+) -> Result<TokenEstimate, JobError> {
+    let file = reader.url().to_string();
+    let text = metadata
+        .schema()
+        .index_of(&args.text_column)
+        .map_err(|e| JobError::Settings(e.to_string()))?;
+    let mut texts = Vec::new();
+    for (group, &rows) in row_groups.iter().enumerate() {
+        let want = ESTIMATE_ROWS - texts.len() as u64;
+        if want == 0 {
+            break;
+        }
+        let slice = crate::io::input::RowGroupSlice {
+            row_group: group,
+            skip: 0,
+            rows: rows.min(want),
+        };
+        if slice.rows == 0 {
+            continue;
+        }
+        let collect = |batch: arrow::array::RecordBatch| {
+            let options = arrow::compute::CastOptions {
+                safe: true,
+                ..Default::default()
+            };
+            let column = batch.column(0);
+            if let Ok(column) =
+                arrow::compute::cast_with_options(column, &arrow::datatypes::DataType::Utf8, &options)
+            {
+                let strings = column
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("cast to Utf8");
+                texts.extend(strings.iter().map(|t| t.unwrap_or("").to_string()));
+            }
+            true
+        };
+        let reader = reader.clone();
+        crate::io::input::read_row_group_range(reader, metadata, &slice, &[text], 1024, collect)
+            .await?;
+    }
+    let tokenizer = crate::model::tokenizer::SpladeTokenizer::load(layout)?;
+    let sampled_rows = texts.len();
+    let tokens: usize = tokenizer.encode_batch(texts)?.iter().map(Vec::len).sum();
+    let mean_tokens = tokens as f64 / sampled_rows.max(1) as f64;
+    Ok(TokenEstimate {
+        file,
+        sampled_rows,
+        mean_tokens,
+        total_tokens: (mean_tokens * total_rows as f64).round() as u64,
+    })
 }
 
 /// Plans an encode job: checks the settings, model and inputs, cuts shards, claims (or resumes)
@@ -49,6 +129,7 @@ pub fn plan_encode(
     dtype: Dtype,
     roots: &AllowedRoots,
     runtime: &tokio::runtime::Runtime,
+    options: &PlanOptions,
 ) -> Result<EncodePlan, JobError> {
     validate(args)?;
     let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
@@ -62,7 +143,6 @@ pub fn plan_encode(
     let output = StoreUrl::parse(&args.output)?;
     check_overlap(&input, &output)?;
     let committer = Committer::new(&output)?.confined(roots);
-    runtime.block_on(committer.probe())?;
 
     // Plan: list, read footers, check columns, cut shards.
     let (store, files) = runtime.block_on(list_inputs(&input, roots))?;
@@ -74,29 +154,17 @@ pub fn plan_encode(
         .buffered(16)
         .collect(),
     );
-    let mut failures = Vec::new();
-    let mut shards = Vec::new();
+    let failures = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut row_groups = Vec::new();
     let mut records = Vec::new();
-    let mut next_id = 0;
     let mut types: Option<Vec<(String, String)>> = None;
     for (index, (file, footer)) in files.iter().zip(footers).enumerate() {
         let footer = match footer {
             Ok(f) => f,
             Err(e @ StoreError::Escape { .. }) => return Err(e.into()),
             Err(e) => {
-                failures.push(ShardFailure {
-                    part: String::new(),
-                    file: file.url.clone(),
-                    rows: (0, 0),
-                    causes: vec![e.to_string()],
-                });
-                records.push(InputRecord {
-                    url: file.url.clone(),
-                    size: file.size,
-                    version: file.version.clone(),
-                    rows: None,
-                    footer: None,
-                });
+                unreadable.push(e.to_string());
                 continue;
             }
         };
@@ -141,15 +209,38 @@ pub fn plan_encode(
             .iter()
             .map(|g| g.num_rows() as u64)
             .collect();
-        shards.extend(shards_of_file(
-            index,
-            file,
-            &rg,
-            args.shard_rows,
-            &mut next_id,
-        ));
+        row_groups.push((index, file, rg, metadata));
     }
 
+    // Every input file is a readable parquet file, or nothing is written.
+    if !unreadable.is_empty() {
+        let count = unreadable.len();
+        unreadable.truncate(5);
+        if count > 5 {
+            unreadable.push(format!("and {} more", count - 5));
+        }
+        return Err(JobError::Unreadable {
+            count,
+            files: unreadable,
+        });
+    }
+    let previous: Option<JobIdentity> = runtime
+        .block_on(committer.get(JOB_FILE))?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+
+    // Shards: the size given, else the one the output was planned with (a resumed run cuts
+    // the same parts whatever its fleet), else enough shards to keep every worker busy.
+    let total_rows: u64 = records.iter().filter_map(|r| r.rows).sum();
+    let shard_rows = match (args.shard_rows, &previous) {
+        (Some(rows), _) => rows,
+        (None, Some(prev)) if !args.overwrite => prev.shard_rows,
+        (None, _) => auto_shard_rows(total_rows, options.workers, options.cpu_only),
+    };
+    let mut next_id = 0;
+    let shards: Vec<ShardSpec> = row_groups
+        .iter()
+        .flat_map(|(index, file, rg, _)| shards_of_file(*index, file, rg, shard_rows, &mut next_id))
+        .collect();
     // The output: same job resumes, another job is refused unless --overwrite.
     let identity = JobIdentity {
         model: model_fingerprint.clone(),
@@ -162,7 +253,7 @@ pub fn plan_encode(
         max_active_dims: args.max_active_dims,
         dtype,
         query: args.query,
-        shard_rows: args.shard_rows,
+        shard_rows,
     };
     let existing = runtime.block_on(committer.list())?;
     let owned: Vec<String> = existing
@@ -198,9 +289,6 @@ pub fn plan_encode(
             if foreign.len() > 5 { ", ..." } else { "" }
         )));
     }
-    let previous: Option<JobIdentity> = runtime
-        .block_on(committer.get(JOB_FILE))?
-        .and_then(|b| serde_json::from_slice(&b).ok());
     let mismatch = match &previous {
         Some(prev) => identity.differences(prev),
         None if owned.iter().any(|n| is_part(n)) => {
@@ -213,13 +301,45 @@ pub fn plan_encode(
         .map(|(n, _)| n.clone())
         .filter(|n| is_part(n))
         .collect();
+    if options.claim {
+        runtime.block_on(committer.probe())?;
+    }
     if args.overwrite && !owned.is_empty() {
-        runtime.block_on(committer.delete(&owned))?;
+        if options.claim {
+            runtime.block_on(committer.delete(&owned))?;
+        }
         committed.clear();
     } else if !mismatch.is_empty() {
         return Err(JobError::OutputMismatch {
             output: output.raw.clone(),
             differences: mismatch,
+        });
+    }
+    if !options.claim {
+        // `--plan`: what would run, with nothing written.
+        let estimate = match row_groups.iter().find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0)) {
+            Some((_, file, rg, metadata)) => {
+                let reader = InputReader::open(store.clone(), file, roots)?;
+                Some(runtime.block_on(estimate_tokens(
+                    reader, metadata, rg, args, &layout, total_rows,
+                ))?)
+            }
+            None => None,
+        };
+        let pending = shards
+            .iter()
+            .filter(|s| !committed.contains(&s.part))
+            .map(|s| s.id)
+            .collect();
+        return Ok(EncodePlan {
+            estimate,
+            settings: settings(args, &model, dtype, &output, roots),
+            model,
+            model_fingerprint,
+            identity,
+            shards,
+            pending,
+            failures,
         });
     }
     runtime.block_on(committer.put(
@@ -235,8 +355,63 @@ pub fn plan_encode(
         // The output is about to change: an old success marker would lie.
         runtime.block_on(committer.delete(&[SUCCESS.to_string(), MANIFEST.to_string()]))?;
     }
-    let settings = EncodeSettings {
-        model: model.clone(),
+    Ok(EncodePlan {
+        estimate: None,
+        settings: settings(args, &model, dtype, &output, roots),
+        model,
+        model_fingerprint,
+        identity,
+        shards,
+        pending,
+        failures,
+    })
+}
+
+/// What a plan is for.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Workers that will lease the shards (the default shard size keeps each busy).
+    pub workers: usize,
+    /// Whether every worker is a CPU (smaller default shards: less work lost to an interrupt).
+    pub cpu_only: bool,
+    /// Claim the output (write its identity, clear a stale success marker); `false` for
+    /// `--plan`, which writes nothing.
+    pub claim: bool,
+}
+
+impl PlanOptions {
+    /// A service's job: its remote workers are not known at planning (GPU-sized shards for
+    /// four of them).
+    pub const SERVICE: PlanOptions = PlanOptions {
+        workers: 4,
+        cpu_only: false,
+        claim: true,
+    };
+}
+
+/// Shards per worker the default size aims at: a worker that finishes early finds more, and
+/// an interrupt loses at most one shard per worker.
+pub const SHARDS_PER_WORKER: u64 = 4;
+
+/// The default shard size: at least [`SHARDS_PER_WORKER`] shards per worker, within
+/// 250–5,000 rows on CPU and 1,000–20,000 on GPU (a shard is the unit of commit and of the
+/// work lost to an interrupt; below the minimum, the per-shard overhead shows).
+pub fn auto_shard_rows(total_rows: u64, workers: usize, cpu_only: bool) -> u64 {
+    let (low, high) = if cpu_only { (250, 5_000) } else { (1_000, 20_000) };
+    let want = total_rows.div_ceil(SHARDS_PER_WORKER * workers.max(1) as u64);
+    want.clamp(low, high)
+}
+
+/// What every worker encodes with.
+fn settings(
+    args: &EncodeConfig,
+    model: &std::path::Path,
+    dtype: Dtype,
+    output: &StoreUrl,
+    roots: &AllowedRoots,
+) -> EncodeSettings {
+    EncodeSettings {
+        model: model.to_path_buf(),
         dtype,
         batch_tokens: args.batch_tokens,
         max_active_dims: args.max_active_dims,
@@ -246,16 +421,7 @@ pub fn plan_encode(
         query: args.query,
         output: output.raw.clone(),
         allowed_roots: roots.clone(),
-    };
-    Ok(EncodePlan {
-        model,
-        model_fingerprint,
-        identity,
-        shards,
-        pending,
-        failures,
-        settings,
-    })
+    }
 }
 
 /// Splits one file with the given row-group sizes into shards of at most `shard_rows` rows.
@@ -320,7 +486,7 @@ pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
             1,
             1 << 24,
         ),
-        ("--shard-rows", Some(args.shard_rows), 1, 1 << 32),
+        ("--shard-rows", args.shard_rows, 1, 1 << 32),
         (
             "--max-active-dims",
             args.max_active_dims.map(|k| k as u64),
@@ -438,7 +604,7 @@ mod overlap_tests {
         let mut config: EncodeConfig =
             serde_json::from_value(serde_json::json!({"input": "i", "output": "o"})).unwrap();
         assert!(validate(&config).is_ok());
-        config.shard_rows = 0;
+        config.shard_rows = Some(0);
         let e = validate(&config).unwrap_err().to_string();
         assert!(
             e.contains("--shard-rows 0") && e.contains("[1, 4294967296]"),

@@ -849,6 +849,7 @@ mod tests {
             shards: (0..shards).map(shard).collect(),
             pending: (0..shards).collect(),
             failures: Vec::new(),
+            estimate: None,
             settings: EncodeSettings {
                 model: "/m".into(),
                 dtype: Dtype::F32,

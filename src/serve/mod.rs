@@ -21,7 +21,7 @@ use self::api::App;
 use self::db::{Db, ToFinish};
 use self::spec::{parse_spec, JobSpec, Roots};
 use crate::job::finish::finish_encode;
-use crate::job::plan::plan_encode;
+use crate::job::plan::{plan_encode, PlanOptions};
 use crate::model::Dtype;
 
 /// Environment variable holding the bearer token (service, workers and CLI).
@@ -235,7 +235,8 @@ fn plan_job(
         JobSpec::Encode { args, .. } => {
             let dtype = args.dtype.unwrap_or(Dtype::F32);
             let plan =
-                plan_encode(&args, dtype, &app.roots.access, runtime).map_err(|e| e.to_string())?;
+                plan_encode(&args, dtype, &app.roots.access, runtime, &PlanOptions::SERVICE)
+                    .map_err(|e| e.to_string())?;
             tracing::info!(
                 "job {id}: {} shards ({} to encode, {} committed before) → {}",
                 plan.shards.len(),

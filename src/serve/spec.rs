@@ -327,7 +327,7 @@ mod tests {
         let JobSpec::Encode { args, spec } = parse_spec(&spec, &roots()).unwrap() else {
             panic!("not encode")
         };
-        assert_eq!(args.shard_rows, 10);
+        assert_eq!(args.shard_rows, Some(10));
         assert_eq!(args.keep_columns, vec!["a", "b"]);
         assert!(args.query);
         assert_eq!(args.lease_timeout, DEFAULT_LEASE_TIMEOUT);
