@@ -149,9 +149,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints an error with its chain of causes; exit code 1.
+/// Prints an error with its chain of causes (each said once: a message that already quotes
+/// its cause does not repeat it); exit code 1.
 fn fail(e: CliError) -> ExitCode {
-    eprintln!("sparq: error: {:#}", anyhow::Error::new(e));
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    eprintln!("sparq: error: {message}");
     ExitCode::FAILURE
 }
 

@@ -63,8 +63,7 @@ pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
 fn shell_words(args: impl Iterator<Item = String>) -> String {
     args.map(|a| {
         if !a.is_empty()
-            && a
-                .chars()
+            && a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
         {
             a

@@ -34,10 +34,20 @@ pub struct EncodeConfig {
     /// Input parquet: a file, a folder or prefix (every *.parquet under it, skipping names that
     /// start with `_` or `.`), a glob ('data/*.parquet'), or s3://bucket/prefix. S3 is configured
     /// by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP.
-    #[arg(long, required_unless_present = "job_file", default_value = "", hide_default_value = true)]
+    #[arg(
+        long,
+        required_unless_present = "job_file",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub input: String,
     /// Output folder or s3://bucket/prefix: part-*.parquet files, then _manifest.json and _SUCCESS.
-    #[arg(long, required_unless_present = "job_file", default_value = "", hide_default_value = true)]
+    #[arg(
+        long,
+        required_unless_present = "job_file",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub output: String,
     /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM).
     #[arg(long, env = "SPARQ_MODEL", default_value_os_t = defaults::model())]
@@ -198,11 +208,9 @@ pub fn read_job_file(path: &std::path::Path) -> Result<EncodeConfig, JobFileErro
     match table.remove("kind") {
         None => {}
         Some(toml::Value::String(k)) if k == "encode" => {}
-        Some(other) => {
-            return Err(invalid(format!(
-                "kind = {other} is not an encode job (`sparq encode --config` runs kind = \"encode\")"
-            )))
-        }
+        Some(other) => return Err(invalid(format!(
+            "kind = {other} is not an encode job (`sparq encode --config` runs kind = \"encode\")"
+        ))),
     }
     let given_model = table.contains_key("model");
     let mut config: EncodeConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
@@ -212,6 +220,7 @@ pub fn read_job_file(path: &std::path::Path) -> Result<EncodeConfig, JobFileErro
         })?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let base = std::path::absolute(base).unwrap_or(base.to_path_buf());
+    let base = crate::io::access::normalise(&base);
     let local = |p: &str| !p.contains("://") && !std::path::Path::new(p).is_absolute();
     if local(&config.input) {
         config.input = base.join(&config.input).to_string_lossy().into_owned();
@@ -220,7 +229,7 @@ pub fn read_job_file(path: &std::path::Path) -> Result<EncodeConfig, JobFileErro
         config.output = base.join(&config.output).to_string_lossy().into_owned();
     }
     if given_model && config.model.is_relative() {
-        config.model = base.join(&config.model);
+        config.model = crate::io::access::normalise(&base.join(&config.model));
     }
     Ok(config)
 }

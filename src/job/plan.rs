@@ -94,9 +94,11 @@ async fn estimate_tokens(
                 ..Default::default()
             };
             let column = batch.column(0);
-            if let Ok(column) =
-                arrow::compute::cast_with_options(column, &arrow::datatypes::DataType::Utf8, &options)
-            {
+            if let Ok(column) = arrow::compute::cast_with_options(
+                column,
+                &arrow::datatypes::DataType::Utf8,
+                &options,
+            ) {
                 let strings = column
                     .as_any()
                     .downcast_ref::<arrow::array::StringArray>()
@@ -317,7 +319,10 @@ pub fn plan_encode(
     }
     if !options.claim {
         // `--plan`: what would run, with nothing written.
-        let estimate = match row_groups.iter().find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0)) {
+        let estimate = match row_groups
+            .iter()
+            .find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0))
+        {
             Some((_, file, rg, metadata)) => {
                 let reader = InputReader::open(store.clone(), file, roots)?;
                 Some(runtime.block_on(estimate_tokens(
@@ -397,7 +402,11 @@ pub const SHARDS_PER_WORKER: u64 = 4;
 /// 250–5,000 rows on CPU and 1,000–20,000 on GPU (a shard is the unit of commit and of the
 /// work lost to an interrupt; below the minimum, the per-shard overhead shows).
 pub fn auto_shard_rows(total_rows: u64, workers: usize, cpu_only: bool) -> u64 {
-    let (low, high) = if cpu_only { (250, 5_000) } else { (1_000, 20_000) };
+    let (low, high) = if cpu_only {
+        (250, 5_000)
+    } else {
+        (1_000, 20_000)
+    };
     let want = total_rows.div_ceil(SHARDS_PER_WORKER * workers.max(1) as u64);
     want.clamp(low, high)
 }

@@ -234,9 +234,14 @@ fn plan_job(
     match parse_spec(doc, &app.roots)? {
         JobSpec::Encode { args, .. } => {
             let dtype = args.dtype.unwrap_or(Dtype::F32);
-            let plan =
-                plan_encode(&args, dtype, &app.roots.access, runtime, &PlanOptions::SERVICE)
-                    .map_err(|e| e.to_string())?;
+            let plan = plan_encode(
+                &args,
+                dtype,
+                &app.roots.access,
+                runtime,
+                &PlanOptions::SERVICE,
+            )
+            .map_err(|e| e.to_string())?;
             tracing::info!(
                 "job {id}: {} shards ({} to encode, {} committed before) → {}",
                 plan.shards.len(),

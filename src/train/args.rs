@@ -339,11 +339,31 @@ fn read_config(path: &Path) -> Result<TrainArgs, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         TrainError::Option(format!("cannot read the config {}: {e}", path.display()))
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let mut args: TrainArgs = toml::from_str(&text).map_err(|e| {
         TrainError::Option(format!(
             "{}: {} (keys are the flags' names with `_`, e.g. learning_rate = 2e-5)",
             path.display(),
             e.to_string().trim()
         ))
-    })
+    })?;
+    // Relative paths in the file are relative to its folder, wherever sparq runs from.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or(base.to_path_buf());
+    let rebase = |p: &Path| crate::io::access::normalise(&base.join(p));
+    for p in [&mut args.model, &mut args.eval_beir].into_iter().flatten() {
+        if p.is_relative() {
+            *p = rebase(p);
+        }
+    }
+    for url in [&mut args.train_data, &mut args.output]
+        .into_iter()
+        .flatten()
+    {
+        if !url.contains("://") && Path::new(url.as_str()).is_relative() {
+            *url = rebase(Path::new(url.as_str()))
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    Ok(args)
 }
