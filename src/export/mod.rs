@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod read;
+pub mod recorded;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -68,13 +69,14 @@ pub struct ExportArgs {
     /// jsonl: also write each dimension's token string.
     #[arg(long)]
     pub tokens: bool,
-    /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens); it should
-    /// be the model that encoded the output (checked against the output's job record).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
-    pub model: PathBuf,
-    /// The output's id column.
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
+    /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens) [default:
+    /// the model recorded in the output, else SPARQ_MODEL, else the bundled model]. Another
+    /// model than the one that encoded the output is refused.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The output's id column [default: the one recorded in the output, else `id`].
+    #[arg(long)]
+    pub id_column: Option<String>,
     /// elasticsearch: the document field holding the vector.
     #[arg(long, default_value = "splade")]
     pub field: String,

@@ -10,7 +10,8 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
 use super::format::{lines, Format, VectorFilter};
-use super::read::{for_each_row, output_parts, runtime, tokenizer_for};
+use super::read::{for_each_row, output_parts, runtime};
+use super::recorded::{tokenizer_for, Recorded};
 use super::{ExportArgs, ExportError, ExportSummary};
 use crate::io::url::Location;
 use crate::io::StoreUrl;
@@ -235,8 +236,14 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         quantize,
     };
     let (store, files) = output_parts(&runtime, &args.input, args.allow_incomplete)?;
+    let recorded = Recorded::read(&runtime, &args.input)?;
+    let id_column = recorded.id_column(args.id_column.as_deref());
     let tokenizer = if args.format.needs_tokens() || args.tokens {
-        Some(tokenizer_for(&runtime, &args.model, &args.input)?)
+        Some(tokenizer_for(
+            &args.input,
+            &recorded,
+            args.model.as_deref(),
+        )?)
     } else {
         None
     };
@@ -282,7 +289,7 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
             (Some(s), _) | (None, Some(s)) => s,
             (None, None) => unreachable!("one sink is open"),
         };
-        for_each_row(&runtime, &store, file, &args.id_column, |id, v| {
+        for_each_row(&runtime, &store, file, &id_column, |id, v| {
             let Some(v) = v else {
                 summary.skipped_null += 1;
                 return Ok(());
