@@ -1,5 +1,6 @@
 //! The `sparq` command line: parses arguments and calls the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -138,9 +139,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints an error with its chain of causes; exit code 1.
+/// Prints an error with its chain of causes; exit code 1. A command whose stdout reader went
+/// away (`| head`) ends quietly with 0, as Unix tools do.
 fn fail(e: CliError) -> ExitCode {
-    eprintln!("sparq: error: {:#}", anyhow::Error::new(e));
+    if e.is_stdout_closed() {
+        return ExitCode::SUCCESS;
+    }
+    // Not eprintln!: it panics when stderr is a closed pipe too.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "sparq: error: {:#}",
+        anyhow::Error::new(e)
+    );
     ExitCode::FAILURE
 }
 

@@ -39,6 +39,9 @@ pub enum ExportError {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] crate::io::StoreError),
+    /// `--output -`: the reader of stdout went away (`| head`); the command ends quietly.
+    #[error("stdout was closed before the export was written")]
+    StdoutClosed,
 }
 
 /// Options of `sparq export`.
@@ -47,7 +50,8 @@ pub struct ExportArgs {
     /// A `sparq encode` output: folder or s3:// prefix of part-*.parquet.
     #[arg(long)]
     pub input: String,
-    /// Output: a file ending in .jsonl (or .jsonl.gz), else a folder/prefix of part-*.jsonl.
+    /// Output: a file ending in .jsonl (or .jsonl.gz), else a folder/prefix of part-*.jsonl;
+    /// `-` writes the lines to stdout (gzipped with --gzip) and the summary to stderr.
     #[arg(long)]
     pub output: String,
     /// anserini (JsonVectorCollection, integer impacts), qdrant (sparse vector upserts),
@@ -88,6 +92,13 @@ pub struct ExportArgs {
     pub allow_incomplete: bool,
 }
 
+impl ExportArgs {
+    /// Whether the lines go to stdout (`--output -`).
+    pub fn to_stdout(&self) -> bool {
+        self.output == "-"
+    }
+}
+
 /// What an export wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportSummary {
@@ -97,7 +108,7 @@ pub struct ExportSummary {
     pub skipped_null: u64,
     /// Non-zero weights written.
     pub weights: u64,
-    /// Files written.
+    /// Files written (`-` for stdout).
     pub files: Vec<String>,
 }
 

@@ -1,6 +1,7 @@
 //! `sparq export`: streams every part of an output through a format into JSON-lines files,
 //! local (written under a temporary name, renamed when complete) or S3 (multipart upload in
-//! 8 MiB parts), optionally gzipped. Memory stays bounded by one input part.
+//! 8 MiB parts), or stdout (`--output -`), optionally gzipped. Memory stays bounded by one
+//! input part.
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum RawSink {
         buf: Vec<u8>,
         url: String,
     },
+    /// `--output -`: lines as they come, for a pipe.
+    Stdout(BufWriter<std::io::Stdout>),
 }
 
 impl Drop for RawSink {
@@ -46,12 +49,22 @@ impl Drop for RawSink {
                     let _ = handle.block_on(u.abort());
                 }
             }
+            RawSink::Stdout(_) => {}
         }
     }
 }
 
+/// The `--output` that means stdout.
+pub const STDOUT: &str = "-";
+
 impl RawSink {
     fn open(handle: &tokio::runtime::Handle, url: &str) -> Result<Self, ExportError> {
+        if url == STDOUT {
+            return Ok(RawSink::Stdout(BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            )));
+        }
         let parsed = StoreUrl::parse(url)?;
         match &parsed.location {
             Location::Local(path) => {
@@ -130,6 +143,30 @@ impl RawSink {
                 })?;
                 Ok(url.clone())
             }
+            RawSink::Stdout(out) => {
+                if let Err(e) = out.flush() {
+                    return Err(self.write_error(e));
+                }
+                Ok(STDOUT.into())
+            }
+        }
+    }
+
+    /// What it writes to, for messages.
+    fn name(&self) -> String {
+        match self {
+            RawSink::Local { path, .. } => path.display().to_string(),
+            RawSink::S3 { url, .. } => url.clone(),
+            RawSink::Stdout(_) => "stdout".into(),
+        }
+    }
+
+    /// A failed write as an export error: a closed stdout ends the export quietly.
+    fn write_error(&self, e: std::io::Error) -> ExportError {
+        if matches!(self, RawSink::Stdout(_)) && e.kind() == std::io::ErrorKind::BrokenPipe {
+            ExportError::StdoutClosed
+        } else {
+            ExportError::Output(format!("{}: writing failed ({e})", self.name()))
         }
     }
 }
@@ -154,6 +191,7 @@ impl Write for RawSink {
                 }
                 Ok(data.len())
             }
+            RawSink::Stdout(out) => out.write(data),
         }
     }
 
@@ -161,6 +199,7 @@ impl Write for RawSink {
         match self {
             RawSink::Local { file, .. } => file.flush(),
             RawSink::S3 { .. } => Ok(()),
+            RawSink::Stdout(out) => out.flush(),
         }
     }
 }
@@ -186,19 +225,31 @@ impl Sink {
             Sink::Plain(s) => s,
             Sink::Gzip(s) => s,
         };
+        // `io::Error::from` keeps the kind of a write error (EPIPE) that serde_json wraps.
         serde_json::to_writer(&mut *w, value)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::from)
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| ExportError::Output(format!("writing: {e}")))
+            .map_err(|e| self.raw().write_error(e))
+    }
+
+    fn raw(&self) -> &RawSink {
+        match self {
+            Sink::Plain(s) => s,
+            Sink::Gzip(s) => s.get_ref(),
+        }
     }
 
     fn finish(self) -> Result<String, ExportError> {
         match self {
             Sink::Plain(s) => s.finish(),
-            Sink::Gzip(s) => s
-                .finish()
-                .map_err(|e| ExportError::Output(format!("compressing: {e}")))?
-                .finish(),
+            Sink::Gzip(mut s) => {
+                if let Err(e) = s.try_finish() {
+                    return Err(s.get_ref().write_error(e));
+                }
+                s.finish()
+                    .map_err(|e| ExportError::Output(format!("compressing: {e}")))?
+                    .finish()
+            }
         }
     }
 }
@@ -253,7 +304,7 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
             .map_or_else(|| i.to_string(), |t| t.token(i))
     };
     let lower = args.output.to_ascii_lowercase();
-    let single = lower.ends_with(".jsonl") || lower.ends_with(".jsonl.gz");
+    let single = args.to_stdout() || lower.ends_with(".jsonl") || lower.ends_with(".jsonl.gz");
     let gzip = args.gzip || lower.ends_with(".gz");
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
         let bar = indicatif::ProgressBar::new(files.iter().map(|f| f.size).sum());
@@ -266,7 +317,9 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         bar
     });
     let mut summary = ExportSummary::default();
-    let out_url = StoreUrl::parse(&args.output)?;
+    let out_url = (!single)
+        .then(|| StoreUrl::parse(&args.output))
+        .transpose()?;
     let mut shared = if single {
         Some(Sink::open(&handle, &args.output, gzip)?)
     } else {
@@ -275,15 +328,16 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     for file in &files {
         let name = file.url.rsplit('/').next().unwrap_or("part.parquet");
         let stem = name.strip_suffix(".parquet").unwrap_or(name);
-        let mut own = if single {
-            None
-        } else {
-            let ext = if gzip { "jsonl.gz" } else { "jsonl" };
-            Some(Sink::open(
-                &handle,
-                &out_url.join(&format!("{stem}.{ext}")),
-                gzip,
-            )?)
+        let mut own = match &out_url {
+            None => None,
+            Some(out_url) => {
+                let ext = if gzip { "jsonl.gz" } else { "jsonl" };
+                Some(Sink::open(
+                    &handle,
+                    &out_url.join(&format!("{stem}.{ext}")),
+                    gzip,
+                )?)
+            }
         };
         let sink = match (&mut own, &mut shared) {
             (Some(s), _) | (None, Some(s)) => s,
