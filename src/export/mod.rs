@@ -2,6 +2,7 @@
 //! Qdrant, Elasticsearch/OpenSearch, plain JSON lines), `sparq inspect` and `sparq decode`.
 
 pub mod format;
+pub mod qdrant;
 pub mod read;
 pub mod recorded;
 pub mod sink;
@@ -9,6 +10,7 @@ pub mod sink;
 use std::path::PathBuf;
 
 pub use format::{Format, VectorFilter};
+pub use qdrant::QdrantIds;
 
 /// What can stop an export, inspection or decode.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,9 @@ pub struct ExportArgs {
     pub output: String,
     /// anserini (JsonVectorCollection, integer impacts), qdrant (sparse vector upserts),
     /// elasticsearch (bulk lines for sparse_vector / rank_features), jsonl (ids and weights).
+    /// qdrant point ids must be unsigned integers or UUIDs: integer ids and strings of digits
+    /// are written as numbers, UUID strings as canonical UUIDs, and any other id refuses the
+    /// export before anything is written (see --qdrant-ids).
     #[arg(long, value_enum)]
     pub format: Format,
     /// Integer weights round(w × F), zeros dropped (default 100 for anserini, none otherwise).
@@ -81,6 +86,9 @@ pub struct ExportArgs {
     /// The output's id column [default: the one recorded in the output, else `id`].
     #[arg(long)]
     pub id_column: Option<String>,
+    /// qdrant: how point ids are made from the output's ids.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub qdrant_ids: QdrantIds,
     /// elasticsearch: the document field holding the vector.
     #[arg(long, default_value = "splade")]
     pub field: String,

@@ -11,6 +11,7 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
 use super::format::{lines, Format, VectorFilter};
+use super::qdrant::{check_ids, payload, point_id, refusal};
 use super::read::{for_each_row, output_parts, runtime};
 use super::recorded::{tokenizer_for, Recorded};
 use super::{ExportArgs, ExportError, ExportSummary};
@@ -298,6 +299,11 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     } else {
         None
     };
+    let qdrant = (args.format == Format::Qdrant).then_some(args.qdrant_ids);
+    if let Some(mode) = qdrant {
+        // Qdrant rejects a whole batch over one bad id: refuse before anything is written.
+        check_ids(&runtime, &store, &files, &id_column, mode)?;
+    }
     let token = |i: u32| {
         tokenizer
             .as_ref()
@@ -343,23 +349,37 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
             (Some(s), _) | (None, Some(s)) => s,
             (None, None) => unreachable!("one sink is open"),
         };
+        let mut row = 0u64;
         for_each_row(&runtime, &store, file, &id_column, |id, v| {
+            row += 1;
             let Some(v) = v else {
                 summary.skipped_null += 1;
                 return Ok(());
             };
+            let (id, payload) = match qdrant {
+                None => (id, None),
+                Some(mode) => (
+                    point_id(&id, mode)
+                        .map_err(|why| refusal(&file.url, row - 1, &id_column, &why))?,
+                    payload(&id, &id_column, mode),
+                ),
+            };
             let pairs = filter.apply(&v);
             summary.weights += pairs.len() as u64;
             summary.rows += 1;
-            for line in lines(
+            let mut out = lines(
                 args.format,
                 &id,
                 &pairs,
                 &token,
                 args.tokens,
                 (&args.field, args.index.as_deref()),
-            ) {
-                sink.line(&line)?;
+            );
+            if let (Some(payload), Some(point)) = (payload, out.first_mut()) {
+                point["payload"] = payload;
+            }
+            for line in &out {
+                sink.line(line)?;
             }
             Ok(())
         })?;
