@@ -1,5 +1,6 @@
 //! The `sparq` command line: parses arguments and calls the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -150,8 +151,12 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error with its chain of causes (each said once: a message that already quotes
-/// its cause does not repeat it); exit code 1.
+/// its cause does not repeat it); exit code 1. A command whose stdout reader went away
+/// (`| head`) ends quietly with 0, as Unix tools do.
 fn fail(e: CliError) -> ExitCode {
+    if e.is_stdout_closed() {
+        return ExitCode::SUCCESS;
+    }
     let mut message = e.to_string();
     let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
@@ -161,7 +166,8 @@ fn fail(e: CliError) -> ExitCode {
         }
         cause = c.source();
     }
-    eprintln!("sparq: error: {message}");
+    // Not eprintln!: it panics when stderr is a closed pipe too.
+    let _ = writeln!(std::io::stderr().lock(), "sparq: error: {message}");
     ExitCode::FAILURE
 }
 

@@ -1,7 +1,9 @@
-//! What `encode`, `eval`, `inspect`, `decode`, `export` and `train` print.
+//! What `encode`, `eval`, `inspect`, `decode`, `export` and `train` print. Results go through
+//! [`print_line`], so a reader that goes away (`| head -1`) ends the command quietly.
 
 use std::process::ExitCode;
 
+use super::stdout::{eprint_line, print_line};
 use super::CliError;
 use crate::eval::run::{aggregate, evaluate_model, EvalArgs};
 use crate::eval::IrMetrics;
@@ -17,43 +19,56 @@ pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
     let config = match args.job(given) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sparq: error: {e}");
+            eprint_line(format_args!("sparq: error: {e}"));
             return ExitCode::FAILURE;
         }
     };
     if args.plan {
         return match crate::coord::coordinator::plan_only(&config, &args.fleet) {
-            Ok(plan) => {
-                print_plan(&config, &args.fleet, &plan);
-                ExitCode::SUCCESS
-            }
+            Ok(plan) => match print_line(plan_text(&config, &args.fleet, &plan).trim_end()) {
+                Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprint_line(format_args!("sparq: error: {e}"));
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
-                eprintln!("sparq: error: {e}");
+                eprint_line(format_args!("sparq: error: {e}"));
                 ExitCode::FAILURE
             }
         };
     }
     match crate::coord::coordinator::run_encode(&config, &args.fleet) {
         Ok((summary, failures)) => {
-            println!("{}", serde_json::to_string(&summary).expect("serializable"));
+            // The work is committed whatever happens to the summary: a reader that went away
+            // changes nothing, a failed write is said.
+            if let Err(CliError::Stdout(e)) =
+                print_line(serde_json::to_string(&summary).expect("serializable"))
+            {
+                eprint_line(format_args!(
+                    "sparq: error: writing the summary to stdout failed: {e}"
+                ));
+            }
             if failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                eprintln!(
+                eprint_line(format_args!(
                     "sparq: {} shard(s) failed; the rest is committed. Fix the cause and rerun the \
                      same command to finish.",
                     failures.len()
-                );
+                ));
                 ExitCode::from(2)
             }
         }
         Err(e @ JobError::Interrupted { signal, .. }) => {
-            eprintln!("sparq: {e}:");
-            eprintln!("  {}", shell_words(std::env::args()));
+            eprint_line(format_args!(
+                "sparq: {e}:\n  {}",
+                shell_words(std::env::args())
+            ));
             ExitCode::from(128 + signal as u8)
         }
         Err(e) => {
-            eprintln!("sparq: error: {e}");
+            eprint_line(format_args!("sparq: error: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -76,7 +91,9 @@ fn shell_words(args: impl Iterator<Item = String>) -> String {
 }
 
 /// `encode --plan`: what would run.
-fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
+fn plan_text(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let files = &plan.identity.input_files;
     let rows: u64 = plan.shards.iter().map(|s| s.rows).sum();
     let pending: std::collections::HashSet<usize> = plan.pending.iter().copied().collect();
@@ -87,10 +104,11 @@ fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
         .map(|s| s.rows)
         .sum();
     let workers = fleet.devices().len();
-    println!("input   {}", plan.identity.input);
-    println!("        {} file(s), {rows} rows", files.len());
+    let _ = writeln!(out, "input   {}", plan.identity.input);
+    let _ = writeln!(out, "        {} file(s), {rows} rows", files.len());
     for f in files.iter().take(10) {
-        println!(
+        let _ = writeln!(
+            out,
             "        {} ({} rows, {} bytes)",
             f.url,
             f.rows.unwrap_or(0),
@@ -98,11 +116,12 @@ fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
         );
     }
     if files.len() > 10 {
-        println!("        ... and {} more", files.len() - 10);
+        let _ = writeln!(out, "        ... and {} more", files.len() - 10);
     }
-    println!("model   {}", plan.model.display());
-    println!("output  {}", config.output);
-    println!(
+    let _ = writeln!(out, "model   {}", plan.model.display());
+    let _ = writeln!(out, "output  {}", config.output);
+    let _ = writeln!(
+        out,
         "shards  {} of at most {} rows ({}); {} committed before, {} to encode ({pending_rows} rows)",
         plan.shards.len(),
         plan.identity.shard_rows,
@@ -123,7 +142,8 @@ fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
         plan.pending.len(),
     );
     if let Some(e) = &plan.estimate {
-        println!(
+        let _ = writeln!(
+            out,
             "tokens  ~{} to encode ({:.1} per row over the first {} rows of {})",
             (e.mean_tokens * pending_rows as f64).round() as u64,
             e.mean_tokens,
@@ -131,40 +151,40 @@ fn print_plan(config: &EncodeConfig, fleet: &Fleet, plan: &EncodePlan) {
             e.file
         );
     }
-    println!("nothing written (--plan)");
+    out.push_str("nothing written (--plan)\n");
+    out
 }
 
 /// `inspect`: the report as text, or as one JSON object with `--json`.
 pub fn inspect(args: &InspectArgs) -> Result<(), CliError> {
     let r: InspectReport = crate::export::inspect(args)?;
     if args.json {
-        println!("{}", serde_json::to_string(&r).expect("serializable"));
-        return Ok(());
+        return print_line(serde_json::to_string(&r).expect("serializable"));
     }
-    println!("{}", r.url);
-    println!(
+    print_line(&r.url)?;
+    print_line(format_args!(
         "  {} rows in {} files, {} bytes ({:.1} bytes/row)",
         r.rows, r.files, r.bytes, r.bytes_per_row
-    );
-    println!(
+    ))?;
+    print_line(format_args!(
         "  null vectors {}, empty vectors {}",
         r.null_vectors, r.empty_vectors
-    );
-    println!("  schema: {}", r.schema);
+    ))?;
+    print_line(format_args!("  schema: {}", r.schema))?;
     let d = &r.active_dims;
-    println!(
+    print_line(format_args!(
         "  active dims: mean {:.1}, p50 {}, p99 {}, max {}",
         d.mean, d.p50, d.p99, d.max
-    );
-    println!("  top tokens by document frequency:");
+    ))?;
+    print_line("  top tokens by document frequency:")?;
     for t in &r.top_tokens_by_document_frequency {
-        println!(
+        print_line(format_args!(
             "    {:>8} {:<20} {:>10} docs ({:.1}%)",
             t.id,
             t.token.as_deref().unwrap_or("?"),
             t.documents,
             100.0 * t.fraction
-        );
+        ))?;
     }
     Ok(())
 }
@@ -172,16 +192,22 @@ pub fn inspect(args: &InspectArgs) -> Result<(), CliError> {
 /// `decode`: one JSON line per row asked for.
 pub fn decode(args: &crate::export::DecodeArgs) -> Result<(), CliError> {
     for row in crate::export::decode(args)? {
-        println!("{row}");
+        print_line(row)?;
     }
     Ok(())
 }
 
-/// `export`: the summary JSON line.
+/// `export`: the summary JSON line, on stdout, or on stderr when the lines went to stdout
+/// (`--output -`), so that stdout holds the data alone.
 pub fn export(args: &crate::export::ExportArgs) -> Result<(), CliError> {
     let summary = crate::export::run_export(args)?;
-    println!("{}", serde_json::json!({ "export_summary": summary }));
-    Ok(())
+    let line = serde_json::json!({ "export_summary": summary });
+    if args.to_stdout() {
+        eprint_line(line);
+        Ok(())
+    } else {
+        print_line(line)
+    }
 }
 
 /// `train`: each event as a JSON line on stdout (rank 0), the end on stderr. With the hidden
@@ -226,15 +252,15 @@ pub fn eval(args: &EvalArgs) -> Result<(), CliError> {
         if let Some(name) = name {
             v["dataset"] = name.into();
         }
-        println!("{v}");
+        print_line(v)
     };
     if results.len() == 1 {
-        line(&results[0].metrics, None);
+        line(&results[0].metrics, None)?;
     } else {
         for r in &results {
-            line(&r.metrics, Some(&r.name));
+            line(&r.metrics, Some(&r.name))?;
         }
-        line(&aggregate(&results), Some("mean"));
+        line(&aggregate(&results), Some("mean"))?;
     }
     Ok(())
 }

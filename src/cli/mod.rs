@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod log;
 pub mod service;
+pub(crate) mod stdout;
 
 /// Why a command failed: the error of the layer that failed, with its cause.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +37,21 @@ pub enum CliError {
     /// Anything else, said in full.
     #[error("{0}")]
     Message(String),
+    /// The reader of stdout went away (EPIPE: `sparq decode … | head -1`): not a failure, the
+    /// command ends quietly with exit code 0 (see [`stdout`]).
+    #[error("stdout was closed before all results were written")]
+    StdoutClosed,
+    /// Writing results to stdout failed (a full disk, say).
+    #[error("writing results to stdout failed")]
+    Stdout(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// Whether the command ended because its reader went away: exit code 0, nothing said.
+    pub fn is_stdout_closed(&self) -> bool {
+        matches!(
+            self,
+            CliError::StdoutClosed | CliError::Export(crate::export::ExportError::StdoutClosed)
+        )
+    }
 }

@@ -10,7 +10,8 @@ use crate::encode::SparseVector;
 pub enum Format {
     /// Anserini/Lucene JsonVectorCollection: `{"id", "contents": "", "vector": {token: int}}`.
     Anserini,
-    /// Qdrant sparse vectors: `{"id", "vector": {"indices": [...], "values": [...]}}`.
+    /// Qdrant sparse vectors: `{"id", "vector": {"indices": [...], "values": [...]}}`; ids
+    /// that are unsigned integers or UUIDs (others refused, or `--qdrant-ids uuid5`).
     Qdrant,
     /// Elasticsearch/OpenSearch bulk: an action line, then `{"<field>": {token: weight}}`.
     Elasticsearch,

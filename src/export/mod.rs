@@ -2,12 +2,15 @@
 //! Qdrant, Elasticsearch/OpenSearch, plain JSON lines), `sparq inspect` and `sparq decode`.
 
 pub mod format;
+pub mod qdrant;
 pub mod read;
+pub mod recorded;
 pub mod sink;
 
 use std::path::PathBuf;
 
 pub use format::{Format, VectorFilter};
+pub use qdrant::QdrantIds;
 
 /// What can stop an export, inspection or decode.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,9 @@ pub enum ExportError {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] crate::io::StoreError),
+    /// `--output -`: the reader of stdout went away (`| head`); the command ends quietly.
+    #[error("stdout was closed before the export was written")]
+    StdoutClosed,
 }
 
 /// Options of `sparq export`.
@@ -46,11 +52,15 @@ pub struct ExportArgs {
     /// A `sparq encode` output: folder or s3:// prefix of part-*.parquet.
     #[arg(long)]
     pub input: String,
-    /// Output: a file ending in .jsonl (or .jsonl.gz), else a folder/prefix of part-*.jsonl.
+    /// Output: a file ending in .jsonl (or .jsonl.gz), else a folder/prefix of part-*.jsonl;
+    /// `-` writes the lines to stdout (gzipped with --gzip) and the summary to stderr.
     #[arg(long)]
     pub output: String,
     /// anserini (JsonVectorCollection, integer impacts), qdrant (sparse vector upserts),
     /// elasticsearch (bulk lines for sparse_vector / rank_features), jsonl (ids and weights).
+    /// qdrant point ids must be unsigned integers or UUIDs: integer ids and strings of digits
+    /// are written as numbers, UUID strings as canonical UUIDs, and any other id refuses the
+    /// export before anything is written (see --qdrant-ids).
     #[arg(long, value_enum)]
     pub format: Format,
     /// Integer weights round(w × F), zeros dropped (default 100 for anserini, none otherwise).
@@ -68,13 +78,17 @@ pub struct ExportArgs {
     /// jsonl: also write each dimension's token string.
     #[arg(long)]
     pub tokens: bool,
-    /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens); it should
-    /// be the model that encoded the output (checked against the output's job record).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
-    pub model: PathBuf,
-    /// The output's id column.
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
+    /// Model whose tokenizer names the dimensions (anserini, elasticsearch, --tokens) [default:
+    /// the model recorded in the output, else SPARQ_MODEL, else the bundled model]. Another
+    /// model than the one that encoded the output is refused.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The output's id column [default: the one recorded in the output, else `id`].
+    #[arg(long)]
+    pub id_column: Option<String>,
+    /// qdrant: how point ids are made from the output's ids.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub qdrant_ids: QdrantIds,
     /// elasticsearch: the document field holding the vector.
     #[arg(long, default_value = "splade")]
     pub field: String,
@@ -86,6 +100,13 @@ pub struct ExportArgs {
     pub allow_incomplete: bool,
 }
 
+impl ExportArgs {
+    /// Whether the lines go to stdout (`--output -`).
+    pub fn to_stdout(&self) -> bool {
+        self.output == "-"
+    }
+}
+
 /// What an export wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportSummary {
@@ -95,7 +116,7 @@ pub struct ExportSummary {
     pub skipped_null: u64,
     /// Non-zero weights written.
     pub weights: u64,
-    /// Files written.
+    /// Files written (`-` for stdout).
     pub files: Vec<String>,
 }
 

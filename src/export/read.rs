@@ -1,7 +1,7 @@
 //! Reading a `sparq encode` output part by part (memory bounded by one part), the tokenizer
 //! that names its dimensions, and `sparq inspect` / `sparq decode`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -12,16 +12,14 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
+use super::recorded::{tokenizer_for, tokenizer_if_any, Recorded};
 use super::ExportError;
 use crate::encode::SparseVector;
 use crate::io::input::{list_inputs, InputFile};
 use crate::io::output::{read_sparse, SPARSE_COLUMN};
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::job::finish::Manifest;
-use crate::job::identity::JobIdentity;
-use crate::job::{JOB_FILE, MANIFEST, SUCCESS};
-use crate::model::layout::ModelLayout;
-use crate::model::tokenizer::SpladeTokenizer;
+use crate::job::{MANIFEST, SUCCESS};
 
 /// The part files of an output (`part-*.parquet` at its top level, nothing else), in name
 /// order. An output without `_SUCCESS` (interrupted, or with failed shards) is refused unless
@@ -131,7 +129,8 @@ pub fn for_each_row(
     Ok(())
 }
 
-fn id_values(ids: &ArrayRef) -> Result<Vec<Value>, String> {
+/// The ids of a column as [`for_each_row`] passes them: integers as numbers, else text.
+pub(crate) fn id_values(ids: &ArrayRef) -> Result<Vec<Value>, String> {
     macro_rules! ints {
         ($t:ty) => {
             ids.as_primitive::<$t>()
@@ -165,49 +164,22 @@ fn id_values(ids: &ArrayRef) -> Result<Vec<Value>, String> {
     })
 }
 
-/// The tokenizer of `model`, after checking (when the output records it) that this model
-/// encoded the output: token strings from another vocabulary would be silently wrong.
-pub fn tokenizer_for(
-    runtime: &tokio::runtime::Runtime,
-    model: &Path,
-    output: &str,
-) -> Result<SpladeTokenizer, ExportError> {
-    let layout = ModelLayout::read(model)?;
-    let tokenizer = SpladeTokenizer::load(&layout)?;
-    let committer = Committer::new(&StoreUrl::parse(output)?)?;
-    if let Some(job) = runtime.block_on(committer.get(JOB_FILE))? {
-        let recorded = serde_json::from_slice::<JobIdentity>(&job)
-            .ok()
-            .map(|j| j.model);
-        let ours = crate::model::fingerprint(&layout.root)?;
-        if let Some(recorded) = recorded {
-            if recorded != ours {
-                return Err(ExportError::Option(format!(
-                    "{output} was encoded with another model (fingerprint {recorded}) than \
-                     --model {} ({ours}): token strings would name the wrong dimensions; pass \
-                     the model that encoded it",
-                    model.display()
-                )));
-            }
-        }
-    }
-    Ok(tokenizer)
-}
-
 /// Options of `sparq inspect`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InspectArgs {
     /// A `sparq encode` output (folder or s3:// prefix).
     pub url: String,
-    /// Model naming the dimensions in the top-token list.
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
-    pub model: PathBuf,
+    /// Model naming the dimensions in the top-token list [default: the model recorded in the
+    /// output, else SPARQ_MODEL, else the bundled model]. Another model than the one that
+    /// encoded the output is refused.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Tokens listed by document frequency.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// The output's id column.
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
+    /// The output's id column [default: the one recorded in the output, else `id`].
+    #[arg(long)]
+    pub id_column: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -272,7 +244,9 @@ pub struct TopToken {
 pub fn inspect(args: &InspectArgs) -> Result<InspectReport, ExportError> {
     let runtime = runtime()?;
     let (store, files) = output_parts(&runtime, &args.url, args.allow_incomplete)?;
-    let tokenizer = tokenizer_for(&runtime, &args.model, &args.url).ok();
+    let recorded = Recorded::read(&runtime, &args.url)?;
+    let id_column = recorded.id_column(args.id_column.as_deref());
+    let tokenizer = tokenizer_if_any(&args.url, &recorded, args.model.as_deref())?;
     let (mut rows, mut nulls, mut empty, mut weights) = (0u64, 0u64, 0u64, 0u64);
     // Exact percentiles in constant memory: a histogram of active dims, document frequency by id.
     let mut dims_hist: Vec<u64> = Vec::new();
@@ -293,7 +267,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, ExportError> {
                     .join(", ");
             }
         }
-        for_each_row(&runtime, &store, file, &args.id_column, |_, v| {
+        for_each_row(&runtime, &store, file, &id_column, |_, v| {
             rows += 1;
             let Some(v) = v else {
                 nulls += 1;
@@ -384,12 +358,14 @@ pub struct DecodeArgs {
     /// Tokens shown per row, largest weight first.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Model naming the dimensions (the one that encoded the output).
-    #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
-    pub model: PathBuf,
-    /// The output's id column.
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
+    /// Model naming the dimensions [default: the model recorded in the output, else
+    /// SPARQ_MODEL, else the bundled model]. Another model than the one that encoded the output
+    /// is refused.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The output's id column [default: the one recorded in the output, else `id`].
+    #[arg(long)]
+    pub id_column: Option<String>,
     /// Read an output without `_SUCCESS` (failed shards, or a run not finished) after a warning.
     #[arg(long)]
     pub allow_incomplete: bool,
@@ -400,10 +376,12 @@ pub struct DecodeArgs {
 pub fn decode(args: &DecodeArgs) -> Result<Vec<Value>, ExportError> {
     let runtime = runtime()?;
     let (store, files) = output_parts(&runtime, &args.url, args.allow_incomplete)?;
-    let tokenizer = tokenizer_for(&runtime, &args.model, &args.url)?;
+    let recorded = Recorded::read(&runtime, &args.url)?;
+    let id_column = recorded.id_column(args.id_column.as_deref());
+    let tokenizer = tokenizer_for(&args.url, &recorded, args.model.as_deref())?;
     let mut found: Vec<Option<Value>> = vec![None; args.ids.len()];
     for file in &files {
-        for_each_row(&runtime, &store, file, &args.id_column, |id, v| {
+        for_each_row(&runtime, &store, file, &id_column, |id, v| {
             let key = match &id {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -439,8 +417,8 @@ pub fn decode(args: &DecodeArgs) -> Result<Vec<Value>, ExportError> {
         .collect();
     if !missing.is_empty() {
         return Err(ExportError::Input(format!(
-            "{}: no row with id {missing:?} in column `{}`",
-            args.url, args.id_column
+            "{}: no row with id {missing:?} in column `{id_column}`",
+            args.url
         )));
     }
     Ok(found.into_iter().flatten().collect())

@@ -1,6 +1,7 @@
 //! `sparq export`: streams every part of an output through a format into JSON-lines files,
 //! local (written under a temporary name, renamed when complete) or S3 (multipart upload in
-//! 8 MiB parts), optionally gzipped. Memory stays bounded by one input part.
+//! 8 MiB parts), or stdout (`--output -`), optionally gzipped. Memory stays bounded by one
+//! input part.
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
 use super::format::{lines, Format, VectorFilter};
-use super::read::{for_each_row, output_parts, runtime, tokenizer_for};
+use super::qdrant::{check_ids, payload, point_id, refusal};
+use super::read::{for_each_row, output_parts, runtime};
+use super::recorded::{tokenizer_for, Recorded};
 use super::{ExportArgs, ExportError, ExportSummary};
 use crate::io::url::Location;
 use crate::io::StoreUrl;
@@ -30,6 +33,8 @@ enum RawSink {
         buf: Vec<u8>,
         url: String,
     },
+    /// `--output -`: lines as they come, for a pipe.
+    Stdout(BufWriter<std::io::Stdout>),
 }
 
 impl Drop for RawSink {
@@ -45,12 +50,22 @@ impl Drop for RawSink {
                     let _ = handle.block_on(u.abort());
                 }
             }
+            RawSink::Stdout(_) => {}
         }
     }
 }
 
+/// The `--output` that means stdout.
+pub const STDOUT: &str = "-";
+
 impl RawSink {
     fn open(handle: &tokio::runtime::Handle, url: &str) -> Result<Self, ExportError> {
+        if url == STDOUT {
+            return Ok(RawSink::Stdout(BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            )));
+        }
         let parsed = StoreUrl::parse(url)?;
         match &parsed.location {
             Location::Local(path) => {
@@ -129,6 +144,30 @@ impl RawSink {
                 })?;
                 Ok(url.clone())
             }
+            RawSink::Stdout(out) => {
+                if let Err(e) = out.flush() {
+                    return Err(self.write_error(e));
+                }
+                Ok(STDOUT.into())
+            }
+        }
+    }
+
+    /// What it writes to, for messages.
+    fn name(&self) -> String {
+        match self {
+            RawSink::Local { path, .. } => path.display().to_string(),
+            RawSink::S3 { url, .. } => url.clone(),
+            RawSink::Stdout(_) => "stdout".into(),
+        }
+    }
+
+    /// A failed write as an export error: a closed stdout ends the export quietly.
+    fn write_error(&self, e: std::io::Error) -> ExportError {
+        if matches!(self, RawSink::Stdout(_)) && e.kind() == std::io::ErrorKind::BrokenPipe {
+            ExportError::StdoutClosed
+        } else {
+            ExportError::Output(format!("{}: writing failed ({e})", self.name()))
         }
     }
 }
@@ -153,6 +192,7 @@ impl Write for RawSink {
                 }
                 Ok(data.len())
             }
+            RawSink::Stdout(out) => out.write(data),
         }
     }
 
@@ -160,6 +200,7 @@ impl Write for RawSink {
         match self {
             RawSink::Local { file, .. } => file.flush(),
             RawSink::S3 { .. } => Ok(()),
+            RawSink::Stdout(out) => out.flush(),
         }
     }
 }
@@ -185,19 +226,31 @@ impl Sink {
             Sink::Plain(s) => s,
             Sink::Gzip(s) => s,
         };
+        // `io::Error::from` keeps the kind of a write error (EPIPE) that serde_json wraps.
         serde_json::to_writer(&mut *w, value)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::from)
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| ExportError::Output(format!("writing: {e}")))
+            .map_err(|e| self.raw().write_error(e))
+    }
+
+    fn raw(&self) -> &RawSink {
+        match self {
+            Sink::Plain(s) => s,
+            Sink::Gzip(s) => s.get_ref(),
+        }
     }
 
     fn finish(self) -> Result<String, ExportError> {
         match self {
             Sink::Plain(s) => s.finish(),
-            Sink::Gzip(s) => s
-                .finish()
-                .map_err(|e| ExportError::Output(format!("compressing: {e}")))?
-                .finish(),
+            Sink::Gzip(mut s) => {
+                if let Err(e) = s.try_finish() {
+                    return Err(s.get_ref().write_error(e));
+                }
+                s.finish()
+                    .map_err(|e| ExportError::Output(format!("compressing: {e}")))?
+                    .finish()
+            }
         }
     }
 }
@@ -235,18 +288,29 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         quantize,
     };
     let (store, files) = output_parts(&runtime, &args.input, args.allow_incomplete)?;
+    let recorded = Recorded::read(&runtime, &args.input)?;
+    let id_column = recorded.id_column(args.id_column.as_deref());
     let tokenizer = if args.format.needs_tokens() || args.tokens {
-        Some(tokenizer_for(&runtime, &args.model, &args.input)?)
+        Some(tokenizer_for(
+            &args.input,
+            &recorded,
+            args.model.as_deref(),
+        )?)
     } else {
         None
     };
+    let qdrant = (args.format == Format::Qdrant).then_some(args.qdrant_ids);
+    if let Some(mode) = qdrant {
+        // Qdrant rejects a whole batch over one bad id: refuse before anything is written.
+        check_ids(&runtime, &store, &files, &id_column, mode)?;
+    }
     let token = |i: u32| {
         tokenizer
             .as_ref()
             .map_or_else(|| i.to_string(), |t| t.token(i))
     };
     let lower = args.output.to_ascii_lowercase();
-    let single = lower.ends_with(".jsonl") || lower.ends_with(".jsonl.gz");
+    let single = args.to_stdout() || lower.ends_with(".jsonl") || lower.ends_with(".jsonl.gz");
     let gzip = args.gzip || lower.ends_with(".gz");
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
         let bar = indicatif::ProgressBar::new(files.iter().map(|f| f.size).sum());
@@ -259,7 +323,9 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         bar
     });
     let mut summary = ExportSummary::default();
-    let out_url = StoreUrl::parse(&args.output)?;
+    let out_url = (!single)
+        .then(|| StoreUrl::parse(&args.output))
+        .transpose()?;
     let mut shared = if single {
         Some(Sink::open(&handle, &args.output, gzip)?)
     } else {
@@ -268,37 +334,52 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     for file in &files {
         let name = file.url.rsplit('/').next().unwrap_or("part.parquet");
         let stem = name.strip_suffix(".parquet").unwrap_or(name);
-        let mut own = if single {
-            None
-        } else {
-            let ext = if gzip { "jsonl.gz" } else { "jsonl" };
-            Some(Sink::open(
-                &handle,
-                &out_url.join(&format!("{stem}.{ext}")),
-                gzip,
-            )?)
+        let mut own = match &out_url {
+            None => None,
+            Some(out_url) => {
+                let ext = if gzip { "jsonl.gz" } else { "jsonl" };
+                Some(Sink::open(
+                    &handle,
+                    &out_url.join(&format!("{stem}.{ext}")),
+                    gzip,
+                )?)
+            }
         };
         let sink = match (&mut own, &mut shared) {
             (Some(s), _) | (None, Some(s)) => s,
             (None, None) => unreachable!("one sink is open"),
         };
-        for_each_row(&runtime, &store, file, &args.id_column, |id, v| {
+        let mut row = 0u64;
+        for_each_row(&runtime, &store, file, &id_column, |id, v| {
+            row += 1;
             let Some(v) = v else {
                 summary.skipped_null += 1;
                 return Ok(());
             };
+            let (id, payload) = match qdrant {
+                None => (id, None),
+                Some(mode) => (
+                    point_id(&id, mode)
+                        .map_err(|why| refusal(&file.url, row - 1, &id_column, &why))?,
+                    payload(&id, &id_column, mode),
+                ),
+            };
             let pairs = filter.apply(&v);
             summary.weights += pairs.len() as u64;
             summary.rows += 1;
-            for line in lines(
+            let mut out = lines(
                 args.format,
                 &id,
                 &pairs,
                 &token,
                 args.tokens,
                 (&args.field, args.index.as_deref()),
-            ) {
-                sink.line(&line)?;
+            );
+            if let (Some(payload), Some(point)) = (payload, out.first_mut()) {
+                point["payload"] = payload;
+            }
+            for line in &out {
+                sink.line(line)?;
             }
             Ok(())
         })?;

@@ -208,9 +208,11 @@ pub fn read_job_file(path: &std::path::Path) -> Result<EncodeConfig, JobFileErro
     match table.remove("kind") {
         None => {}
         Some(toml::Value::String(k)) if k == "encode" => {}
-        Some(other) => return Err(invalid(format!(
+        Some(other) => {
+            return Err(invalid(format!(
             "kind = {other} is not an encode job (`sparq encode --config` runs kind = \"encode\")"
-        ))),
+        )))
+        }
     }
     let given_model = table.contains_key("model");
     let mut config: EncodeConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
