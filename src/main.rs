@@ -27,28 +27,62 @@ const LOG_FORMAT_VAR: &str = "SPARQ_LOG_FORMAT";
 #[derive(Subcommand)]
 enum Command {
     /// Encode texts from stdin (one JSON string per line) into sparse vectors on stdout.
+    #[command(
+        after_help = "Examples:\n  echo '\"what is splade?\"' | sparq encode-text --query --tokens\n  printf 'first passage\\nsecond passage\\n' | sparq encode-text --input-format text\n  sparq encode-text --model models/my-splade --device cuda:0 --dtype bf16 < texts.jsonl > vectors.jsonl"
+    )]
     EncodeText(sparq::encode::text::EncodeTextArgs),
     /// Encode parquet corpora (local or S3) with worker processes, exactly once, resumable.
+    #[command(
+        after_help = "Examples:\n  sparq encode --input examples/corpus --output runs/vectors --workers 2\n  sparq encode --input 's3://corpus/raw/*.parquet' --output s3://corpus/splade/ --devices cuda:0,cuda:1\n  sparq encode --config job.toml --plan      # what would run, nothing written"
+    )]
     Encode(sparq::job::args::EncodeArgs),
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
+    #[command(
+        after_help = "Examples:\n  sparq eval --beir tests/fixtures/beir-small\n  sparq eval --beir path/to/nfcorpus --split test --run-file run.tsv\n  sparq eval --beir path/to/nfcorpus --corpus-vectors runs/nfcorpus-vectors --corpus-id-column _id"
+    )]
     Eval(sparq::eval::run::EvalArgs),
     /// Fine-tune a SPLADE model with SpladeLoss (one process or several), resumable.
+    #[command(
+        after_help = "Examples:\n  sparq train --config configs/train-quick.toml\n  sparq train --config configs/train-quick.toml --resume\n  sparq train --config configs/train-reference.toml --device cuda --dtype bf16 --nproc-per-node 8"
+    )]
     Train(Box<sparq::train::TrainArgs>),
     /// Convert an encode output for a retrieval engine: anserini, qdrant, elasticsearch, jsonl.
+    #[command(
+        after_help = "Examples:\n  sparq export --input runs/vectors --output runs/anserini --format anserini\n  sparq export --input runs/vectors --output - --format qdrant | head -2\n  sparq export --input s3://corpus/splade/ --output es.jsonl.gz --format elasticsearch --index docs --gzip"
+    )]
     Export(sparq::export::ExportArgs),
     /// Summarise an encode output: rows, files, bytes, active dims, frequent tokens.
+    #[command(
+        after_help = "Examples:\n  sparq inspect runs/vectors\n  sparq inspect s3://corpus/splade/ --json"
+    )]
     Inspect(sparq::export::InspectArgs),
     /// Show the top tokens of given rows of an encode output.
+    #[command(
+        after_help = "Examples:\n  sparq decode runs/vectors --id 3 --id 17\n  sparq decode runs/vectors --id doc-42 --top 10 | head -1"
+    )]
     Decode(sparq::export::DecodeArgs),
     /// Run the batch-job service: a job queue (SQLite) and shard leases for remote workers.
+    #[command(
+        after_help = "Examples:\n  sparq serve --state runs/sparq.db\n  SPARQ_TOKEN=secret sparq serve --listen 0.0.0.0:7070 --allow-root /data"
+    )]
     Serve(sparq::serve::ServeArgs),
     /// Submit a job spec (TOML) to a coordinator; prints the job id.
+    #[command(
+        after_help = "Examples:\n  sparq submit jobs/encode-local.toml --wait\n  sparq submit jobs/train.toml --coordinator http://head-node:7070"
+    )]
     Submit(sparq::serve::client::SubmitArgs),
     /// Show the coordinator's jobs: state, shards, rows, rate, ETA, failures.
+    #[command(after_help = "Examples:\n  sparq status\n  sparq status JOB_ID --wait")]
     Status(sparq::serve::client::StatusArgs),
     /// Cancel a job.
+    #[command(
+        after_help = "Examples:\n  sparq cancel JOB_ID\n  sparq cancel JOB_ID --coordinator http://head-node:7070"
+    )]
     Cancel(sparq::serve::client::CancelArgs),
     /// Work for a coordinator: lease shards over HTTP and encode them (any number, anywhere).
+    #[command(
+        after_help = "Examples:\n  sparq worker --threads 2 --name w1\n  sparq worker --device cuda:0 --coordinator http://head-node:7070 --idle-exit 600"
+    )]
     Worker(sparq::serve::remote::WorkerArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
     #[command(hide = true)]

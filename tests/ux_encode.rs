@@ -331,3 +331,52 @@ fn a_hub_id_is_named_as_one_and_the_bundled_model_is_found_next_to_the_binary() 
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn every_command_help_ends_with_real_examples_using_its_own_flags() {
+    let commands = [
+        "encode-text",
+        "encode",
+        "eval",
+        "train",
+        "export",
+        "inspect",
+        "decode",
+        "serve",
+        "submit",
+        "status",
+        "cancel",
+        "worker",
+    ];
+    for command in commands {
+        let out = sparq(&root()).args([command, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (options, examples) = help
+            .rsplit_once("Examples:\n")
+            .unwrap_or_else(|| panic!("{command} --help has no examples:\n{help}"));
+        let lines: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            (2..=3).contains(&lines.len()),
+            "{command}: {} examples",
+            lines.len()
+        );
+        for line in lines {
+            assert!(
+                line.contains(&format!("sparq {command}")),
+                "{command}: {line}"
+            );
+            // Every flag of the example (before any pipe or redirection) is one of the command's.
+            let own = line
+                .split(['|', '<', '>', '#'])
+                .find(|p| p.contains("sparq"))
+                .unwrap();
+            for flag in own.split_whitespace().filter(|w| w.starts_with("--")) {
+                assert!(
+                    options.contains(&format!("{flag} ")) || options.contains(&format!("{flag}\n")),
+                    "{command}: example flag {flag} is not in its --help"
+                );
+            }
+        }
+    }
+}
