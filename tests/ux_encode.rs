@@ -152,7 +152,7 @@ fn ctrl_c_keeps_what_is_committed_says_how_to_resume_and_the_rerun_counts_it() {
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let err = stderr(&out);
     let committed = parts(&dir.join("out"));
-    assert!(committed >= 1 && committed < 8, "{committed}");
+    assert!((1..8).contains(&committed), "{committed}");
     assert!(
         err.contains(&format!("interrupted (Ctrl-C): {committed} shard(s)"))
             && err.contains("rerun the same command to resume")
@@ -225,7 +225,7 @@ fn a_job_file_runs_from_any_directory_with_paths_relative_to_itself() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("output  mine")),
+        String::from_utf8_lossy(&out.stdout).contains("output  mine"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
