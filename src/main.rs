@@ -25,7 +25,8 @@ const LOG_FORMAT_VAR: &str = "SPARQ_LOG_FORMAT";
 
 #[derive(Subcommand)]
 enum Command {
-    /// Encode texts from stdin (one JSON string per line) into sparse vectors on stdout.
+    /// Encode texts from stdin (one JSON string per line, or plain text with --input-format
+    /// text) into sparse vectors on stdout.
     EncodeText(sparq::encode::text::EncodeTextArgs),
     /// Encode parquet corpora (local or S3) with worker processes, exactly once, resumable.
     Encode(sparq::job::args::EncodeArgs),
@@ -84,6 +85,10 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
+    // Device errors suggest the flag of the command that named the device.
+    if let Command::Encode(_) | Command::EncodeWorker = cli.command {
+        DeviceSpec::set_flag_name("--devices");
+    }
     // Before any thread exists and before libtorch reads it. The coordinator runs no model: it
     // passes each worker the setting for that worker's device and precision.
     if std::env::var_os(ONEDNN_CACHE_VAR).is_none() {
