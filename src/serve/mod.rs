@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub(crate) mod db;
+mod keys;
 pub mod remote;
 pub mod spec;
 pub mod wire;
