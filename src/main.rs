@@ -26,7 +26,8 @@ const LOG_FORMAT_VAR: &str = "SPARQ_LOG_FORMAT";
 
 #[derive(Subcommand)]
 enum Command {
-    /// Encode texts from stdin (one JSON string per line) into sparse vectors on stdout.
+    /// Encode texts from stdin (one JSON string per line, or plain text with --input-format
+    /// text) into sparse vectors on stdout.
     #[command(
         after_help = "Examples:\n  echo '\"what is splade?\"' | sparq encode-text --query --tokens\n  printf 'first passage\\nsecond passage\\n' | sparq encode-text --input-format text\n  sparq encode-text --model models/my-splade --device cuda:0 --dtype bf16 < texts.jsonl > vectors.jsonl"
     )]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::CliError;
 use crate::serve::client::{read_spec, CancelArgs, Client, StatusArgs, SubmitArgs};
-use crate::serve::wire::{JobState, JobView};
+use crate::serve::wire::{JobState, JobView, ShardState};
 
 /// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.
 pub fn submit(args: &SubmitArgs) -> Result<u8, CliError> {
@@ -148,21 +148,24 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
         }
         return Ok(0);
     }
+    // SHARDS and ROWS are done/total (a train job's ROWS are steps); FAILED-SHARDS failed for
+    // good, RETRIES are leases after a shard's first (a failed attempt or a lost worker).
     println!(
-        "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9} {:>8} {:>8}",
-        "JOB", "KIND", "STATE", "SHARDS", "ROWS", "DOCS/S", "ETA", "FAILURES"
+        "{:<16} {:<7} {:<10} {:>11} {:>17} {:>9} {:>8} {:>13} {:>7}",
+        "JOB", "KIND", "STATE", "SHARDS", "ROWS", "DOCS/S", "ETA", "FAILED-SHARDS", "RETRIES"
     );
     for j in &jobs {
         println!(
-            "{:<16} {:<7} {:<10} {:>13} {:>21} {:>9.1} {:>8} {:>8}",
+            "{:<16} {:<7} {:<10} {:>11} {:>17} {:>9.1} {:>8} {:>13} {:>7}",
             j.id,
             j.kind,
-            j.state,
+            j.state.as_str(),
             format!("{}/{}", j.shards_done, j.shards_total),
             format!("{}/{}", j.rows_done, j.rows_total),
             j.docs_per_s,
             j.eta_s.map_or("-".into(), duration),
-            format!("{}+{}", j.shards_failed, j.retries),
+            j.shards_failed,
+            j.retries,
         );
     }
     if let [job] = jobs.as_slice() {
@@ -171,10 +174,15 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
         }
         for s in job.shards.iter().filter(|s| !s.causes.is_empty()) {
             println!(
-                "shard {} ({}, {} attempts): {}",
+                "shard {} ({}, {} {}): {}",
                 s.shard,
                 s.state,
                 s.attempts,
+                if s.attempts == 1 {
+                    "attempt"
+                } else {
+                    "attempts"
+                },
                 s.causes.join("; then: ")
             );
         }
@@ -185,17 +193,56 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// `sparq cancel`.
+/// `sparq cancel`: prints what it did, on stdout: the job, its state before and after, what
+/// was committed (kept) and what was still running (stopped at the workers' next heartbeat).
 pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
     let client = Client::new(&args.coordinator.coordinator)?;
-    client.call(
+    // For the message only: the service cancels whatever state the job has reached by then.
+    let before = client.job(&args.job)?.state;
+    let answer = client.call(
         Method::POST,
         &format!("/v1/jobs/{}/cancel", args.job),
         Some(&Value::Null),
     )?;
-    eprintln!(
-        "sparq: job {} cancelled; workers stop its shards at their next heartbeat",
-        args.job
-    );
+    let after: JobView = serde_json::from_value(answer.unwrap_or(Value::Null)).map_err(|e| {
+        CliError::Message(format!(
+            "job {} was cancelled, but the coordinator's answer is unreadable ({e}): see `sparq status {}`",
+            args.job, args.job
+        ))
+    })?;
+    println!("{}", cancelled_line(before, &after));
     Ok(())
+}
+
+/// `j-…: running → cancelled; kept …; …` for a job just cancelled.
+fn cancelled_line(before: JobState, job: &JobView) -> String {
+    let running = job.shards_running;
+    let kept = if job.kind == "train" {
+        "checkpoints written so far are kept".to_string()
+    } else if job.shards_total == 0 {
+        "nothing was planned or encoded yet".to_string()
+    } else {
+        let rows: u64 = job
+            .shards
+            .iter()
+            .filter(|s| matches!(s.state, ShardState::Done | ShardState::Skipped))
+            .map(|s| s.rows)
+            .sum();
+        format!(
+            "kept {}/{} shards ({rows}/{} rows) committed",
+            job.shards_done, job.shards_total, job.rows_total
+        )
+    };
+    let stopping = match running {
+        0 => String::new(),
+        1 if job.kind == "train" => "; the run stops at its worker's next heartbeat".into(),
+        1 => "; 1 shard in progress stops at its worker's next heartbeat (kept if it commits \
+              first)"
+            .into(),
+        n => format!(
+            "; {n} shards in progress stop at their workers' next heartbeat (kept if they commit \
+             first)"
+        ),
+    };
+    format!("{}: {before} → {}; {kept}{stopping}", job.id, job.state)
 }

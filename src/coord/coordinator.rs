@@ -16,7 +16,7 @@ use crate::job::finish::{finish_encode, EncodeSummary};
 use crate::job::plan::{plan_encode, validate, EncodePlan, PlanOptions};
 use crate::job::JobError;
 use crate::job::ShardFailure;
-use crate::model::ResolveDevice;
+use crate::model::{ModelError, ResolveDevice};
 use crate::types::DeviceSpec;
 
 /// Plans an encode job without writing anything (`sparq encode --plan`): the shards this fleet
@@ -49,7 +49,7 @@ pub fn run_encode(
     validate_fleet(fleet)?;
     let mut devices = fleet.devices();
     for d in devices.iter().collect::<HashSet<_>>() {
-        d.resolve()?;
+        d.resolve().map_err(encode_flag)?;
     }
     let dtype = job_dtype(config, &devices);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -441,6 +441,20 @@ struct Lease {
     since: Instant,
     rows: u64,
     tokens: u64,
+}
+
+/// A device error as `sparq encode` says it: its flag is `--devices`.
+fn encode_flag(e: ModelError) -> ModelError {
+    match e {
+        ModelError::Device { device, detail } => ModelError::Device {
+            device,
+            detail: detail.replace(
+                &format!("{} ", crate::model::device::DEVICE_FLAG),
+                "--devices ",
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Checks the worker fleet's numbers.

@@ -6,6 +6,14 @@ use tch::Device;
 use super::ModelError;
 use crate::types::DeviceSpec;
 
+/// The flag device errors suggest. `sparq encode`, whose flag is `--devices`, rewrites it
+/// (see `coord::coordinator`).
+pub const DEVICE_FLAG: &str = "--device";
+
+fn device_flag() -> &'static str {
+    DEVICE_FLAG
+}
+
 /// Resolves a [`DeviceSpec`] to the libtorch device, checking that it exists.
 pub trait ResolveDevice {
     /// The libtorch device, or why it cannot be used.
@@ -26,22 +34,29 @@ impl ResolveDevice for DeviceSpec {
                 if n < count {
                     Ok(Device::Cuda(n))
                 } else if count == 0 {
+                    let flag = device_flag();
                     Err(ModelError::Device {
                         device: self.to_string(),
                         detail: match load_error {
                             Some(e) => format!(
-                                "this libtorch has no usable CUDA backend ({e}): use --device \
+                                "this libtorch has no usable CUDA backend ({e}): use {flag} \
                                  cpu, or put a CUDA build of libtorch on LD_LIBRARY_PATH"
                             ),
-                            None => "libtorch sees no CUDA device here (no GPU or no driver): \
-                                     use --device cpu"
-                                .into(),
+                            None => format!(
+                                "libtorch sees no CUDA device here (no GPU or no driver): use \
+                                 {flag} cpu"
+                            ),
                         },
                     })
                 } else {
+                    let which = if count == 1 {
+                        "only one CUDA device, cuda:0".to_string()
+                    } else {
+                        format!("only {count} CUDA devices, cuda:0 to cuda:{}", count - 1)
+                    };
                     Err(ModelError::Device {
                         device: self.to_string(),
-                        detail: format!("only {count} CUDA device(s) (cuda:0..cuda:{})", count - 1),
+                        detail: format!("{which}: use {} cuda:0", device_flag()),
                     })
                 }
             }

@@ -7,7 +7,7 @@
 //! | `POST /v1/jobs[?name=N]` (spec)    | 201 `{id, state}`; 200 for a known name  |
 //! | `GET /v1/jobs`                     | `{jobs: [JobView]}`                      |
 //! | `GET /v1/jobs/{id}`                | `JobView` with spec and shards, or 404   |
-//! | `POST /v1/jobs/{id}/cancel`        | `JobView`; 409 if it had ended           |
+//! | `POST /v1/jobs/{id}/cancel`        | `JobView` with shards; 409 if it had ended |
 //! | `POST /v1/leases` `{worker}`       | `LeaseGrant`, or 204 when there is no work |
 //! | `POST /v1/leases/{l}/heartbeat`    | `LeaseReply` (`keep: false`: stop)       |
 //! | `POST /v1/leases/{l}/done`         | `LeaseReply`                             |

@@ -433,7 +433,8 @@ impl Db {
 
     /// Records a committed shard. A report arriving after the lease was lost still counts while
     /// the shard is not leased again (or failed for good meanwhile): the commit protocol made
-    /// the part exactly once either way.
+    /// the part exactly once either way. So does one arriving after its job was cancelled: the
+    /// part is in the output, and the job's status says so.
     pub fn done(&mut self, lease: &str, worker: &str, report: &Value) -> DbResult<LeaseReply> {
         let tx = self.conn.transaction()?;
         let shard: Option<(String, i64, ShardState, JobState)> = tx
@@ -446,9 +447,14 @@ impl Db {
             .optional()?;
         let reply = match shard {
             Some((job, shard, state, job_state))
-                if [ShardState::Leased, ShardState::Pending, ShardState::Failed]
-                    .contains(&state)
-                    && job_state == JobState::Running =>
+                if [
+                    ShardState::Leased,
+                    ShardState::Pending,
+                    ShardState::Failed,
+                    ShardState::Cancelled,
+                ]
+                .contains(&state)
+                    && [JobState::Running, JobState::Cancelled].contains(&job_state) =>
             {
                 tx.execute(
                     "UPDATE shards SET state = ?1, report = ?2, worker = ?3, expires = NULL
@@ -465,22 +471,24 @@ impl Db {
     }
 
     /// Records a failed attempt: the shard is leased again, or fails for good after its
-    /// attempts (or at once when the cause is not retryable).
+    /// attempts (or at once when the cause is not retryable); in a cancelled job it is cancelled.
     pub fn failed(&mut self, lease: &str, error: &str, retryable: bool) -> DbResult<LeaseReply> {
         let tx = self.conn.transaction()?;
-        let held: Option<(String, i64, ShardState, u32, String, u32)> = tx
+        let held: Option<(String, i64, ShardState, u32, String, u32, JobState)> = tx
             .query_row(
-                "SELECT s.job, s.shard, s.state, s.attempts, s.causes, j.max_attempts
+                "SELECT s.job, s.shard, s.state, s.attempts, s.causes, j.max_attempts, j.state
                  FROM shards s JOIN jobs j ON j.id = s.job WHERE s.lease = ?1",
                 params![lease],
                 |r| r.try_into(),
             )
             .optional()?;
         let reply = match held {
-            Some((job, shard, ShardState::Leased, attempts, causes, max)) => {
+            Some((job, shard, ShardState::Leased, attempts, causes, max, job_state)) => {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
                 list.push(error.to_string());
-                let next = if retryable && attempts < max {
+                let next = if job_state == JobState::Cancelled {
+                    ShardState::Cancelled
+                } else if retryable && attempts < max {
                     ShardState::Pending
                 } else {
                     ShardState::Failed
@@ -511,18 +519,33 @@ impl Db {
         let mut out = Vec::new();
         {
             let mut stmt = tx.prepare(
-                "SELECT s.job, s.shard, s.attempts, s.causes, COALESCE(s.worker, '?'), j.max_attempts, j.lease_timeout
+                "SELECT s.job, s.shard, s.attempts, s.causes, COALESCE(s.worker, '?'), j.max_attempts, j.lease_timeout, j.state
                  FROM shards s JOIN jobs j ON j.id = s.job
                  WHERE s.state = ?1 AND s.expires < ?2",
             )?;
-            let rows: Vec<(String, i64, u32, String, String, u32, u64)> = stmt
+            type Row = (String, i64, u32, String, String, u32, u64, JobState);
+            let rows: Vec<Row> = stmt
                 .query_map(params![ShardState::Leased, t], |r| r.try_into())?
                 .collect::<DbResult<_>>()?;
-            for (job, shard, attempts, causes, worker, max, timeout) in rows {
+            for (job, shard, attempts, causes, worker, max, timeout, job_state) in rows {
                 let mut list: Vec<String> = serde_json::from_str(&causes).unwrap_or_default();
                 list.push(format!(
                     "worker {worker} lost its lease (no heartbeat for {timeout}s)"
                 ));
+                if job_state == JobState::Cancelled {
+                    // Nothing to lease again: the shard ends with its job.
+                    tx.execute(
+                        "UPDATE shards SET state = ?1, causes = ?2, expires = NULL
+                         WHERE job = ?3 AND shard = ?4",
+                        params![
+                            ShardState::Cancelled,
+                            serde_json::to_string(&list).expect("serializable"),
+                            job,
+                            shard
+                        ],
+                    )?;
+                    continue;
+                }
                 let failed = attempts >= max;
                 // The lease id stays until the shard is leased again: a late report of the lost
                 // lease still lands (its part is committed, exactly once, either way).
@@ -679,7 +702,8 @@ impl Db {
             params![ShardState::Cancelled, id, ShardState::Pending],
         )?;
         tx.commit()?;
-        Ok(self.job(id, false)?.map(Ok))
+        // With its shards: what was committed (and is kept) and what is still in progress.
+        Ok(self.job(id, true)?.map(Ok))
     }
 
     /// Every job, oldest first, without details.
@@ -911,6 +935,45 @@ mod tests {
             (1, 1, 1)
         );
         assert!(view.shards[0].causes[0].contains("w1 lost its lease"));
+    }
+
+    #[test]
+    fn a_cancelled_job_keeps_what_was_committed_and_leases_nothing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("s.db")).unwrap();
+        let job = planned(&mut db, 4, 0);
+        let [a, b, c] = ["w1", "w2", "w3"].map(|w| db.lease(w).unwrap().unwrap());
+        assert!(db.done(&a.lease, "w1", &Value::Null).unwrap().keep);
+        let view = db.cancel(&job).unwrap().unwrap().unwrap();
+        assert_eq!(
+            (view.state, view.shards_done, view.rows_done),
+            (JobState::Cancelled, 1, 10)
+        );
+        assert!(!db.heartbeat(&b.lease, 5, 5).unwrap().keep, "told to stop");
+        // b committed before it heard; c stops; the fourth shard was never leased.
+        assert!(db.done(&b.lease, "w2", &Value::Null).unwrap().keep);
+        db.failed(&c.lease, "abandoned", true).unwrap();
+        assert!(db.lease("w4").unwrap().is_none());
+        let view = db.job(&job, true).unwrap().unwrap();
+        assert_eq!((view.shards_done, view.rows_done), (2, 20));
+        let states: Vec<ShardState> = view.shards.iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [
+                ShardState::Done,
+                ShardState::Done,
+                ShardState::Cancelled,
+                ShardState::Cancelled
+            ]
+        );
+        // A lease of a cancelled job that runs out ends cancelled too, never pending.
+        let job = planned(&mut db, 1, 0);
+        db.lease("w5").unwrap().unwrap();
+        db.cancel(&job).unwrap().unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(db.expire().unwrap().is_empty());
+        let view = db.job(&job, true).unwrap().unwrap();
+        assert_eq!(view.shards[0].state, ShardState::Cancelled);
     }
 
     #[test]

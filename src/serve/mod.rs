@@ -6,12 +6,14 @@
 pub mod api;
 pub mod client;
 pub(crate) mod db;
+mod keys;
 pub mod remote;
 pub mod spec;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 use self::api::App;
 use self::db::{Db, ToFinish};
 use self::spec::{parse_spec, JobSpec, Roots};
+use self::wire::JobState;
 use crate::job::finish::finish_encode;
 use crate::job::plan::{plan_encode, PlanOptions};
 use crate::model::Dtype;
@@ -109,6 +112,10 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
     } else {
         args.allow_roots.clone()
     };
+    let job_paths: Vec<String> = wanted
+        .iter()
+        .map(|r| base.join(r).display().to_string())
+        .collect();
     let roots =
         Roots::new(&wanted, base, crate::model::default_model_dir()).map_err(ServeError::Roots)?;
     if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -118,6 +125,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
         )))?;
     }
     let state_error = |what: String| move |source| ServeError::State { what, source };
+    let new_state = !args.state.exists();
     let db = Db::open(&args.state).map_err(state_error(format!(
         "opening the state database {}",
         args.state.display()
@@ -160,10 +168,9 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
             .local_addr()
             .map_err(io(format!("listening on {}", args.listen)))?;
         tracing::info!(
-            "serving on http://{} (state {}; jobs {}; {})",
-            local,
-            args.state.display(),
-            serde_json::to_string(&counts).unwrap_or_default(),
+            "serving on http://{local} (state {}; job paths under {}; {})",
+            describe_state(&args.state, new_state, &counts),
+            job_paths.join(", "),
             if token.is_some() {
                 "bearer token required"
             } else {
@@ -177,6 +184,40 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
     })?;
     tracing::info!("service stopped; queued and running jobs continue when it restarts");
     Ok(())
+}
+
+/// The state database for the start-up line: new, or its jobs and which of them resume.
+fn describe_state(path: &Path, new: bool, counts: &BTreeMap<String, u64>) -> String {
+    let total: u64 = counts.values().sum();
+    if new || total == 0 {
+        return format!(
+            "{}, {}",
+            path.display(),
+            if new { "new" } else { "no jobs" }
+        );
+    }
+    let unfinished: Vec<String> = JobState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .filter_map(|s| counts.get(s.as_str()).map(|n| format!("{n} {s}")))
+        .collect();
+    let resumed: u64 = JobState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .filter_map(|s| counts.get(s.as_str()))
+        .sum();
+    format!(
+        "{}: {} {}, {}, {} ended",
+        path.display(),
+        total,
+        if total == 1 { "job" } else { "jobs" },
+        if resumed == 0 {
+            "none to resume".to_string()
+        } else {
+            format!("{resumed} resumed ({})", unfinished.join(", "))
+        },
+        total - resumed
+    )
 }
 
 async fn shutdown_signal() {

@@ -90,8 +90,9 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
     })
     .expect("serializable");
     tracing::info!(
-        "worker {name} on {} ({threads} threads) asking {} for work",
+        "worker {name} on {} ({threads} {}) asking {} for work",
         args.device,
+        if threads == 1 { "thread" } else { "threads" },
         client.url()
     );
     let own_roots = if args.allow_roots.is_empty() {

@@ -13,6 +13,8 @@ use crate::io::{AllowedRoots, StoreUrl};
 use crate::job::args::EncodeConfig;
 use crate::train::TrainArgs;
 
+use super::keys::{check_keys, command_keys};
+
 /// Longest string value accepted in a spec.
 const MAX_STRING: usize = 4096;
 /// Most keys in a spec.
@@ -207,20 +209,13 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
             ));
         }
     }
+    check_keys(
+        "encode",
+        &map,
+        &command_keys(EncodeConfig::augment_args, &[]),
+    )?;
     map.entry("lease_timeout")
         .or_insert(Value::from(DEFAULT_LEASE_TIMEOUT));
-    let command = EncodeConfig::augment_args(clap::Command::new("encode"));
-    let known: Vec<String> = command
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .map(|l| l.replace('-', "_"))
-        .collect();
-    if let Some(key) = map.keys().find(|k| !known.contains(k)) {
-        return Err(format!(
-            "unknown key `{key}` for an encode job (keys: kind, {})",
-            known.join(", ")
-        ));
-    }
     for key in ["input", "output", "model"] {
         if let Some(Value::String(raw)) = map.get(key) {
             let checked = if key == "model" {
@@ -267,6 +262,11 @@ fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, St
             ));
         }
     }
+    check_keys(
+        "train",
+        &map,
+        &command_keys(TrainArgs::augment_args, &TRAIN_WORKER_KEYS),
+    )?;
     for key in ["model", "eval_beir"] {
         if let Some(Value::String(raw)) = map.get(key) {
             let p = roots.check(key, Path::new(raw))?;
@@ -337,6 +337,34 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_named_once_with_the_nearest_key() {
+        let r = roots();
+        let e = parse_spec(
+            &json!({"kind": "encode", "input": "a", "output": "b", "shard-rows": 1,
+                "bach_tokens": 1, "zzz": 1}),
+            &r,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("unknown keys `bach_tokens` (did you mean `batch_tokens`?), `shard-rows` (did you mean `shard_rows`?) and `zzz` in"),
+            "{e}"
+        );
+        let e = parse_spec(
+            &json!({"kind": "train", "train_data": "a", "output": "b", "learning_rat": 1}),
+            &r,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("unknown key `learning_rat` (did you mean `learning_rate`?)"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("threads") && !e.contains("events"),
+            "worker-only and hidden flags are not keys: {e}"
+        );
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         let r = roots();
         let err = |v: Value| parse_spec(&v, &r).unwrap_err();
@@ -374,7 +402,7 @@ mod tests {
         );
         assert!(
             err(json!({"kind": "train", "train_data": "a", "output": "b", "lr": 1}))
-                .contains("unknown field `lr`")
+                .contains("unknown key `lr`")
         );
         assert!(
             err(json!({"kind": "encode", "input": "a".repeat(5000), "output": "b"}))
