@@ -42,6 +42,8 @@ COPY models ./models
 COPY examples ./examples
 COPY jobs ./jobs
 COPY configs ./configs
+# The bundled model wherever the container's working directory is (the binary is not beside it).
+ENV SPARQ_MODEL=/opt/sparq/models/splade-bert-tiny-nq
 USER 10001
 ENTRYPOINT ["sparq"]
 CMD ["--help"]
