@@ -268,6 +268,28 @@ fn missing_column_stops_before_any_work() {
 }
 
 #[test]
+fn a_file_damaged_past_its_footer_fails_its_shard_while_the_rest_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..40, 10);
+    write_corpus(&input.join("b.parquet"), 40..60, 20);
+    write_corpus(&input.join("c.parquet"), 60..100, 10);
+    corrupt_data_pages(&input.join("b.parquet"));
+    let out_dir = dir.path().join("out");
+    let out = encode(&input, &out_dir, &["--workers", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("b.parquet") && err.contains("failed"), "{err}");
+    assert_eq!(summary(&out)["failed_shards"], 1);
+    let (rows, _) = read_output(&out_dir);
+    assert_eq!(rows.len(), 80);
+    assert!(!out_dir.join("_SUCCESS").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], false);
+}
+
+#[test]
 fn a_corrupt_or_non_parquet_file_is_refused_before_any_output_exists() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");

@@ -580,7 +580,9 @@ fn incomplete_outputs_are_not_read_without_allow_incomplete() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_corpus(&dir.join("in/a.parquet"), 0..20, 10);
-    std::fs::write(dir.join("in/b.parquet"), b"not parquet at all, just text").unwrap();
+    // Readable at planning (its footer is intact), failing when its rows are read.
+    write_corpus(&dir.join("in/b.parquet"), 20..40, 10);
+    corrupt_data_pages(&dir.join("in/b.parquet"));
     let out = encode(&dir.join("in"), &dir.join("out"), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let url = dir.join("out");

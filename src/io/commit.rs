@@ -258,18 +258,25 @@ impl Committer {
         }
     }
 
+    /// Checks, writing nothing, that a local output is not a file (and lies where it may).
+    pub fn check_not_file(&self) -> Result<(), StoreError> {
+        if let Target::Local(dir) = &self.target {
+            self.check_local(dir, None)?;
+            if dir.exists() && !dir.is_dir() {
+                return Err(StoreError::BadUrl {
+                    url: self.url.raw.clone(),
+                    detail: "is a file: the output must be a folder (or an s3:// prefix)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the output can be written (bucket exists, credentials work) before any work.
     pub async fn probe(&self) -> Result<(), StoreError> {
         match &self.target {
             Target::Local(dir) => {
-                self.check_local(dir, None)?;
-                if dir.exists() && !dir.is_dir() {
-                    return Err(StoreError::BadUrl {
-                        url: self.url.raw.clone(),
-                        detail: "is a file: the output must be a folder (or an s3:// prefix)"
-                            .into(),
-                    });
-                }
+                self.check_not_file()?;
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
                     op: "creating",
                     path: dir.clone(),

@@ -226,6 +226,7 @@ pub fn plan_encode(
             files: unreadable,
         });
     }
+    committer.check_not_file()?;
     let previous: Option<JobIdentity> = runtime
         .block_on(committer.get(JOB_FILE))?
         .and_then(|b| serde_json::from_slice(&b).ok());

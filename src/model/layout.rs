@@ -338,9 +338,13 @@ pub fn default_model_candidates() -> Vec<PathBuf> {
     out
 }
 
-/// The bundled model's folder (see [`default_model_candidates`]); the first candidate when
-/// none exists, so that the error names where it was looked for.
+/// The default model: `SPARQ_MODEL`, else the bundled model's folder (see
+/// [`default_model_candidates`]; the first candidate when none exists, so that the error names
+/// where it was looked for).
 pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SPARQ_MODEL").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let candidates = default_model_candidates();
     candidates
         .iter()

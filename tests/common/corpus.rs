@@ -221,3 +221,16 @@ pub fn reference_vectors(ids: &[i64]) -> BTreeMap<i64, SparseVector> {
         .unwrap();
     ids.iter().copied().zip(vectors).collect()
 }
+
+/// Damages the data pages of a parquet file and leaves its footer intact: planning reads it,
+/// the worker that reads its rows fails (a shard that fails at run time, not at planning).
+pub fn corrupt_data_pages(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let data_end = n - 8 - footer;
+    for b in &mut bytes[4..data_end.min(4 + 256)] {
+        *b = 0xff;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
