@@ -360,3 +360,21 @@ fn device_errors_suggest_each_commands_own_flag() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn status_to_a_reader_that_went_away_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (service, _) = serve(&tmp.path().join("state.db"));
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let mut child = sparq_cmd(args)
+            .args(["--coordinator", &service.url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

@@ -214,7 +214,8 @@ pub fn export(args: &crate::export::ExportArgs) -> Result<(), CliError> {
 /// `--events` (a worker's child) a failure is written as an event too.
 pub fn train(args: &TrainArgs) -> Result<(), CliError> {
     let mut print = |event: &TrainEvent| {
-        println!("{}", serde_json::to_string(event).expect("serializable"));
+        // A reader of the log that went away does not stop the training.
+        let _ = print_line(serde_json::to_string(event).expect("serializable"));
     };
     match run_train(args, &mut print) {
         Ok(Some(summary)) => {

@@ -10,6 +10,13 @@ use super::CliError;
 use crate::serve::client::{read_spec, CancelArgs, Client, StatusArgs, SubmitArgs};
 use crate::serve::wire::{JobState, JobView, ShardState};
 
+/// One line of results on stdout; a reader that went away ends the command quietly (exit 0).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        super::stdout::print_line(format_args!($($arg)*))?
+    };
+}
+
 /// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.
 pub fn submit(args: &SubmitArgs) -> Result<u8, CliError> {
     let spec = read_spec(&args.spec)?;
@@ -40,7 +47,7 @@ pub fn submit(args: &SubmitArgs) -> Result<u8, CliError> {
     .map_err(|e| CliError::Message(format!("{}: {e}", args.spec.display())))?
     .unwrap_or(Value::Null);
     let id = answer["id"].as_str().unwrap_or_default().to_string();
-    println!("{id}");
+    out!("{id}");
     if answer["existing"] == true {
         eprintln!(
             "sparq: `{}` was submitted before as {id} ({}): not queued again",
@@ -75,7 +82,7 @@ pub fn wait_for(client: &Client, id: &str) -> Result<u8, CliError> {
         }
         if job.state.is_final() {
             if let Some(summary) = &job.summary {
-                println!("{summary}");
+                out!("{summary}");
             }
             if let Some(error) = &job.error {
                 tracing::info!("job {id} {}: {error}", job.state);
@@ -140,22 +147,30 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
     };
     if args.json {
         match &args.job {
-            Some(_) => println!(
+            Some(_) => out!(
                 "{}",
                 serde_json::to_string_pretty(&jobs[0]).expect("serializable")
             ),
-            None => println!("{}", serde_json::json!({ "jobs": jobs })),
+            None => out!("{}", serde_json::json!({ "jobs": jobs })),
         }
         return Ok(0);
     }
     // SHARDS and ROWS are done/total (a train job's ROWS are steps); FAILED-SHARDS failed for
     // good, RETRIES are leases after a shard's first (a failed attempt or a lost worker).
-    println!(
+    out!(
         "{:<16} {:<7} {:<10} {:>11} {:>17} {:>9} {:>8} {:>13} {:>7}",
-        "JOB", "KIND", "STATE", "SHARDS", "ROWS", "DOCS/S", "ETA", "FAILED-SHARDS", "RETRIES"
+        "JOB",
+        "KIND",
+        "STATE",
+        "SHARDS",
+        "ROWS",
+        "DOCS/S",
+        "ETA",
+        "FAILED-SHARDS",
+        "RETRIES"
     );
     for j in &jobs {
-        println!(
+        out!(
             "{:<16} {:<7} {:<10} {:>11} {:>17} {:>9.1} {:>8} {:>13} {:>7}",
             j.id,
             j.kind,
@@ -170,10 +185,10 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
     }
     if let [job] = jobs.as_slice() {
         if let Some(error) = &job.error {
-            println!("error: {error}");
+            out!("error: {error}");
         }
         for s in job.shards.iter().filter(|s| !s.causes.is_empty()) {
-            println!(
+            out!(
                 "shard {} ({}, {} {}): {}",
                 s.shard,
                 s.state,
@@ -187,7 +202,7 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
             );
         }
         if let Some(summary) = &job.summary {
-            println!("summary: {summary}");
+            out!("summary: {summary}");
         }
     }
     Ok(0)
@@ -210,7 +225,7 @@ pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
             args.job, args.job
         ))
     })?;
-    println!("{}", cancelled_line(before, &after));
+    out!("{}", cancelled_line(before, &after));
     Ok(())
 }
 
