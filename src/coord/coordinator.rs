@@ -25,6 +25,16 @@ pub fn plan_only(config: &EncodeConfig, fleet: &Fleet) -> Result<EncodePlan, Job
     validate(config)?;
     validate_fleet(fleet)?;
     let devices = fleet.devices();
+    let (runtime, options) = planning(&devices, false)?;
+    let dtype = job_dtype(config, &devices);
+    plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)
+}
+
+/// The runtime planning runs on, and what it plans for: this fleet.
+fn planning(
+    devices: &[DeviceSpec],
+    claim: bool,
+) -> Result<(tokio::runtime::Runtime, PlanOptions), JobError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,10 +42,9 @@ pub fn plan_only(config: &EncodeConfig, fleet: &Fleet) -> Result<EncodePlan, Job
     let options = PlanOptions {
         workers: devices.len(),
         cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
-        claim: false,
+        claim,
     };
-    let dtype = job_dtype(config, &devices);
-    plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)
+    Ok((runtime, options))
 }
 
 /// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
@@ -52,15 +61,7 @@ pub fn run_encode(
         d.resolve().map_err(encode_flag)?;
     }
     let dtype = job_dtype(config, &devices);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let options = PlanOptions {
-        workers: devices.len(),
-        cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
-        claim: true,
-    };
+    let (runtime, options) = planning(&devices, true)?;
     let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
     let skipped = plan.shards.len() - plan.pending.len();
     if skipped > 0 && plan.pending.is_empty() {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::read::id_values;
 use super::ExportError;
-use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader, RowGroupSlice};
+use crate::io::input::{read_column, read_footer, InputFile, InputReader};
 use crate::io::AllowedRoots;
 
 /// How `sparq export --format qdrant` makes point ids.
@@ -116,39 +116,31 @@ pub fn check_ids(
         };
         let mut row = 0u64;
         let mut refused: Option<ExportError> = None;
-        for (row_group, meta) in footer.metadata.metadata().row_groups().iter().enumerate() {
-            let slice = RowGroupSlice {
-                row_group,
-                skip: 0,
-                rows: meta.num_rows() as u64,
-            };
-            runtime.block_on(read_row_group_range(
-                reader.clone(),
-                &footer.metadata,
-                &slice,
-                &[column],
-                8192,
-                |batch| {
-                    let ids = match id_values(batch.column(0)) {
-                        Ok(ids) => ids,
-                        Err(e) => {
-                            refused = Some(ExportError::Input(format!("{}: {e}", file.url)));
-                            return false;
-                        }
-                    };
-                    for id in &ids {
-                        if let Err(why) = point_id(id, mode) {
-                            refused = Some(refusal(&file.url, row, id_column, &why));
-                            return false;
-                        }
-                        row += 1;
+        runtime.block_on(read_column(
+            reader.clone(),
+            &footer.metadata,
+            column,
+            8192,
+            |batch| {
+                let ids = match id_values(batch.column(0)) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        refused = Some(ExportError::Input(format!("{}: {e}", file.url)));
+                        return false;
                     }
-                    true
-                },
-            ))?;
-            if let Some(e) = refused.take() {
-                return Err(e);
-            }
+                };
+                for id in &ids {
+                    if let Err(why) = point_id(id, mode) {
+                        refused = Some(refusal(&file.url, row, id_column, &why));
+                        return false;
+                    }
+                    row += 1;
+                }
+                true
+            },
+        ))?;
+        if let Some(e) = refused.take() {
+            return Err(e);
         }
     }
     Ok(())

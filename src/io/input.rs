@@ -318,6 +318,41 @@ pub struct RowGroupSlice {
     pub rows: u64,
 }
 
+/// Streams one column of every row group of a file to `sink` (until it returns false), in
+/// batches of `batch_rows`: the id column of an output part, for checks over the whole file.
+pub async fn read_column(
+    reader: InputReader,
+    metadata: &ArrowReaderMetadata,
+    column: usize,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> bool,
+) -> Result<(), StoreError> {
+    let mut open = true;
+    for (row_group, meta) in metadata.metadata().row_groups().iter().enumerate() {
+        let slice = RowGroupSlice {
+            row_group,
+            skip: 0,
+            rows: meta.num_rows() as u64,
+        };
+        read_row_group_range(
+            reader.clone(),
+            metadata,
+            &slice,
+            &[column],
+            batch_rows,
+            |b| {
+                open = sink(b);
+                open
+            },
+        )
+        .await?;
+        if !open {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Streams the rows of `slice` to `sink` (until it returns false), projected onto the
 /// columns at `columns` (indices of the file's top-level arrow fields).
 pub async fn read_row_group_range(

@@ -16,7 +16,7 @@ use arrow::array::Array;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::ObjectStore;
 
-use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader, RowGroupSlice};
+use crate::io::input::{read_column, read_footer, InputFile, InputReader};
 use crate::io::{AllowedRoots, StoreError};
 
 /// Hashes sorted in memory before a run is spilled (16 bytes each).
@@ -102,40 +102,31 @@ fn for_each_id(
         };
         let part = file.url.rsplit('/').next().unwrap_or(&file.url).to_string();
         let mut failed = None;
-        for (row_group, meta) in footer.metadata.metadata().row_groups().iter().enumerate() {
-            let slice = RowGroupSlice {
-                row_group,
-                skip: 0,
-                rows: meta.num_rows() as u64,
-            };
-            runtime.block_on(read_row_group_range(
-                reader.clone(),
-                &footer.metadata,
-                &slice,
-                &[column],
-                8192,
-                |batch| {
-                    let ids = batch.column(0);
-                    let Ok(f) = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default())
-                    else {
-                        return true;
-                    };
-                    for i in 0..ids.len() {
-                        if ids.is_null(i) {
-                            continue;
-                        }
-                        let text = f.value(i).to_string();
-                        if let Err(e) = each(&part, &text, hash128(&text)) {
-                            failed = Some(e);
-                            return false;
-                        }
+        runtime.block_on(read_column(
+            reader.clone(),
+            &footer.metadata,
+            column,
+            8192,
+            |batch| {
+                let ids = batch.column(0);
+                let Ok(f) = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default()) else {
+                    return true;
+                };
+                for i in 0..ids.len() {
+                    if ids.is_null(i) {
+                        continue;
                     }
-                    true
-                },
-            ))?;
-            if let Some(e) = failed.take() {
-                return Err(e);
-            }
+                    let text = f.value(i).to_string();
+                    if let Err(e) = each(&part, &text, hash128(&text)) {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+                true
+            },
+        ))?;
+        if let Some(e) = failed.take() {
+            return Err(e);
         }
     }
     Ok(())
