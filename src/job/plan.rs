@@ -64,7 +64,6 @@ const ESTIMATE_ROWS: u64 = 512;
 async fn estimate_tokens(
     reader: InputReader,
     metadata: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
-    row_groups: &[u64],
     args: &EncodeConfig,
     layout: &ModelLayout,
     total_rows: u64,
@@ -74,43 +73,25 @@ async fn estimate_tokens(
         .schema()
         .index_of(&args.text_column)
         .map_err(|e| JobError::Settings(e.to_string()))?;
-    let mut texts = Vec::new();
-    for (group, &rows) in row_groups.iter().enumerate() {
-        let want = ESTIMATE_ROWS - texts.len() as u64;
-        if want == 0 {
-            break;
+    let mut texts: Vec<String> = Vec::new();
+    let options = arrow::compute::CastOptions {
+        safe: true,
+        ..Default::default()
+    };
+    let sample = ESTIMATE_ROWS as usize;
+    crate::io::input::read_column(reader, metadata, text, sample, |batch| {
+        let utf8 = &arrow::datatypes::DataType::Utf8;
+        if let Ok(column) = arrow::compute::cast_with_options(batch.column(0), utf8, &options) {
+            let strings = column
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("cast to Utf8");
+            texts.extend(strings.iter().map(|t| t.unwrap_or("").to_string()));
         }
-        let slice = crate::io::input::RowGroupSlice {
-            row_group: group,
-            skip: 0,
-            rows: rows.min(want),
-        };
-        if slice.rows == 0 {
-            continue;
-        }
-        let collect = |batch: arrow::array::RecordBatch| {
-            let options = arrow::compute::CastOptions {
-                safe: true,
-                ..Default::default()
-            };
-            let column = batch.column(0);
-            if let Ok(column) = arrow::compute::cast_with_options(
-                column,
-                &arrow::datatypes::DataType::Utf8,
-                &options,
-            ) {
-                let strings = column
-                    .as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .expect("cast to Utf8");
-                texts.extend(strings.iter().map(|t| t.unwrap_or("").to_string()));
-            }
-            true
-        };
-        let reader = reader.clone();
-        crate::io::input::read_row_group_range(reader, metadata, &slice, &[text], 1024, collect)
-            .await?;
-    }
+        texts.len() < sample
+    })
+    .await?;
+    texts.truncate(sample);
     let tokenizer = crate::model::tokenizer::SpladeTokenizer::load(layout)?;
     let sampled_rows = texts.len();
     let tokens: usize = tokenizer.encode_batch(texts)?.iter().map(Vec::len).sum();
@@ -324,11 +305,12 @@ pub fn plan_encode(
             .iter()
             .find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0))
         {
-            Some((_, file, rg, metadata)) => {
+            Some((_, file, _, metadata)) => {
                 let reader = InputReader::open(store.clone(), file, roots)?;
-                Some(runtime.block_on(estimate_tokens(
-                    reader, metadata, rg, args, &layout, total_rows,
-                ))?)
+                Some(
+                    runtime
+                        .block_on(estimate_tokens(reader, metadata, args, &layout, total_rows))?,
+                )
             }
             None => None,
         };
