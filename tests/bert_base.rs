@@ -63,6 +63,7 @@ fn bert_base_size_model_matches_reference_fp32_and_bf16() {
     let opts = EncodeOptions {
         batch_size: 8,
         max_active_dims: None,
+        ..Default::default()
     };
     let docs = encoder.encode(&refs, InputKind::Document, opts).unwrap();
     let want = read_vectors(&dir.join("reference-documents.jsonl"));

@@ -55,6 +55,7 @@ fn max_active_dims_keeps_the_reference_top_k() {
     let opts = EncodeOptions {
         batch_size: 32,
         max_active_dims: Some(16),
+        ..Default::default()
     };
     let docs = encode(&tiny_model(), InputKind::Document, opts, Dtype::F32);
     assert!(docs.iter().all(|v| v.len() <= 16));
@@ -103,6 +104,7 @@ fn batched_output_equals_one_by_one_output() {
         EncodeOptions {
             batch_size: 1,
             max_active_dims: None,
+            ..Default::default()
         },
         Dtype::F32,
     );
@@ -113,6 +115,7 @@ fn batched_output_equals_one_by_one_output() {
             EncodeOptions {
                 batch_size,
                 max_active_dims: None,
+                ..Default::default()
             },
             Dtype::F32,
         );

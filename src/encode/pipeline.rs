@@ -16,7 +16,8 @@ use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader
 use crate::io::output::{output_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
 use crate::model::encoder::InFlight;
-use crate::model::{InputKind, SpladeEncoder};
+use crate::model::windows;
+use crate::model::{InputKind, LongDocs, SpladeEncoder};
 use crate::types::SparseVector;
 
 /// Rows per record batch read (also the unit the batcher sorts by length).
@@ -42,10 +43,11 @@ struct RawChunk {
     first_row: u64,
 }
 
-/// Tokenized rows: `Ok(Some(ids))`, `Ok(None)` for a null text, `Err` for a row that failed.
+/// Tokenized rows: `Ok(Some(windows))` (one window unless `--long-docs window`), `Ok(None)`
+/// for a null text, `Err` for a row that failed.
 struct TokenChunk {
     batch: RecordBatch,
-    tokens: Vec<Result<Option<Vec<u32>>, RowFailure>>,
+    tokens: Vec<Result<Option<Vec<Vec<u32>>>, RowFailure>>,
 }
 
 struct EncodedChunk {
@@ -57,13 +59,15 @@ struct EncodedChunk {
 struct OpenChunk {
     batch: RecordBatch,
     vectors: Vec<Option<SparseVector>>,
+    /// Per row: vectors of its windows encoded so far, and windows still to come.
+    windows: Vec<(Vec<SparseVector>, usize)>,
     /// Batches of the chunk not yet waited for.
     outstanding: usize,
     /// Rows that need no forward pass (null or failed texts).
     without_pass: u64,
 }
 
-/// A launched batch: which rows of which chunk it encodes.
+/// A launched batch: which rows of which chunk its sequences (windows) belong to.
 struct Launched<'e> {
     chunk: u64,
     members: Vec<usize>,
@@ -219,7 +223,7 @@ pub fn encode_shard(
                 };
                 let cells = text_cells(&texts);
                 let mut strings = Vec::new();
-                let mut tokens: Vec<Result<Option<Vec<u32>>, RowFailure>> =
+                let mut tokens: Vec<Result<Option<Vec<Vec<u32>>>, RowFailure>> =
                     Vec::with_capacity(cells.len());
                 for (i, cell) in cells.into_iter().enumerate() {
                     match cell {
@@ -240,7 +244,15 @@ pub fn encode_shard(
                         })),
                     }
                 }
-                let mut encoded = tokenizer.encode_batch(strings)?.into_iter();
+                let mut encoded = match config.long_docs().stride() {
+                    Some(stride) => tokenizer.encode_windows(strings, stride)?,
+                    None => tokenizer
+                        .encode_batch(strings)?
+                        .into_iter()
+                        .map(|ids| vec![ids])
+                        .collect(),
+                }
+                .into_iter();
                 for slot in tokens.iter_mut() {
                     if let Ok(Some(ids)) = slot {
                         *ids = encoded.next().unwrap_or_default();
@@ -292,6 +304,15 @@ pub fn encode_shard(
         // next batch (and decodes the last) while the device computes.
         let model_result = (|| -> Result<(), ShardError> {
             let model_error = ShardError::Model;
+            // Windows keep every weight until their row's are pooled; then the row keeps its
+            // top-k. A row of one window is kept as the device's top-k left it.
+            let (launch_k, pooled_k) = match config.long_docs() {
+                LongDocs::Truncate => (config.max_active_dims, None),
+                LongDocs::Window { .. } => (
+                    SpladeEncoder::KEEP_ALL,
+                    config.max_active_dims.or(encoder.layout().max_active_dims),
+                ),
+            };
             let mut open: VecDeque<OpenChunk> = VecDeque::new();
             let mut launched: VecDeque<Launched> = VecDeque::new();
             let mut first_seq = 0u64;
@@ -304,16 +325,27 @@ pub fn encode_shard(
                 if let Some(l) = launched.pop_front() {
                     let out = l.inflight.wait().map_err(model_error)?;
                     let chunk = &mut open[(l.chunk - *first_seq) as usize];
+                    let mut rows = 0;
                     for (&i, v) in l.members.iter().zip(out) {
-                        report.active_dims += v.len() as u64;
-                        chunk.vectors[i] = Some(v);
+                        let (parts, left) = &mut chunk.windows[i];
+                        parts.push(v);
+                        *left -= 1;
+                        if *left == 0 {
+                            // The row's last window: its vector is the maximum over them all.
+                            let pooled = windows::max_pool_owned(std::mem::take(parts));
+                            let v = match pooled_k {
+                                Some(k) => windows::top_k(pooled, k),
+                                None => pooled,
+                            };
+                            report.active_dims += v.len() as u64;
+                            chunk.vectors[i] = Some(v);
+                            rows += 1;
+                        }
                     }
                     chunk.outstanding -= 1;
                     report.tokens += l.tokens;
                     progress.tokens.fetch_add(l.tokens, Ordering::Relaxed);
-                    progress
-                        .rows
-                        .fetch_add(l.members.len() as u64, Ordering::Relaxed);
+                    progress.rows.fetch_add(rows, Ordering::Relaxed);
                 }
                 while open.front().is_some_and(|c| c.outstanding == 0) {
                     let chunk = open.pop_front().expect("checked");
@@ -358,19 +390,23 @@ pub fn encode_shard(
                     }
                 }
                 report.rows += vectors.len() as u64;
-                let seqs: Vec<&[u32]> = present
-                    .iter()
-                    .map(|&i| match &tokens[i] {
-                        Ok(Some(ids)) => ids.as_slice(),
-                        _ => unreachable!("filtered"),
-                    })
-                    .collect();
+                // Every window of every present row is a sequence; `owner` maps it to its row.
+                let mut windows_of = vec![(Vec::new(), 0usize); tokens.len()];
+                let (mut seqs, mut owner): (Vec<&[u32]>, Vec<usize>) = (Vec::new(), Vec::new());
+                for &i in &present {
+                    if let Ok(Some(windows)) = &tokens[i] {
+                        windows_of[i].1 = windows.len();
+                        seqs.extend(windows.iter().map(Vec::as_slice));
+                        owner.extend(std::iter::repeat_n(i, windows.len()));
+                    }
+                }
                 let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
                 let batches = batcher.batches(&lengths);
                 open.push_back(OpenChunk {
                     without_pass: (vectors.len() - present.len()) as u64,
                     batch,
                     vectors,
+                    windows: windows_of,
                     outstanding: batches.len(),
                 });
                 for members in &batches {
@@ -378,12 +414,10 @@ pub fn encode_shard(
                         return Err(ShardError::Abandoned);
                     }
                     let input: Vec<&[u32]> = members.iter().map(|&b| seqs[b]).collect();
-                    let inflight = encoder
-                        .launch(&input, config.max_active_dims)
-                        .map_err(model_error)?;
+                    let inflight = encoder.launch(&input, launch_k).map_err(model_error)?;
                     launched.push_back(Launched {
                         chunk: seq,
-                        members: members.iter().map(|&b| present[b]).collect(),
+                        members: members.iter().map(|&b| owner[b]).collect(),
                         tokens: input.iter().map(|s| s.len() as u64).sum(),
                         inflight,
                     });

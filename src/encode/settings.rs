@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::io::AllowedRoots;
+use crate::model::{LongDocs, LongDocsMode};
 use crate::types::{DeviceSpec, Dtype};
 
 /// The settings every worker of a job encodes with (sent once; stored with the plan).
@@ -27,11 +28,24 @@ pub struct EncodeSettings {
     pub keep_columns: Vec<String>,
     /// Encode as queries.
     pub query: bool,
+    /// Texts past the model's maximum length: truncated or windowed.
+    #[serde(default)]
+    pub long_docs: LongDocsMode,
+    /// Tokens consecutive windows share.
+    #[serde(default)]
+    pub window_stride: usize,
     /// Output URL.
     pub output: String,
     /// Folders local inputs, the model and the output must resolve under (service jobs).
     #[serde(default)]
     pub allowed_roots: AllowedRoots,
+}
+
+impl EncodeSettings {
+    /// How long texts are encoded.
+    pub fn long_docs(&self) -> LongDocs {
+        LongDocs::new(self.long_docs, self.window_stride)
+    }
 }
 
 /// One worker's own settings.

@@ -73,8 +73,9 @@ pub enum EncodeTextError {
 /// Lines read and encoded together (long enough to sort into similar-length batches).
 const BLOCK_LINES: usize = 2048;
 
-/// A block of input lines, tokenized (`None`: a null text).
-type Block = Vec<Option<Vec<u32>>>;
+/// A block of input lines, tokenized into their windows (one unless `--long-docs window`;
+/// `None`: a null text).
+type Block = Vec<Option<Vec<Vec<u32>>>>;
 
 /// Runs `encode-text` over `input`, writing one JSON line per input line to `output`.
 ///
@@ -108,7 +109,15 @@ pub fn run(
                     .flatten()
                     .map(|t| format!("{prompt}{t}"))
                     .collect();
-                let mut ids = tokenizer.encode_batch(present)?.into_iter();
+                let mut ids = match opts.long_docs.stride() {
+                    Some(stride) => tokenizer.encode_windows(present, stride)?,
+                    None => tokenizer
+                        .encode_batch(present)?
+                        .into_iter()
+                        .map(|ids| vec![ids])
+                        .collect(),
+                }
+                .into_iter();
                 let block = texts
                     .drain(..)
                     .map(|t| t.and_then(|_| ids.next()))
@@ -166,10 +175,7 @@ pub fn run(
         });
         let model_result = (|| -> Result<(), EncodeTextError> {
             for block in block_rx {
-                if vec_tx
-                    .send(encoder.encode_tokenized(&block, opts)?)
-                    .is_err()
-                {
+                if vec_tx.send(encoder.encode_windows(&block, opts)?).is_err() {
                     break; // The writer stopped; its error is reported.
                 }
             }

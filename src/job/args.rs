@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::LongDocsMode;
 use crate::types::{DeviceSpec, Dtype};
 
 /// Defaults shared by the command line and job specs.
@@ -82,6 +83,17 @@ pub struct EncodeConfig {
     #[arg(long)]
     #[serde(default)]
     pub query: bool,
+    /// Texts longer than the model's maximum length: `truncate` keeps the first window (as
+    /// sentence-transformers does); `window` encodes every window of the maximum length and
+    /// keeps the elementwise maximum, one vector per row.
+    #[arg(long, value_enum, default_value_t = LongDocsMode::Truncate)]
+    #[serde(default)]
+    pub long_docs: LongDocsMode,
+    /// With `--long-docs window`: tokens each window repeats from the one before (Hugging Face
+    /// tokenizers' `stride`); below the window's text length.
+    #[arg(long, default_value_t = 0, value_name = "TOKENS")]
+    #[serde(default)]
+    pub window_stride: usize,
     /// Replace an existing output made with other settings (deletes its parts first).
     #[arg(long)]
     #[serde(default)]
@@ -185,6 +197,8 @@ impl EncodeArgs {
             dtype,
             keep_columns,
             query,
+            long_docs,
+            window_stride,
             overwrite,
             shard_rows,
             max_attempts,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::LongDocsMode;
 use crate::types::Dtype;
 
 /// One input file as the output's identity records it: what the store can prove cheaply about
@@ -118,6 +119,12 @@ pub struct JobIdentity {
     pub dtype: Dtype,
     /// Queries or documents.
     pub query: bool,
+    /// Long texts truncated or windowed (outputs made before this was recorded truncated).
+    #[serde(default)]
+    pub long_docs: LongDocsMode,
+    /// Tokens consecutive windows share.
+    #[serde(default)]
+    pub window_stride: usize,
     /// Shard size.
     pub shard_rows: u64,
 }
@@ -192,6 +199,18 @@ impl JobIdentity {
             "--dtype",
             other.dtype.to_string(),
             self.dtype.to_string(),
+        );
+        check(
+            self.long_docs == other.long_docs,
+            "--long-docs",
+            other.long_docs.to_string(),
+            self.long_docs.to_string(),
+        );
+        check(
+            self.window_stride == other.window_stride,
+            "--window-stride",
+            other.window_stride.to_string(),
+            self.window_stride.to_string(),
         );
         let kind = |q: bool| if q { "queries (--query)" } else { "documents" }.to_string();
         check(
@@ -278,6 +297,8 @@ mod tests {
             max_active_dims: None,
             dtype: Dtype::F32,
             query: false,
+            long_docs: Default::default(),
+            window_stride: 0,
             shard_rows: 10,
         }
     }

@@ -237,6 +237,8 @@ pub fn plan_encode(
         max_active_dims: args.max_active_dims,
         dtype,
         query: args.query,
+        long_docs: args.long_docs,
+        window_stride: args.window_stride,
         shard_rows,
     };
     let existing = runtime.block_on(committer.list())?;
@@ -411,6 +413,8 @@ fn settings(
         text_column: args.text_column.clone(),
         keep_columns: args.keep_columns.clone(),
         query: args.query,
+        long_docs: args.long_docs,
+        window_stride: args.window_stride,
         output: output.raw.clone(),
         allowed_roots: roots.clone(),
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{DeviceSpec, Dtype, EncodeOptions, ModelError, SpladeEncoder};
+use super::{DeviceSpec, Dtype, EncodeOptions, LongDocs, LongDocsMode, ModelError, SpladeEncoder};
 
 /// Model, device, precision and batching options.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +23,15 @@ pub struct ModelArgs {
     /// Precision: f32 (exact to the reference) or bf16. Default: f32 on CPU, bf16 on CUDA.
     #[arg(long)]
     pub dtype: Option<Dtype>,
+    /// Texts longer than the model's maximum length: `truncate` keeps the first window (as
+    /// sentence-transformers does); `window` encodes every window of the maximum length and
+    /// keeps the elementwise maximum, one vector per text.
+    #[arg(long, value_enum, default_value_t = LongDocsMode::Truncate)]
+    pub long_docs: LongDocsMode,
+    /// With `--long-docs window`: tokens each window repeats from the one before (Hugging Face
+    /// tokenizers' `stride`); below the window's text length.
+    #[arg(long, default_value_t = 0, value_name = "TOKENS")]
+    pub window_stride: usize,
     /// Intra-op threads for libtorch (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -42,12 +51,22 @@ impl ModelArgs {
                 "--max-active-dims must be a positive integer".into(),
             ));
         }
+        if self.window_stride != 0 && self.long_docs == LongDocsMode::Truncate {
+            return Err(ModelError::Option(
+                "--window-stride applies to --long-docs window; add --long-docs window".into(),
+            ));
+        }
         tch::set_num_threads(self.threads() as i32);
         let encoder = SpladeEncoder::load(&self.model, self.device, self.dtype)?;
         let opts = EncodeOptions {
             batch_size: self.batch_size.max(1),
             max_active_dims: self.max_active_dims,
+            long_docs: LongDocs::new(self.long_docs, self.window_stride),
         };
+        if let Some(stride) = opts.long_docs.stride() {
+            // A stride the windows cannot hold is refused now, not at the first long text.
+            encoder.tokenizer().encode_windows(Vec::new(), stride)?;
+        }
         Ok((encoder, opts))
     }
 

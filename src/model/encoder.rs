@@ -15,6 +15,7 @@ use super::pooling::SpladePooling;
 use super::profile;
 use super::tokenizer::SpladeTokenizer;
 use super::weights::WeightMap;
+use super::windows::{self, LongDocs};
 use super::ModelError;
 use crate::types::{DeviceSpec, Dtype, InputKind, SparseVector};
 
@@ -25,6 +26,8 @@ pub struct EncodeOptions {
     pub batch_size: usize,
     /// Keep only the K largest weights of each vector (`None`: the model's saved default).
     pub max_active_dims: Option<usize>,
+    /// Texts longer than the model's maximum length: truncated, or encoded as windows.
+    pub long_docs: LongDocs,
 }
 
 impl Default for EncodeOptions {
@@ -32,6 +35,7 @@ impl Default for EncodeOptions {
         Self {
             batch_size: 32,
             max_active_dims: None,
+            long_docs: LongDocs::Truncate,
         }
     }
 }
@@ -162,6 +166,25 @@ impl SpladeEncoder {
         self.tokenizer.encode_batch(owned)
     }
 
+    /// The windows of each text (see [`windows`]): one when `long_docs` truncates.
+    pub fn tokenize_windows(
+        &self,
+        texts: &[&str],
+        kind: InputKind,
+        long_docs: LongDocs,
+    ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
+        let Some(stride) = long_docs.stride() else {
+            return Ok(self
+                .tokenize(texts, kind)?
+                .into_iter()
+                .map(|t| vec![t])
+                .collect());
+        };
+        let prompt = self.prompt(kind).unwrap_or("");
+        let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        self.tokenizer.encode_windows(owned, stride)
+    }
+
     /// Encodes texts; `None` gives an empty vector. Output order equals input order.
     pub fn encode(
         &self,
@@ -170,6 +193,16 @@ impl SpladeEncoder {
         opts: EncodeOptions,
     ) -> Result<Vec<SparseVector>, ModelError> {
         let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
+        if opts.long_docs != LongDocs::Truncate {
+            let mut windows = self
+                .tokenize_windows(&present, kind, opts.long_docs)?
+                .into_iter();
+            let tokenized: Vec<Option<Vec<Vec<u32>>>> = texts
+                .iter()
+                .map(|t| t.and_then(|_| windows.next()))
+                .collect();
+            return self.encode_windows(&tokenized, opts);
+        }
         let mut ids = self.tokenize(&present, kind)?.into_iter();
         let tokenized: Vec<Option<Vec<u32>>> =
             texts.iter().map(|t| t.and_then(|_| ids.next())).collect();
@@ -214,6 +247,47 @@ impl SpladeEncoder {
         }
         Ok(out)
     }
+
+    /// Encodes texts given as windows (from [`Self::tokenize_windows`]): every window is
+    /// encoded, and the windows of a text are max-pooled into its vector, which then keeps its
+    /// `max_active_dims` largest weights. `None` gives an empty vector.
+    pub fn encode_windows(
+        &self,
+        windows: &[Option<Vec<Vec<u32>>>],
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        let counts: Vec<usize> = windows
+            .iter()
+            .map(|w| w.as_ref().map_or(0, Vec::len))
+            .collect();
+        let flat: Vec<Option<Vec<u32>>> = windows
+            .iter()
+            .flatten()
+            .flat_map(|w| w.iter().cloned().map(Some))
+            .collect();
+        if counts.iter().all(|&n| n <= 1) {
+            // Nothing to pool: exactly the truncating path (top-k on the device).
+            let mut vectors = self.encode_tokenized(&flat, opts)?.into_iter();
+            return Ok(counts
+                .iter()
+                .map(|&n| match n {
+                    0 => SparseVector::default(),
+                    _ => vectors.next().unwrap_or_default(),
+                })
+                .collect());
+        }
+        let each = EncodeOptions {
+            max_active_dims: Self::KEEP_ALL,
+            ..opts
+        };
+        let vectors = self.encode_tokenized(&flat, each)?;
+        let k = opts.max_active_dims.or(self.layout.max_active_dims);
+        Ok(windows::pool_per_text(vectors, &counts, k))
+    }
+
+    /// The top-k each window is launched with when texts are windowed: none (all weights are
+    /// kept until the windows are pooled).
+    pub const KEEP_ALL: Option<usize> = Some(usize::MAX);
 
     /// The multiple that padded lengths and projected token counts are rounded up to: see
     /// [`onednn_cache_capacity`].

@@ -145,7 +145,7 @@ impl Extraction {
 /// Keeps the `k` largest weights of each row (by magnitude), zeroing the rest.
 fn top_k(pooled: &Tensor, k: Option<usize>, vocab: i64) -> Result<Tensor, tch::TchError> {
     match k {
-        Some(k) if (k as i64) < vocab => {
+        Some(k) if (k as u64) < vocab as u64 => {
             let (_, top) = pooled.f_abs()?.f_topk(k as i64, -1, true, false)?;
             pooled
                 .f_zeros_like()?

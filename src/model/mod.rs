@@ -20,6 +20,7 @@ pub mod pooling;
 pub(crate) mod profile;
 pub mod tokenizer;
 pub mod weights;
+pub mod windows;
 
 pub use crate::types::{DeviceSpec, Dtype, InputKind};
 pub use args::ModelArgs;
@@ -29,3 +30,4 @@ pub use error::{clean_tch_error, ModelError};
 pub use fingerprint::fingerprint;
 pub use layout::{default_model_dir, ModelLayout};
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
+pub use windows::{LongDocs, LongDocsMode};

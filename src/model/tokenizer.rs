@@ -15,6 +15,8 @@ use super::ModelError;
 pub struct SpladeTokenizer {
     inner: Tokenizer,
     max_length: usize,
+    /// A copy that cuts windows sharing `stride` tokens (made on first use of that stride).
+    windowed: std::sync::Mutex<Option<(usize, std::sync::Arc<Tokenizer>)>>,
 }
 
 impl SpladeTokenizer {
@@ -66,7 +68,11 @@ impl SpladeTokenizer {
                 model: layout.arch.vocab_size(),
             });
         }
-        Ok(Self { inner, max_length })
+        Ok(Self {
+            inner,
+            max_length,
+            windowed: std::sync::Mutex::new(None),
+        })
     }
 
     /// Longest token sequence produced (special tokens included).
@@ -84,6 +90,65 @@ impl SpladeTokenizer {
             .into_iter()
             .map(|e| e.get_ids().to_vec())
             .collect())
+    }
+
+    /// Every window of each text: the first is what [`Self::encode_batch`] gives, then the
+    /// overflowing tokens in windows of the same length, each with the special tokens and
+    /// repeating `stride` tokens of the one before (`return_overflowing_tokens` in Python).
+    pub fn encode_windows(
+        &self,
+        texts: Vec<String>,
+        stride: usize,
+    ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
+        let windowed = self.windowed(stride)?;
+        let tokenizer = windowed.as_deref().unwrap_or(&self.inner);
+        let encodings = tokenizer
+            .encode_batch(texts, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| {
+                std::iter::once(e.get_ids().to_vec())
+                    .chain(e.get_overflowing().iter().map(|o| o.get_ids().to_vec()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The tokenizer that cuts windows sharing `stride` tokens (`None`: this one, stride 0).
+    fn windowed(&self, stride: usize) -> Result<Option<std::sync::Arc<Tokenizer>>, ModelError> {
+        if stride == 0 {
+            return Ok(None);
+        }
+        let mut cached = self.windowed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, t)) = cached.as_ref() {
+            if *s == stride {
+                return Ok(Some(t.clone()));
+            }
+        }
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        let room = self.max_length.saturating_sub(added);
+        if stride >= room {
+            return Err(ModelError::Option(format!(
+                "--window-stride {stride} must be below the {room} text tokens a window holds \
+                 (max length {} less {added} special tokens)",
+                self.max_length
+            )));
+        }
+        let mut t = self.inner.clone();
+        t.with_truncation(Some(TruncationParams {
+            max_length: self.max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            direction: TruncationDirection::Right,
+            stride,
+        }))
+        .map_err(|e| ModelError::Option(e.to_string()))?;
+        let t = std::sync::Arc::new(t);
+        *cached = Some((stride, t.clone()));
+        Ok(Some(t))
     }
 
     /// Token ids of one text.

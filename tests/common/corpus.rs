@@ -215,6 +215,7 @@ pub fn reference_vectors(ids: &[i64]) -> BTreeMap<i64, SparseVector> {
     let opts = sparq::model::EncodeOptions {
         batch_size: 64,
         max_active_dims: None,
+        ..Default::default()
     };
     let vectors = encoder
         .encode(&refs, sparq::model::InputKind::Document, opts)
