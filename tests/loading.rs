@@ -197,13 +197,37 @@ fn unsupported_architecture_says_what_is_supported() {
     fs::write(
         dir.path().join("config.json"),
         config
-            .replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"")
-            .replace("BertForMaskedLM", "RobertaForMaskedLM"),
+            .replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"")
+            .replace("BertForMaskedLM", "GPT2LMHeadModel"),
     )
     .unwrap();
     let msg = load_err(dir.path());
     assert!(
-        msg.contains("roberta") && msg.contains("BertForMaskedLM"),
+        msg.contains("gpt2") && msg.contains("GPT2LMHeadModel") && msg.contains("BertForMaskedLM"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_model_that_needs_remote_code_is_refused_with_that_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(&tiny_model(), dir.path(), &HF_FILES);
+    let config = fs::read_to_string(dir.path().join("config.json")).unwrap();
+    // A bert model_type does not make custom classes runnable.
+    fs::write(
+        dir.path().join("config.json"),
+        config.replacen(
+            '{',
+            r#"{"auto_map": {"AutoModelForMaskedLM": "modeling_custom.CustomForMaskedLM"},"#,
+            1,
+        ),
+    )
+    .unwrap();
+    let msg = load_err(dir.path());
+    assert!(
+        msg.contains("remote code")
+            && msg.contains("modeling_custom.CustomForMaskedLM")
+            && msg.contains("config.json"),
         "{msg}"
     );
 }

@@ -162,6 +162,7 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
         });
     }
     let value: Value = parse_json(&path)?;
+    refuse_remote_code(&path, &value)?;
     let model_type = value
         .get("model_type")
         .and_then(Value::as_str)
@@ -213,6 +214,30 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
         check_activation(&path, "activation", &c.activation)?;
     }
     Ok(arch)
+}
+
+/// A config with `auto_map` names Python classes shipped beside the weights
+/// (`trust_remote_code=True`): code sparq cannot run, whatever `model_type` says.
+fn refuse_remote_code(path: &Path, config: &Value) -> Result<(), ModelError> {
+    let Some(map) = config.get("auto_map").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let classes: Vec<String> = map
+        .values()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    Err(ModelError::Unsupported {
+        path: path.to_path_buf(),
+        what: format!(
+            "a model that needs remote code (`auto_map`: {})",
+            classes.join(", ")
+        ),
+        hint: "its architecture is defined by Python files in the model folder \
+               (trust_remote_code), which sparq does not run; use a model of a built-in \
+               architecture (see the README's table of supported families)"
+            .into(),
+    })
 }
 
 fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {
