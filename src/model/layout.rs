@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{Activation, ArchConfig};
+use super::config::{Activation, ArchConfig, RobertaConfig};
 use super::pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 use super::ModelError;
 
@@ -50,6 +50,10 @@ impl ModelLayout {
                 path: root.to_path_buf(),
                 hint: missing_folder_hint(root),
             });
+        }
+        // BGE-M3 ships a sentence-transformers dense pipeline too: its sparse head wins.
+        if let Some(layout) = super::bge_m3::read_layout(root)? {
+            return Ok(layout);
         }
         let modules_path = root.join("modules.json");
         if modules_path.is_file() {
@@ -185,16 +189,30 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
             "distilbert" if masked_lm => {
                 ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
             }
+            "roberta" | "xlm-roberta" if masked_lm => {
+                ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
+            }
             _ => return Err(ModelError::Unsupported {
                 path,
                 what: format!("model_type `{model_type}` with architectures {architectures:?}"),
                 hint:
-                    "sparq runs BertForMaskedLM and DistilBertForMaskedLM backbones (all published \
-                       SPLADE v2/v3 and sentence-transformers SPLADE models)"
+                    "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM and \
+                       XLMRobertaForMaskedLM backbones (SPLADE models), and BGE-M3 \
+                       (XLMRobertaModel beside sparse_linear.pt)"
                         .into(),
             }),
         };
-    if let ArchConfig::Bert(c) = &arch {
+    check_arch(&path, &arch)?;
+    Ok(arch)
+}
+
+/// Refuses settings the forward pass does not implement, naming `path` and the key.
+pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelError> {
+    let path = path.to_path_buf();
+    if let ArchConfig::Bert(c)
+    | ArchConfig::Roberta(RobertaConfig { bert: c, .. })
+    | ArchConfig::BgeM3(RobertaConfig { bert: c, .. }) = arch
+    {
         if c.position_embedding_type != "absolute" {
             return Err(ModelError::Unsupported {
                 path,
@@ -209,10 +227,10 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
                 detail: "hidden_size is not a multiple of num_attention_heads".into(),
             });
         }
-    } else if let ArchConfig::DistilBert(c) = &arch {
+    } else if let ArchConfig::DistilBert(c) = arch {
         check_activation(&path, "activation", &c.activation)?;
     }
-    Ok(arch)
+    Ok(())
 }
 
 fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {
