@@ -9,7 +9,6 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=src/model/csrc/varlen_attention.cpp");
-    println!("cargo:rerun-if-changed=src/model/csrc/pickle_load.cpp");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     };
@@ -33,6 +32,5 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/model/csrc/varlen_attention.cpp")
-        .file("src/model/csrc/pickle_load.cpp")
         .compile("sparq_aten");
 }

@@ -22,6 +22,7 @@ pub mod pooling;
 pub mod roberta;
 pub(crate) mod profile;
 pub mod tokenizer;
+pub(crate) mod tokenizer_roberta;
 pub mod weights;
 
 pub use crate::types::{DeviceSpec, Dtype, InputKind};
