@@ -108,10 +108,14 @@ fn xlm_roberta_unigram_log1p_relu_matches_reference() {
 
 #[test]
 fn multilingual_bert_105879_vocab_matches_reference_including_ids_above_65535() {
-    let docs = assert_matches_reference("mbert-tiny");
-    assert_eq!(load("mbert-tiny", Dtype::F32).dimension(), 105_879);
-    let high = docs.iter().flat_map(|v| &v.indices).filter(|&&i| i > 65_535);
-    assert!(high.count() > 20, "multilingual texts reach the top of the vocabulary");
+    assert_matches_reference("mbert-tiny");
+    let encoder = load("mbert-tiny", Dtype::F32);
+    assert_eq!(encoder.dimension(), 105_879);
+    assert_eq!(encoder.tokenizer().inner().get_vocab_size(true), 105_879);
+    // Multilingual texts tokenize to ids past u16 (CJK, hangul, Cyrillic... sit at the top).
+    let ids = reference_ids("mbert-tiny-tokens.jsonl");
+    let high = ids.iter().flatten().filter(|&&i| i > 65_535).count();
+    assert!(high > 50, "only {high} token ids above 65,535");
 }
 
 #[test]

@@ -236,10 +236,9 @@ def multilingual_wordpiece(tmp, out):
     filler = [f"[unused{i}]" for i in range(100, 100 + size - len(head) - len(body) - len(tail))]
     vocab = head + body + filler + tail
     assert len(vocab) == size and len(set(vocab)) == size
-    path = os.path.join(tmp, "vocab.txt")
-    with open(path, "w", encoding="utf8") as f:
-        f.write("\n".join(vocab) + "\n")
-    BertTokenizer(vocab_file=path, do_lower_case=True, model_max_length=128).save_pretrained(out)
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
+    assert len(tok) == size
+    tok.save_pretrained(out)
     return size
 
 
