@@ -26,9 +26,12 @@ fn model(name: &str) -> PathBuf {
 /// texts.jsonl, then the multilingual / whitespace / long texts.
 fn texts() -> Vec<String> {
     let mut out = fixture_texts();
-    let more = std::fs::read_to_string(root().join("tests/fixtures/texts-multilingual.jsonl"))
-        .unwrap();
-    out.extend(more.lines().map(|l| serde_json::from_str::<String>(l).unwrap()));
+    let more =
+        std::fs::read_to_string(root().join("tests/fixtures/texts-multilingual.jsonl")).unwrap();
+    out.extend(
+        more.lines()
+            .map(|l| serde_json::from_str::<String>(l).unwrap()),
+    );
     out
 }
 
@@ -184,7 +187,13 @@ fn batched_output_equals_one_by_one_output() {
         let one = encode(&encoder, InputKind::Document, 1, None);
         for batch_size in [5, 64] {
             let got = encode(&encoder, InputKind::Document, batch_size, None);
-            assert_close(&format!("{name} batch {batch_size}"), &got, &one, 1e-5, 1e-5);
+            assert_close(
+                &format!("{name} batch {batch_size}"),
+                &got,
+                &one,
+                1e-5,
+                1e-5,
+            );
         }
     }
 }
@@ -265,7 +274,10 @@ fn training_refuses_bge_m3_clearly() {
         .err()
         .expect("BGE-M3 is not trainable as SPLADE")
         .to_string();
-    assert!(err.contains("BGE-M3") && err.contains("sparse_linear"), "{err}");
+    assert!(
+        err.contains("BGE-M3") && err.contains("sparse_linear"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -277,7 +289,10 @@ fn roberta_trains_through_the_shared_model() {
     let ids = model.tokenize(&["a short text", "another one"]).unwrap();
     let out = model.forward(&ids).unwrap();
     assert_eq!(out.size(), [2, 2001]);
-    assert!(out.requires_grad(), "gradients flow to the RoBERTa parameters");
+    assert!(
+        out.requires_grad(),
+        "gradients flow to the RoBERTa parameters"
+    );
 }
 
 fn cli_encode(dir: &Path, lines: &str) -> Vec<SparseVector> {

@@ -197,13 +197,13 @@ fn unsupported_architecture_says_what_is_supported() {
     fs::write(
         dir.path().join("config.json"),
         config
-            .replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"")
-            .replace("BertForMaskedLM", "RobertaForMaskedLM"),
+            .replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"")
+            .replace("BertForMaskedLM", "GPT2LMHeadModel"),
     )
     .unwrap();
     let msg = load_err(dir.path());
     assert!(
-        msg.contains("roberta") && msg.contains("BertForMaskedLM"),
+        msg.contains("gpt2") && msg.contains("BertForMaskedLM"),
         "{msg}"
     );
 }

@@ -7,71 +7,22 @@
 //! `finetune/embedder/encoder_only/m3/modeling.py` (`_sparse_embedding`). The model folder is
 //! BAAI/bge-m3's: an `XLMRobertaModel` (`config.json`, weights, tokenizer) beside
 //! `sparse_linear.pt` (a `torch.save`d `{weight [1, hidden], bias [1]}`); sparq also reads that
-//! state dict from `sparse_linear.safetensors`.
+//! state dict from `sparse_linear.safetensors`. The folder is recognised by
+//! [`super::layout::ModelLayout::read`].
 
 use std::path::Path;
 
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use super::config::{ArchConfig, RobertaConfig};
-use super::layout::{check_arch, parse_json, ModelLayout};
+use super::layout::parse_json;
 use super::packed::PackedBatch;
-use super::pooling::SpladePooling;
 use super::tokenizer::SpladeTokenizer;
 use super::ModelError;
 
-/// FlagEmbedding's default `max_length` for queries and passages (`BGEM3FlagModel.encode`),
-/// whatever the model's 8,192 positions allow.
-pub const FLAG_MAX_LENGTH: usize = 512;
-
-/// The layout of a BGE-M3 folder (`architectures: ["XLMRobertaModel"]` and a `sparse_linear`
-/// file beside it), or `None` for any other folder.
-pub fn read_layout(root: &Path) -> Result<Option<ModelLayout>, ModelError> {
-    let path = root.join("config.json");
-    if !path.is_file() || sparse_linear_file(root).is_none() {
-        return Ok(None);
-    }
-    let value: Value = parse_json(&path)?;
-    let bare = value
-        .get("architectures")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("XLMRobertaModel")));
-    if !bare {
-        return Ok(None);
-    }
-    let cfg: RobertaConfig = serde_json::from_value(value).map_err(|e| ModelError::Config {
-        path: path.clone(),
-        detail: format!("invalid xlm-roberta configuration: {e}"),
-    })?;
-    let positions = cfg.max_positions().max(1) as usize;
-    let arch = ArchConfig::BgeM3(cfg);
-    check_arch(&path, &arch)?;
-    Ok(Some(ModelLayout {
-        root: root.to_path_buf(),
-        transformer_dir: root.to_path_buf(),
-        arch,
-        pooling: SpladePooling::default(),
-        max_seq_length: Some(FLAG_MAX_LENGTH.min(positions)),
-        do_lower_case: false,
-        // BGE-M3 encodes queries and documents alike, without instructions.
-        query_prompt: None,
-        document_prompt: None,
-        max_active_dims: None,
-    }))
-}
-
-/// `sparse_linear.safetensors` if present, else `sparse_linear.pt`.
-fn sparse_linear_file(dir: &Path) -> Option<std::path::PathBuf> {
-    ["sparse_linear.safetensors", "sparse_linear.pt"]
-        .into_iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// BGE-M3's `sparse_linear` weight `[1, hidden]` and bias `[1]`, from the folder `dir`.
 pub fn read_sparse_linear(dir: &Path, hidden: i64) -> Result<(Tensor, Tensor), ModelError> {
-    let Some(path) = sparse_linear_file(dir) else {
+    let Some(path) = super::layout::sparse_linear_file(dir) else {
         return Err(ModelError::MissingFile {
             path: dir.join("sparse_linear.pt"),
             hint: "a BGE-M3 folder needs the sparse head of its release (sparse_linear.pt)".into(),

@@ -52,7 +52,7 @@ impl ModelLayout {
             });
         }
         // BGE-M3 ships a sentence-transformers dense pipeline too: its sparse head wins.
-        if let Some(layout) = super::bge_m3::read_layout(root)? {
+        if let Some(layout) = read_bge_m3(root)? {
             return Ok(layout);
         }
         let modules_path = root.join("modules.json");
@@ -181,27 +181,27 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
         path: path.clone(),
         detail: format!("invalid {model_type} configuration: {e}"),
     };
-    let arch =
-        match model_type {
-            "bert" if masked_lm => {
-                ArchConfig::Bert(serde_json::from_value(value.clone()).map_err(config_err)?)
-            }
-            "distilbert" if masked_lm => {
-                ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
-            }
-            "roberta" | "xlm-roberta" if masked_lm => {
-                ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
-            }
-            _ => return Err(ModelError::Unsupported {
+    let arch = match model_type {
+        "bert" if masked_lm => {
+            ArchConfig::Bert(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        "distilbert" if masked_lm => {
+            ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        "roberta" | "xlm-roberta" if masked_lm => {
+            ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        _ => {
+            return Err(ModelError::Unsupported {
                 path,
                 what: format!("model_type `{model_type}` with architectures {architectures:?}"),
-                hint:
-                    "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM and \
+                hint: "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM and \
                        XLMRobertaForMaskedLM backbones (SPLADE models), and BGE-M3 \
                        (XLMRobertaModel beside sparse_linear.pt)"
-                        .into(),
-            }),
-        };
+                    .into(),
+            })
+        }
+    };
     check_arch(&path, &arch)?;
     Ok(arch)
 }
@@ -231,6 +231,54 @@ pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelErro
         check_activation(&path, "activation", &c.activation)?;
     }
     Ok(())
+}
+
+/// FlagEmbedding's default `max_length` for queries and passages (`BGEM3FlagModel.encode`),
+/// whatever the model's 8,192 positions allow.
+pub const FLAG_MAX_LENGTH: usize = 512;
+
+/// The layout of a BGE-M3 folder (`architectures: ["XLMRobertaModel"]` and a `sparse_linear`
+/// file beside it), or `None` for any other folder.
+fn read_bge_m3(root: &Path) -> Result<Option<ModelLayout>, ModelError> {
+    let path = root.join("config.json");
+    if !path.is_file() || sparse_linear_file(root).is_none() {
+        return Ok(None);
+    }
+    let value: Value = parse_json(&path)?;
+    let bare = value
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("XLMRobertaModel")));
+    if !bare {
+        return Ok(None);
+    }
+    let cfg: RobertaConfig = serde_json::from_value(value).map_err(|e| ModelError::Config {
+        path: path.clone(),
+        detail: format!("invalid xlm-roberta configuration: {e}"),
+    })?;
+    let positions = cfg.max_positions().max(1) as usize;
+    let arch = ArchConfig::BgeM3(cfg);
+    check_arch(&path, &arch)?;
+    Ok(Some(ModelLayout {
+        root: root.to_path_buf(),
+        transformer_dir: root.to_path_buf(),
+        arch,
+        pooling: SpladePooling::default(),
+        max_seq_length: Some(FLAG_MAX_LENGTH.min(positions)),
+        do_lower_case: false,
+        // BGE-M3 encodes queries and documents alike, without instructions.
+        query_prompt: None,
+        document_prompt: None,
+        max_active_dims: None,
+    }))
+}
+
+/// `sparse_linear.safetensors` if present, else `sparse_linear.pt`.
+pub(crate) fn sparse_linear_file(dir: &Path) -> Option<std::path::PathBuf> {
+    ["sparse_linear.safetensors", "sparse_linear.pt"]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {

@@ -26,7 +26,10 @@ enum Value {
     Tuple(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String),
-    Storage { key: String, kind: Kind },
+    Storage {
+        key: String,
+        kind: Kind,
+    },
     Tensor(usize),
 }
 
@@ -83,7 +86,10 @@ fn parse(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
 /// `(name, data)` of every entry of a zip archive stored without compression (as torch.save
 /// writes them), from its central directory.
 fn zip_entries(b: &[u8]) -> Result<Vec<(String, &[u8])>, String> {
-    let u16_at = |i: usize| b.get(i..i + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
+    let u16_at = |i: usize| {
+        b.get(i..i + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
     let u32_at = |i: usize| {
         b.get(i..i + 4)
             .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
@@ -110,7 +116,10 @@ fn zip_entries(b: &[u8]) -> Result<Vec<(String, &[u8])>, String> {
         if method != 0 || size == 0xFFFF_FFFF {
             return Err(format!("entry {name} is compressed or zip64"));
         }
-        let data_at = local + 30 + u16_at(local + 26).ok_or_else(bad)? + u16_at(local + 28).ok_or_else(bad)?;
+        let data_at = local
+            + 30
+            + u16_at(local + 26).ok_or_else(bad)?
+            + u16_at(local + 28).ok_or_else(bad)?;
         out.push((name, b.get(data_at..data_at + size).ok_or_else(bad)?));
         at += 46 + name_len + extra_len + comment_len;
     }
@@ -127,7 +136,10 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self.data.get(self.pos..self.pos + n).ok_or("data.pkl ends early")?;
+        let s = self
+            .data
+            .get(self.pos..self.pos + n)
+            .ok_or("data.pkl ends early")?;
         self.pos += n;
         Ok(s)
     }
@@ -139,17 +151,26 @@ impl<'a> Unpickler<'a> {
 
     fn line(&mut self) -> Result<String, String> {
         let rest = &self.data[self.pos..];
-        let end = rest.iter().position(|&c| c == b'\n').ok_or("data.pkl ends early")?;
+        let end = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or("data.pkl ends early")?;
         self.pos += end + 1;
         Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
     }
 
     fn pop(&mut self) -> Result<Value, String> {
-        self.stack.pop().ok_or_else(|| "pickle stack underflow".into())
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle stack underflow".into())
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
-        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or("no MARK")?;
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Value::Mark))
+            .ok_or("no MARK")?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
@@ -160,8 +181,8 @@ impl<'a> Unpickler<'a> {
         loop {
             let op = self.take(1)?[0];
             match op {
-                0x80 => self.pos += 1,                      // PROTO
-                0x95 => self.pos += 8,                      // FRAME
+                0x80 => self.pos += 1, // PROTO
+                0x95 => self.pos += 8, // FRAME
                 b'c' => {
                     let g = format!("{}.{}", self.line()?, self.line()?);
                     self.stack.push(Value::Global(g));
@@ -227,7 +248,11 @@ impl<'a> Unpickler<'a> {
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
-                    let at = self.stack.len().checked_sub(n).ok_or("pickle stack underflow")?;
+                    let at = self
+                        .stack
+                        .len()
+                        .checked_sub(n)
+                        .ok_or("pickle stack underflow")?;
                     let items = self.stack.split_off(at);
                     self.stack.push(Value::Tuple(items));
                 }
@@ -240,7 +265,11 @@ impl<'a> Unpickler<'a> {
                     self.insert(items)?;
                 }
                 b'a' | b'e' => {
-                    let items = if op == b'a' { vec![self.pop()?] } else { self.pop_mark()? };
+                    let items = if op == b'a' {
+                        vec![self.pop()?]
+                    } else {
+                        self.pop_mark()?
+                    };
                     match self.stack.last_mut() {
                         Some(Value::Tuple(list)) => list.extend(items),
                         _ => return Err("APPEND to a non-list".into()),
@@ -319,7 +348,9 @@ impl<'a> Unpickler<'a> {
                 self.tensors.push(tensor);
                 Ok(Value::Tensor(self.tensors.len() - 1))
             }
-            other => Err(format!("refusing to call `{other}`: not a plain state dict")),
+            other => Err(format!(
+                "refusing to call `{other}`: not a plain state dict"
+            )),
         }
     }
 }

@@ -70,7 +70,11 @@ pub struct Roberta {
 impl Roberta {
     /// Loads `RobertaForMaskedLM` / `XLMRobertaForMaskedLM` (`roberta.*`, `lm_head.*`).
     pub fn load_masked_lm(w: &mut WeightMap, cfg: &RobertaConfig) -> Result<Self, ModelError> {
-        let (h, v, eps) = (cfg.bert.hidden_size, cfg.bert.vocab_size, cfg.bert.layer_norm_eps);
+        let (h, v, eps) = (
+            cfg.bert.hidden_size,
+            cfg.bert.vocab_size,
+            cfg.bert.layer_norm_eps,
+        );
         let (embeddings, layers) = load_encoder(w, cfg, "roberta.")?;
         let dense = Linear::load(w, "lm_head.dense", h, h)?;
         let norm = LayerNorm::load(w, "lm_head.layer_norm", h, eps)?;
@@ -225,7 +229,9 @@ fn load_encoder(
         norm: LayerNorm::load(w, &format!("{e}.LayerNorm"), h, eps)?,
     };
     let layers = (0..c.num_hidden_layers)
-        .map(|n| TransformerBlock::load(w, &format!("{prefix}encoder.layer.{n}"), &KEYS, (h, i, eps)))
+        .map(|n| {
+            TransformerBlock::load(w, &format!("{prefix}encoder.layer.{n}"), &KEYS, (h, i, eps))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((embeddings, layers))
 }

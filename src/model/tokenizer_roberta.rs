@@ -37,7 +37,8 @@ pub fn rebuilt(dir: &Path, path: &Path) -> Result<Option<Tokenizer>, ModelError>
         return Ok(None);
     };
     let mut json: Value = parse_json(path)?;
-    let flag = |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
+    let flag =
+        |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
     let token = |key: &str, default: &str| -> String {
         match config.get(key) {
             Some(Value::String(s)) => s.clone(),

@@ -20,7 +20,7 @@ tests/fixtures/models/:
                  sentence-transformers (SpladePooling max/log1p_relu).
   mbert-tiny     BertForMaskedLM with a bert-base-multilingual-uncased-size WordPiece vocabulary
                  (105,879 tokens; hidden size 4 keeps it small), saved by sentence-transformers.
-  bge-m3-tiny    BAAI/bge-m3's layout: XLMRobertaModel, sentencepiece Unigram tokenizer
+  bge-m3-tiny    BAAI/bge-m3's layout: XLMRobertaModel (pytorch_model.bin), Unigram tokenizer
                  (tokenizer_class XLMRobertaTokenizer), sparse_linear.pt and colbert_linear.pt
                  (torch.save'd state dicts), and the sentence-transformers dense pipeline files
                  bge-m3 also ships (modules.json, sentence_bert_config.json with 8192).
@@ -320,7 +320,10 @@ def bge_m3(tmp, texts):
     cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    XLMRobertaModel(cfg).save_pretrained(out)
+    # Pickled weights, as BAAI/bge-m3 ships them (pytorch_model.bin, no safetensors).
+    torch.save(XLMRobertaModel(cfg).state_dict(), os.path.join(out, "pytorch_model.bin"))
+    cfg.architectures = ["XLMRobertaModel"]
+    cfg.save_pretrained(out)
     sparse = torch.nn.Linear(32, 1)
     colbert = torch.nn.Linear(32, 32)
     # Saved as FlagEmbedding saves them (`_trans_state_dict`: an OrderedDict copy, without the
