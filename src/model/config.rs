@@ -96,6 +96,25 @@ pub struct DistilBertConfig {
     pub attention_dropout: f64,
 }
 
+/// The fields of a RoBERTa / XLM-RoBERTa `config.json`: BERT's, plus the padding id that
+/// offsets position ids (they start at `pad_token_id + 1`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RobertaConfig {
+    /// Everything a BERT encoder needs (identical blocks).
+    #[serde(flatten)]
+    pub bert: BertConfig,
+    /// Padding token id (1 in every RoBERTa and XLM-R release).
+    #[serde(default = "default_roberta_pad")]
+    pub pad_token_id: i64,
+}
+
+impl RobertaConfig {
+    /// Longest sequence the position table allows: positions `pad+1 ..= max-1`.
+    pub fn max_positions(&self) -> i64 {
+        self.bert.max_position_embeddings - self.pad_token_id - 1
+    }
+}
+
 /// The architecture named by `config.json`, with its configuration.
 #[derive(Debug, Clone)]
 pub enum ArchConfig {
@@ -103,6 +122,10 @@ pub enum ArchConfig {
     Bert(BertConfig),
     /// `DistilBertForMaskedLM` (`model_type: distilbert`).
     DistilBert(DistilBertConfig),
+    /// `RobertaForMaskedLM` / `XLMRobertaForMaskedLM` (`model_type: roberta`, `xlm-roberta`).
+    Roberta(RobertaConfig),
+    /// BGE-M3: `XLMRobertaModel` plus the `sparse_linear` token-weight head.
+    BgeM3(RobertaConfig),
 }
 
 impl ArchConfig {
@@ -111,6 +134,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Bert(c) => c.vocab_size,
             ArchConfig::DistilBert(c) => c.vocab_size,
+            ArchConfig::Roberta(c) | ArchConfig::BgeM3(c) => c.bert.vocab_size,
         }
     }
 
@@ -119,6 +143,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Bert(c) => c.max_position_embeddings,
             ArchConfig::DistilBert(c) => c.max_position_embeddings,
+            ArchConfig::Roberta(c) | ArchConfig::BgeM3(c) => c.max_positions(),
         }
     }
 }
@@ -134,6 +159,10 @@ fn default_eps() -> f64 {
 }
 fn default_position_type() -> String {
     "absolute".into()
+}
+
+fn default_roberta_pad() -> i64 {
+    1
 }
 
 fn default_dropout() -> f64 {

@@ -6,6 +6,8 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 use super::attention::AttentionKernel;
+use super::bge_m3::TokenWeightPooling;
+use super::config::ArchConfig;
 use super::device::ResolveDevice;
 use super::extract::{Extracted, Extraction};
 use super::layout::ModelLayout;
@@ -75,6 +77,7 @@ pub struct SpladeEncoder {
     layout: ModelLayout,
     tokenizer: SpladeTokenizer,
     model: MaskedLm,
+    head: SparseHead,
     device: Device,
     dtype: Dtype,
     /// Sparse extraction state (the adaptive bound on non-zeros per row).
@@ -107,11 +110,19 @@ impl SpladeEncoder {
         if !shared {
             model.fuse_qkv()?;
         }
+        let head = match layout.arch {
+            ArchConfig::BgeM3(_) => SparseHead::TokenWeight(TokenWeightPooling::new(
+                &layout.transformer_dir,
+                &tokenizer,
+            )?),
+            _ => SparseHead::Splade(layout.pooling),
+        };
         profile::loaded(started.elapsed().as_secs_f64());
         Ok(Self {
             layout,
             tokenizer,
             model,
+            head,
             device: torch_device,
             dtype,
             extraction: Extraction::new(torch_device),
@@ -360,13 +371,25 @@ impl SpladeEncoder {
         clock.lap(profile::Stage::Input);
         let hidden = self.model.transformed(&packed)?;
         clock.lap(profile::Stage::Encoder);
-        let pooled =
-            self.layout
-                .pooling
-                .pool(&hidden, &packed.lengths, self.model.decoder(), multiple)?;
+        let pooled = match &self.head {
+            SparseHead::Splade(p) => {
+                p.pool(&hidden, &packed.lengths, self.model.decoder(), multiple)?
+            }
+            SparseHead::TokenWeight(p) => {
+                p.pool(&hidden, &packed, self.model.decoder(), self.dimension())?
+            }
+        };
         clock.lap(profile::Stage::Pooling);
         Ok((pooled, cold))
     }
+}
+
+/// How hidden states become sparse vectors, chosen at load from the model folder.
+enum SparseHead {
+    /// SPLADE pooling of the masked-LM logits.
+    Splade(SpladePooling),
+    /// BGE-M3's token weights, max-pooled by token id.
+    TokenWeight(TokenWeightPooling),
 }
 
 /// A batch whose forward pass is queued on the device.

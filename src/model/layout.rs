@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{Activation, ArchConfig};
+use super::config::{Activation, ArchConfig, RobertaConfig};
 use super::pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 use super::ModelError;
 
@@ -50,6 +50,10 @@ impl ModelLayout {
                 path: root.to_path_buf(),
                 hint: missing_folder_hint(root),
             });
+        }
+        // BGE-M3 ships a sentence-transformers dense pipeline too: its sparse head wins.
+        if let Some(layout) = read_bge_m3(root)? {
+            return Ok(layout);
         }
         let modules_path = root.join("modules.json");
         if modules_path.is_file() {
@@ -178,24 +182,38 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
         path: path.clone(),
         detail: format!("invalid {model_type} configuration: {e}"),
     };
-    let arch =
-        match model_type {
-            "bert" if masked_lm => {
-                ArchConfig::Bert(serde_json::from_value(value.clone()).map_err(config_err)?)
-            }
-            "distilbert" if masked_lm => {
-                ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
-            }
-            _ => return Err(ModelError::Unsupported {
+    let arch = match model_type {
+        "bert" if masked_lm => {
+            ArchConfig::Bert(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        "distilbert" if masked_lm => {
+            ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        "roberta" | "xlm-roberta" if masked_lm => {
+            ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
+        _ => {
+            return Err(ModelError::Unsupported {
                 path,
                 what: format!("model_type `{model_type}` with architectures {architectures:?}"),
-                hint:
-                    "sparq runs BertForMaskedLM and DistilBertForMaskedLM backbones (all published \
-                       SPLADE v2/v3 and sentence-transformers SPLADE models)"
-                        .into(),
-            }),
-        };
-    if let ArchConfig::Bert(c) = &arch {
+                hint: "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM and \
+                       XLMRobertaForMaskedLM backbones (SPLADE models), and BGE-M3 \
+                       (XLMRobertaModel beside sparse_linear.pt)"
+                    .into(),
+            })
+        }
+    };
+    check_arch(&path, &arch)?;
+    Ok(arch)
+}
+
+/// Refuses settings the forward pass does not implement, naming `path` and the key.
+pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelError> {
+    let path = path.to_path_buf();
+    if let ArchConfig::Bert(c)
+    | ArchConfig::Roberta(RobertaConfig { bert: c, .. })
+    | ArchConfig::BgeM3(RobertaConfig { bert: c, .. }) = arch
+    {
         if c.position_embedding_type != "absolute" {
             return Err(ModelError::Unsupported {
                 path,
@@ -210,10 +228,58 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
                 detail: "hidden_size is not a multiple of num_attention_heads".into(),
             });
         }
-    } else if let ArchConfig::DistilBert(c) = &arch {
+    } else if let ArchConfig::DistilBert(c) = arch {
         check_activation(&path, "activation", &c.activation)?;
     }
-    Ok(arch)
+    Ok(())
+}
+
+/// FlagEmbedding's default `max_length` for queries and passages (`BGEM3FlagModel.encode`),
+/// whatever the model's 8,192 positions allow.
+pub const FLAG_MAX_LENGTH: usize = 512;
+
+/// The layout of a BGE-M3 folder (`architectures: ["XLMRobertaModel"]` and a `sparse_linear`
+/// file beside it), or `None` for any other folder.
+fn read_bge_m3(root: &Path) -> Result<Option<ModelLayout>, ModelError> {
+    let path = root.join("config.json");
+    if !path.is_file() || sparse_linear_file(root).is_none() {
+        return Ok(None);
+    }
+    let value: Value = parse_json(&path)?;
+    let bare = value
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("XLMRobertaModel")));
+    if !bare {
+        return Ok(None);
+    }
+    let cfg: RobertaConfig = serde_json::from_value(value).map_err(|e| ModelError::Config {
+        path: path.clone(),
+        detail: format!("invalid xlm-roberta configuration: {e}"),
+    })?;
+    let positions = cfg.max_positions().max(1) as usize;
+    let arch = ArchConfig::BgeM3(cfg);
+    check_arch(&path, &arch)?;
+    Ok(Some(ModelLayout {
+        root: root.to_path_buf(),
+        transformer_dir: root.to_path_buf(),
+        arch,
+        pooling: SpladePooling::default(),
+        max_seq_length: Some(FLAG_MAX_LENGTH.min(positions)),
+        do_lower_case: false,
+        // BGE-M3 encodes queries and documents alike, without instructions.
+        query_prompt: None,
+        document_prompt: None,
+        max_active_dims: None,
+    }))
+}
+
+/// `sparse_linear.safetensors` if present, else `sparse_linear.pt`.
+pub(crate) fn sparse_linear_file(dir: &Path) -> Option<std::path::PathBuf> {
+    ["sparse_linear.safetensors", "sparse_linear.pt"]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// A config with `auto_map` names Python classes shipped beside the weights

@@ -6,6 +6,7 @@ use super::bert::Bert;
 use super::config::ArchConfig;
 use super::distilbert::DistilBert;
 use super::packed::PackedBatch;
+use super::roberta::Roberta;
 use super::weights::WeightMap;
 use super::ModelError;
 
@@ -15,6 +16,9 @@ pub enum MaskedLm {
     Bert(Bert),
     /// `DistilBertForMaskedLM`.
     DistilBert(DistilBert),
+    /// `RobertaForMaskedLM` / `XLMRobertaForMaskedLM`, or BGE-M3's `XLMRobertaModel` with its
+    /// token-weight head (whose `decoder` is `sparse_linear`).
+    Roberta(Roberta),
 }
 
 impl MaskedLm {
@@ -24,6 +28,8 @@ impl MaskedLm {
         Ok(match arch {
             ArchConfig::Bert(c) => MaskedLm::Bert(Bert::load(weights, c)?),
             ArchConfig::DistilBert(c) => MaskedLm::DistilBert(DistilBert::load(weights, c)?),
+            ArchConfig::Roberta(c) => MaskedLm::Roberta(Roberta::load_masked_lm(weights, c)?),
+            ArchConfig::BgeM3(c) => MaskedLm::Roberta(Roberta::load_token_weight(weights, c)?),
         })
     }
 
@@ -32,6 +38,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.transformed(batch),
             MaskedLm::DistilBert(m) => m.transformed(batch),
+            MaskedLm::Roberta(m) => m.transformed(batch),
         }
     }
 
@@ -41,6 +48,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.fuse_qkv(),
             MaskedLm::DistilBert(m) => m.fuse_qkv(),
+            MaskedLm::Roberta(m) => m.fuse_qkv(),
         }
     }
 
@@ -49,6 +57,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.decoder(),
             MaskedLm::DistilBert(m) => m.decoder(),
+            MaskedLm::Roberta(m) => m.decoder(),
         }
     }
 
@@ -57,6 +66,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.set_training(on),
             MaskedLm::DistilBert(m) => m.set_training(on),
+            MaskedLm::Roberta(m) => m.set_training(on),
         }
     }
 
@@ -65,6 +75,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.to(device, kind),
             MaskedLm::DistilBert(m) => m.to(device, kind),
+            MaskedLm::Roberta(m) => m.to(device, kind),
         }
     }
 }

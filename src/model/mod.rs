@@ -4,6 +4,7 @@
 pub mod args;
 pub mod attention;
 pub mod bert;
+pub mod bge_m3;
 pub mod config;
 pub(crate) mod cuda_event;
 pub(crate) mod device;
@@ -16,9 +17,12 @@ pub mod layers;
 pub mod layout;
 pub mod mlm;
 pub mod packed;
+pub(crate) mod pickle;
 pub mod pooling;
 pub(crate) mod profile;
+pub mod roberta;
 pub mod tokenizer;
+pub(crate) mod tokenizer_roberta;
 pub mod weights;
 pub mod windows;
 

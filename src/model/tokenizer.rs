@@ -32,10 +32,13 @@ impl SpladeTokenizer {
                     .into(),
             });
         }
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| ModelError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        let mut inner = match super::tokenizer_roberta::rebuilt(dir, &path)? {
+            Some(rebuilt) => rebuilt,
+            None => Tokenizer::from_file(&path).map_err(|e| ModelError::Corrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?,
+        };
         let max_length = max_length(layout, dir)?;
         inner
             .with_truncation(Some(TruncationParams {

@@ -1,5 +1,6 @@
-//! Reading checkpoint tensors from `model.safetensors` or a sharded
-//! `model.safetensors.index.json`, with Hugging Face key normalisation.
+//! Reading checkpoint tensors from `model.safetensors`, a sharded
+//! `model.safetensors.index.json`, or a `torch.save`d `pytorch_model.bin`, with Hugging Face key
+//! normalisation.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,13 +50,21 @@ impl WeightMap {
         } else if index.is_file() {
             (shards_of(&index)?, index)
         } else if dir.join("pytorch_model.bin").is_file() {
-            return Err(ModelError::Unsupported {
-                path: dir.join("pytorch_model.bin"),
-                what: "pickled PyTorch weights".into(),
-                hint:
-                    "convert them once with `model.save_pretrained(dir, safe_serialization=True)` \
-                       in Python, then point --model at that folder"
-                        .into(),
+            // A torch.save'd state dict (BAAI/bge-m3 ships one): read by a reader that builds
+            // tensors only (see `pickle`), copied into memory, never mapped.
+            let path = dir.join("pytorch_model.bin");
+            let hint =
+                "convert it once with `model.save_pretrained(dir, safe_serialization=True)` \
+                        in Python, then point --model at that folder";
+            let tensors = super::pickle::read_state_dict(&path, hint)?
+                .into_iter()
+                .map(|(name, t)| (normalize_key(&name), t))
+                .collect();
+            return Ok(Self {
+                tensors,
+                source: path,
+                maps: Vec::new(),
+                taken: Vec::new(),
             });
         } else {
             return Err(ModelError::MissingFile {

@@ -33,6 +33,17 @@ impl TrainModel {
     /// forward pass under CUDA bf16 autocast.
     pub fn load(dir: &Path, device: Device, autocast: bool) -> Result<Self, TrainError> {
         let layout = ModelLayout::read(dir)?;
+        if let crate::model::config::ArchConfig::BgeM3(_) = layout.arch {
+            // Its token-weight head is trained with BGE-M3's own objectives, not a SPLADE loss.
+            return Err(ModelError::Unsupported {
+                path: layout.root.join("sparse_linear.pt"),
+                what: "training a BGE-M3 model".into(),
+                hint: "sparq trains SPLADE (masked-LM) models; BGE-M3 encodes only (use \
+                       FlagEmbedding to fine-tune it)"
+                    .into(),
+            }
+            .into());
+        }
         let tokenizer = SpladeTokenizer::load(&layout)?;
         let mut weights = WeightMap::load(&layout.transformer_dir)?;
         weights.convert(device, Kind::Float)?;
