@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+pub use super::modernbert_config::ModernBertConfig;
+
 /// A feed-forward activation, parsed once from `config.json`'s name for it. An unknown name
 /// is kept as [`Activation::Unsupported`], which loading refuses naming the file and the key:
 /// it never falls back to another function.
@@ -103,6 +105,8 @@ pub enum ArchConfig {
     Bert(BertConfig),
     /// `DistilBertForMaskedLM` (`model_type: distilbert`).
     DistilBert(DistilBertConfig),
+    /// `ModernBertForMaskedLM` (`model_type: modernbert`; also the Ettin encoders).
+    ModernBert(ModernBertConfig),
 }
 
 impl ArchConfig {
@@ -111,6 +115,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Bert(c) => c.vocab_size,
             ArchConfig::DistilBert(c) => c.vocab_size,
+            ArchConfig::ModernBert(c) => c.vocab_size,
         }
     }
 
@@ -119,6 +124,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Bert(c) => c.max_position_embeddings,
             ArchConfig::DistilBert(c) => c.max_position_embeddings,
+            ArchConfig::ModernBert(c) => c.max_position_embeddings,
         }
     }
 }

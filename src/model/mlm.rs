@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor};
 use super::bert::Bert;
 use super::config::ArchConfig;
 use super::distilbert::DistilBert;
+use super::modernbert::ModernBert;
 use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
@@ -15,6 +16,8 @@ pub enum MaskedLm {
     Bert(Bert),
     /// `DistilBertForMaskedLM`.
     DistilBert(DistilBert),
+    /// `ModernBertForMaskedLM`.
+    ModernBert(ModernBert),
 }
 
 impl MaskedLm {
@@ -24,6 +27,7 @@ impl MaskedLm {
         Ok(match arch {
             ArchConfig::Bert(c) => MaskedLm::Bert(Bert::load(weights, c)?),
             ArchConfig::DistilBert(c) => MaskedLm::DistilBert(DistilBert::load(weights, c)?),
+            ArchConfig::ModernBert(c) => MaskedLm::ModernBert(ModernBert::load(weights, c)?),
         })
     }
 
@@ -32,6 +36,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.transformed(batch),
             MaskedLm::DistilBert(m) => m.transformed(batch),
+            MaskedLm::ModernBert(m) => m.transformed(batch),
         }
     }
 
@@ -41,6 +46,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.fuse_qkv(),
             MaskedLm::DistilBert(m) => m.fuse_qkv(),
+            MaskedLm::ModernBert(m) => m.fuse_qkv(),
         }
     }
 
@@ -49,6 +55,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.decoder(),
             MaskedLm::DistilBert(m) => m.decoder(),
+            MaskedLm::ModernBert(m) => m.decoder(),
         }
     }
 
@@ -57,6 +64,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.set_training(on),
             MaskedLm::DistilBert(m) => m.set_training(on),
+            MaskedLm::ModernBert(m) => m.set_training(on),
         }
     }
 
@@ -65,6 +73,7 @@ impl MaskedLm {
         match self {
             MaskedLm::Bert(m) => m.to(device, kind),
             MaskedLm::DistilBert(m) => m.to(device, kind),
+            MaskedLm::ModernBert(m) => m.to(device, kind),
         }
     }
 }
