@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
 use crate::model::attention::AttentionKernel;
+use crate::model::config::ArchConfig;
 use crate::model::extract::Extraction;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
@@ -33,6 +34,20 @@ impl TrainModel {
     /// forward pass under CUDA bf16 autocast.
     pub fn load(dir: &Path, device: Device, autocast: bool) -> Result<Self, TrainError> {
         let layout = ModelLayout::read(dir)?;
+        if let ArchConfig::ModernBert(_) = layout.arch {
+            // Its forward pass matches sentence-transformers, but no training step has been
+            // compared with SparseEncoderTrainer's (dropout placements, the local-attention
+            // gradients), so a run is refused rather than trusted.
+            return Err(ModelError::Unsupported {
+                path: layout.transformer_dir.join("config.json"),
+                what: "training a ModernBERT model".into(),
+                hint: "sparq encodes ModernBERT models, but trains only BERT and DistilBERT ones \
+                       (their training steps are checked against sentence-transformers); train it \
+                       with SparseEncoderTrainer and encode the result with sparq"
+                    .into(),
+            }
+            .into());
+        }
         let tokenizer = SpladeTokenizer::load(&layout)?;
         let mut weights = WeightMap::load(&layout.transformer_dir)?;
         weights.convert(device, Kind::Float)?;

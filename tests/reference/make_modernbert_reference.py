@@ -19,9 +19,9 @@
   make_modernbert_reference.py base OUT_DIR
       A ModernBERT-base-size SPLADE model (22 layers, hidden 768, intermediate 1152, 12 heads,
       vocab 50,368, global_attn_every_n_layers 3, local_attention 128, random weights, seed
-      1234, decoder bias shifted to ~150 active dims) in OUT_DIR/model, for bench/run.sh. Its
-      tokenizer is the fixture's BPE vocabulary (the fixture must exist): the model's cost
-      depends on token counts, not on which tokens. Too large to commit.
+      1234, decoder bias shifted to ~150 active dims, max_seq_length 256) in OUT_DIR/model, for
+      bench/run.sh. Its byte-level BPE tokenizer is trained on CPython's pydoc topics, the
+      source of the benchmark corpus, so token counts are realistic. Too large to commit.
 """
 import json
 import os
@@ -53,8 +53,14 @@ def write_vectors(path, dense):
             f.write(json.dumps({"indices": idx.tolist(), "values": row[idx].tolist()}) + "\n")
 
 
-def build_tokenizer(out_dir, vocab_size):
-    """Trains a byte-level BPE on README.md and saves it as transformers saves ModernBERT's."""
+def readme_lines():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf8") as f:
+        return f.read().split("\n")
+
+
+def build_tokenizer(out_dir, vocab_size, corpus):
+    """Trains a byte-level BPE on `corpus` (lines of text) and saves it as transformers saves
+    ModernBERT's."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -63,8 +69,6 @@ def build_tokenizer(out_dir, vocab_size):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    with open(os.path.join(ROOT, "README.md"), encoding="utf8") as f:
-        corpus = f.read().split("\n")
     tok.train_from_iterator(corpus, trainer)
     tok.add_special_tokens([AddedToken(t, lstrip=(t == "[MASK]"), normalized=False) for t in SPECIALS])
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -152,7 +156,7 @@ def fixtures():
     torch.manual_seed(11)
     tok_dir = FIXTURE + ".tok"
     shutil.rmtree(tok_dir, ignore_errors=True)
-    fast = build_tokenizer(tok_dir, 600)
+    fast = build_tokenizer(tok_dir, 600, readme_lines())
     config = ModernBertConfig(
         vocab_size=640, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=2,
         global_attn_every_n_layers=3, local_attention=16, max_position_embeddings=256,
@@ -191,13 +195,18 @@ def report_window_effect(model, texts):
 
 
 def base(out):
+    from pydoc_data.topics import topics
     from transformers import ModernBertConfig
 
     texts = load_texts()
     torch.manual_seed(1234)
-    tok_dir = os.path.join(FIXTURE, "0_Transformer") if os.path.isdir(os.path.join(FIXTURE, "0_Transformer")) else FIXTURE
+    tok_dir = os.path.join(out, "tokenizer")
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    # The benchmark corpus's source (bench/make_corpus.py), so token counts are realistic.
+    build_tokenizer(tok_dir, 50_280, [line for text in topics.values() for line in text.split("\n")])
     config = ModernBertConfig()  # ModernBERT-base: 22 x 768, 1152 GLU, 12 heads, 50368 vocab, local 128
     make_model(os.path.join(out, "model"), config, tok_dir, 256, texts, 150)
+    shutil.rmtree(tok_dir)
 
 
 if __name__ == "__main__":
