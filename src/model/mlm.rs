@@ -16,8 +16,8 @@ pub enum MaskedLm {
     Bert(Bert),
     /// `DistilBertForMaskedLM`.
     DistilBert(DistilBert),
-    /// `ModernBertForMaskedLM`.
-    ModernBert(ModernBert),
+    /// `ModernBertForMaskedLM` (boxed: its config makes it the largest variant by far).
+    ModernBert(Box<ModernBert>),
 }
 
 impl MaskedLm {
@@ -27,7 +27,9 @@ impl MaskedLm {
         Ok(match arch {
             ArchConfig::Bert(c) => MaskedLm::Bert(Bert::load(weights, c)?),
             ArchConfig::DistilBert(c) => MaskedLm::DistilBert(DistilBert::load(weights, c)?),
-            ArchConfig::ModernBert(c) => MaskedLm::ModernBert(ModernBert::load(weights, c)?),
+            ArchConfig::ModernBert(c) => {
+                MaskedLm::ModernBert(Box::new(ModernBert::load(weights, c)?))
+            }
         })
     }
 

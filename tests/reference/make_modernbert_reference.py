@@ -21,7 +21,9 @@
       vocab 50,368, global_attn_every_n_layers 3, local_attention 128, random weights, seed
       1234, decoder bias shifted to ~150 active dims, max_seq_length 256) in OUT_DIR/model, for
       bench/run.sh. Its byte-level BPE tokenizer is trained on CPython's pydoc topics, the
-      source of the benchmark corpus, so token counts are realistic. Too large to commit.
+      source of the benchmark corpus, so token counts are realistic (the text yields ~9,200
+      tokens of the 50,280 asked for; the vocabulary projection is the model's 50,368 rows
+      either way). Too large to commit; about 2.5 minutes on 2 cores.
 """
 import json
 import os
