@@ -143,11 +143,11 @@ impl ModernBert {
         let kinds = cfg.layer_kinds().map_err(config_error)?;
         let (h, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let head_dim = h / cfg.num_attention_heads.max(1);
-        let mut inv_freq = Vec::new();
-        for kind in [LayerKind::Global, LayerKind::Local] {
+        let inv_freq = |kind| -> Result<Tensor, ModelError> {
             let theta = cfg.rope_theta(kind).map_err(config_error)?;
-            inv_freq.push(inverse_frequencies(theta, head_dim).map_err(ModelError::from)?);
-        }
+            Ok(inverse_frequencies(theta, head_dim)?)
+        };
+        let inv_freq = [inv_freq(LayerKind::Global)?, inv_freq(LayerKind::Local)?];
         let tok_embeddings = w.take_shaped("model.embeddings.tok_embeddings.weight", &[v, h])?;
         let emb_norm = Norm::load(w, "model.embeddings.norm", cfg)?;
         let mut layers = Vec::with_capacity(kinds.len());
@@ -199,12 +199,9 @@ impl ModernBert {
             Tensor::f_zeros([v], (tok_embeddings.kind(), tok_embeddings.device()))
                 .map_err(ModelError::from)?
         };
-        let [global, local]: [Tensor; 2] = inv_freq
-            .try_into()
-            .map_err(|_| config_error("two rotary bases expected".into()))?;
         Ok(Self {
             cfg: cfg.clone(),
-            inv_freq: [global, local],
+            inv_freq,
             tok_embeddings,
             emb_norm,
             layers,
