@@ -65,6 +65,7 @@ fn encode(
     let opts = EncodeOptions {
         batch_size,
         max_active_dims: k,
+        ..Default::default()
     };
     encoder.encode(&refs, kind, opts).unwrap()
 }

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+pub use super::modernbert_config::ModernBertConfig;
+
 /// A feed-forward activation, parsed once from `config.json`'s name for it. An unknown name
 /// is kept as [`Activation::Unsupported`], which loading refuses naming the file and the key:
 /// it never falls back to another function.
@@ -126,6 +128,8 @@ pub enum ArchConfig {
     Roberta(RobertaConfig),
     /// BGE-M3: `XLMRobertaModel` plus the `sparse_linear` token-weight head.
     BgeM3(RobertaConfig),
+    /// `ModernBertForMaskedLM` (`model_type: modernbert`; also the Ettin encoders).
+    ModernBert(ModernBertConfig),
 }
 
 impl ArchConfig {
@@ -135,6 +139,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.vocab_size,
             ArchConfig::DistilBert(c) => c.vocab_size,
             ArchConfig::Roberta(c) | ArchConfig::BgeM3(c) => c.bert.vocab_size,
+            ArchConfig::ModernBert(c) => c.vocab_size,
         }
     }
 
@@ -144,6 +149,7 @@ impl ArchConfig {
             ArchConfig::Bert(c) => c.max_position_embeddings,
             ArchConfig::DistilBert(c) => c.max_position_embeddings,
             ArchConfig::Roberta(c) | ArchConfig::BgeM3(c) => c.max_positions(),
+            ArchConfig::ModernBert(c) => c.max_position_embeddings,
         }
     }
 }

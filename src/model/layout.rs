@@ -192,13 +192,16 @@ fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
         "roberta" | "xlm-roberta" if masked_lm => {
             ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
         }
+        "modernbert" if masked_lm => {
+            ArchConfig::ModernBert(serde_json::from_value(value.clone()).map_err(config_err)?)
+        }
         _ => {
             return Err(ModelError::Unsupported {
                 path,
                 what: format!("model_type `{model_type}` with architectures {architectures:?}"),
-                hint: "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM and \
-                       XLMRobertaForMaskedLM backbones (SPLADE models), and BGE-M3 \
-                       (XLMRobertaModel beside sparse_linear.pt)"
+                hint: "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM, \
+                       XLMRobertaForMaskedLM and ModernBertForMaskedLM backbones (SPLADE models), \
+                       and BGE-M3 (XLMRobertaModel beside sparse_linear.pt)"
                     .into(),
             })
         }
@@ -230,6 +233,8 @@ pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelErro
         }
     } else if let ArchConfig::DistilBert(c) = arch {
         check_activation(&path, "activation", &c.activation)?;
+    } else if let ArchConfig::ModernBert(c) = arch {
+        check_modernbert(&path, c)?;
     }
     Ok(())
 }
@@ -304,6 +309,42 @@ fn refuse_remote_code(path: &Path, config: &Value) -> Result<(), ModelError> {
                architecture (see the README's table of supported families)"
             .into(),
     })
+}
+
+/// Refuses what the ModernBERT forward pass does not implement, naming the key.
+fn check_modernbert(path: &Path, c: &super::config::ModernBertConfig) -> Result<(), ModelError> {
+    check_activation(path, "hidden_activation", &c.hidden_activation)?;
+    check_activation(path, "classifier_activation", &c.classifier_activation)?;
+    let config_error = |detail: String| ModelError::Config {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if c.num_attention_heads < 1 || c.hidden_size % c.num_attention_heads != 0 {
+        return Err(config_error(
+            "hidden_size is not a multiple of num_attention_heads".into(),
+        ));
+    }
+    if (c.hidden_size / c.num_attention_heads) % 2 != 0 {
+        return Err(config_error(
+            "the head size (hidden_size / num_attention_heads) is odd: rotary embeddings need \
+             an even one"
+                .into(),
+        ));
+    }
+    if c.local_attention < 0 {
+        return Err(config_error(format!(
+            "local_attention is {}; it must be a window size of 0 or more tokens",
+            c.local_attention
+        )));
+    }
+    c.layer_kinds().map_err(config_error)?;
+    for kind in [
+        super::modernbert_config::LayerKind::Global,
+        super::modernbert_config::LayerKind::Local,
+    ] {
+        c.rope_theta(kind).map_err(config_error)?;
+    }
+    Ok(())
 }
 
 fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {

@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor};
 use super::bert::Bert;
 use super::config::ArchConfig;
 use super::distilbert::DistilBert;
+use super::modernbert::ModernBert;
 use super::packed::PackedBatch;
 use super::roberta::Roberta;
 use super::weights::WeightMap;
@@ -19,6 +20,8 @@ pub enum MaskedLm {
     /// `RobertaForMaskedLM` / `XLMRobertaForMaskedLM`, or BGE-M3's `XLMRobertaModel` with its
     /// token-weight head (whose `decoder` is `sparse_linear`).
     Roberta(Roberta),
+    /// `ModernBertForMaskedLM` (boxed: its config makes it the largest variant by far).
+    ModernBert(Box<ModernBert>),
 }
 
 impl MaskedLm {
@@ -30,6 +33,9 @@ impl MaskedLm {
             ArchConfig::DistilBert(c) => MaskedLm::DistilBert(DistilBert::load(weights, c)?),
             ArchConfig::Roberta(c) => MaskedLm::Roberta(Roberta::load_masked_lm(weights, c)?),
             ArchConfig::BgeM3(c) => MaskedLm::Roberta(Roberta::load_token_weight(weights, c)?),
+            ArchConfig::ModernBert(c) => {
+                MaskedLm::ModernBert(Box::new(ModernBert::load(weights, c)?))
+            }
         })
     }
 
@@ -39,6 +45,7 @@ impl MaskedLm {
             MaskedLm::Bert(m) => m.transformed(batch),
             MaskedLm::DistilBert(m) => m.transformed(batch),
             MaskedLm::Roberta(m) => m.transformed(batch),
+            MaskedLm::ModernBert(m) => m.transformed(batch),
         }
     }
 
@@ -49,6 +56,7 @@ impl MaskedLm {
             MaskedLm::Bert(m) => m.fuse_qkv(),
             MaskedLm::DistilBert(m) => m.fuse_qkv(),
             MaskedLm::Roberta(m) => m.fuse_qkv(),
+            MaskedLm::ModernBert(m) => m.fuse_qkv(),
         }
     }
 
@@ -58,6 +66,7 @@ impl MaskedLm {
             MaskedLm::Bert(m) => m.decoder(),
             MaskedLm::DistilBert(m) => m.decoder(),
             MaskedLm::Roberta(m) => m.decoder(),
+            MaskedLm::ModernBert(m) => m.decoder(),
         }
     }
 
@@ -67,6 +76,7 @@ impl MaskedLm {
             MaskedLm::Bert(m) => m.set_training(on),
             MaskedLm::DistilBert(m) => m.set_training(on),
             MaskedLm::Roberta(m) => m.set_training(on),
+            MaskedLm::ModernBert(m) => m.set_training(on),
         }
     }
 
@@ -76,6 +86,7 @@ impl MaskedLm {
             MaskedLm::Bert(m) => m.to(device, kind),
             MaskedLm::DistilBert(m) => m.to(device, kind),
             MaskedLm::Roberta(m) => m.to(device, kind),
+            MaskedLm::ModernBert(m) => m.to(device, kind),
         }
     }
 }

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
 use crate::model::attention::AttentionKernel;
+use crate::model::config::ArchConfig;
 use crate::model::extract::Extraction;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
@@ -33,13 +34,27 @@ impl TrainModel {
     /// forward pass under CUDA bf16 autocast.
     pub fn load(dir: &Path, device: Device, autocast: bool) -> Result<Self, TrainError> {
         let layout = ModelLayout::read(dir)?;
-        if let crate::model::config::ArchConfig::BgeM3(_) = layout.arch {
+        if let ArchConfig::BgeM3(_) = layout.arch {
             // Its token-weight head is trained with BGE-M3's own objectives, not a SPLADE loss.
             return Err(ModelError::Unsupported {
                 path: layout.root.join("sparse_linear.pt"),
                 what: "training a BGE-M3 model".into(),
                 hint: "sparq trains SPLADE (masked-LM) models; BGE-M3 encodes only (use \
                        FlagEmbedding to fine-tune it)"
+                    .into(),
+            }
+            .into());
+        }
+        if let ArchConfig::ModernBert(_) = layout.arch {
+            // Its forward pass matches sentence-transformers, but no training step has been
+            // compared with SparseEncoderTrainer's (dropout placements, the local-attention
+            // gradients), so a run is refused rather than trusted.
+            return Err(ModelError::Unsupported {
+                path: layout.transformer_dir.join("config.json"),
+                what: "training a ModernBERT model".into(),
+                hint: "sparq encodes ModernBERT models but does not train them yet (no training \
+                       step has been checked against sentence-transformers'); train it with \
+                       SparseEncoderTrainer and encode the result with sparq"
                     .into(),
             }
             .into());
