@@ -109,15 +109,13 @@ pub fn encode_shard(
             Some(s)
         })
         .collect();
-    let prompt = encoder
-        .prompt(if config.query {
-            InputKind::Query
-        } else {
-            InputKind::Document
-        })
-        .unwrap_or("")
-        .to_string();
-    let tokenizer = encoder.tokenizer();
+    let route = encoder.route(if config.query {
+        InputKind::Query
+    } else {
+        InputKind::Document
+    });
+    let prompt = route.prompt().unwrap_or("").to_string();
+    let tokenizer = route.tokenizer();
     let batcher = TokenBudgetBatcher {
         budget: config
             .batch_tokens
@@ -378,7 +376,7 @@ pub fn encode_shard(
                         return Err(ShardError::Abandoned);
                     }
                     let input: Vec<&[u32]> = members.iter().map(|&b| seqs[b]).collect();
-                    let inflight = encoder
+                    let inflight = route
                         .launch(&input, config.max_active_dims)
                         .map_err(model_error)?;
                     launched.push_back(Launched {

@@ -1,18 +1,16 @@
-//! [`SpladeEncoder`]: text → SPLADE sparse vectors, equal to sentence-transformers'
-//! `SparseEncoder.encode_query` / `encode_document` on the same model folder.
-
-use std::path::Path;
+//! [`MlmRoute`]: a masked-LM backbone + SPLADE pooling on one device, the route of every
+//! input kind a [`SpladeEncoder`] runs through a model; encoding options; [`InFlight`] batches.
 
 use tch::{Device, Tensor};
 
 use super::attention::AttentionKernel;
-use super::device::ResolveDevice;
 use super::extract::{Extracted, Extraction};
 use super::layout::ModelLayout;
 use super::mlm::MaskedLm;
 use super::packed::{token_bucket, PackedBatch};
 use super::pooling::SpladePooling;
 use super::profile;
+pub use super::route::SpladeEncoder;
 use super::tokenizer::SpladeTokenizer;
 use super::weights::WeightMap;
 use super::ModelError;
@@ -66,8 +64,8 @@ impl SparseEncode for SpladeEncoder {
     }
 }
 
-/// A loaded SPLADE model: tokenizer, masked-LM backbone and pooling on one device.
-pub struct SpladeEncoder {
+/// A masked-LM route: tokenizer, backbone and pooling on one device.
+pub struct MlmRoute {
     layout: ModelLayout,
     tokenizer: SpladeTokenizer,
     model: MaskedLm,
@@ -79,17 +77,13 @@ pub struct SpladeEncoder {
     _maps: Vec<std::sync::Arc<memmap2::Mmap>>,
 }
 
-impl SpladeEncoder {
-    /// Loads the model folder `dir` onto `device` in `dtype` (default: bf16 on CUDA, fp32 on CPU).
-    pub fn load(dir: &Path, device: DeviceSpec, dtype: Option<Dtype>) -> Result<Self, ModelError> {
-        let started = std::time::Instant::now();
-        let layout = ModelLayout::read(dir)?;
+impl MlmRoute {
+    /// Loads the backbone of `layout` onto `device` in `dtype`.
+    pub fn load(layout: ModelLayout, device: Device, dtype: Dtype) -> Result<Self, ModelError> {
         let tokenizer = SpladeTokenizer::load(&layout)?;
-        let torch_device = device.resolve()?;
-        let dtype = dtype.unwrap_or(Dtype::default_for(device));
         // fp32 on CPU uses the checkpoint's tensors as they are: map them, so every worker
         // process on the machine shares one copy (anything else is converted, i.e. copied).
-        let shared = torch_device == Device::Cpu && dtype == Dtype::F32;
+        let shared = device == Device::Cpu && dtype == Dtype::F32;
         let mut weights = if shared {
             WeightMap::load_mapped(&layout.transformer_dir)?
         } else {
@@ -97,20 +91,19 @@ impl SpladeEncoder {
         };
         let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
         weights.check_finite(&layout.root)?;
-        model.to(torch_device, dtype.kind());
+        model.to(device, dtype.kind());
         // One Q/K/V GEMM per layer, except where the weights are mapped from the page cache:
         // a fused copy would cost every worker its own (and CPU GEMMs gain little from it).
         if !shared {
             model.fuse_qkv()?;
         }
-        profile::loaded(started.elapsed().as_secs_f64());
         Ok(Self {
             layout,
             tokenizer,
             model,
-            device: torch_device,
+            device,
             dtype,
-            extraction: Extraction::new(torch_device),
+            extraction: Extraction::new(device),
             _maps: weights.maps(),
         })
     }
@@ -118,11 +111,6 @@ impl SpladeEncoder {
     /// The folder layout (pooling, prompts, limits).
     pub fn layout(&self) -> &ModelLayout {
         &self.layout
-    }
-
-    /// Whether the model runs on a CUDA device.
-    pub fn is_cuda(&self) -> bool {
-        self.device.is_cuda()
     }
 
     /// The tokenizer.
@@ -135,17 +123,12 @@ impl SpladeEncoder {
         self.layout.arch.vocab_size()
     }
 
-    /// Precision in use.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
     /// The pooling settings.
     pub fn pooling(&self) -> SpladePooling {
         self.layout.pooling
     }
 
-    /// The prompt applied to `kind` inputs, if any.
+    /// The prompt the model saved for `kind` inputs, if any.
     pub fn prompt(&self, kind: InputKind) -> Option<&str> {
         match kind {
             InputKind::Query => self.layout.query_prompt.as_deref(),
@@ -154,31 +137,9 @@ impl SpladeEncoder {
         .filter(|p| !p.is_empty())
     }
 
-    /// Token ids of each text with the prompt of `kind` prepended (as sentence-transformers
-    /// prepends it to the string).
-    pub fn tokenize(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Vec<u32>>, ModelError> {
-        let prompt = self.prompt(kind).unwrap_or("");
-        let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-        self.tokenizer.encode_batch(owned)
-    }
-
-    /// Encodes texts; `None` gives an empty vector. Output order equals input order.
-    pub fn encode(
-        &self,
-        texts: &[Option<&str>],
-        kind: InputKind,
-        opts: EncodeOptions,
-    ) -> Result<Vec<SparseVector>, ModelError> {
-        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
-        let mut ids = self.tokenize(&present, kind)?.into_iter();
-        let tokenized: Vec<Option<Vec<u32>>> =
-            texts.iter().map(|t| t.and_then(|_| ids.next())).collect();
-        self.encode_tokenized(&tokenized, opts)
-    }
-
-    /// Encodes tokenized texts (from [`Self::tokenize`]); `None` gives an empty vector. Batches
-    /// of `opts.batch_size` are formed longest first, as the reference orders them, so similar
-    /// lengths pad little. Output order equals input order.
+    /// Encodes tokenized texts; `None` gives an empty vector. Batches of `opts.batch_size` are
+    /// formed longest first, as the reference orders them, so similar lengths pad little.
+    /// Output order equals input order.
     pub fn encode_tokenized(
         &self,
         ids: &[Option<Vec<u32>>],
@@ -259,14 +220,14 @@ impl SpladeEncoder {
             };
             let result = self.extraction.launch(&pooled, k, self.device)?;
             clock.lap(profile::Stage::Extract);
-            Ok(InFlight {
+            Ok(InFlight(Pending::Device {
                 result,
                 rows: batch.len(),
                 extraction: &self.extraction,
                 model: self.layout.root.clone(),
                 tokens: batch.iter().map(|s| s.len() as u64).sum(),
                 cold,
-            })
+            }))
         })
     }
 
@@ -295,31 +256,52 @@ impl SpladeEncoder {
     }
 }
 
-/// A batch whose forward pass is queued on the device.
-pub struct InFlight<'a> {
-    result: Extracted,
-    rows: usize,
-    extraction: &'a Extraction,
-    model: std::path::PathBuf,
-    /// Real tokens, and whether the batch's padded shape was new (for the profile).
-    tokens: u64,
-    cold: bool,
+/// A batch whose forward pass is queued on the device (or, on an inference-free route,
+/// whose vectors are already made).
+pub struct InFlight<'a>(Pending<'a>);
+
+enum Pending<'a> {
+    Device {
+        result: Extracted,
+        rows: usize,
+        extraction: &'a Extraction,
+        model: std::path::PathBuf,
+        /// Real tokens, and whether the batch's padded shape was new (for the profile).
+        tokens: u64,
+        cold: bool,
+    },
+    Ready(Vec<SparseVector>),
 }
 
 impl InFlight<'_> {
+    /// Vectors made on the host, handed back by [`Self::wait`] as they are.
+    pub fn ready(vectors: Vec<SparseVector>) -> Self {
+        InFlight(Pending::Ready(vectors))
+    }
+
     /// Waits for the batch and returns its vectors, in input order: one device-to-host copy
     /// (and one wait) per batch, unless a vector has more non-zeros than the extraction's
     /// current bound, when the batch is extracted again exactly (and the bound raised).
     pub fn wait(self) -> Result<Vec<SparseVector>, ModelError> {
-        let out = tch::no_grad(|| self.extraction.finish(self.result, self.rows))?;
-        profile::batch_done(self.tokens, self.cold);
+        let (result, rows, extraction, model, tokens, cold) = match self.0 {
+            Pending::Ready(vectors) => return Ok(vectors),
+            Pending::Device {
+                result,
+                rows,
+                extraction,
+                model,
+                tokens,
+                cold,
+            } => (result, rows, extraction, model, tokens, cold),
+        };
+        let out = tch::no_grad(|| extraction.finish(result, rows))?;
+        profile::batch_done(tokens, cold);
         // Finite weights can still overflow (bf16, extreme inputs): never write NaN.
         if out.iter().any(|v| v.values.iter().any(|x| !x.is_finite())) {
             return Err(ModelError::NonFinite {
-                path: self.model,
+                path: model,
                 detail: format!(
-                    "its output for a batch of {} texts holds NaN or infinite weights",
-                    self.rows
+                    "its output for a batch of {rows} texts holds NaN or infinite weights"
                 ),
             });
         }
@@ -338,7 +320,7 @@ pub const ONEDNN_CACHE_VAR: &str = "ONEDNN_PRIMITIVE_CACHE_CAPACITY";
 /// cache off stayed at 258 → 281 MiB at the same speed (fp32 matmuls do not go through
 /// oneDNN's cache). bf16 matmuls do: with the cache off, BERT-base bf16 ran 13% slower
 /// (7.2 s vs 6.2 s for 300 docs). So bf16 on CPU keeps the cache and rounds padded lengths and
-/// projected token counts up to multiples of 8 ([`SpladeEncoder::shape_multiple`]), which bounds
+/// projected token counts up to multiples of 8 ([`MlmRoute::shape_multiple`]), which bounds
 /// the set of shapes: 360 → 375 MiB over the same run, as fast. Everything else runs with the
 /// cache off. Setting the variable overrides this.
 pub fn onednn_cache_capacity(device: DeviceSpec, dtype: Dtype) -> &'static str {

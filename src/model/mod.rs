@@ -18,6 +18,9 @@ pub mod mlm;
 pub mod packed;
 pub mod pooling;
 pub(crate) mod profile;
+pub mod route;
+pub mod router;
+pub mod static_embedding;
 pub mod tokenizer;
 pub mod weights;
 
@@ -29,3 +32,4 @@ pub use error::{clean_tch_error, ModelError};
 pub use fingerprint::fingerprint;
 pub use layout::{default_model_dir, ModelLayout};
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
+pub use route::Route;
