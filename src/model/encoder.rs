@@ -10,7 +10,6 @@ use super::mlm::MaskedLm;
 use super::packed::{token_bucket, PackedBatch};
 use super::pooling::SpladePooling;
 use super::profile;
-pub use super::route::SpladeEncoder;
 use super::tokenizer::SpladeTokenizer;
 use super::weights::WeightMap;
 use super::ModelError;
@@ -47,21 +46,6 @@ pub trait SparseEncode {
 
     /// Output dimension (vocabulary size).
     fn dimension(&self) -> i64;
-}
-
-impl SparseEncode for SpladeEncoder {
-    fn encode_texts(
-        &self,
-        texts: &[Option<&str>],
-        kind: InputKind,
-        opts: EncodeOptions,
-    ) -> Result<Vec<SparseVector>, ModelError> {
-        self.encode(texts, kind, opts)
-    }
-
-    fn dimension(&self) -> i64 {
-        SpladeEncoder::dimension(self)
-    }
 }
 
 /// A masked-LM route: tokenizer, backbone and pooling on one device.

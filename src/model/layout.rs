@@ -46,8 +46,9 @@ pub(crate) struct ModuleEntry {
 }
 
 impl ModelLayout {
-    /// Reads the layout of the model folder `root`.
-    pub fn read(root: &Path) -> Result<Self, ModelError> {
+    /// Reads the layout of a model folder that is not a Router (see `ModelLayout::read` in
+    /// [`super::router`], which tells them apart).
+    pub(crate) fn read_pipeline(root: &Path) -> Result<Self, ModelError> {
         if !root.is_dir() {
             return Err(ModelError::MissingFolder {
                 path: root.to_path_buf(),
@@ -56,10 +57,6 @@ impl ModelLayout {
         }
         let modules_path = root.join("modules.json");
         if modules_path.is_file() {
-            // A Router (or Asym) model: the layout of its document route (see `router`).
-            if let Some(router) = super::router::RouterLayout::read(root, &modules_path)? {
-                return router.into_document_layout();
-            }
             Self::read_sentence_transformers(root, &modules_path)
         } else {
             Self::read_hf_masked_lm(root)

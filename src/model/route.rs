@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 use super::device::ResolveDevice;
-use super::encoder::{EncodeOptions, InFlight, MlmRoute};
+use super::encoder::{EncodeOptions, InFlight, MlmRoute, SparseEncode};
 use super::layout::ModelLayout;
 use super::pooling::SpladePooling;
 use super::profile;
@@ -35,7 +35,7 @@ enum QueryRoute {
     /// By a second backbone.
     Mlm(Box<MlmRoute>),
     /// By a static weight per token (no model call).
-    Static(StaticRoute),
+    Static(Box<StaticRoute>),
 }
 
 struct StaticRoute {
@@ -78,11 +78,11 @@ impl SpladeEncoder {
                 RouteLayout::Mlm(q) => {
                     QueryRoute::Mlm(Box::new(MlmRoute::load(*q, torch_device, dtype)?))
                 }
-                RouteLayout::Static(s) => QueryRoute::Static(StaticRoute {
+                RouteLayout::Static(s) => QueryRoute::Static(Box::new(StaticRoute {
                     embedding: SparseStaticEmbedding::load(&s)?,
                     prompt: s.prompt,
                     max_active_dims: s.max_active_dims,
-                }),
+                })),
             },
         };
         let document = MlmRoute::load(layout, torch_device, dtype)?;
@@ -253,5 +253,20 @@ impl<'a> Route<'a> {
                     .collect())
             }
         }
+    }
+}
+
+impl SparseEncode for SpladeEncoder {
+    fn encode_texts(
+        &self,
+        texts: &[Option<&str>],
+        kind: InputKind,
+        opts: EncodeOptions,
+    ) -> Result<Vec<SparseVector>, ModelError> {
+        self.encode(texts, kind, opts)
+    }
+
+    fn dimension(&self) -> i64 {
+        SpladeEncoder::dimension(self)
     }
 }

@@ -80,6 +80,23 @@ struct RouterParameters {
 const SUPPORTED: &str = "sparq runs Router routes made of a SparseStaticEmbedding alone, or of an \
                          (MLM)Transformer followed by SpladePooling";
 
+impl ModelLayout {
+    /// Reads the layout of the model folder `root`; for a Router model, its document route's
+    /// (what needs one transformer: the tokenizer naming dimensions, token estimates).
+    ///
+    /// Defined here, beside the Router reading it dispatches to, so that `layout` (which the
+    /// Router reading builds on) never imports `router`.
+    pub fn read(root: &Path) -> Result<Self, ModelError> {
+        let modules_path = root.join("modules.json");
+        if root.is_dir() && modules_path.is_file() {
+            if let Some(router) = RouterLayout::read(root, &modules_path)? {
+                return router.into_document_layout();
+            }
+        }
+        Self::read_pipeline(root)
+    }
+}
+
 impl RouterLayout {
     /// Reads the Router of the model folder `root`, or `None` when `modules.json` holds no
     /// Router/Asym module (a plain pipeline).

@@ -114,7 +114,8 @@ impl SpladeTokenizer {
     pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, ModelError> {
         let encodings = self
             .inner
-            .encode_batch(texts, self.special_tokens)
+            // Ids only: skipping character offsets is faster and gives the same ids.
+            .encode_batch_fast(texts, self.special_tokens)
             .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         Ok(encodings
             .into_iter()
