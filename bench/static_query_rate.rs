@@ -56,6 +56,19 @@ fn main() {
         queries.len(),
         dims as f64 / queries.len() as f64
     );
+    // Of which tokenizing (the `tokenizers` pipeline, prompt included) takes:
+    let route = encoder.route(InputKind::Query);
+    let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+    let before = cpu_seconds();
+    for block in refs.chunks(2048) {
+        route.tokenize(block).expect("tokenized");
+    }
+    let tokenize_cpu = cpu_seconds() - before;
+    println!(
+        "  of which tokenizing: {:.2} s CPU ({:.0}% of the route)",
+        tokenize_cpu,
+        100.0 * tokenize_cpu / cpu
+    );
     // The baseline: the document route (a forward pass) on a sample of the same queries.
     let sample = &queries[..queries.len().min(2_000)];
     let (_, base_cpu, _) = run(InputKind::Document, sample);
