@@ -359,3 +359,60 @@ fn the_fingerprint_covers_every_route() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sparq_encode_query_takes_the_inference_free_route() {
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    let texts = texts();
+    let dir = std::env::temp_dir().join(format!("sparq-router-encode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(
+                (0..texts.len() as i64).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(StringArray::from(texts.clone())),
+        ],
+    )
+    .unwrap();
+    let input = dir.join("corpus.parquet");
+    corpus::write_batch(&input, batch, 16);
+    let output = dir.join("out");
+    let out = sparq(
+        &[
+            "encode",
+            "--model",
+            model("static").to_str().unwrap(),
+            "--query",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rows, _) = corpus::read_output(&output);
+    let want = reference("static", InputKind::Query);
+    assert_eq!(rows.len(), want.len());
+    for (id, vector) in rows {
+        // Static queries are lookups: exactly the reference (an empty text has no weights).
+        let got = vector.unwrap_or_default();
+        assert_eq!(got, want[id as usize], "row {id}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
