@@ -69,6 +69,17 @@ fn main() {
         tokenize_cpu,
         100.0 * tokenize_cpu / cpu
     );
+    // Worst case for the word cache: every query has two words never seen before.
+    let rare: Vec<String> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("{q} zq{i}x w{}k", i * 7919))
+        .collect();
+    let (_, rare_cpu, _) = run(InputKind::Query, &rare);
+    println!(
+        "  with two unseen words per query: {:.0} queries per CPU-second",
+        rare.len() as f64 / rare_cpu
+    );
     // The baseline: the document route (a forward pass) on a sample of the same queries.
     let sample = &queries[..queries.len().min(2_000)];
     let (_, base_cpu, _) = run(InputKind::Document, sample);

@@ -416,3 +416,35 @@ fn sparq_encode_query_takes_the_inference_free_route() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn memoized_word_ids_equal_the_tokenizer_on_whole_texts() {
+    let encoder = load("static", Dtype::F32);
+    let route = encoder.route(InputKind::Query);
+    let mut texts = texts();
+    texts.extend(
+        [
+            "tabs\tand\nnewlines\r\nand\u{00a0}nbsp",
+            "control\u{0000}chars\u{0007}inside",
+            "東京タワー and café",
+            "[UNK] [CLS]literal[SEP] tokens",
+            "punctuation!!!,,,??? (brackets) [and] {braces}",
+            "  leading and trailing spaces  ",
+            "CAPITALS Mixed ÀÉÎÕÜ",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    // Twice: the first pass fills the cache, the second reads it.
+    for pass in 0..2 {
+        let got = route.tokenize(&refs).unwrap();
+        for (text, ids) in texts.iter().zip(got) {
+            let whole = route
+                .tokenizer()
+                .inner()
+                .encode(text.as_str(), false)
+                .unwrap();
+            assert_eq!(ids, whole.get_ids(), "pass {pass}: {text:?}");
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub mod router;
 pub mod static_embedding;
 pub mod tokenizer;
 pub mod weights;
+pub(crate) mod word_cache;
 
 pub use crate::types::{DeviceSpec, Dtype, InputKind};
 pub use args::ModelArgs;

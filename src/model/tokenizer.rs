@@ -9,6 +9,7 @@ use tokenizers::normalizers::{BertNormalizer, Lowercase, NormalizerWrapper, Sequ
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::layout::{parse_json, ModelLayout};
+use super::word_cache::WordCache;
 use super::ModelError;
 
 /// Tokenizer plus the limits it truncates to.
@@ -17,6 +18,8 @@ pub struct SpladeTokenizer {
     max_length: usize,
     /// `[CLS]`/`[SEP]` and the like are added (false for a `SparseStaticEmbedding` route).
     special_tokens: bool,
+    /// Memoized word ids (a static route's BERT-style tokenizer only; see `word_cache`).
+    words: Option<WordCache>,
 }
 
 impl SpladeTokenizer {
@@ -52,7 +55,9 @@ impl SpladeTokenizer {
         } else {
             None
         };
-        Self::open(dir, max_length, false, false)
+        let mut tokenizer = Self::open(dir, max_length, false, false)?;
+        tokenizer.words = WordCache::for_tokenizer(&tokenizer.inner);
+        Ok(tokenizer)
     }
 
     fn open(
@@ -102,6 +107,7 @@ impl SpladeTokenizer {
             inner,
             max_length: max_length.unwrap_or(usize::MAX),
             special_tokens,
+            words: None,
         })
     }
 
@@ -112,6 +118,12 @@ impl SpladeTokenizer {
 
     /// Token ids of each text, special tokens added (unless the route adds none), truncated.
     pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, ModelError> {
+        if let Some(words) = &self.words {
+            return texts
+                .iter()
+                .map(|t| words.encode(&self.inner, t, self.max_length))
+                .collect();
+        }
         let encodings = self
             .inner
             // Ids only: skipping character offsets is faster and gives the same ids.
