@@ -24,6 +24,9 @@ Python). It writes, under tests/fixtures/models/:
 
 The tokenizer is a WordPiece vocabulary trained with `tokenizers` on the repository's Markdown
 (never on the test texts), wrapped by transformers' BertTokenizerFast and save_pretrained.
+The WordPiece trainer breaks ties between equally frequent pairs in no fixed order, so a rerun
+may assign other ids: it rewrites fixtures and references together (commit both), and the
+tests hold for any run.
 
 References (tests/reference/router-<fixture>-{queries,documents}.jsonl) are
 `encode_query` / `encode_document` of tests/fixtures/texts.jsonl plus the multilingual and long
