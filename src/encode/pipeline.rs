@@ -113,15 +113,13 @@ pub fn encode_shard(
             Some(s)
         })
         .collect();
-    let prompt = encoder
-        .prompt(if config.query {
-            InputKind::Query
-        } else {
-            InputKind::Document
-        })
-        .unwrap_or("")
-        .to_string();
-    let tokenizer = encoder.tokenizer();
+    let route = encoder.route(if config.query {
+        InputKind::Query
+    } else {
+        InputKind::Document
+    });
+    let prompt = route.prompt().unwrap_or("").to_string();
+    let tokenizer = route.tokenizer();
     let batcher = TokenBudgetBatcher {
         budget: config
             .batch_tokens
@@ -304,13 +302,13 @@ pub fn encode_shard(
         // next batch (and decodes the last) while the device computes.
         let model_result = (|| -> Result<(), ShardError> {
             let model_error = ShardError::Model;
-            // Windows keep every weight until their row's are pooled; then the row keeps its
-            // top-k. A row of one window is kept as the device's top-k left it.
+            // Truncating, the device keeps each vector's top-k. Windowing, windows keep every
+            // weight until their row's are pooled, and the pooled vector keeps its top-k.
             let (launch_k, pooled_k) = match config.long_docs() {
                 LongDocs::Truncate => (config.max_active_dims, None),
                 LongDocs::Window { .. } => (
-                    SpladeEncoder::KEEP_ALL,
-                    config.max_active_dims.or(encoder.layout().max_active_dims),
+                    windows::KEEP_ALL,
+                    config.max_active_dims.or(route.default_max_active_dims()),
                 ),
             };
             let mut open: VecDeque<OpenChunk> = VecDeque::new();
@@ -414,7 +412,7 @@ pub fn encode_shard(
                         return Err(ShardError::Abandoned);
                     }
                     let input: Vec<&[u32]> = members.iter().map(|&b| seqs[b]).collect();
-                    let inflight = encoder.launch(&input, launch_k).map_err(model_error)?;
+                    let inflight = route.launch(&input, launch_k).map_err(model_error)?;
                     launched.push_back(Launched {
                         chunk: seq,
                         members: members.iter().map(|&b| owner[b]).collect(),

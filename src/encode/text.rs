@@ -96,8 +96,9 @@ pub fn run(
     } else {
         InputKind::Document
     };
-    let prompt = encoder.prompt(kind).unwrap_or("").to_string();
-    let tokenizer = encoder.tokenizer();
+    let route = encoder.route(kind);
+    let prompt = route.prompt().unwrap_or("").to_string();
+    let tokenizer = route.tokenizer();
     let (block_tx, block_rx) = bounded::<Block>(2);
     let (vec_tx, vec_rx) = bounded::<Vec<SparseVector>>(2);
     let (read_result, model_result, write_result) = std::thread::scope(|scope| {
@@ -175,7 +176,7 @@ pub fn run(
         });
         let model_result = (|| -> Result<(), EncodeTextError> {
             for block in block_rx {
-                if vec_tx.send(encoder.encode_windows(&block, opts)?).is_err() {
+                if vec_tx.send(route.encode_windows(&block, opts)?).is_err() {
                     break; // The writer stopped; its error is reported.
                 }
             }

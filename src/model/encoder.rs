@@ -1,14 +1,11 @@
-//! [`SpladeEncoder`]: text → SPLADE sparse vectors, equal to sentence-transformers'
-//! `SparseEncoder.encode_query` / `encode_document` on the same model folder.
-
-use std::path::Path;
+//! [`MlmRoute`]: a masked-LM backbone + SPLADE pooling on one device, the route of every
+//! input kind a [`SpladeEncoder`] runs through a model; encoding options; [`InFlight`] batches.
 
 use tch::{Device, Tensor};
 
 use super::attention::AttentionKernel;
 use super::bge_m3::TokenWeightPooling;
 use super::config::ArchConfig;
-use super::device::ResolveDevice;
 use super::extract::{Extracted, Extraction};
 use super::layout::ModelLayout;
 use super::mlm::MaskedLm;
@@ -17,7 +14,7 @@ use super::pooling::SpladePooling;
 use super::profile;
 use super::tokenizer::SpladeTokenizer;
 use super::weights::WeightMap;
-use super::windows::{self, LongDocs};
+use super::windows::LongDocs;
 use super::ModelError;
 use crate::types::{DeviceSpec, Dtype, InputKind, SparseVector};
 
@@ -57,23 +54,8 @@ pub trait SparseEncode {
     fn dimension(&self) -> i64;
 }
 
-impl SparseEncode for SpladeEncoder {
-    fn encode_texts(
-        &self,
-        texts: &[Option<&str>],
-        kind: InputKind,
-        opts: EncodeOptions,
-    ) -> Result<Vec<SparseVector>, ModelError> {
-        self.encode(texts, kind, opts)
-    }
-
-    fn dimension(&self) -> i64 {
-        SpladeEncoder::dimension(self)
-    }
-}
-
-/// A loaded SPLADE model: tokenizer, masked-LM backbone and pooling on one device.
-pub struct SpladeEncoder {
+/// A masked-LM route: tokenizer, backbone and pooling on one device.
+pub struct MlmRoute {
     layout: ModelLayout,
     tokenizer: SpladeTokenizer,
     model: MaskedLm,
@@ -86,17 +68,13 @@ pub struct SpladeEncoder {
     _maps: Vec<std::sync::Arc<memmap2::Mmap>>,
 }
 
-impl SpladeEncoder {
-    /// Loads the model folder `dir` onto `device` in `dtype` (default: bf16 on CUDA, fp32 on CPU).
-    pub fn load(dir: &Path, device: DeviceSpec, dtype: Option<Dtype>) -> Result<Self, ModelError> {
-        let started = std::time::Instant::now();
-        let layout = ModelLayout::read(dir)?;
+impl MlmRoute {
+    /// Loads the backbone of `layout` onto `device` in `dtype`.
+    pub fn load(layout: ModelLayout, device: Device, dtype: Dtype) -> Result<Self, ModelError> {
         let tokenizer = SpladeTokenizer::load(&layout)?;
-        let torch_device = device.resolve()?;
-        let dtype = dtype.unwrap_or(Dtype::default_for(device));
         // fp32 on CPU uses the checkpoint's tensors as they are: map them, so every worker
         // process on the machine shares one copy (anything else is converted, i.e. copied).
-        let shared = torch_device == Device::Cpu && dtype == Dtype::F32;
+        let shared = device == Device::Cpu && dtype == Dtype::F32;
         let mut weights = if shared {
             WeightMap::load_mapped(&layout.transformer_dir)?
         } else {
@@ -104,7 +82,7 @@ impl SpladeEncoder {
         };
         let mut model = MaskedLm::load(&mut weights, &layout.arch)?;
         weights.check_finite(&layout.root)?;
-        model.to(torch_device, dtype.kind());
+        model.to(device, dtype.kind());
         // One Q/K/V GEMM per layer, except where the weights are mapped from the page cache:
         // a fused copy would cost every worker its own (and CPU GEMMs gain little from it).
         if !shared {
@@ -117,15 +95,14 @@ impl SpladeEncoder {
             )?),
             _ => SparseHead::Splade(layout.pooling),
         };
-        profile::loaded(started.elapsed().as_secs_f64());
         Ok(Self {
             layout,
             tokenizer,
             model,
             head,
-            device: torch_device,
+            device,
             dtype,
-            extraction: Extraction::new(torch_device),
+            extraction: Extraction::new(device),
             _maps: weights.maps(),
         })
     }
@@ -133,11 +110,6 @@ impl SpladeEncoder {
     /// The folder layout (pooling, prompts, limits).
     pub fn layout(&self) -> &ModelLayout {
         &self.layout
-    }
-
-    /// Whether the model runs on a CUDA device.
-    pub fn is_cuda(&self) -> bool {
-        self.device.is_cuda()
     }
 
     /// The tokenizer.
@@ -150,17 +122,12 @@ impl SpladeEncoder {
         self.layout.arch.vocab_size()
     }
 
-    /// Precision in use.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
     /// The pooling settings.
     pub fn pooling(&self) -> SpladePooling {
         self.layout.pooling
     }
 
-    /// The prompt applied to `kind` inputs, if any.
+    /// The prompt the model saved for `kind` inputs, if any.
     pub fn prompt(&self, kind: InputKind) -> Option<&str> {
         match kind {
             InputKind::Query => self.layout.query_prompt.as_deref(),
@@ -169,60 +136,9 @@ impl SpladeEncoder {
         .filter(|p| !p.is_empty())
     }
 
-    /// Token ids of each text with the prompt of `kind` prepended (as sentence-transformers
-    /// prepends it to the string).
-    pub fn tokenize(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Vec<u32>>, ModelError> {
-        let prompt = self.prompt(kind).unwrap_or("");
-        let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-        self.tokenizer.encode_batch(owned)
-    }
-
-    /// The windows of each text (see [`windows`]): one when `long_docs` truncates.
-    pub fn tokenize_windows(
-        &self,
-        texts: &[&str],
-        kind: InputKind,
-        long_docs: LongDocs,
-    ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
-        let Some(stride) = long_docs.stride() else {
-            return Ok(self
-                .tokenize(texts, kind)?
-                .into_iter()
-                .map(|t| vec![t])
-                .collect());
-        };
-        let prompt = self.prompt(kind).unwrap_or("");
-        let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-        self.tokenizer.encode_windows(owned, stride)
-    }
-
-    /// Encodes texts; `None` gives an empty vector. Output order equals input order.
-    pub fn encode(
-        &self,
-        texts: &[Option<&str>],
-        kind: InputKind,
-        opts: EncodeOptions,
-    ) -> Result<Vec<SparseVector>, ModelError> {
-        let present: Vec<&str> = texts.iter().filter_map(|t| *t).collect();
-        if opts.long_docs != LongDocs::Truncate {
-            let mut windows = self
-                .tokenize_windows(&present, kind, opts.long_docs)?
-                .into_iter();
-            let tokenized: Vec<Option<Vec<Vec<u32>>>> = texts
-                .iter()
-                .map(|t| t.and_then(|_| windows.next()))
-                .collect();
-            return self.encode_windows(&tokenized, opts);
-        }
-        let mut ids = self.tokenize(&present, kind)?.into_iter();
-        let tokenized: Vec<Option<Vec<u32>>> =
-            texts.iter().map(|t| t.and_then(|_| ids.next())).collect();
-        self.encode_tokenized(&tokenized, opts)
-    }
-
-    /// Encodes tokenized texts (from [`Self::tokenize`]); `None` gives an empty vector. Batches
-    /// of `opts.batch_size` are formed longest first, as the reference orders them, so similar
-    /// lengths pad little. Output order equals input order.
+    /// Encodes tokenized texts; `None` gives an empty vector. Batches of `opts.batch_size` are
+    /// formed longest first, as the reference orders them, so similar lengths pad little.
+    /// Output order equals input order.
     pub fn encode_tokenized(
         &self,
         ids: &[Option<Vec<u32>>],
@@ -258,47 +174,6 @@ impl SpladeEncoder {
         }
         Ok(out)
     }
-
-    /// Encodes texts given as windows (from [`Self::tokenize_windows`]): every window is
-    /// encoded, and the windows of a text are max-pooled into its vector, which then keeps its
-    /// `max_active_dims` largest weights. `None` gives an empty vector.
-    pub fn encode_windows(
-        &self,
-        windows: &[Option<Vec<Vec<u32>>>],
-        opts: EncodeOptions,
-    ) -> Result<Vec<SparseVector>, ModelError> {
-        let counts: Vec<usize> = windows
-            .iter()
-            .map(|w| w.as_ref().map_or(0, Vec::len))
-            .collect();
-        let flat: Vec<Option<Vec<u32>>> = windows
-            .iter()
-            .flatten()
-            .flat_map(|w| w.iter().cloned().map(Some))
-            .collect();
-        if counts.iter().all(|&n| n <= 1) {
-            // Nothing to pool: exactly the truncating path (top-k on the device).
-            let mut vectors = self.encode_tokenized(&flat, opts)?.into_iter();
-            return Ok(counts
-                .iter()
-                .map(|&n| match n {
-                    0 => SparseVector::default(),
-                    _ => vectors.next().unwrap_or_default(),
-                })
-                .collect());
-        }
-        let each = EncodeOptions {
-            max_active_dims: Self::KEEP_ALL,
-            ..opts
-        };
-        let vectors = self.encode_tokenized(&flat, each)?;
-        let k = opts.max_active_dims.or(self.layout.max_active_dims);
-        Ok(windows::pool_per_text(vectors, &counts, k))
-    }
-
-    /// The top-k each window is launched with when texts are windowed: none (all weights are
-    /// kept until the windows are pooled).
-    pub const KEEP_ALL: Option<usize> = Some(usize::MAX);
 
     /// The multiple that padded lengths and projected token counts are rounded up to: see
     /// [`onednn_cache_capacity`].
@@ -344,14 +219,14 @@ impl SpladeEncoder {
             };
             let result = self.extraction.launch(&pooled, k, self.device)?;
             clock.lap(profile::Stage::Extract);
-            Ok(InFlight {
+            Ok(InFlight(Pending::Device {
                 result,
                 rows: batch.len(),
                 extraction: &self.extraction,
                 model: self.layout.root.clone(),
                 tokens: batch.iter().map(|s| s.len() as u64).sum(),
                 cold,
-            })
+            }))
         })
     }
 
@@ -392,31 +267,52 @@ enum SparseHead {
     TokenWeight(TokenWeightPooling),
 }
 
-/// A batch whose forward pass is queued on the device.
-pub struct InFlight<'a> {
-    result: Extracted,
-    rows: usize,
-    extraction: &'a Extraction,
-    model: std::path::PathBuf,
-    /// Real tokens, and whether the batch's padded shape was new (for the profile).
-    tokens: u64,
-    cold: bool,
+/// A batch whose forward pass is queued on the device (or, on an inference-free route,
+/// whose vectors are already made).
+pub struct InFlight<'a>(Pending<'a>);
+
+enum Pending<'a> {
+    Device {
+        result: Extracted,
+        rows: usize,
+        extraction: &'a Extraction,
+        model: std::path::PathBuf,
+        /// Real tokens, and whether the batch's padded shape was new (for the profile).
+        tokens: u64,
+        cold: bool,
+    },
+    Ready(Vec<SparseVector>),
 }
 
 impl InFlight<'_> {
+    /// Vectors made on the host, handed back by [`Self::wait`] as they are.
+    pub fn ready(vectors: Vec<SparseVector>) -> Self {
+        InFlight(Pending::Ready(vectors))
+    }
+
     /// Waits for the batch and returns its vectors, in input order: one device-to-host copy
     /// (and one wait) per batch, unless a vector has more non-zeros than the extraction's
     /// current bound, when the batch is extracted again exactly (and the bound raised).
     pub fn wait(self) -> Result<Vec<SparseVector>, ModelError> {
-        let out = tch::no_grad(|| self.extraction.finish(self.result, self.rows))?;
-        profile::batch_done(self.tokens, self.cold);
+        let (result, rows, extraction, model, tokens, cold) = match self.0 {
+            Pending::Ready(vectors) => return Ok(vectors),
+            Pending::Device {
+                result,
+                rows,
+                extraction,
+                model,
+                tokens,
+                cold,
+            } => (result, rows, extraction, model, tokens, cold),
+        };
+        let out = tch::no_grad(|| extraction.finish(result, rows))?;
+        profile::batch_done(tokens, cold);
         // Finite weights can still overflow (bf16, extreme inputs): never write NaN.
         if out.iter().any(|v| v.values.iter().any(|x| !x.is_finite())) {
             return Err(ModelError::NonFinite {
-                path: self.model,
+                path: model,
                 detail: format!(
-                    "its output for a batch of {} texts holds NaN or infinite weights",
-                    self.rows
+                    "its output for a batch of {rows} texts holds NaN or infinite weights"
                 ),
             });
         }
@@ -435,7 +331,7 @@ pub const ONEDNN_CACHE_VAR: &str = "ONEDNN_PRIMITIVE_CACHE_CAPACITY";
 /// cache off stayed at 258 → 281 MiB at the same speed (fp32 matmuls do not go through
 /// oneDNN's cache). bf16 matmuls do: with the cache off, BERT-base bf16 ran 13% slower
 /// (7.2 s vs 6.2 s for 300 docs). So bf16 on CPU keeps the cache and rounds padded lengths and
-/// projected token counts up to multiples of 8 ([`SpladeEncoder::shape_multiple`]), which bounds
+/// projected token counts up to multiples of 8 ([`MlmRoute::shape_multiple`]), which bounds
 /// the set of shapes: 360 → 375 MiB over the same run, as fast. Everything else runs with the
 /// cache off. Setting the variable overrides this.
 pub fn onednn_cache_capacity(device: DeviceSpec, dtype: Dtype) -> &'static str {

@@ -34,17 +34,21 @@ pub struct ModelLayout {
     pub max_active_dims: Option<usize>,
 }
 
+/// One entry of `modules.json`.
 #[derive(Deserialize)]
-struct ModuleEntry {
+pub(crate) struct ModuleEntry {
+    /// Folder of the module, relative to the model folder.
     #[serde(default)]
-    path: String,
+    pub(crate) path: String,
+    /// Its Python class.
     #[serde(rename = "type")]
-    kind: String,
+    pub(crate) kind: String,
 }
 
 impl ModelLayout {
-    /// Reads the layout of the model folder `root`.
-    pub fn read(root: &Path) -> Result<Self, ModelError> {
+    /// Reads the layout of a model folder that is not a Router (see `ModelLayout::read` in
+    /// [`super::router`], which tells them apart).
+    pub(crate) fn read_pipeline(root: &Path) -> Result<Self, ModelError> {
         if !root.is_dir() {
             return Err(ModelError::MissingFolder {
                 path: root.to_path_buf(),
@@ -65,11 +69,25 @@ impl ModelLayout {
 
     fn read_sentence_transformers(root: &Path, modules_path: &Path) -> Result<Self, ModelError> {
         let modules: Vec<ModuleEntry> = parse_json(modules_path)?;
+        let modules: Vec<(String, PathBuf)> = modules
+            .into_iter()
+            .map(|m| (m.kind, root.join(&m.path)))
+            .collect();
+        Self::from_modules(root, modules_path, &modules)
+    }
+
+    /// The layout of a pipeline of `(module type, folder)` pairs listed in `modules_path`
+    /// (`modules.json`, or a Router's config for one of its routes).
+    pub(crate) fn from_modules(
+        root: &Path,
+        modules_path: &Path,
+        modules: &[(String, PathBuf)],
+    ) -> Result<Self, ModelError> {
         let mut transformer: Option<PathBuf> = None;
         let mut pooling: Option<PathBuf> = None;
-        for m in &modules {
-            let short = m.kind.rsplit('.').next().unwrap_or(&m.kind);
-            let dir = root.join(&m.path);
+        for (kind, dir) in modules {
+            let short = kind.rsplit('.').next().unwrap_or(kind);
+            let dir = dir.clone();
             match short {
                 "MLMTransformer" | "Transformer" if transformer.is_none() => {
                     transformer = Some(dir)
@@ -78,7 +96,7 @@ impl ModelLayout {
                 _ => {
                     return Err(ModelError::Unsupported {
                         path: modules_path.to_path_buf(),
-                        what: format!("module `{}`", m.kind),
+                        what: format!("module `{kind}`"),
                         hint:
                             "sparq runs SPLADE models: a (MLM)Transformer followed by SpladePooling"
                                 .into(),
@@ -396,15 +414,15 @@ fn read_pooling(path: &Path) -> Result<SpladePooling, ModelError> {
 
 /// Settings saved in `config_sentence_transformers.json`.
 #[derive(Default)]
-struct SavedSettings {
-    query_prompt: Option<String>,
-    document_prompt: Option<String>,
-    max_active_dims: Option<usize>,
+pub(crate) struct SavedSettings {
+    pub(crate) query_prompt: Option<String>,
+    pub(crate) document_prompt: Option<String>,
+    pub(crate) max_active_dims: Option<usize>,
 }
 
 /// Resolves prompts as `SparseEncoder.encode_query`/`encode_document` do: the named prompt
 /// if the model has it, else the default prompt.
-fn read_saved_settings(path: &Path) -> Result<SavedSettings, ModelError> {
+pub(crate) fn read_saved_settings(path: &Path) -> Result<SavedSettings, ModelError> {
     if !path.is_file() {
         return Ok(SavedSettings::default());
     }

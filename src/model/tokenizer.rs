@@ -9,12 +9,17 @@ use tokenizers::normalizers::{BertNormalizer, Lowercase, NormalizerWrapper, Sequ
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::layout::{parse_json, ModelLayout};
+use super::word_cache::WordCache;
 use super::ModelError;
 
 /// Tokenizer plus the limits it truncates to.
 pub struct SpladeTokenizer {
     inner: Tokenizer,
     max_length: usize,
+    /// `[CLS]`/`[SEP]` and the like are added (false for a `SparseStaticEmbedding` route).
+    special_tokens: bool,
+    /// Memoized word ids (a static route's BERT-style tokenizer only; see `word_cache`).
+    words: Option<WordCache>,
     /// A copy that cuts windows sharing `stride` tokens (made on first use of that stride).
     windowed: std::sync::Mutex<Option<(usize, std::sync::Arc<Tokenizer>)>>,
 }
@@ -23,6 +28,46 @@ impl SpladeTokenizer {
     /// Loads `tokenizer.json` from the transformer folder of `layout`.
     pub fn load(layout: &ModelLayout) -> Result<Self, ModelError> {
         let dir = &layout.transformer_dir;
+        let max_length = max_length(layout, dir)?;
+        let tokenizer = Self::open(dir, Some(max_length), layout.do_lower_case, true)?;
+        let vocab = tokenizer.inner.get_vocab_size(true);
+        if vocab as i64 > layout.arch.vocab_size() {
+            return Err(ModelError::VocabMismatch {
+                path: dir.join("tokenizer.json"),
+                tokenizer: vocab,
+                model: layout.arch.vocab_size(),
+            });
+        }
+        Ok(tokenizer)
+    }
+
+    /// Loads the tokenizer of a `SparseStaticEmbedding` route as sentence-transformers calls
+    /// it there: no special tokens, truncation to the tokenizer's own `model_max_length` (none
+    /// when `tokenizer_config.json` sets none).
+    pub fn load_without_special_tokens(dir: &Path) -> Result<Self, ModelError> {
+        let config_path = dir.join("tokenizer_config.json");
+        let max_length = if config_path.is_file() {
+            let value: Value = parse_json(&config_path)?;
+            value
+                .get("model_max_length")
+                .and_then(Value::as_f64)
+                // transformers' "no limit" is 1e30 (VERY_LARGE_INTEGER).
+                .filter(|v| *v < 1e18)
+                .map(|v| v as usize)
+        } else {
+            None
+        };
+        let mut tokenizer = Self::open(dir, max_length, false, false)?;
+        tokenizer.words = WordCache::for_tokenizer(&tokenizer.inner);
+        Ok(tokenizer)
+    }
+
+    fn open(
+        dir: &Path,
+        max_length: Option<usize>,
+        do_lower_case: bool,
+        special_tokens: bool,
+    ) -> Result<Self, ModelError> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(ModelError::MissingFile {
@@ -39,14 +84,14 @@ impl SpladeTokenizer {
                 detail: e.to_string(),
             })?,
         };
-        let max_length = max_length(layout, dir)?;
+        let truncation = max_length.map(|max_length| TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            direction: TruncationDirection::Right,
+            stride: 0,
+        });
         inner
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                direction: TruncationDirection::Right,
-                stride: 0,
-            }))
+            .with_truncation(truncation)
             .map_err(|e| ModelError::Config {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -55,7 +100,7 @@ impl SpladeTokenizer {
         if let Some(normalizer) = bert_normalizer_from_config(dir)? {
             inner.with_normalizer(Some(normalizer));
         }
-        if layout.do_lower_case && !lowercases(&inner) {
+        if do_lower_case && !lowercases(&inner) {
             // Same as sentence-transformers: prepend a Lowercase normalizer.
             let mut parts = vec![NormalizerWrapper::Lowercase(Lowercase)];
             if let Some(existing) = inner.get_normalizer() {
@@ -63,17 +108,11 @@ impl SpladeTokenizer {
             }
             inner.with_normalizer(Some(NormalizerWrapper::Sequence(Sequence::new(parts))));
         }
-        let vocab = inner.get_vocab_size(true);
-        if vocab as i64 > layout.arch.vocab_size() {
-            return Err(ModelError::VocabMismatch {
-                path,
-                tokenizer: vocab,
-                model: layout.arch.vocab_size(),
-            });
-        }
         Ok(Self {
             inner,
-            max_length,
+            max_length: max_length.unwrap_or(usize::MAX),
+            special_tokens,
+            words: None,
             windowed: std::sync::Mutex::new(None),
         })
     }
@@ -83,11 +122,18 @@ impl SpladeTokenizer {
         self.max_length
     }
 
-    /// Token ids of each text, special tokens added, truncated.
+    /// Token ids of each text, special tokens added (unless the route adds none), truncated.
     pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, ModelError> {
+        if let Some(words) = &self.words {
+            return texts
+                .iter()
+                .map(|t| words.encode(&self.inner, t, self.max_length))
+                .collect();
+        }
         let encodings = self
             .inner
-            .encode_batch(texts, true)
+            // Ids only: skipping character offsets is faster and gives the same ids.
+            .encode_batch_fast(texts, self.special_tokens)
             .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         Ok(encodings
             .into_iter()
@@ -106,7 +152,7 @@ impl SpladeTokenizer {
         let windowed = self.windowed(stride)?;
         let tokenizer = windowed.as_deref().unwrap_or(&self.inner);
         let encodings = tokenizer
-            .encode_batch(texts, true)
+            .encode_batch_fast(texts, self.special_tokens)
             .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         Ok(encodings
             .into_iter()
@@ -129,10 +175,10 @@ impl SpladeTokenizer {
                 return Ok(Some(t.clone()));
             }
         }
-        let added = self
-            .inner
-            .get_post_processor()
-            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        let added = match self.inner.get_post_processor() {
+            Some(p) if self.special_tokens => tokenizers::PostProcessor::added_tokens(p, false),
+            _ => 0,
+        };
         let room = self.max_length.saturating_sub(added);
         if stride >= room {
             return Err(ModelError::Option(format!(
@@ -158,7 +204,7 @@ impl SpladeTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         let encoding = self
             .inner
-            .encode(text, true)
+            .encode(text, self.special_tokens)
             .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }

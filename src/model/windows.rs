@@ -73,6 +73,10 @@ impl std::fmt::Display for LongDocsMode {
     }
 }
 
+/// The top-k windows are encoded with: none (every weight is kept until a text's windows are
+/// pooled, then the pooled vector keeps its top-k).
+pub const KEEP_ALL: Option<usize> = Some(usize::MAX);
+
 /// The elementwise maximum of sparse vectors (indices ascending in each, and in the result).
 pub fn max_pool(vectors: &[SparseVector]) -> SparseVector {
     match vectors {

@@ -12,6 +12,7 @@ use crate::model::extract::Extraction;
 use crate::model::layout::ModelLayout;
 use crate::model::mlm::MaskedLm;
 use crate::model::packed::PackedBatch;
+use crate::model::router::RouterLayout;
 use crate::model::tokenizer::SpladeTokenizer;
 use crate::model::weights::WeightMap;
 use crate::model::{EncodeOptions, InputKind, ModelError, SparseEncode};
@@ -33,6 +34,7 @@ impl TrainModel {
     /// Loads `dir` onto `device` with gradients on every parameter; `autocast` runs the
     /// forward pass under CUDA bf16 autocast.
     pub fn load(dir: &Path, device: Device, autocast: bool) -> Result<Self, TrainError> {
+        refuse_router(dir)?;
         let layout = ModelLayout::read(dir)?;
         if let ArchConfig::BgeM3(_) = layout.arch {
             // Its token-weight head is trained with BGE-M3's own objectives, not a SPLADE loss.
@@ -266,5 +268,26 @@ impl SparseEncode for TrainModel {
 
     fn dimension(&self) -> i64 {
         self.layout.arch.vocab_size()
+    }
+}
+
+/// A Router model (inference-free query route, or two encoders) is refused: its routes would
+/// need `router_mapping`-style column routing and per-route saving, which sparq's trainer
+/// does not do yet.
+fn refuse_router(dir: &Path) -> Result<(), ModelError> {
+    let modules = dir.join("modules.json");
+    if !modules.is_file() {
+        return Ok(());
+    }
+    match RouterLayout::read(dir, &modules)? {
+        None => Ok(()),
+        Some(router) => Err(ModelError::Unsupported {
+            path: router.config,
+            what: "training a Router model (an inference-free or two-encoder SPLADE model)".into(),
+            hint: "training Router / inference-free models is not supported yet; sparq can \
+                   encode and evaluate with it, and train a plain (MLM)Transformer + \
+                   SpladePooling model"
+                .into(),
+        }),
     }
 }
