@@ -14,7 +14,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test lint build venv reference-env deploy-check clean-venv
+.PHONY: demo test lint build venv reference-env reference-scripts-env deploy-check clean-venv
 
 $(VENV)/.torch-$(TORCH_VERSION):
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ $(VENV)/.reference-$(ST_VERSION)-deploy: $(VENV)/.torch-$(TORCH_VERSION)
 		datasets==$(DATASETS_VERSION) accelerate==$(ACCELERATE_VERSION) \
 		jsonschema==4.26.0 pyyaml==6.0.4 kubernetes-validate==1.37.0
 	touch $@
+
+# Only to rewrite the committed references of tests/reference/make_roberta_reference.py (XLM-R's
+# sentencepiece tokenizer; FlagEmbedding for BGE-M3, without its dependencies, which would
+# replace transformers 5); tests never need these.
+reference-scripts-env: reference-env
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check sentencepiece==0.2.3 protobuf==7.36.2
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps FlagEmbedding==1.4.2 peft==0.21.2
 
 venv: $(VENV)/.torch-$(TORCH_VERSION)
 reference-env: $(VENV)/.reference-$(ST_VERSION)-deploy

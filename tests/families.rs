@@ -19,7 +19,22 @@ use sparq::model::{DeviceSpec, Dtype, EncodeOptions, InputKind, SpladeEncoder};
 fn families() -> Vec<PathBuf> {
     let fixtures = root().join("tests/fixtures/models");
     let mut out = vec![tiny_model()];
-    out.extend(["distil-sum-tiny"].iter().map(|name| fixtures.join(name)));
+    out.extend(
+        [
+            "distil-sum-tiny",
+            "roberta-tiny",
+            "xlmr-tiny",
+            "mbert-tiny",
+            "bge-m3-tiny",
+            "modernbert-tiny",
+            "router-static",
+            "router-idf",
+            "router-asym",
+            "router-two",
+        ]
+        .iter()
+        .map(|name| fixtures.join(name)),
+    );
     out
 }
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Writes the RoBERTa-family fixtures of tests/family_roberta.rs and their reference outputs.
 
-  .venv/bin/pip install sentencepiece protobuf
-  .venv/bin/pip install --no-deps FlagEmbedding==1.4.2 peft  # peft: imported, unused here
+  make reference-scripts-env   # sentencepiece, protobuf, FlagEmbedding 1.4.2 (--no-deps), peft
   .venv/bin/python tests/reference/make_roberta_reference.py
 
 Everything is made locally, with fixed seeds (no Hugging Face hub): tokenizers are trained with
