@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -39,11 +38,7 @@ fn families() -> Vec<PathBuf> {
 }
 
 fn sparq(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sparq"))
-        .args(args)
-        .env_remove("SPARQ_MODEL")
-        .output()
-        .unwrap()
+    common::process::run_sparq(args, b"")
 }
 
 fn encode_with_binary(model: &Path, input: &Path, output: &Path, query: bool) -> Vec<SparseVector> {

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 use sparq::encode::SparseVector;
@@ -229,23 +228,7 @@ fn max_active_dims_keeps_the_largest_static_weights() {
 }
 
 fn sparq(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("SPARQ_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_string();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
+    common::process::run_sparq(args, stdin.as_bytes())
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -110,21 +110,7 @@ fn max_active_dims_applies_to_the_pooled_vector_and_bf16_stays_close() {
 }
 
 fn sparq(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("SPARQ_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = stdin.unwrap_or_default().to_vec();
-    let mut pipe = child.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &input));
-    let out = child.wait_with_output().unwrap();
-    let _ = feeder.join();
-    out
+    common::process::run_sparq(args, stdin.unwrap_or_default())
 }
 
 fn stderr(out: &Output) -> String {

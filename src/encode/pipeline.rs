@@ -242,15 +242,9 @@ pub fn encode_shard(
                         })),
                     }
                 }
-                let mut encoded = match config.long_docs().stride() {
-                    Some(stride) => tokenizer.encode_windows(strings, stride)?,
-                    None => tokenizer
-                        .encode_batch(strings)?
-                        .into_iter()
-                        .map(|ids| vec![ids])
-                        .collect(),
-                }
-                .into_iter();
+                let mut encoded = tokenizer
+                    .encode_sequences(strings, config.long_docs().stride())?
+                    .into_iter();
                 for slot in tokens.iter_mut() {
                     if let Ok(Some(ids)) = slot {
                         *ids = encoded.next().unwrap_or_default();

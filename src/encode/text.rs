@@ -110,15 +110,9 @@ pub fn run(
                     .flatten()
                     .map(|t| format!("{prompt}{t}"))
                     .collect();
-                let mut ids = match opts.long_docs.stride() {
-                    Some(stride) => tokenizer.encode_windows(present, stride)?,
-                    None => tokenizer
-                        .encode_batch(present)?
-                        .into_iter()
-                        .map(|ids| vec![ids])
-                        .collect(),
-                }
-                .into_iter();
+                let mut ids = tokenizer
+                    .encode_sequences(present, opts.long_docs.stride())?
+                    .into_iter();
                 let block = texts
                     .drain(..)
                     .map(|t| t.and_then(|_| ids.next()))

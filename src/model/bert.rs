@@ -21,8 +21,8 @@ struct Embeddings {
     norm: LayerNorm,
 }
 
-/// Key names of a BERT block under `bert.encoder.layer.N`.
-const KEYS: BlockKeys = BlockKeys {
+/// Key names of a BERT block under `bert.encoder.layer.N` (RoBERTa's blocks are the same).
+pub(crate) const KEYS: BlockKeys = BlockKeys {
     qkv: [
         "attention.self.query",
         "attention.self.key",

@@ -14,25 +14,11 @@ use tch::{Kind, Tensor};
 use super::bge_m3::read_sparse_linear;
 use super::config::{Activation, RobertaConfig};
 use super::layers::{
-    activation, dropout, lookup, BlockKeys, Dropout, LayerNorm, Linear, Parameters,
-    TransformerBlock,
+    activation, dropout, lookup, Dropout, LayerNorm, Linear, Parameters, TransformerBlock,
 };
 use super::packed::PackedBatch;
 use super::weights::WeightMap;
 use super::ModelError;
-
-/// Key names of a block under `roberta.encoder.layer.N` (BERT's).
-const KEYS: BlockKeys = BlockKeys {
-    qkv: [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-    ],
-    attn_out: "attention.output.dense",
-    attn_norm: "attention.output.LayerNorm",
-    ffn: ["intermediate.dense", "output.dense"],
-    out_norm: "output.LayerNorm",
-};
 
 struct Embeddings {
     word: Tensor,
@@ -230,7 +216,12 @@ fn load_encoder(
     };
     let layers = (0..c.num_hidden_layers)
         .map(|n| {
-            TransformerBlock::load(w, &format!("{prefix}encoder.layer.{n}"), &KEYS, (h, i, eps))
+            TransformerBlock::load(
+                w,
+                &format!("{prefix}encoder.layer.{n}"),
+                &super::bert::KEYS,
+                (h, i, eps),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((embeddings, layers))

@@ -233,12 +233,9 @@ impl<'a> Route<'a> {
         texts: &[&str],
         long_docs: LongDocs,
     ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
-        let Some(stride) = long_docs.stride() else {
-            return Ok(self.tokenize(texts)?.into_iter().map(|t| vec![t]).collect());
-        };
         let prompt = self.prompt().unwrap_or("");
         let owned = texts.iter().map(|t| format!("{prompt}{t}")).collect();
-        self.tokenizer().encode_windows(owned, stride)
+        self.tokenizer().encode_sequences(owned, long_docs.stride())
     }
 
     /// The top-k a vector keeps when the caller sets none (the model's saved setting).

@@ -141,6 +141,23 @@ impl SpladeTokenizer {
             .collect())
     }
 
+    /// The sequences of each text: every window (`stride`: see [`Self::encode_windows`]), or
+    /// with `None` the one truncated sequence [`Self::encode_batch`] gives.
+    pub fn encode_sequences(
+        &self,
+        texts: Vec<String>,
+        stride: Option<usize>,
+    ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
+        match stride {
+            Some(stride) => self.encode_windows(texts, stride),
+            None => Ok(self
+                .encode_batch(texts)?
+                .into_iter()
+                .map(|ids| vec![ids])
+                .collect()),
+        }
+    }
+
     /// Every window of each text: the first is what [`Self::encode_batch`] gives, then the
     /// overflowing tokens in windows of the same length, each with the special tokens and
     /// repeating `stride` tokens of the one before (`return_overflowing_tokens` in Python).

@@ -34,3 +34,28 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn kill9(pid: u32) {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
 }
+
+/// Runs the sparq binary from the repository root (without `SPARQ_MODEL`, so the bundled
+/// model is the default) with `stdin` fed from a thread, so a run that stops reading early
+/// cannot block the test on a full pipe.
+pub fn run_sparq(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
+        .args(args)
+        .current_dir(super::root())
+        .env_remove("SPARQ_MODEL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
