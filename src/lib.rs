@@ -13,4 +13,4 @@ pub mod serve;
 pub mod train;
 pub mod types;
 
-pub use model::layout::default_model_dir;
+pub use model::default_model::default_model_dir;

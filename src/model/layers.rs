@@ -96,7 +96,7 @@ pub fn activation(act: &Activation, x: &Tensor) -> Result<Tensor, tch::TchError>
         Activation::Gelu => x.f_gelu("none"),
         Activation::GeluTanh => x.f_gelu("tanh"),
         Activation::Relu => x.f_relu(),
-        // Refused when the model is loaded (`layout::read_arch`).
+        // Refused when the model is loaded (`architecture::read_arch`).
         Activation::Unsupported(name) => Err(tch::TchError::Torch(format!(
             "activation `{name}` is not supported"
         ))),

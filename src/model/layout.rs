@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{Activation, ArchConfig, RobertaConfig};
+use super::architecture::{arch_from_config, check_arch};
+use super::config::{ArchConfig, RobertaConfig};
+use super::default_model::missing_folder_hint;
 use super::pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 use super::ModelError;
 
@@ -175,88 +177,6 @@ impl ModelLayout {
     }
 }
 
-fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
-    let path = dir.join("config.json");
-    if !path.is_file() {
-        return Err(ModelError::MissingFile {
-            path,
-            hint: "a model folder needs the Hugging Face config.json of its transformer".into(),
-        });
-    }
-    let value: Value = parse_json(&path)?;
-    refuse_remote_code(&path, &value)?;
-    let model_type = value
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let architectures: Vec<&str> = value
-        .get("architectures")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let masked_lm =
-        architectures.is_empty() || architectures.iter().any(|a| a.ends_with("ForMaskedLM"));
-    let config_err = |e: serde_json::Error| ModelError::Config {
-        path: path.clone(),
-        detail: format!("invalid {model_type} configuration: {e}"),
-    };
-    let arch = match model_type {
-        "bert" if masked_lm => {
-            ArchConfig::Bert(serde_json::from_value(value.clone()).map_err(config_err)?)
-        }
-        "distilbert" if masked_lm => {
-            ArchConfig::DistilBert(serde_json::from_value(value.clone()).map_err(config_err)?)
-        }
-        "roberta" | "xlm-roberta" if masked_lm => {
-            ArchConfig::Roberta(serde_json::from_value(value.clone()).map_err(config_err)?)
-        }
-        "modernbert" if masked_lm => {
-            ArchConfig::ModernBert(serde_json::from_value(value.clone()).map_err(config_err)?)
-        }
-        _ => {
-            return Err(ModelError::Unsupported {
-                path,
-                what: format!("model_type `{model_type}` with architectures {architectures:?}"),
-                hint: "sparq runs BertForMaskedLM, DistilBertForMaskedLM, RobertaForMaskedLM, \
-                       XLMRobertaForMaskedLM and ModernBertForMaskedLM backbones (SPLADE models), \
-                       and BGE-M3 (XLMRobertaModel beside sparse_linear.pt)"
-                    .into(),
-            })
-        }
-    };
-    check_arch(&path, &arch)?;
-    Ok(arch)
-}
-
-/// Refuses settings the forward pass does not implement, naming `path` and the key.
-pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelError> {
-    let path = path.to_path_buf();
-    if let ArchConfig::Bert(c)
-    | ArchConfig::Roberta(RobertaConfig { bert: c, .. })
-    | ArchConfig::BgeM3(RobertaConfig { bert: c, .. }) = arch
-    {
-        if c.position_embedding_type != "absolute" {
-            return Err(ModelError::Unsupported {
-                path,
-                what: format!("position_embedding_type `{}`", c.position_embedding_type),
-                hint: "only absolute position embeddings are implemented".into(),
-            });
-        }
-        check_activation(&path, "hidden_act", &c.hidden_act)?;
-        if c.hidden_size % c.num_attention_heads != 0 {
-            return Err(ModelError::Config {
-                path,
-                detail: "hidden_size is not a multiple of num_attention_heads".into(),
-            });
-        }
-    } else if let ArchConfig::DistilBert(c) = arch {
-        check_activation(&path, "activation", &c.activation)?;
-    } else if let ArchConfig::ModernBert(c) = arch {
-        check_modernbert(&path, c)?;
-    }
-    Ok(())
-}
-
 /// FlagEmbedding's default `max_length` for queries and passages (`BGEM3FlagModel.encode`),
 /// whatever the model's 8,192 positions allow.
 pub const FLAG_MAX_LENGTH: usize = 512;
@@ -303,77 +223,6 @@ pub(crate) fn sparse_linear_file(dir: &Path) -> Option<std::path::PathBuf> {
         .into_iter()
         .map(|name| dir.join(name))
         .find(|p| p.is_file())
-}
-
-/// A config with `auto_map` names Python classes shipped beside the weights
-/// (`trust_remote_code=True`): code sparq cannot run, whatever `model_type` says.
-fn refuse_remote_code(path: &Path, config: &Value) -> Result<(), ModelError> {
-    let Some(map) = config.get("auto_map").and_then(Value::as_object) else {
-        return Ok(());
-    };
-    let classes: Vec<String> = map
-        .values()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect();
-    Err(ModelError::Unsupported {
-        path: path.to_path_buf(),
-        what: format!(
-            "a model that needs remote code (`auto_map`: {})",
-            classes.join(", ")
-        ),
-        hint: "its architecture is defined by Python files in the model folder \
-               (trust_remote_code), which sparq does not run; use a model of a built-in \
-               architecture (see the README's table of supported families)"
-            .into(),
-    })
-}
-
-/// Refuses what the ModernBERT forward pass does not implement, naming the key.
-fn check_modernbert(path: &Path, c: &super::config::ModernBertConfig) -> Result<(), ModelError> {
-    check_activation(path, "hidden_activation", &c.hidden_activation)?;
-    check_activation(path, "classifier_activation", &c.classifier_activation)?;
-    let config_error = |detail: String| ModelError::Config {
-        path: path.to_path_buf(),
-        detail,
-    };
-    if c.num_attention_heads < 1 || c.hidden_size % c.num_attention_heads != 0 {
-        return Err(config_error(
-            "hidden_size is not a multiple of num_attention_heads".into(),
-        ));
-    }
-    if (c.hidden_size / c.num_attention_heads) % 2 != 0 {
-        return Err(config_error(
-            "the head size (hidden_size / num_attention_heads) is odd: rotary embeddings need \
-             an even one"
-                .into(),
-        ));
-    }
-    if c.local_attention < 0 {
-        return Err(config_error(format!(
-            "local_attention is {}; it must be a window size of 0 or more tokens",
-            c.local_attention
-        )));
-    }
-    c.layer_kinds().map_err(config_error)?;
-    for kind in [
-        super::modernbert_config::LayerKind::Global,
-        super::modernbert_config::LayerKind::Local,
-    ] {
-        c.rope_theta(kind).map_err(config_error)?;
-    }
-    Ok(())
-}
-
-fn check_activation(path: &Path, key: &str, act: &Activation) -> Result<(), ModelError> {
-    match act {
-        Activation::Unsupported(name) => Err(ModelError::Unsupported {
-            path: path.to_path_buf(),
-            what: format!("activation `{name}` (key `{key}`)"),
-            hint: "supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu".into(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 fn read_pooling(path: &Path) -> Result<SpladePooling, ModelError> {
@@ -471,73 +320,15 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Mode
     })
 }
 
-/// Where the bundled model is looked for: `models/splade-bert-tiny-nq` next to the running
-/// binary or in one of the three folders above it (a deployed `bin/sparq` beside `models/`, or
-/// `target/release/sparq` in a checkout), then under the working directory. `SPARQ_MODEL` and
-/// `--model` come first (clap); never a path of the machine that built the binary.
-pub fn default_model_candidates() -> Vec<PathBuf> {
-    const BUNDLED: &str = "models/splade-bert-tiny-nq";
-    let mut out = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        let exe = exe.canonicalize().unwrap_or(exe);
-        out.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(BUNDLED)));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        out.push(cwd.join(BUNDLED));
-    }
-    out
-}
-
-/// The default model: `SPARQ_MODEL`, else the bundled model's folder (see
-/// [`default_model_candidates`]; the first candidate when none exists, so that the error names
-/// where it was looked for).
-pub fn default_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SPARQ_MODEL").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let candidates = default_model_candidates();
-    candidates
-        .iter()
-        .find(|d| d.is_dir())
-        .or(candidates.first())
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from(BUNDLED_FALLBACK))
-}
-
-/// What to do about a model folder that does not exist: a Hugging Face hub id (`owner/name`)
-/// is named as one, since sparq never downloads; the bundled default says where it was sought.
-fn missing_folder_hint(root: &Path) -> String {
-    let text = root.to_string_lossy();
-    let parts: Vec<&str> = text.split('/').collect();
-    let hub_like = parts.len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && *p != "."
-                && *p != ".."
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+/// The architecture and configuration in `dir/config.json`.
+fn read_arch(dir: &Path) -> Result<ArchConfig, ModelError> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(ModelError::MissingFile {
+            path,
+            hint: "a model folder needs the Hugging Face config.json of its transformer".into(),
         });
-    if hub_like {
-        let name = parts[1];
-        return format!(
-            "`{text}` looks like a Hugging Face hub id, and sparq reads local folders only (it \
-             never downloads); download it first with `huggingface-cli download {text} \
-             --local-dir models/{name}` (or `hf download`), then pass --model models/{name}"
-        );
     }
-    if default_model_candidates().iter().any(|c| c == root) {
-        let looked: Vec<String> = default_model_candidates()
-            .iter()
-            .map(|c| c.display().to_string())
-            .collect();
-        return format!(
-            "the bundled model was looked for in {}; pass --model DIR or set SPARQ_MODEL",
-            looked.join(", ")
-        );
-    }
-    "pass --model with a sentence-transformers SparseEncoder folder or a Hugging Face \
-     *ForMaskedLM folder"
-        .into()
+    let value: Value = parse_json(&path)?;
+    arch_from_config(&path, &value)
 }
-
-const BUNDLED_FALLBACK: &str = "models/splade-bert-tiny-nq";

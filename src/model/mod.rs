@@ -1,12 +1,14 @@
 //! SPLADE models: configuration, weights, BERT-family masked-LM encoders, SPLADE pooling,
 //! tokenizer, and the [`SpladeEncoder`] that ties them together.
 
+pub(crate) mod architecture;
 pub mod args;
 pub mod attention;
 pub mod bert;
 pub mod bge_m3;
 pub mod config;
 pub(crate) mod cuda_event;
+pub mod default_model;
 pub(crate) mod device;
 pub mod distilbert;
 pub mod encoder;
@@ -35,11 +37,12 @@ pub(crate) mod word_cache;
 
 pub use crate::types::{DeviceSpec, Dtype, InputKind};
 pub use args::ModelArgs;
+pub use default_model::default_model_dir;
 pub use device::ResolveDevice;
 pub use encoder::{EncodeOptions, SparseEncode};
 pub use error::{clean_tch_error, ModelError};
 pub use fingerprint::fingerprint;
-pub use layout::{default_model_dir, ModelLayout};
+pub use layout::ModelLayout;
 pub use pooling::{PoolingStrategy, SpladeActivation, SpladePooling};
 pub use route::{Route, SpladeEncoder};
 pub use windows::{LongDocs, LongDocsMode};
