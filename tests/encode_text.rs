@@ -3,31 +3,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
 fn sparq(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
-        .arg("encode-text")
-        .args(args)
-        .current_dir(root())
-        .env_remove("SPARQ_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    // A thread, so a run that stops reading early cannot block the test on a full pipe.
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
+    let args: Vec<&str> = std::iter::once("encode-text")
+        .chain(args.iter().copied())
+        .collect();
+    common::process::run_sparq(&args, stdin)
 }
 
 fn lines(out: &Output) -> Vec<String> {
