@@ -146,7 +146,8 @@ impl Dtype {
 }
 
 /// Whether texts are queries or documents (selects the prompt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InputKind {
     /// `encode_query`.
     Query,

@@ -314,12 +314,13 @@ fn a_router_without_a_query_route_is_refused_naming_the_routes() {
 }
 
 #[test]
-fn training_a_router_model_is_refused_with_the_reason() {
-    let err = sparq::train::model::TrainModel::load(&model("static"), tch::Device::Cpu, false)
+fn training_a_two_encoder_router_is_refused_with_the_reason() {
+    // Inference-free Routers train (tests/train_router.rs); two encoders do not.
+    let err = sparq::train::model::TrainModel::load(&model("two"), tch::Device::Cpu, false)
         .err()
         .expect("refused")
         .to_string();
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("two-encoder Router"), "{err}");
     assert!(err.contains("router_config.json"), "{err}");
 }
 

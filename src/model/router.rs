@@ -61,6 +61,20 @@ pub struct RouterLayout {
     pub document: RouteLayout,
     /// Both kinds resolve to the same modules: load them once.
     pub shared: bool,
+    /// The query route's name and module folders, as `structure` lists them.
+    pub query_route: NamedRoute,
+    /// The document route's name and module folders.
+    pub document_route: NamedRoute,
+}
+
+/// A route as `router_config.json` names it: its key in `structure` and its module folders
+/// (sentence-transformers names the parameters `0.sub_modules.<key>.<index>.…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedRoute {
+    /// The route's key.
+    pub key: String,
+    /// Module folders in order.
+    pub modules: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -139,8 +153,8 @@ impl RouterLayout {
             check_module(&config, id, kind)?;
         }
         let settings = read_saved_settings(&root.join("config_sentence_transformers.json"))?;
-        let query_ids = resolve(&config, &parsed, "query")?;
-        let document_ids = resolve(&config, &parsed, "document")?;
+        let (query_key, query_ids) = resolve(&config, &parsed, "query")?;
+        let (document_key, document_ids) = resolve(&config, &parsed, "document")?;
         let route = |ids: &[String], prompt: Option<String>| {
             read_route(
                 root,
@@ -159,6 +173,14 @@ impl RouterLayout {
             config,
             query,
             document,
+            query_route: NamedRoute {
+                key: query_key.to_string(),
+                modules: query_ids.to_vec(),
+            },
+            document_route: NamedRoute {
+                key: document_key.to_string(),
+                modules: document_ids.to_vec(),
+            },
         }))
     }
 
@@ -217,11 +239,12 @@ fn check_module(config: &Path, id: &str, kind: &str) -> Result<(), ModelError> {
 /// The route of `task` as `Router._resolve_route` finds it for text: `route_mappings` for
 /// (task, "text"), (task, None), (None, "text"), (None, None), then the route named `task`.
 /// With a task given, upstream never falls back to `default_route`: neither does sparq.
+/// Returns the route's key and module folders.
 fn resolve<'a>(
     config: &Path,
     parsed: &'a RouterConfig,
-    task: &str,
-) -> Result<&'a [String], ModelError> {
+    task: &'a str,
+) -> Result<(&'a str, &'a [String]), ModelError> {
     let mappings: BTreeMap<(Option<String>, Option<String>), &String> = parsed
         .parameters
         .route_mappings
@@ -253,7 +276,7 @@ fn resolve<'a>(
     parsed
         .structure
         .get(name)
-        .map(Vec::as_slice)
+        .map(|ids| (name, ids.as_slice()))
         .ok_or_else(|| ModelError::Config {
             path: config.to_path_buf(),
             detail: format!("route_mappings names route `{name}`, which is not among {routes:?}"),

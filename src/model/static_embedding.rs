@@ -74,29 +74,39 @@ impl SparseStaticEmbedding {
         &self.dir
     }
 
-    /// The vector of one tokenized text: each distinct token's weight (zero weights left out),
-    /// then the `max_active_dims` largest, as upstream's top-k keeps them.
-    pub fn vector(&self, ids: &[u32], max_active_dims: Option<usize>) -> SparseVector {
-        let mut indices: Vec<u32> = ids
-            .iter()
-            .copied()
-            .filter(|&i| self.weights.get(i as usize).is_some_and(|w| *w != 0.0))
-            .collect();
-        indices.sort_unstable();
-        indices.dedup();
-        if let Some(k) = max_active_dims.filter(|&k| k < indices.len()) {
-            // Largest first; among equal weights the lower id, as torch.topk on CPU keeps it.
-            indices.sort_by(|&a, &b| {
-                self.weights[b as usize]
-                    .total_cmp(&self.weights[a as usize])
-                    .then(a.cmp(&b))
-            });
-            indices.truncate(k);
-            indices.sort_unstable();
-        }
-        let values = indices.iter().map(|&i| self.weights[i as usize]).collect();
-        SparseVector { indices, values }
+    /// The static weights, one per token id.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
     }
+
+    /// The vector of one tokenized text (see [`static_vector`]).
+    pub fn vector(&self, ids: &[u32], max_active_dims: Option<usize>) -> SparseVector {
+        static_vector(&self.weights, ids, max_active_dims)
+    }
+}
+
+/// The vector of one tokenized text under `weights`: each distinct token's weight (zero weights
+/// left out), then the `max_active_dims` largest, as upstream's top-k keeps them.
+pub fn static_vector(weights: &[f32], ids: &[u32], max_active_dims: Option<usize>) -> SparseVector {
+    let mut indices: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&i| weights.get(i as usize).is_some_and(|w| *w != 0.0))
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    if let Some(k) = max_active_dims.filter(|&k| k < indices.len()) {
+        // Largest first; among equal weights the lower id, as torch.topk on CPU keeps it.
+        indices.sort_by(|&a, &b| {
+            weights[b as usize]
+                .total_cmp(&weights[a as usize])
+                .then(a.cmp(&b))
+        });
+        indices.truncate(k);
+        indices.sort_unstable();
+    }
+    let values = indices.iter().map(|&i| weights[i as usize]).collect();
+    SparseVector { indices, values }
 }
 
 /// The `weight` tensor of the route's checkpoint, as stored: upstream multiplies by it as is.

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::TrainError;
-use crate::model::{DeviceSpec, Dtype};
+use crate::model::{DeviceSpec, Dtype, InputKind};
 
 /// Options of `sparq train` (every one may also be a key of the `--config` file).
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -83,6 +83,23 @@ pub struct TrainArgs {
     /// Precision of the forward pass: f32, or bf16 autocast (CUDA only; master weights stay f32).
     #[arg(long)]
     pub dtype: Option<Dtype>,
+    /// Route of a data column in a Router (inference-free) model, as sentence-transformers'
+    /// `router_mapping`: COLUMN=query or COLUMN=document; repeatable (a `[router_mapping]`
+    /// table in --config). Default: the first column through the query route (the static
+    /// weights), every other column through the document route (the MLM).
+    #[arg(long, value_name = "COLUMN=ROUTE")]
+    #[serde(deserialize_with = "ordered_table")]
+    pub router_mapping: Option<Vec<KeyValue>>,
+    /// Peak learning rate of the parameters whose name matches REGEX, as sentence-transformers'
+    /// `learning_rate_mapping`: e.g. 'SparseStaticEmbedding\..*=1e-3' for an inference-free
+    /// model's static query weights; repeatable, the last matching pattern wins (a
+    /// `[learning_rate_mapping]` table in --config). Patterns are searched in the trainer's
+    /// names (`model.0.sub_modules.query.0.weight`, `model.0.model.bert.…`) and in names by
+    /// module folder (`query_0_SparseStaticEmbedding.weight`); warm-up and decay scale every
+    /// rate alike.
+    #[arg(long, value_name = "REGEX=LR")]
+    #[serde(deserialize_with = "ordered_table")]
+    pub learning_rate_mapping: Option<Vec<KeyValue>>,
     /// Continue from the latest complete checkpoint in --output.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub resume: Option<bool>,
@@ -106,6 +123,61 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub allowed_roots: Option<String>,
+}
+
+/// One `KEY=VALUE` of a mapping option (split at the last `=`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyValue {
+    /// Before the `=`.
+    pub key: String,
+    /// After it.
+    pub value: String,
+}
+
+impl std::str::FromStr for KeyValue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (key, value) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+        Ok(Self {
+            key: key.to_string(),
+            value: value.trim().to_string(),
+        })
+    }
+}
+
+/// A TOML table `key = value` (text or number) as [`KeyValue`]s, in the order read.
+fn ordered_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<KeyValue>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Number(f64),
+    }
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<KeyValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table of name = value")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((key, value)) = map.next_entry::<String, Scalar>()? {
+                let value = match value {
+                    Scalar::Text(t) => t,
+                    Scalar::Number(n) => n.to_string(),
+                };
+                out.push(KeyValue { key, value });
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Visit).map(Some)
 }
 
 /// Resolved training settings (defaults applied).
@@ -155,6 +227,12 @@ pub struct TrainConfig {
     pub device: DeviceSpec,
     /// Forward precision.
     pub dtype: Dtype,
+    /// Route of data columns by name (Router models).
+    #[serde(default)]
+    pub router_mapping: Vec<(String, InputKind)>,
+    /// Peak learning rates by parameter-name pattern, in order.
+    #[serde(default)]
+    pub learning_rate_mapping: Vec<(String, f64)>,
 }
 
 impl TrainArgs {
@@ -199,6 +277,8 @@ impl TrainArgs {
             load_best_at_end,
             device,
             dtype,
+            router_mapping,
+            learning_rate_mapping,
             resume,
             nproc_per_node,
             threads,
@@ -246,12 +326,52 @@ impl TrainArgs {
             load_best_at_end: self.load_best_at_end.unwrap_or(false),
             device,
             dtype,
+            router_mapping: self.router_mappings()?,
+            learning_rate_mapping: self.learning_rate_mappings()?,
         };
         check_ranges(&config)?;
         if config.load_best_at_end && config.eval_beir.is_none() {
             return bad("--load-best-at-end needs --eval-beir".into());
         }
         Ok(config)
+    }
+}
+
+impl TrainArgs {
+    fn router_mappings(&self) -> Result<Vec<(String, InputKind)>, TrainError> {
+        self.router_mapping
+            .iter()
+            .flatten()
+            .map(|kv| match kv.value.as_str() {
+                "query" => Ok((kv.key.clone(), InputKind::Query)),
+                "document" => Ok((kv.key.clone(), InputKind::Document)),
+                other => Err(TrainError::Option(format!(
+                    "--router-mapping {}={other}: the route must be `query` or `document`",
+                    kv.key
+                ))),
+            })
+            .collect()
+    }
+
+    fn learning_rate_mappings(&self) -> Result<Vec<(String, f64)>, TrainError> {
+        self.learning_rate_mapping
+            .iter()
+            .flatten()
+            .map(|kv| {
+                let flag = format!("--learning-rate-mapping {}={}", kv.key, kv.value);
+                regex::Regex::new(&kv.key)
+                    .map_err(|e| TrainError::Option(format!("{flag}: not a valid pattern: {e}")))?;
+                let lr: f64 = kv.value.parse().map_err(|_| {
+                    TrainError::Option(format!("{flag}: the learning rate is not a number"))
+                })?;
+                if !(lr.is_finite() && lr > 0.0 && lr <= 1.0) {
+                    return Err(TrainError::Option(format!(
+                        "{flag}: the learning rate must be in (0, 1]"
+                    )));
+                }
+                Ok((kv.key.clone(), lr))
+            })
+            .collect()
     }
 }
 

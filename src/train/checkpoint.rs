@@ -317,12 +317,7 @@ pub fn restore(
                 path: state_path.clone(),
                 detail: e.to_string(),
             })?;
-    let rel = model
-        .layout
-        .transformer_dir
-        .strip_prefix(&model.layout.root)
-        .unwrap_or(Path::new(""));
-    model.load_values(&dir.join(rel).join("model.safetensors"))?;
+    model.load_saved(dir)?;
     let opt_path = dir.join("optimizer.safetensors");
     let opt = read_named(&opt_path)?;
     tch::no_grad(|| -> Result<(), TrainError> {

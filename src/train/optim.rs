@@ -1,7 +1,9 @@
 //! AdamW, the linear warm-up schedule and gradient clipping, computed as PyTorch's
 //! `torch.optim.AdamW` (single-tensor path), transformers' `get_linear_schedule_with_warmup`
 //! and `torch.nn.utils.clip_grad_norm_` compute them, so a run matches the reference trainer
-//! step for step.
+//! step for step. Parameters may have their own peak learning rate (sentence-transformers'
+//! `learning_rate_mapping`); the schedule scales every one alike, as `LambdaLR` scales each
+//! parameter group's initial rate.
 
 use tch::{Kind, Tensor};
 
@@ -17,6 +19,8 @@ pub struct Param {
     pub exp_avg_sq: Tensor,
     /// Weight decay applies (not to biases and LayerNorm weights, as transformers' Trainer).
     pub decay: bool,
+    /// Peak learning rate from a `learning_rate_mapping` pattern (`None`: the run's).
+    pub peak_lr: Option<f64>,
 }
 
 impl Param {
@@ -28,8 +32,45 @@ impl Param {
             exp_avg: zeros_like_f32(tensor),
             exp_avg_sq: zeros_like_f32(tensor),
             decay: decays(name),
+            peak_lr: None,
         }
     }
+}
+
+/// Gives each parameter the learning rate of the last pattern of `mapping` (regex, searched
+/// anywhere) that matches one of `names(param)`, as sentence-transformers' trainer moves the
+/// parameters each pattern matches into a group of their own, pattern after pattern. A pattern
+/// that matches nothing is an error, as upstream.
+pub fn map_learning_rates(
+    params: &mut [Param],
+    mapping: &[(String, f64)],
+    names: impl Fn(&str) -> Vec<String>,
+) -> Result<(), String> {
+    for (pattern, lr) in mapping {
+        let re = regex::Regex::new(pattern)
+            .map_err(|e| format!("--learning-rate-mapping pattern `{pattern}`: {e}"))?;
+        let mut matched = false;
+        for p in params.iter_mut() {
+            if names(&p.name).iter().any(|n| re.is_match(n)) {
+                p.peak_lr = Some(*lr);
+                matched = true;
+            }
+        }
+        if !matched {
+            let examples: Vec<String> = params
+                .iter()
+                .filter(|p| !p.name.contains(".layer."))
+                .take(4)
+                .flat_map(|p| names(&p.name))
+                .collect();
+            return Err(format!(
+                "--learning-rate-mapping pattern `{pattern}` matches no trainable parameter; \
+                 parameter names look like {}",
+                examples.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// AdamW hyper-parameters.
@@ -71,6 +112,18 @@ pub fn decays(name: &str) -> bool {
 impl AdamW {
     /// One update of every parameter at learning rate `lr`; `step` counts updates from 1.
     pub fn step(&self, params: &mut [Param], lr: f64, step: u64) -> Result<(), tch::TchError> {
+        self.step_scheduled(params, |_| lr, 0.0, step)
+    }
+
+    /// One update of every parameter at `lr_at(peak)`, its peak being its own
+    /// ([`Param::peak_lr`]) or `base_peak`; `step` counts updates from 1.
+    pub fn step_scheduled(
+        &self,
+        params: &mut [Param],
+        lr_at: impl Fn(f64) -> f64,
+        base_peak: f64,
+        step: u64,
+    ) -> Result<(), tch::TchError> {
         tch::no_grad(|| -> Result<(), tch::TchError> {
             // As Python's `beta ** step` (C pow).
             let bias1 = 1.0 - self.beta1.powf(step as f64);
@@ -80,6 +133,7 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
+                let lr = lr_at(p.peak_lr.unwrap_or(base_peak));
                 if p.decay && self.weight_decay != 0.0 {
                     let _ = p.tensor.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
                 }

@@ -90,11 +90,8 @@ pub fn run_train(
         Some(dir) => Some(IrDataset::load(dir, "test", false)?),
         None => None,
     };
-    let mut params: Vec<Param> = model
-        .params
-        .iter()
-        .map(|(name, t)| Param::new(name, t))
-        .collect();
+    model.route_columns(&data.names, &config.router_mapping)?;
+    let mut params: Vec<Param> = model.optimizer_params(&config.learning_rate_mapping)?;
     let adamw = AdamW {
         weight_decay: config.weight_decay,
         ..AdamW::default()
@@ -204,7 +201,8 @@ pub fn run_train(
         if !grad_norm.is_finite() {
             return Err(diverged(step + 1, "the gradient norm", grad_norm, lr));
         }
-        adamw.step(&mut params, lr, step + 1)?;
+        let lr_at = |peak| linear_lr(peak, step, warmup, total);
+        adamw.step_scheduled(&mut params, lr_at, config.learning_rate, step + 1)?;
         state.step += 1;
         state.cursor.step_in_epoch += 1;
         state.lambda_query = lambda_query;
@@ -301,8 +299,8 @@ pub fn run_train(
     }))
 }
 
-/// Forward and loss of one batch of rows: anchors as queries, every other column as documents
-/// (one forward pass for all document columns, as sentence-transformers merges them).
+/// Forward and loss of one batch of rows: anchors as queries, every other column as documents,
+/// each column through its route (see [`TrainModel::forward_columns`]).
 fn train_step(
     model: &TrainModel,
     data: &PairData,
@@ -312,12 +310,8 @@ fn train_step(
 ) -> Result<(Tensor, StepStats), TrainError> {
     let column =
         |c: usize| -> Vec<&str> { rows.iter().map(|&r| data.columns[c][r].as_str()).collect() };
-    let queries = model.forward(&model.tokenize(&column(0))?)?;
-    let mut doc_texts = Vec::new();
-    for c in 1..data.columns.len() {
-        doc_texts.extend(column(c));
-    }
-    let docs = model.forward(&model.tokenize(&doc_texts)?)?;
+    let texts: Vec<Vec<&str>> = (0..data.columns.len()).map(column).collect();
+    let (queries, docs) = model.forward_columns(&texts)?;
     let documents = docs.f_split(rows.len() as i64, 0)?;
     let parts = splade_loss(
         &queries,
@@ -482,12 +476,7 @@ fn evaluate(
 }
 
 fn restore_weights_only(dir: &std::path::Path, model: &TrainModel) -> Result<(), TrainError> {
-    let rel = model
-        .layout
-        .transformer_dir
-        .strip_prefix(&model.layout.root)
-        .unwrap_or(std::path::Path::new(""));
-    model.load_values(&dir.join(rel).join("model.safetensors"))
+    model.load_saved(dir)
 }
 
 fn check_compatible(
