@@ -286,6 +286,40 @@ fn learning_rate_patterns_match_trainer_names_and_module_folders() {
     assert!(err.contains("matches no trainable parameter"), "{err}");
 }
 
+#[test]
+fn the_model_in_training_encodes_queries_through_the_static_route() {
+    use sparq::model::{DeviceSpec, Dtype, EncodeOptions, SparseEncode, SpladeEncoder};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = trainable_router(tmp.path(), "router-static");
+    let mut m = TrainModel::load(&dir, Device::Cpu, false).unwrap();
+    m.set_dropout(false);
+    let texts = common::fixture_texts();
+    let inputs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let encoder = SpladeEncoder::load(&dir, DeviceSpec::Cpu, Some(Dtype::F32)).unwrap();
+    for kind in [InputKind::Query, InputKind::Document] {
+        let ours = m
+            .encode_texts(&inputs, kind, EncodeOptions::default())
+            .unwrap();
+        let theirs = encoder
+            .encode_texts(&inputs, kind, EncodeOptions::default())
+            .unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a.indices, b.indices, "{kind:?}");
+            for (x, y) in a.values.iter().zip(&b.values) {
+                assert!((x - y).abs() <= 1e-5, "{kind:?}: {x} vs {y}");
+            }
+        }
+    }
+    let err = m
+        .route_columns(&columns(), &[("question".into(), InputKind::Query)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`question`") && err.contains("anchor"),
+        "{err}"
+    );
+}
+
 /// `n` (anchor, positive, negative) rows.
 fn write_pairs(path: &Path, n: i64) {
     let words = |i: i64| {

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+use super::mappings::{learning_rate_mappings, ordered_table, router_mappings, KeyValue};
 use super::TrainError;
 use crate::model::{DeviceSpec, Dtype, InputKind};
 
@@ -123,61 +124,6 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub allowed_roots: Option<String>,
-}
-
-/// One `KEY=VALUE` of a mapping option (split at the last `=`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyValue {
-    /// Before the `=`.
-    pub key: String,
-    /// After it.
-    pub value: String,
-}
-
-impl std::str::FromStr for KeyValue {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (key, value) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-        Ok(Self {
-            key: key.to_string(),
-            value: value.trim().to_string(),
-        })
-    }
-}
-
-/// A TOML table `key = value` (text or number) as [`KeyValue`]s, in the order read.
-fn ordered_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<KeyValue>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Number(f64),
-    }
-    struct Visit;
-    impl<'de> serde::de::Visitor<'de> for Visit {
-        type Value = Vec<KeyValue>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a table of name = value")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some((key, value)) = map.next_entry::<String, Scalar>()? {
-                let value = match value {
-                    Scalar::Text(t) => t,
-                    Scalar::Number(n) => n.to_string(),
-                };
-                out.push(KeyValue { key, value });
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_map(Visit).map(Some)
 }
 
 /// Resolved training settings (defaults applied).
@@ -326,52 +272,14 @@ impl TrainArgs {
             load_best_at_end: self.load_best_at_end.unwrap_or(false),
             device,
             dtype,
-            router_mapping: self.router_mappings()?,
-            learning_rate_mapping: self.learning_rate_mappings()?,
+            router_mapping: router_mappings(self.router_mapping.as_deref())?,
+            learning_rate_mapping: learning_rate_mappings(self.learning_rate_mapping.as_deref())?,
         };
         check_ranges(&config)?;
         if config.load_best_at_end && config.eval_beir.is_none() {
             return bad("--load-best-at-end needs --eval-beir".into());
         }
         Ok(config)
-    }
-}
-
-impl TrainArgs {
-    fn router_mappings(&self) -> Result<Vec<(String, InputKind)>, TrainError> {
-        self.router_mapping
-            .iter()
-            .flatten()
-            .map(|kv| match kv.value.as_str() {
-                "query" => Ok((kv.key.clone(), InputKind::Query)),
-                "document" => Ok((kv.key.clone(), InputKind::Document)),
-                other => Err(TrainError::Option(format!(
-                    "--router-mapping {}={other}: the route must be `query` or `document`",
-                    kv.key
-                ))),
-            })
-            .collect()
-    }
-
-    fn learning_rate_mappings(&self) -> Result<Vec<(String, f64)>, TrainError> {
-        self.learning_rate_mapping
-            .iter()
-            .flatten()
-            .map(|kv| {
-                let flag = format!("--learning-rate-mapping {}={}", kv.key, kv.value);
-                regex::Regex::new(&kv.key)
-                    .map_err(|e| TrainError::Option(format!("{flag}: not a valid pattern: {e}")))?;
-                let lr: f64 = kv.value.parse().map_err(|_| {
-                    TrainError::Option(format!("{flag}: the learning rate is not a number"))
-                })?;
-                if !(lr.is_finite() && lr > 0.0 && lr <= 1.0) {
-                    return Err(TrainError::Option(format!(
-                        "{flag}: the learning rate must be in (0, 1]"
-                    )));
-                }
-                Ok((kv.key.clone(), lr))
-            })
-            .collect()
     }
 }
 

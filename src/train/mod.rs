@@ -8,8 +8,10 @@ pub mod data;
 pub mod dist;
 pub mod events;
 pub mod loss;
+pub mod mappings;
 pub mod model;
 pub mod optim;
+mod routing;
 pub mod static_route;
 pub mod trainer;
 

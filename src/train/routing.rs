@@ -1,0 +1,213 @@
+//! How an inference-free Router model is trained: which route each data column goes through
+//! (sentence-transformers' `router_mapping`), what its parameters are called (the names
+//! `learning_rate_mapping` patterns are searched in), and which Routers sparq trains.
+
+use std::path::Path;
+
+use tch::Tensor;
+
+use super::model::TrainModel;
+use super::optim::{map_learning_rates, Param};
+use super::static_route::StaticRoute;
+use super::TrainError;
+use crate::model::layout::ModelLayout;
+use crate::model::router::{NamedRoute, RouteLayout, RouterLayout};
+use crate::model::{InputKind, ModelError};
+
+/// How sentence-transformers' trainer names this model's parameters (what
+/// `learning_rate_mapping` patterns are searched in), and a shorter alias by module folder.
+#[derive(Default)]
+pub(super) struct StNames {
+    /// Before an MLM parameter's Hugging Face name: `model.0.model.` (plain) or
+    /// `model.0.sub_modules.<route>.<i>.model.` (Router).
+    pub(super) mlm_prefix: String,
+    /// The MLM module folder (`document_0_MLMTransformer`), empty for a plain model.
+    pub(super) mlm_folder: String,
+    /// The static weight's name: `model.0.sub_modules.<route>.0.weight`.
+    pub(super) static_name: String,
+}
+
+impl TrainModel {
+    /// Whether this is an inference-free Router model (a static query route).
+    pub fn is_inference_free(&self) -> bool {
+        self.query.is_some()
+    }
+
+    /// The static query route's weight, if this is an inference-free Router model.
+    pub fn static_weight(&self) -> Option<&Tensor> {
+        self.query.as_ref().map(|q| &q.weight)
+    }
+
+    /// Every trainable parameter by sparq's name: the MLM's Hugging Face names, then the
+    /// static weight as `<route folder>.weight` unless the route is frozen.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        if let Some(q) = self.query.as_ref().filter(|q| !q.frozen) {
+            out.push((self.static_param_name(q), q.weight.shallow_clone()));
+        }
+        out
+    }
+
+    pub(super) fn static_param_name(&self, q: &StaticRoute) -> String {
+        format!("{}.weight", q.folder.to_string_lossy())
+    }
+
+    /// The names `learning_rate_mapping` patterns are searched in for the parameter `name`:
+    /// sentence-transformers' trainer name (`model.0.sub_modules.query.0.weight`), then an
+    /// alias by module folder (`query_0_SparseStaticEmbedding.weight`,
+    /// `document_0_MLMTransformer.bert.…`), as the upstream docs' `SparseStaticEmbedding\.*`
+    /// pattern expects (upstream's own names never contain the class name).
+    pub fn mapping_names(&self, name: &str) -> Vec<String> {
+        if let Some(q) = &self.query {
+            if name == self.static_param_name(q) {
+                return vec![self.names.static_name.clone(), name.to_string()];
+            }
+        }
+        let alias = if self.names.mlm_folder.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.names.mlm_folder)
+        };
+        vec![format!("{}{name}", self.names.mlm_prefix), alias]
+    }
+
+    /// The optimizer's parameters with their AdamW state, each at the learning rate
+    /// `learning_rate_mapping` gives it (as sentence-transformers' trainer groups them).
+    pub fn optimizer_params(&self, mapping: &[(String, f64)]) -> Result<Vec<Param>, TrainError> {
+        let mut params: Vec<Param> = self
+            .trainable()
+            .iter()
+            .map(|(name, t)| Param::new(name, t))
+            .collect();
+        map_learning_rates(&mut params, mapping, |n| self.mapping_names(n)).map_err(|e| {
+            let frozen = self.query.as_ref().is_some_and(|q| q.frozen);
+            TrainError::Option(if frozen {
+                format!(
+                    "{e} (the SparseStaticEmbedding is frozen: its config.json says \
+                     \"frozen\": true; set it to false to train the static weights)"
+                )
+            } else {
+                e
+            })
+        })?;
+        Ok(params)
+    }
+
+    /// Sets the route of each data column (`names` in order) from `mapping` (column → route),
+    /// by default the first column the query route and the others the document route.
+    pub fn route_columns(
+        &mut self,
+        names: &[String],
+        mapping: &[(String, InputKind)],
+    ) -> Result<(), TrainError> {
+        for (column, _) in mapping {
+            if !names.contains(column) {
+                return Err(TrainError::Option(format!(
+                    "--router-mapping names column `{column}`, which the training data does not \
+                     have (columns: {}): name one of those",
+                    names.join(", ")
+                )));
+            }
+        }
+        self.column_routes = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                mapping
+                    .iter()
+                    .find(|(c, _)| c == name)
+                    .map(|(_, r)| *r)
+                    .unwrap_or(if i == 0 {
+                        InputKind::Query
+                    } else {
+                        InputKind::Document
+                    })
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The vectors of one batch's columns: the anchors `[b, vocab]` and every other column
+    /// concatenated `[(k−1)·b, vocab]`, each column through its route (columns of one route
+    /// share a forward pass, as sentence-transformers merges them).
+    pub fn forward_columns(&self, columns: &[Vec<&str>]) -> Result<(Tensor, Tensor), TrainError> {
+        let route = |c: usize| {
+            self.column_routes.get(c).copied().unwrap_or(if c == 0 {
+                InputKind::Query
+            } else {
+                InputKind::Document
+            })
+        };
+        let anchors = self.forward_route(&columns[0], route(0))?;
+        let rest = &columns[1..];
+        let docs = if (1..columns.len()).all(|c| route(c) == route(1)) {
+            let merged: Vec<&str> = rest.iter().flatten().copied().collect();
+            self.forward_route(&merged, route(1))?
+        } else {
+            let parts = (1..columns.len())
+                .map(|c| self.forward_route(&columns[c], route(c)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Tensor::f_cat(&parts, 0)?
+        };
+        Ok((anchors, docs))
+    }
+
+    /// The vectors of `texts` through the route `kind` (the MLM unless it is an
+    /// inference-free model's query route).
+    pub fn forward_route(&self, texts: &[&str], kind: InputKind) -> Result<Tensor, TrainError> {
+        match (&self.query, kind) {
+            (Some(q), InputKind::Query) => q.forward(texts),
+            _ => self.forward(&self.tokenize(texts)?),
+        }
+    }
+}
+
+/// The Router of `dir`, if it is one sparq trains: an inference-free model (static query
+/// route) or routes sharing one MLM; two encoders are refused.
+pub(super) fn read_router(dir: &Path) -> Result<Option<RouterLayout>, ModelError> {
+    let modules = dir.join("modules.json");
+    if !modules.is_file() {
+        return Ok(None);
+    }
+    let Some(router) = RouterLayout::read(dir, &modules)? else {
+        return Ok(None);
+    };
+    if let (RouteLayout::Mlm(_), RouteLayout::Mlm(_), false) =
+        (&router.query, &router.document, router.shared)
+    {
+        return Err(ModelError::Unsupported {
+            path: router.config,
+            what: "training a two-encoder Router model (an MLM on each route)".into(),
+            hint: "sparq trains inference-free Router models (a SparseStaticEmbedding query \
+                   route) and plain SPLADE models; train two encoders with \
+                   SparseEncoderTrainer"
+                .into(),
+        });
+    }
+    Ok(Some(router))
+}
+
+/// sentence-transformers' names for a Router's parameters: `0.sub_modules.<route>.<i>.…`,
+/// under the trainer's `model.` (its loss holds the model).
+pub(super) fn router_names(router: &RouterLayout, layout: &ModelLayout) -> StNames {
+    let folder = layout
+        .transformer_dir
+        .strip_prefix(&layout.root)
+        .unwrap_or(&layout.transformer_dir)
+        .to_string_lossy()
+        .into_owned();
+    let index = |route: &NamedRoute| route.modules.iter().position(|m| *m == folder);
+    StNames {
+        mlm_prefix: format!(
+            "model.0.sub_modules.{}.{}.model.",
+            router.document_route.key,
+            index(&router.document_route).unwrap_or(0)
+        ),
+        mlm_folder: folder.clone(),
+        static_name: format!("model.0.sub_modules.{}.0.weight", router.query_route.key),
+    }
+}
