@@ -278,6 +278,19 @@ fn learning_rate_patterns_match_trainer_names_and_module_folders() {
     let head = peak(r"^model\.0\.sub_modules\.document\.0\.model\.cls\.");
     assert_eq!(head.len(), 5, "{head:?}");
     assert_eq!(peak(&format!("^{MLM}\\.cls\\.")), head);
+    // A plain model's parameters are the trainer's `model.0.model.<Hugging Face name>`.
+    let plain = TrainModel::load(&common::tiny_model(), Device::Cpu, false).unwrap();
+    let mapped: Vec<String> = plain
+        .optimizer_params(&[(r"^model\.0\.model\.cls\.".into(), 1e-2)])
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.peak_lr == Some(1e-2))
+        .map(|p| p.name)
+        .collect();
+    assert!(
+        !mapped.is_empty() && mapped.iter().all(|n| n.starts_with("cls.")),
+        "{mapped:?}"
+    );
     let err = m
         .optimizer_params(&[("no_such_module".into(), 1e-3)])
         .err()
