@@ -101,12 +101,23 @@ impl CrossEncoder {
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<f32>, ModelError> {
+        Ok(self.predict_counting_tokens(pairs, batch_size)?.0)
+    }
+
+    /// As [`Self::predict`], with the number of tokens the pairs came to (special tokens
+    /// included, after truncation).
+    pub fn predict_counting_tokens(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> Result<(Vec<f32>, u64), ModelError> {
         if batch_size == 0 {
             return Err(ModelError::Option(
                 "the batch size must be at least 1".into(),
             ));
         }
         let tokens = self.tokenizer.encode_pairs(pairs)?;
+        let count = tokens.iter().map(|t| t.ids.len() as u64).sum();
         // Longest first, as sentence-transformers batches: similar lengths pad less on CPU.
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].ids.len()));
@@ -134,7 +145,7 @@ impl CrossEncoder {
                 detail: format!("the score of pair {i} is {}", scores[i]),
             });
         }
-        Ok(scores)
+        Ok((scores, count))
     }
 
     /// The activation applied to the logits.
