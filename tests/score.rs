@@ -13,6 +13,9 @@ fn fixture() -> PathBuf {
     common::root().join("tests/fixtures/models/cross-encoder-tiny")
 }
 
+/// The BERT fixture and the XLM-RoBERTa one, by name.
+const FIXTURES: [&str; 2] = ["cross-encoder-tiny", "cross-encoder-xlmr-tiny"];
+
 /// One reference line: the pair, `predict`'s score and logit, and its tokens.
 struct Reference {
     query: String,
@@ -24,7 +27,11 @@ struct Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let path = common::root().join("tests/reference/cross-encoder-tiny.jsonl");
+    references_of("cross-encoder-tiny")
+}
+
+fn references_of(name: &str) -> Vec<Reference> {
+    let path = common::root().join(format!("tests/reference/{name}.jsonl"));
     let text = std::fs::read_to_string(path).unwrap();
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
@@ -85,41 +92,61 @@ fn load_error(dir: &Path) -> String {
 
 #[test]
 fn pairs_tokenize_as_the_cross_encoder_tokenizes_them() {
-    let refs = references();
-    let tokenizer = SpladeTokenizer::load_for_pairs(&fixture(), 32, false).unwrap();
-    let got = tokenizer.encode_pairs(&pairs(&refs)).unwrap();
-    let mut truncated = 0;
-    for (g, r) in got.iter().zip(&refs) {
-        assert_eq!(g.ids, r.input_ids, "ids of ({:?}, {:?})", r.query, r.text);
-        assert_eq!(g.type_ids, r.token_type_ids, "types of {:?}", r.query);
-        truncated += usize::from(g.ids.len() == 32);
+    for name in FIXTURES {
+        let refs = references_of(name);
+        let dir = common::root().join("tests/fixtures/models").join(name);
+        let tokenizer = SpladeTokenizer::load_for_pairs(&dir, 32, false).unwrap();
+        let got = tokenizer.encode_pairs(&pairs(&refs)).unwrap();
+        let mut truncated = 0;
+        for (g, r) in got.iter().zip(&refs) {
+            assert_eq!(
+                g.ids, r.input_ids,
+                "{name}: ids of ({:?}, {:?})",
+                r.query, r.text
+            );
+            // RoBERTa's tokenizer returns no token types: the model reads zeros.
+            if name == "cross-encoder-tiny" {
+                assert_eq!(g.type_ids, r.token_type_ids, "types of {:?}", r.query);
+            }
+            truncated += usize::from(g.ids.len() == 32);
+        }
+        // The fixture must exercise pair truncation.
+        assert!(truncated >= 4, "{name}: {truncated} truncated pairs");
     }
-    // The fixture must exercise pair truncation.
-    assert!(truncated >= 4, "{truncated} truncated pairs");
 }
 
 #[test]
 fn scores_equal_cross_encoder_predict() {
-    let refs = references();
-    let model = CrossEncoder::load(&fixture(), tch::Device::Cpu).unwrap();
-    assert_eq!(model.activation(), ScoreActivation::Sigmoid);
-    assert_eq!(model.max_length(), 32);
-    let want: Vec<f32> = refs.iter().map(|r| r.score).collect();
-    let got = model.predict(&pairs(&refs), 4).unwrap();
-    let diff = max_abs_diff(&got, &want);
-    eprintln!("max |score - CrossEncoder.predict| = {diff:e}");
-    assert!(diff <= 1e-4, "max abs diff {diff}");
+    for name in FIXTURES {
+        let refs = references_of(name);
+        let dir = common::root().join("tests/fixtures/models").join(name);
+        let model = CrossEncoder::load(&dir, tch::Device::Cpu).unwrap();
+        assert_eq!(model.activation(), ScoreActivation::Sigmoid);
+        assert_eq!(model.max_length(), 32);
+        let want: Vec<f32> = refs.iter().map(|r| r.score).collect();
+        let got = model.predict(&pairs(&refs), 4).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("{name}: max |score - CrossEncoder.predict| = {diff:e}");
+        assert!(diff <= 1e-4, "{name}: max abs diff {diff}");
+        let logits: Vec<f32> = refs.iter().map(|r| r.logit).collect();
+        let spread = logits.iter().cloned().fold(f32::MIN, f32::max)
+            - logits.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(
+            spread > 0.5,
+            "{name}: the fixture's scores hardly differ ({spread})"
+        );
 
-    let one_by_one: Vec<f32> = pairs(&refs)
-        .iter()
-        .map(|p| model.predict(&[*p], 1).unwrap()[0])
-        .collect();
-    let all_at_once = model.predict(&pairs(&refs), 64).unwrap();
-    let batched = max_abs_diff(&all_at_once, &one_by_one);
-    eprintln!("max |batched - one by one| = {batched:e}");
-    assert!(batched <= 1e-5, "batched vs one-by-one {batched}");
-    assert!(model.predict(&[], 4).unwrap().is_empty());
-    assert!(model.predict(&pairs(&refs), 0).is_err());
+        let one_by_one: Vec<f32> = pairs(&refs)
+            .iter()
+            .map(|p| model.predict(&[*p], 1).unwrap()[0])
+            .collect();
+        let all_at_once = model.predict(&pairs(&refs), 64).unwrap();
+        let batched = max_abs_diff(&all_at_once, &one_by_one);
+        eprintln!("{name}: max |batched - one by one| = {batched:e}");
+        assert!(batched <= 1e-5, "{name}: batched vs one-by-one {batched}");
+        assert!(model.predict(&[], 4).unwrap().is_empty());
+        assert!(model.predict(&pairs(&refs), 0).is_err());
+    }
 }
 
 #[test]
@@ -163,11 +190,11 @@ fn what_sparq_cannot_score_is_refused_at_load() {
     assert!(err.contains("a model that is not a cross-encoder"), "{err}");
 
     let dir = edited_fixture("config.json", |v| {
-        v["model_type"] = "roberta".into();
-        v["architectures"] = serde_json::json!(["RobertaForSequenceClassification"]);
+        v["model_type"] = "distilbert".into();
+        v["architectures"] = serde_json::json!(["DistilBertForSequenceClassification"]);
     });
     let err = load_error(dir.path());
-    assert!(err.contains("a roberta cross-encoder"), "{err}");
+    assert!(err.contains("a distilbert cross-encoder"), "{err}");
 
     let err = load_error(Path::new("/nonexistent/cross-encoder"));
     assert!(err.contains("does not exist"), "{err}");

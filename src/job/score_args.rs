@@ -11,7 +11,8 @@ use crate::io::output::SCORE_COLUMN;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScoreArgs {
     /// Cross-encoder folder: as sentence-transformers' `CrossEncoder.save` writes it, or a
-    /// Hugging Face `BertForSequenceClassification` folder with one label. Scores are
+    /// Hugging Face `BertForSequenceClassification` / `(XLM)RobertaForSequenceClassification`
+    /// folder with one label. Scores are
     /// `CrossEncoder.predict`'s: the logit through the folder's activation (Sigmoid unless
     /// config_sentence_transformers.json sets another).
     #[arg(long)]

@@ -42,6 +42,9 @@ pub struct BertEncoder {
     layers: Vec<TransformerBlock>,
     /// Dropout, when training.
     dropout: Option<Dropout>,
+    /// Added to each token's position before the lookup: 0 for BERT, `pad_token_id + 1` for
+    /// RoBERTa's embeddings (fairseq's make_positions), whose blocks are BERT's.
+    position_offset: i64,
 }
 
 impl BertEncoder {
@@ -77,7 +80,20 @@ impl BertEncoder {
             embeddings,
             layers,
             dropout: None,
+            position_offset: 0,
         })
+    }
+
+    /// Loads a RoBERTa / XLM-R encoder (`{prefix}.embeddings.*`, BERT's blocks): positions
+    /// count from `pad_token_id + 1`.
+    pub fn load_roberta(
+        w: &mut WeightMap,
+        cfg: &super::config::RobertaConfig,
+        prefix: &str,
+    ) -> Result<Self, ModelError> {
+        let mut encoder = Self::load(w, &cfg.bert, prefix)?;
+        encoder.position_offset = cfg.pad_token_id + 1;
+        Ok(encoder)
     }
 
     /// The last hidden state `[tokens, hidden]` of the packed stream of `batch`. `token_types`
@@ -94,8 +110,12 @@ impl BertEncoder {
             // One row of the type table, broadcast.
             None => e.token_type.f_narrow(0, 0, 1)?,
         };
+        let positions = match self.position_offset {
+            0 => batch.positions.shallow_clone(),
+            offset => batch.positions.f_add_scalar(offset)?,
+        };
         let x = lookup(&e.word, &batch.ids)?
-            .f_add(&lookup(&e.position, &batch.positions)?)?
+            .f_add(&lookup(&e.position, &positions)?)?
             .f_add(&types)?;
         let mut x = dropout(&e.norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
         let heads = self.cfg.num_attention_heads;

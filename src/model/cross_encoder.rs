@@ -1,15 +1,17 @@
-//! Cross-encoders: a `BertForSequenceClassification` (as sentence-transformers' `CrossEncoder`
-//! saves it) reads a query and a passage together and gives one relevance score, equal to
-//! `CrossEncoder.predict`.
+//! Cross-encoders: a `BertForSequenceClassification` or `(XLM)RobertaForSequenceClassification`
+//! (as sentence-transformers' `CrossEncoder` saves it) reads a query and a passage together and
+//! gives one relevance score, equal to `CrossEncoder.predict`.
 //!
 //! Nogueira & Cho, "Passage Re-ranking with BERT" (arXiv:1901.04085). Upstream:
 //! `sentence_transformers/cross_encoder/model.py` (pair tokenization, activation) and
 //! `transformers/models/bert/modeling_bert.py` (`BertPooler`: dense + tanh on `[CLS]`; then the
-//! `classifier` linear layer). Tensor keys equal the HF state dict (`bert.*`, `classifier.*`).
+//! `classifier` linear layer; RoBERTa's `RobertaClassificationHead` is the same dense + tanh +
+//! linear on `<s>`). Tensor keys equal the HF state dict (`bert.*` / `roberta.*`,
+//! `classifier.*`).
 //!
 //! Only one-label models are loaded: `predict` gives one score per pair, the logit through the
-//! folder's activation (Sigmoid unless configured otherwise). Models with more labels, RoBERTa /
-//! XLM-R cross-encoders and default prompts are refused at load, naming the file.
+//! folder's activation (Sigmoid unless configured otherwise). Models with more labels, other
+//! architectures and default prompts are refused at load, naming the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use super::tokenizer::{PairTokens, SpladeTokenizer};
 use super::weights::WeightMap;
 use super::ModelError;
 
-pub use super::cross_encoder_config::{CrossEncoderConfig, ScoreActivation};
+pub use super::cross_encoder_config::{CrossEncoderConfig, CrossEncoderFamily, ScoreActivation};
 
 /// A loaded cross-encoder, ready to score pairs.
 pub struct CrossEncoder {
@@ -32,10 +34,13 @@ pub struct CrossEncoder {
     config: CrossEncoderConfig,
     tokenizer: SpladeTokenizer,
     encoder: BertEncoder,
-    /// `bert.pooler.dense`, followed by tanh.
+    /// On the first token, followed by tanh: `bert.pooler.dense` (BERT) or `classifier.dense`
+    /// (RoBERTa).
     pooler: Linear,
-    /// `classifier`: `[1, hidden]`.
+    /// The logit, `[1, hidden]`: `classifier` (BERT) or `classifier.out_proj` (RoBERTa).
     classifier: Linear,
+    /// The passage's tokens have type 1 (BERT); else every token has type 0.
+    token_types: bool,
     device: Device,
     /// Memory maps the tensors may point into: they live as long as the model.
     _maps: Vec<Arc<memmap2::Mmap>>,
@@ -67,9 +72,19 @@ impl CrossEncoder {
             WeightMap::load(&config.transformer_dir)?
         };
         let h = config.bert.hidden_size;
-        let mut encoder = BertEncoder::load(&mut weights, &config.bert, "bert")?;
-        let mut pooler = Linear::load(&mut weights, "bert.pooler.dense", h, h)?;
-        let mut classifier = Linear::load(&mut weights, "classifier", h, 1)?;
+        let (mut encoder, [pooler, classifier]) = match &config.family {
+            CrossEncoderFamily::Bert => (
+                BertEncoder::load(&mut weights, &config.bert, "bert")?,
+                ["bert.pooler.dense", "classifier"],
+            ),
+            CrossEncoderFamily::Roberta(c) => (
+                BertEncoder::load_roberta(&mut weights, c, "roberta")?,
+                ["classifier.dense", "classifier.out_proj"],
+            ),
+        };
+        let mut pooler = Linear::load(&mut weights, pooler, h, h)?;
+        let mut classifier = Linear::load(&mut weights, classifier, h, 1)?;
+        let token_types = matches!(config.family, CrossEncoderFamily::Bert);
         weights.check_finite(dir)?;
         if !mapped {
             let params = encoder
@@ -89,6 +104,7 @@ impl CrossEncoder {
             encoder,
             pooler,
             classifier,
+            token_types,
             device,
             _maps: weights.maps(),
         })
@@ -170,13 +186,17 @@ impl CrossEncoder {
         let total = token_bucket(real, self.device.is_cuda(), 1);
         let kernel = AttentionKernel::for_device(self.device);
         let packed = PackedBatch::new(&seqs, total, self.device, kernel, 1)?;
-        let mut types: Vec<i64> = batch
-            .iter()
-            .flat_map(|t| t.type_ids.iter().map(|&id| id as i64))
-            .collect();
-        types.resize(packed.total as usize, 0);
-        let types = Tensor::from_slice(&types).f_to_device(self.device)?;
-        let hidden = self.encoder.forward(&packed, Some(&types))?;
+        let types = if self.token_types {
+            let mut types: Vec<i64> = batch
+                .iter()
+                .flat_map(|t| t.type_ids.iter().map(|&id| id as i64))
+                .collect();
+            types.resize(packed.total as usize, 0);
+            Some(Tensor::from_slice(&types).f_to_device(self.device)?)
+        } else {
+            None
+        };
+        let hidden = self.encoder.forward(&packed, types.as_ref())?;
         // Each sequence's first token ([CLS]) starts its segment of the stream.
         let starts: Vec<i64> = packed
             .lengths

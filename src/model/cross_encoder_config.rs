@@ -1,6 +1,7 @@
 //! What a cross-encoder folder configures, read as sentence-transformers 6.2's `CrossEncoder`
 //! reads it (`cross_encoder/model.py`, `base/modules/transformer.py`): the architecture, the
-//! number of labels, the activation `predict` applies, and the longest pair it tokenizes.
+//! backbone (BERT or RoBERTa / XLM-R), the number of labels, the activation `predict` applies,
+//! and the longest pair it tokenizes.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 use tch::Tensor;
 
 use super::architecture::{check_arch, refuse_remote_code};
-use super::config::{ArchConfig, BertConfig};
+use super::config::{ArchConfig, BertConfig, RobertaConfig};
 use super::layout::parse_json;
 use super::ModelError;
 
@@ -34,13 +35,27 @@ impl ScoreActivation {
     }
 }
 
+/// The backbone of a cross-encoder, and where its head's weights are.
+#[derive(Debug, Clone)]
+pub enum CrossEncoderFamily {
+    /// `BertForSequenceClassification`: `bert.*`, `bert.pooler.dense`, `classifier`; the
+    /// passage's tokens have type 1.
+    Bert,
+    /// `RobertaForSequenceClassification` / `XLMRobertaForSequenceClassification`:
+    /// `roberta.*`, `classifier.dense`, `classifier.out_proj`; every token has type 0 (the
+    /// tokenizer returns no token types), positions count from `pad_token_id + 1`.
+    Roberta(RobertaConfig),
+}
+
 /// The settings of a cross-encoder folder.
 #[derive(Debug, Clone)]
 pub struct CrossEncoderConfig {
     /// The folder holding `config.json`, the weights and the tokenizer.
     pub transformer_dir: PathBuf,
-    /// The BERT backbone.
+    /// The backbone's blocks (a RoBERTa's are BERT's).
     pub bert: BertConfig,
+    /// BERT or RoBERTa.
+    pub family: CrossEncoderFamily,
     /// What `predict` applies to the logit.
     pub activation: ScoreActivation,
     /// Longest tokenized pair, special tokens included.
@@ -84,7 +99,7 @@ impl CrossEncoderConfig {
             });
         }
         let config: Value = parse_json(&config_path)?;
-        let bert = bert_config(&config_path, &config)?;
+        let (bert, family) = family(&config_path, &config)?;
         let num_labels = num_labels(&config);
         if num_labels != 1 {
             return Err(ModelError::Unsupported {
@@ -107,7 +122,11 @@ impl CrossEncoderConfig {
         }
         refuse_default_prompt(&saved_path, &saved)?;
         let activation = activation(dir, &saved, &config_path, &config)?;
-        let max_length = max_length(&transformer_dir, &st_settings, &bert)?;
+        let positions = match &family {
+            CrossEncoderFamily::Bert => bert.max_position_embeddings,
+            CrossEncoderFamily::Roberta(c) => c.max_positions(),
+        };
+        let max_length = max_length(&transformer_dir, &st_settings, positions)?;
         let do_lower_case = st_settings
             .get("do_lower_case")
             .and_then(Value::as_bool)
@@ -115,6 +134,7 @@ impl CrossEncoderConfig {
         Ok(Self {
             transformer_dir,
             bert,
+            family,
             activation,
             max_length,
             do_lower_case,
@@ -149,8 +169,9 @@ fn transformer_dir(dir: &Path) -> Result<PathBuf, ModelError> {
     }
 }
 
-/// The BERT configuration, when `config.json` names `BertForSequenceClassification`.
-fn bert_config(path: &Path, value: &Value) -> Result<BertConfig, ModelError> {
+/// The backbone `config.json` names, with its BERT-block configuration: a BERT or RoBERTa /
+/// XLM-R sequence classifier, else refused.
+fn family(path: &Path, value: &Value) -> Result<(BertConfig, CrossEncoderFamily), ModelError> {
     refuse_remote_code(path, value)?;
     let model_type = value
         .get("model_type")
@@ -161,34 +182,56 @@ fn bert_config(path: &Path, value: &Value) -> Result<BertConfig, ModelError> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let classifier = architectures
-        .iter()
-        .any(|a| a.ends_with("ForSequenceClassification"));
-    if model_type != "bert" || !architectures.contains(&"BertForSequenceClassification") {
-        let hint = "sparq scores with BERT cross-encoders (BertForSequenceClassification, e.g. \
-                    cross-encoder/ms-marco-MiniLM-L6-v2 or BAAI/bge-reranker-base's BERT \
-                    siblings); score this model with sentence-transformers' CrossEncoder";
-        let what = if classifier {
-            format!("a {model_type} cross-encoder ({architectures:?})")
-        } else {
-            format!(
-                "a model that is not a cross-encoder (model_type `{model_type}`, \
-                 architectures {architectures:?})"
+    let names = |a: &str| architectures.contains(&a);
+    let config_err = |e: serde_json::Error| ModelError::Config {
+        path: path.to_path_buf(),
+        detail: format!("invalid {model_type} configuration: {e}"),
+    };
+    let (arch, family) = match model_type {
+        "bert" if names("BertForSequenceClassification") => {
+            let c: BertConfig = serde_json::from_value(value.clone()).map_err(config_err)?;
+            (ArchConfig::Bert(c), CrossEncoderFamily::Bert)
+        }
+        "roberta" | "xlm-roberta"
+            if names("RobertaForSequenceClassification")
+                || names("XLMRobertaForSequenceClassification") =>
+        {
+            let c: RobertaConfig = serde_json::from_value(value.clone()).map_err(config_err)?;
+            (
+                ArchConfig::Roberta(c.clone()),
+                CrossEncoderFamily::Roberta(c),
             )
-        };
-        return Err(ModelError::Unsupported {
-            path: path.to_path_buf(),
-            what,
-            hint: hint.into(),
-        });
-    }
-    let bert: BertConfig =
-        serde_json::from_value(value.clone()).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            detail: format!("invalid bert configuration: {e}"),
-        })?;
-    check_arch(path, &ArchConfig::Bert(bert.clone()))?;
-    if bert.type_vocab_size < 2 {
+        }
+        _ => {
+            let classifier = architectures
+                .iter()
+                .any(|a| a.ends_with("ForSequenceClassification"));
+            let what = if classifier {
+                format!("a {model_type} cross-encoder ({architectures:?})")
+            } else {
+                format!(
+                    "a model that is not a cross-encoder (model_type `{model_type}`, \
+                     architectures {architectures:?})"
+                )
+            };
+            return Err(ModelError::Unsupported {
+                path: path.to_path_buf(),
+                what,
+                hint: "sparq scores with BERT, RoBERTa and XLM-RoBERTa cross-encoders \
+                       (*ForSequenceClassification, e.g. cross-encoder/ms-marco-MiniLM-L6-v2, \
+                       BAAI/bge-reranker-base); score this model with sentence-transformers' \
+                       CrossEncoder"
+                    .into(),
+            });
+        }
+    };
+    check_arch(path, &arch)?;
+    let bert = match &arch {
+        ArchConfig::Bert(c) => c.clone(),
+        ArchConfig::Roberta(c) => c.bert.clone(),
+        _ => unreachable!("only BERT and RoBERTa are matched above"),
+    };
+    if matches!(family, CrossEncoderFamily::Bert) && bert.type_vocab_size < 2 {
         return Err(ModelError::Unsupported {
             path: path.to_path_buf(),
             what: format!("type_vocab_size {}", bert.type_vocab_size),
@@ -197,7 +240,7 @@ fn bert_config(path: &Path, value: &Value) -> Result<BertConfig, ModelError> {
                 .into(),
         });
     }
-    Ok(bert)
+    Ok((bert, family))
 }
 
 /// `num_labels` as transformers derives it: the key, else the size of `id2label`, else 2.
@@ -273,8 +316,8 @@ fn refuse_default_prompt(path: &Path, saved: &Value) -> Result<(), ModelError> {
 
 /// `max_seq_length` of `sentence_bert_config.json` if set, else the tokenizer's
 /// `model_max_length` capped at `max_position_embeddings` (as sentence-transformers caps it).
-fn max_length(dir: &Path, st_settings: &Value, bert: &BertConfig) -> Result<usize, ModelError> {
-    let positions = bert.max_position_embeddings.max(1) as usize;
+fn max_length(dir: &Path, st_settings: &Value, positions: i64) -> Result<usize, ModelError> {
+    let positions = positions.max(1) as usize;
     if let Some(len) = st_settings.get("max_seq_length").and_then(Value::as_u64) {
         let len = len as usize;
         if len > positions {
