@@ -161,6 +161,30 @@ fn the_saved_activation_is_applied() {
     let diff = max_abs_diff(&model.predict(&pairs(&refs), 8).unwrap(), &want);
     assert!(diff <= 1e-4, "logits: max abs diff {diff}");
 
+    // A folder saved before sentence-transformers 4 (no modules.json; the activation under
+    // `sbert_ce_default_activation_function` in config.json), as cross-encoder/ms-marco-* are.
+    let dir = edited_fixture("config.json", |v| {
+        v["sbert_ce_default_activation_function"] = "torch.nn.modules.linear.Identity".into();
+    });
+    for name in [
+        "config_sentence_transformers.json",
+        "modules.json",
+        "sentence_bert_config.json",
+    ] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let model = CrossEncoder::load(dir.path(), tch::Device::Cpu).unwrap();
+    assert_eq!(model.activation(), ScoreActivation::Identity);
+    let diff = max_abs_diff(&model.predict(&pairs(&refs), 8).unwrap(), &want);
+    assert!(diff <= 1e-4, "legacy folder: max abs diff {diff}");
+
+    // A path outside torch is not trusted (as in Python): the default, Sigmoid, applies.
+    let dir = edited_fixture("config_sentence_transformers.json", |v| {
+        v["activation_fn"] = "my_package.MyActivation".into();
+    });
+    let model = CrossEncoder::load(dir.path(), tch::Device::Cpu).unwrap();
+    assert_eq!(model.activation(), ScoreActivation::Sigmoid);
+
     let dir = edited_fixture("config_sentence_transformers.json", |v| {
         v["activation_fn"] = "torch.nn.modules.activation.Softmax".into();
     });
