@@ -220,6 +220,11 @@ fn what_sparq_cannot_score_is_refused_at_load() {
     let err = load_error(dir.path());
     assert!(err.contains("a distilbert cross-encoder"), "{err}");
 
+    let dir = edited_fixture("config.json", |_| {});
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("model.safetensors is missing"), "{err}");
+
     let err = load_error(Path::new("/nonexistent/cross-encoder"));
     assert!(err.contains("does not exist"), "{err}");
 }

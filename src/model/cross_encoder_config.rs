@@ -98,6 +98,19 @@ impl CrossEncoderConfig {
                     .into(),
             });
         }
+        let weights = [
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+        ];
+        if !weights.iter().any(|w| transformer_dir.join(w).is_file()) {
+            return Err(ModelError::MissingFile {
+                path: transformer_dir.join(weights[0]),
+                hint: "the model folder needs model.safetensors (or a sharded \
+                       model.safetensors.index.json)"
+                    .into(),
+            });
+        }
         let config: Value = parse_json(&config_path)?;
         let (bert, family) = family(&config_path, &config)?;
         let num_labels = num_labels(&config);
