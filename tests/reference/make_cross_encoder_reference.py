@@ -8,7 +8,7 @@ seed) with the WordPiece vocabulary of tests/fixtures/models/router-two (1,200 t
 in a sentence-transformers `CrossEncoder` with max_length 32 and saved with `CrossEncoder.save`
 to tests/fixtures/models/cross-encoder-tiny.
 
-tests/reference/cross-encoder-tiny.jsonl holds one line per pair of tests/fixtures/pairs.jsonl:
+tests/reference/cross-encoder-tiny.jsonl holds one line per pair:
   {"query", "text", "score": CrossEncoder.predict (its default activation: Sigmoid),
    "logit": predict with activation_fn=Identity, "input_ids", "token_type_ids"}
 The pairs include long ones that need pair truncation (longest_first) and non-ASCII text.
@@ -33,7 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 VOCAB_FROM = os.path.join(MODELS, "router-two", "document_0_MLMTransformer")
 XLMR_VOCAB_FROM = os.path.join(MODELS, "xlmr-tiny")
-PAIRS = os.path.join(ROOT, "tests", "fixtures", "pairs.jsonl")
 MAX_LENGTH = 32
 
 LONG = ("sparse retrieval models expand every document into weighted vocabulary terms, "
@@ -115,9 +114,6 @@ def make(name, vocab_from, build, seed, items):
 
 def main():
     items = pairs()
-    with open(PAIRS, "w", encoding="utf8") as f:
-        for i, (q, t) in enumerate(items):
-            f.write(json.dumps({"id": f"p{i}", "query": q, "text": t}, ensure_ascii=False) + "\n")
     make("cross-encoder-tiny", VOCAB_FROM, bert, 0, items)
     make("cross-encoder-xlmr-tiny", XLMR_VOCAB_FROM, xlmr, 1, items)
 
