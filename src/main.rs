@@ -37,6 +37,12 @@ enum Command {
         after_help = "Examples:\n  sparq encode --input examples/corpus --output runs/vectors --workers 2\n  sparq encode --input 's3://corpus/raw/*.parquet' --output s3://corpus/splade/ --devices cuda:0,cuda:1\n  sparq encode --config job.toml --plan      # what would run, nothing written"
     )]
     Encode(sparq::job::args::EncodeArgs),
+    /// Score (query, text) pairs of parquet files with a cross-encoder, as encode runs: worker
+    /// processes, exactly once, resumable.
+    #[command(
+        after_help = "Examples:\n  sparq score --model models/my-cross-encoder --input pairs.parquet --output runs/scores\n  sparq score --model ce --input 's3://data/pairs/*.parquet' --output s3://data/scores/ --workers 4\n  sparq score --model ce --input pairs --output scores --query-column question --text-column passage --id-column pair_id"
+    )]
+    Score(sparq::job::score_args::ScoreArgs),
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
     #[command(
         after_help = "Examples:\n  sparq eval --beir tests/fixtures/beir-small\n  sparq eval --beir path/to/nfcorpus --split test --run-file run.tsv\n  sparq eval --beir path/to/nfcorpus --corpus-vectors runs/nfcorpus-vectors --corpus-id-column _id"
@@ -128,7 +134,7 @@ fn main() -> ExitCode {
             Command::EncodeText(args) => Some(args.model.onednn_cache_capacity()),
             Command::Eval(args) => Some(args.model.onednn_cache_capacity()),
             Command::EncodeWorker => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
-            Command::Encode(_) => None,
+            Command::Encode(_) | Command::Score(_) => None,
             Command::Train(_) => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
             Command::Worker(args) => Some(onednn_cache_capacity(args.device, Dtype::F32)),
             Command::Export(_) | Command::Inspect(_) | Command::Decode(_) => None,
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
             };
             return commands::encode(&args, given);
         }
+        Command::Score(args) => return commands::score(&args),
         Command::Eval(args) => commands::eval(&args),
         Command::Train(args) => commands::train(&args),
         Command::Export(args) => commands::export(&args),

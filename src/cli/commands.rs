@@ -10,22 +10,38 @@ use crate::eval::IrMetrics;
 use crate::export::{InspectArgs, InspectReport};
 use crate::job::args::{EncodeArgs, EncodeConfig, Fleet};
 use crate::job::plan::EncodePlan;
+use crate::job::score_args::ScoreArgs;
 use crate::job::JobError;
 use crate::train::{run_train, TrainArgs, TrainEvent};
 
 /// `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
 /// failed (the rest is committed), 128 + the signal when interrupted. With `--plan`, the plan.
 pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
-    let config = match args.job(given) {
-        Ok(c) => c,
+    match args.job(given) {
+        Ok(config) => run_job(&config, &args.fleet, args.plan),
         Err(e) => {
             eprint_line(format_args!("sparq: error: {e}"));
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    if args.plan {
-        return match crate::coord::coordinator::plan_only(&config, &args.fleet) {
-            Ok(plan) => match print_line(plan_text(&config, &args.fleet, &plan).trim_end()) {
+    }
+}
+
+/// `score`: as `encode` (the same summary, exit codes and `--plan`), for pairs.
+pub fn score(args: &ScoreArgs) -> ExitCode {
+    match args.job() {
+        Ok(config) => run_job(&config, &args.fleet, args.plan),
+        Err(e) => {
+            eprint_line(format_args!("sparq: error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs (or with `plan`, plans) a job on this machine's workers.
+fn run_job(config: &EncodeConfig, fleet: &Fleet, plan: bool) -> ExitCode {
+    if plan {
+        return match crate::coord::coordinator::plan_only(config, fleet) {
+            Ok(plan) => match print_line(plan_text(config, fleet, &plan).trim_end()) {
                 Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprint_line(format_args!("sparq: error: {e}"));
@@ -38,7 +54,7 @@ pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
             }
         };
     }
-    match crate::coord::coordinator::run_encode(&config, &args.fleet) {
+    match crate::coord::coordinator::run_encode(config, fleet) {
         Ok((summary, failures)) => {
             // The work is committed whatever happens to the summary: a reader that went away
             // changes nothing, a failed write is said.

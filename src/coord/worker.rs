@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use super::protocol::{FromWorker, ToWorker};
 use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::encode::score::score_shard;
+use crate::encode::settings::{EncodeSettings, RowTask, WorkerSettings};
+use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
 use crate::io::{Committer, StoreUrl};
-use crate::model::SpladeEncoder;
+use crate::model::cross_encoder::CrossEncoder;
+use crate::model::{ModelError, ResolveDevice, SpladeEncoder};
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -42,8 +46,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
     };
     tch::set_num_threads(worker.threads.max(1) as i32);
     let setup = || -> Result<_, String> {
-        let encoder = SpladeEncoder::load(&config.model, worker.device, Some(config.dtype))
-            .map_err(|e| e.to_string())?;
+        let encoder = ShardModel::load(&config, &worker).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -92,8 +95,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
                 progress.rows.store(0, Ordering::Relaxed);
                 progress.tokens.store(0, Ordering::Relaxed);
                 current.store(shard.id, Ordering::Relaxed);
-                let result =
-                    encode_shard(&encoder, &config, &runtime, &committer, &shard, &progress);
+                let result = encoder.run(&config, &runtime, &committer, &shard, &progress);
                 current.store(usize::MAX, Ordering::Relaxed);
                 // Hand freed heap pages back to the OS between shards: batches of ever-changing
                 // shapes otherwise fragment glibc's arenas and the worker's RSS creeps upwards.
@@ -125,4 +127,42 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
         tracing::info!("worker on {}: {line}", worker.device);
     }
     0
+}
+
+/// The model a worker runs its shards through: what the job's task needs.
+enum ShardModel {
+    /// `sparq encode`.
+    Encoder(Box<SpladeEncoder>),
+    /// `sparq score`.
+    Scorer(Box<CrossEncoder>),
+}
+
+impl ShardModel {
+    fn load(config: &EncodeSettings, worker: &WorkerSettings) -> Result<Self, ModelError> {
+        Ok(match config.task {
+            RowTask::Encode => ShardModel::Encoder(Box::new(SpladeEncoder::load(
+                &config.model,
+                worker.device,
+                Some(config.dtype),
+            )?)),
+            RowTask::Score { .. } => ShardModel::Scorer(Box::new(CrossEncoder::load(
+                &config.model,
+                worker.device.resolve()?,
+            )?)),
+        })
+    }
+
+    fn run(
+        &self,
+        config: &EncodeSettings,
+        runtime: &tokio::runtime::Runtime,
+        committer: &Committer,
+        shard: &ShardSpec,
+        progress: &ShardProgress,
+    ) -> Result<ShardReport, ShardError> {
+        match self {
+            ShardModel::Encoder(e) => encode_shard(e, config, runtime, committer, shard, progress),
+            ShardModel::Scorer(m) => score_shard(m, config, runtime, committer, shard, progress),
+        }
+    }
 }

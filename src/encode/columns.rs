@@ -7,7 +7,7 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ColumnError {
     /// A required column is missing.
-    #[error("{file}: no column `{column}` (columns: {}); pick the column with --id-column / --text-column / --keep-columns", available.join(", "))]
+    #[error("{file}: no column `{column}` (columns: {}); pick the column with --id-column / --text-column / --keep-columns (sparq score: --query-column)", available.join(", "))]
     Missing {
         /// The file.
         file: String,

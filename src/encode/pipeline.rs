@@ -468,17 +468,21 @@ fn pipeline_depth(cuda: bool) -> usize {
         .unwrap_or(usize::from(cuda))
 }
 
-fn joined<T>(result: std::thread::Result<Result<T, ShardError>>) -> Result<T, ShardError> {
+pub(crate) fn joined<T>(
+    result: std::thread::Result<Result<T, ShardError>>,
+) -> Result<T, ShardError> {
     result.unwrap_or_else(|_| Err(ShardError::Panicked))
 }
 
-enum TextCell<'a> {
+/// One cell of a text column.
+pub(crate) enum TextCell<'a> {
     Text(&'a str),
     Null,
     Invalid(String),
 }
 
-fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
+/// The cells of a string or binary column (binary must hold UTF-8).
+pub(crate) fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
     fn text(value: Option<&str>) -> TextCell<'_> {
         value.map_or(TextCell::Null, TextCell::Text)
     }

@@ -9,6 +9,22 @@ use crate::io::AllowedRoots;
 use crate::model::{LongDocs, LongDocsMode};
 use crate::types::{DeviceSpec, Dtype};
 
+/// What a job computes for each row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowTask {
+    /// The sparse vector of the text column (`sparq encode`).
+    #[default]
+    Encode,
+    /// The cross-encoder score of the pair (query column, text column) (`sparq score`).
+    Score {
+        /// Column holding the queries.
+        query_column: String,
+        /// Pairs per forward pass.
+        batch_size: usize,
+    },
+}
+
 /// The settings every worker of a job encodes with (sent once; stored with the plan).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncodeSettings {
@@ -39,6 +55,9 @@ pub struct EncodeSettings {
     /// Folders local inputs, the model and the output must resolve under (service jobs).
     #[serde(default)]
     pub allowed_roots: AllowedRoots,
+    /// Encode texts or score pairs.
+    #[serde(default)]
+    pub task: RowTask,
 }
 
 impl EncodeSettings {

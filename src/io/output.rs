@@ -41,6 +41,17 @@ pub fn output_schema(id: &Field, keep: &[Field]) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// Name of the column `sparq score` writes.
+pub const SCORE_COLUMN: &str = "score";
+
+/// `sparq score`'s output schema: the input id field, then `score: float32`.
+pub fn score_schema(id: &Field) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        id.clone(),
+        Field::new(SCORE_COLUMN, DataType::Float32, false),
+    ]))
+}
+
 /// Builds the sparse column; `None` rows (inputs that failed) are null.
 pub fn sparse_array(vectors: &[Option<SparseVector>]) -> ArrayRef {
     let total: usize = vectors
@@ -131,6 +142,15 @@ impl PartWriter {
     ) -> Result<(), parquet::errors::ParquetError> {
         let mut columns = vec![id, sparse_array(vectors)];
         columns.extend(keep);
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.writer.write(&batch)
+    }
+
+    /// Appends rows given as whole columns, in the schema's order.
+    pub fn write_columns(
+        &mut self,
+        columns: Vec<ArrayRef>,
+    ) -> Result<(), parquet::errors::ParquetError> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer.write(&batch)
     }

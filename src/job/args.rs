@@ -113,6 +113,10 @@ pub struct EncodeConfig {
     #[arg(long, default_value_t = defaults::lease_timeout())]
     #[serde(default = "defaults::lease_timeout")]
     pub lease_timeout: u64,
+    /// Encode texts, or score pairs (set by `sparq score`, not a flag or job-file key).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub task: crate::encode::settings::RowTask,
 }
 
 /// The worker processes `sparq encode` starts on this machine.

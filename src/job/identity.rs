@@ -127,6 +127,9 @@ pub struct JobIdentity {
     pub window_stride: usize,
     /// Shard size.
     pub shard_rows: u64,
+    /// The query column of a `sparq score` output (none for `sparq encode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_column: Option<String>,
 }
 
 impl JobIdentity {
@@ -219,6 +222,16 @@ impl JobIdentity {
             kind(other.query),
             kind(self.query),
         );
+        let pairs = |c: &Option<String>| match c {
+            Some(c) => format!("scores of `{c}` (--query-column)"),
+            None => "sparse vectors (sparq encode)".to_string(),
+        };
+        check(
+            self.query_column == other.query_column,
+            "output",
+            pairs(&other.query_column),
+            pairs(&self.query_column),
+        );
         check(
             self.shard_rows == other.shard_rows,
             "--shard-rows",
@@ -300,6 +313,7 @@ mod tests {
             long_docs: Default::default(),
             window_stride: 0,
             shard_rows: 10,
+            query_column: None,
         }
     }
 

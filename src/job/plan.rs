@@ -12,7 +12,7 @@ use super::args::EncodeConfig;
 use super::identity::{InputRecord, JobIdentity};
 use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, SUCCESS};
 use crate::encode::columns::check_columns;
-use crate::encode::settings::EncodeSettings;
+use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
 use crate::io::input::{list_inputs, read_footer, InputReader};
 use crate::io::url::Location;
@@ -118,9 +118,7 @@ pub fn plan_encode(
     let model = std::path::absolute(&args.model).unwrap_or(args.model.clone());
     // Validate the model (config, tokenizer, weights present) before any work.
     roots.check_model(&model)?;
-    let layout = ModelLayout::read(&model)?;
-    crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
-    let model_fingerprint = fingerprint(&layout.root)?;
+    let (model_fingerprint, layout) = check_model(&model, &args.task)?;
 
     let input = StoreUrl::parse(&args.input)?;
     let output = StoreUrl::parse(&args.output)?;
@@ -167,6 +165,9 @@ pub fn plan_encode(
             &args.text_column,
             &args.keep_columns,
         )?;
+        if let RowTask::Score { query_column, .. } = &args.task {
+            check_columns(&file.url, schema, &args.id_column, query_column, &[])?;
+        }
         let these: Vec<(String, String)> = std::iter::once(&id)
             .chain(&keep)
             .map(|f| (f.name().clone(), f.data_type().to_string()))
@@ -240,6 +241,10 @@ pub fn plan_encode(
         long_docs: args.long_docs,
         window_stride: args.window_stride,
         shard_rows,
+        query_column: match &args.task {
+            RowTask::Encode => None,
+            RowTask::Score { query_column, .. } => Some(query_column.clone()),
+        },
     };
     let existing = runtime.block_on(committer.list())?;
     let owned: Vec<String> = existing
@@ -303,18 +308,20 @@ pub fn plan_encode(
     }
     if !options.claim {
         // `--plan`: what would run, with nothing written.
-        let estimate = match row_groups
-            .iter()
-            .find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0))
-        {
-            Some((_, file, _, metadata)) => {
+        let estimate = match (
+            &layout,
+            row_groups
+                .iter()
+                .find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0)),
+        ) {
+            (Some(layout), Some((_, file, _, metadata))) => {
                 let reader = InputReader::open(store.clone(), file, roots)?;
                 Some(
                     runtime
-                        .block_on(estimate_tokens(reader, metadata, args, &layout, total_rows))?,
+                        .block_on(estimate_tokens(reader, metadata, args, layout, total_rows))?,
                 )
             }
-            None => None,
+            _ => None,
         };
         let pending = shards
             .iter()
@@ -355,6 +362,30 @@ pub fn plan_encode(
         pending,
         failures,
     })
+}
+
+/// Checks that the model folder holds what the task runs (config, tokenizer, weights) before
+/// any work: its fingerprint, and the SPLADE layout an encode job estimates tokens with.
+fn check_model(
+    model: &std::path::Path,
+    task: &RowTask,
+) -> Result<(String, Option<ModelLayout>), JobError> {
+    match task {
+        RowTask::Encode => {
+            let layout = ModelLayout::read(model)?;
+            crate::model::tokenizer::SpladeTokenizer::load(&layout)?;
+            Ok((fingerprint(&layout.root)?, Some(layout)))
+        }
+        RowTask::Score { .. } => {
+            let config = crate::model::cross_encoder::CrossEncoderConfig::read(model)?;
+            crate::model::tokenizer::SpladeTokenizer::load_for_pairs(
+                &config.transformer_dir,
+                config.max_length,
+                config.do_lower_case,
+            )?;
+            Ok((fingerprint(model)?, None))
+        }
+    }
 }
 
 /// What a plan is for.
@@ -417,6 +448,7 @@ fn settings(
         window_stride: args.window_stride,
         output: output.raw.clone(),
         allowed_roots: roots.clone(),
+        task: args.task.clone(),
     }
 }
 

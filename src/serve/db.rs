@@ -871,6 +871,7 @@ mod tests {
                 long_docs: Default::default(),
                 window_stride: 0,
                 shard_rows: 10,
+                query_column: None,
             },
             shards: (0..shards).map(shard).collect(),
             pending: (0..shards).collect(),
@@ -889,6 +890,7 @@ mod tests {
                 window_stride: 0,
                 output: "/out".into(),
                 allowed_roots: Default::default(),
+                task: Default::default(),
             },
         }
     }
