@@ -10,6 +10,7 @@ pub mod events;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod step;
 pub mod trainer;
 
 use std::path::PathBuf;
