@@ -12,11 +12,22 @@ use std::time::Duration;
 use common::{root, tiny_model};
 use serde_json::Value;
 use sparq::train::dist::{Group, RankEnv};
+use sparq::train::loss::splade_loss;
 use sparq::train::loss::{LossKind, LossSpec};
 use sparq::train::model::TrainModel;
 use sparq::train::optim::{zero_grad, Param};
-use sparq::train::step::{average_gradients, forward_backward, Batch, StepOptions, StepStats};
+use sparq::train::step::{
+    average_gradients, chunk_seed, forward_backward, Batch, StepOptions, StepStats,
+};
 use tch::{Device, Kind, Tensor};
+
+/// libtorch's random generator is global and every step seeds it: the tests of this file take
+/// turns, so that none reseeds it between another's seeding and its dropout draws.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn model() -> (TrainModel, Vec<Param>) {
     let mut m = TrainModel::load(&tiny_model(), Device::Cpu, false).unwrap();
@@ -68,6 +79,7 @@ fn floor_of(norms: impl Iterator<Item = f64>) -> f64 {
 
 #[test]
 fn distillation_losses_and_regularizer_options_equal_the_reference() {
+    let _turn = turn();
     tch::set_num_threads(1);
     let dir = root().join("tests/reference/distill");
     let r: Value =
@@ -321,6 +333,7 @@ fn assert_same(
 
 #[test]
 fn two_ranks_and_gradient_caching_equal_one_process_with_the_merged_batch() {
+    let _turn = turn();
     tch::set_num_threads(1);
     let (m, mut params) = model();
     let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
@@ -384,4 +397,53 @@ fn two_ranks_and_gradient_caching_equal_one_process_with_the_merged_batch() {
     let half = step(&m, &mut params, &batch_of(0..2), &specs()[0], None, None);
     let d = rel(&half.1[0], &reference[0].1[0], 0.0);
     assert!(d > 1e-3, "one rank's half batch is indistinguishable: {d}");
+}
+
+#[test]
+fn gradient_caching_reuses_the_dropout_masks_of_the_first_pass() {
+    let _turn = turn();
+    tch::set_num_threads(1);
+    let (mut m, mut params) = model();
+    m.set_dropout(true);
+    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+    let batch = batch_of(0..4);
+    let spec = LossSpec {
+        kind: LossKind::DistillKl,
+        ..LossSpec::default()
+    };
+    let cached = step(&m, &mut params, &batch, &spec, Some(2), None);
+    // The gradient of the loss of the embeddings each mini-batch gets under its seed: what a
+    // cached step computes if its second pass draws the first pass's masks.
+    zero_grad(&mut params);
+    let doc_texts: Vec<&str> = batch.columns[1..].iter().flatten().copied().collect();
+    let passes = [batch.columns[0].clone(), doc_texts];
+    let mut outputs = Vec::new();
+    for (p, texts) in passes.iter().enumerate() {
+        let mut chunks = Vec::new();
+        for (k, chunk) in texts.chunks(2).enumerate() {
+            tch::manual_seed(chunk_seed(7, p, k));
+            chunks.push(m.forward(&m.tokenize(chunk).unwrap()).unwrap());
+        }
+        outputs.push(Tensor::cat(&chunks, 0));
+    }
+    let mut columns = vec![outputs[0].shallow_clone()];
+    columns.extend(outputs[1].split(4, 0));
+    let parts = splade_loss(&columns, batch.labels.as_ref(), &spec, LQ, LD, None).unwrap();
+    parts.total.backward();
+    let stats = StepStats {
+        total: parts.total.double_value(&[]),
+        base: parts.base.double_value(&[]),
+        query_regularizer: parts.query_regularizer.as_ref().unwrap().double_value(&[]),
+        document_regularizer: parts.document_regularizer.double_value(&[]),
+        ..StepStats::default()
+    };
+    assert_same(
+        "cached with dropout",
+        &cached,
+        &(stats, grads(&params)),
+        &names,
+    );
+    // Dropout is on: the plain step's masks give another gradient.
+    let plain = step(&m, &mut params, &batch, &spec, None, None);
+    assert!(rel(&plain.1[0], &cached.1[0], 0.0) > 1e-4);
 }

@@ -114,8 +114,11 @@ pub fn forward_backward(
                 let mut chunks = Vec::new();
                 for (k, chunk) in texts.chunks(m).enumerate() {
                     tch::manual_seed(chunk_seed(options.seed, p, k));
-                    let tokens = model.tokenize(chunk)?;
-                    chunks.push(tch::no_grad(|| model.forward(&tokens))?);
+                    // With gradients on, though they are dropped at once: libtorch's attention
+                    // picks its kernel (and so its dropout draws) by grad mode, and the second
+                    // pass must draw exactly these masks. The graph lives for one mini-batch.
+                    let out = model.forward(&model.tokenize(chunk)?)?;
+                    chunks.push(out.f_detach()?);
                 }
                 embeddings.push(Tensor::f_cat(&chunks, 0)?);
             }
@@ -207,8 +210,9 @@ fn split_columns(outputs: &[Tensor], rows: usize) -> Result<Vec<Tensor>, TrainEr
     Ok(columns)
 }
 
-/// The dropout seed of mini-batch `k` of forward pass `pass`: the same in both passes.
-fn chunk_seed(seed: u64, pass: usize, k: usize) -> i64 {
+/// The dropout seed of mini-batch `k` of forward pass `pass` (0: queries, 1: documents) of a
+/// cached step seeded `seed`: both passes over a mini-batch draw the same masks from it.
+pub fn chunk_seed(seed: u64, pass: usize, k: usize) -> i64 {
     let mut rng = super::data::SplitMix64::new(
         seed ^ (pass as u64).wrapping_mul(0xA24B_AED4_963E_E407) ^ ((k as u64) << 20),
     );
