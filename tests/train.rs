@@ -262,6 +262,27 @@ fn resume_is_exact_with_margin_mse_distill_kl_and_gradient_caching() {
         ],
     );
 
+    // Two ranks with labels, gathering and caching: replicas stay identical.
+    let ddp = tmp.path().join("ddp");
+    let stdout = run_ok(train_cmd(
+        &teacher,
+        &ddp,
+        2,
+        &[
+            "--loss",
+            "distill-kl",
+            "--nproc-per-node",
+            "2",
+            "--cached-mini-batch-size",
+            "2",
+        ],
+    ));
+    let checked = log_lines(&stdout)
+        .iter()
+        .filter(|l| l["replicas_identical"].is_string())
+        .count();
+    assert_eq!(checked, 2, "{stdout}");
+
     // Another loss cannot continue the run.
     let out = train_cmd(&margins, &margin_run.join("part"), 6, &["--resume"])
         .output()

@@ -92,6 +92,7 @@ fn distillation_losses_and_regularizer_options_equal_the_reference() {
     let row_stride = r["row_stride"].as_i64().unwrap();
     let word = r["word_embedding_key"].as_str().unwrap();
     let (m, mut params) = model();
+    let (mut worst_loss, mut worst_grad) = (0f64, 0f64);
     for case in r["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let (spec, lq, ld) = spec_of(case);
@@ -140,6 +141,7 @@ fn distillation_losses_and_regularizer_options_equal_the_reference() {
             ("query_regularizer_loss", stats.query_regularizer),
         ] {
             let want = parts[key].as_f64().unwrap_or(0.0);
+            worst_loss = worst_loss.max((got - want).abs() / want.abs().max(1.0));
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs().max(1.0),
                 "{name} {key}: {got} vs {want}"
@@ -181,6 +183,7 @@ fn distillation_losses_and_regularizer_options_equal_the_reference() {
                 )
             };
             let d = rel(&got, &want, floor * 1e3);
+            worst_grad = worst_grad.max(d);
             assert!(d <= 1e-4, "{name} {}: sampled |Δg|/|g| = {d}", p.name);
             let s = &stat[&p.name];
             let (norm, sum, abs_sum) = (
@@ -202,6 +205,7 @@ fn distillation_losses_and_regularizer_options_equal_the_reference() {
             );
         }
     }
+    eprintln!("largest |Δ loss part|/max(|part|, 1) {worst_loss:e}, largest sampled |Δg|/|g| {worst_grad:e}");
 }
 
 /// Four (query, positive, negative_1, negative_2) rows with teacher scores.
