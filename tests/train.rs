@@ -290,6 +290,35 @@ fn resume_is_exact_with_margin_mse_distill_kl_and_gradient_caching() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--loss margin-mse (now --loss mnrl)"), "{err}");
+    // A null label is reported with its file, row and column.
+    let nulls = tmp.path().join("nulls.parquet");
+    let texts = |p: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            (0..8).map(|i| format!("{p} {i}")),
+        ))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("negative", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, true),
+    ]));
+    let scores: ArrayRef = Arc::new(Float64Array::from_iter(
+        (0..8).map(|i| (i != 5).then_some(1.5)),
+    ));
+    let batch =
+        RecordBatch::try_new(schema, vec![texts("q"), texts("a"), texts("n"), scores]).unwrap();
+    write_batch(&nulls, batch, 4);
+    let out = train_cmd(&nulls, &tmp.path().join("y"), 2, &["--loss", "margin-mse"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nulls.parquet: row 5 label column `score` is null"),
+        "{err}"
+    );
+
     // A distillation loss without labels says what the data needs.
     let out = train_cmd(&plain, &tmp.path().join("x"), 2, &["--loss", "margin-mse"])
         .output()
