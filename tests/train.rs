@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray};
+use arrow::datatypes::Float32Type;
 use arrow::datatypes::{DataType, Field, Schema};
 use common::corpus::{text_for, write_batch};
 use common::process::{kill9, wait_for};
@@ -164,6 +165,171 @@ fn resumed_training_equals_uninterrupted_training() {
     let out = train_cmd(&data, &part, 6, &[]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
+
+/// `n` (query, answer, negative) rows plus teacher scores: a float64 `score` column (the
+/// gold margin) or a list<float32> `label` column ([positive, negative] scores).
+fn write_scored_pairs(path: &Path, n: i64, list: bool) {
+    write_pairs(path, n, None);
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let score = |i: i64| ((i * 37) % 11) as f64 * 0.5;
+    let (field, labels): (Field, ArrayRef) = if list {
+        let rows =
+            (0..n).map(|i| Some(vec![Some(score(i) as f32 + 2.0), Some(score(i + 3) as f32)]));
+        (
+            Field::new(
+                "label",
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+                false,
+            ),
+            Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(rows)),
+        )
+    } else {
+        (
+            Field::new("score", DataType::Float64, false),
+            Arc::new(Float64Array::from_iter_values((0..n).map(score))),
+        )
+    };
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(field);
+    let mut columns = batch.columns().to_vec();
+    columns.push(labels);
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    write_batch(path, batch, 64);
+}
+
+/// Trains 4 steps, then again from checkpoint-2 alone: the same weights and losses.
+fn assert_resume_is_exact(data: &Path, dir: &Path, extra: &[&str]) {
+    let whole = dir.join("whole");
+    let log = log_lines(&run_ok(train_cmd(data, &whole, 4, extra)));
+    let part = dir.join("part");
+    std::fs::create_dir_all(&part).unwrap();
+    copy_dir(&whole.join("checkpoint-2"), &part.join("checkpoint-2"));
+    let mut resume = extra.to_vec();
+    resume.push("--resume");
+    let resumed = log_lines(&run_ok(train_cmd(data, &part, 4, &resume)));
+    let diff = max_diff(&weights(&whole), &weights(&part));
+    assert!(diff <= 1e-6, "{extra:?}: resumed weights differ by {diff}");
+    let loss = |l: &[serde_json::Value]| -> Vec<f64> {
+        l.iter().filter_map(|x| x["loss"].as_f64()).collect()
+    };
+    assert_eq!(loss(&log)[2..], loss(&resumed)[..], "{extra:?}");
+    assert!(
+        loss(&log).iter().all(|x| x.is_finite() && *x > 0.0),
+        "{extra:?}"
+    );
+}
+
+#[test]
+fn resume_is_exact_with_margin_mse_distill_kl_and_gradient_caching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let margins = tmp.path().join("margins.parquet");
+    write_scored_pairs(&margins, 48, false);
+    let teacher = tmp.path().join("teacher.parquet");
+    write_scored_pairs(&teacher, 48, true);
+    let plain = pairs(tmp.path());
+    let margin_run = tmp.path().join("margin");
+    assert_resume_is_exact(&margins, &margin_run, &["--loss", "margin-mse"]);
+    assert_resume_is_exact(
+        &teacher,
+        &tmp.path().join("kl"),
+        &[
+            "--loss",
+            "SparseDistillKLDivLoss",
+            "--student-temperature",
+            "1.5",
+        ],
+    );
+    assert_resume_is_exact(
+        &plain,
+        &tmp.path().join("cached"),
+        &[
+            "--cached-mini-batch-size",
+            "3",
+            "--query-regularizer-threshold",
+            "5",
+        ],
+    );
+
+    // Two ranks with labels, gathering and caching: replicas stay identical.
+    let ddp = tmp.path().join("ddp");
+    let stdout = run_ok(train_cmd(
+        &teacher,
+        &ddp,
+        2,
+        &[
+            "--loss",
+            "distill-kl",
+            "--nproc-per-node",
+            "2",
+            "--cached-mini-batch-size",
+            "2",
+        ],
+    ));
+    let checked = log_lines(&stdout)
+        .iter()
+        .filter(|l| l["replicas_identical"].is_string())
+        .count();
+    assert_eq!(checked, 2, "{stdout}");
+
+    // Another loss cannot continue the run.
+    let out = train_cmd(&margins, &margin_run.join("part"), 6, &["--resume"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--loss margin-mse (now --loss mnrl)"), "{err}");
+    // A null label is reported with its file, row and column.
+    let nulls = tmp.path().join("nulls.parquet");
+    let texts = |p: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            (0..8).map(|i| format!("{p} {i}")),
+        ))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("negative", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, true),
+    ]));
+    let scores: ArrayRef = Arc::new(Float64Array::from_iter(
+        (0..8).map(|i| (i != 5).then_some(1.5)),
+    ));
+    let batch =
+        RecordBatch::try_new(schema, vec![texts("q"), texts("a"), texts("n"), scores]).unwrap();
+    write_batch(&nulls, batch, 4);
+    let out = train_cmd(&nulls, &tmp.path().join("y"), 2, &["--loss", "margin-mse"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nulls.parquet: row 5 label column `score` is null"),
+        "{err}"
+    );
+
+    // A distillation loss without labels says what the data needs.
+    let out = train_cmd(&plain, &tmp.path().join("x"), 2, &["--loss", "margin-mse"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SparseMarginMSELoss needs gold margins")
+            && err.contains("label, labels, score or scores"),
+        "{err}"
+    );
 }
 
 #[test]

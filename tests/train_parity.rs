@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{root, tiny_model};
-use sparq::train::loss::splade_loss;
+use sparq::train::loss::{splade_loss, LossSpec};
 use sparq::train::model::TrainModel;
 use sparq::train::optim::{clip_grad_norm, zero_grad, AdamW, Param};
 use tch::{Device, Kind, Tensor};
@@ -75,12 +75,14 @@ fn loss_and_gradients_equal_the_reference() {
         let mut docs_text = texts(&batch["positive"]);
         docs_text.extend(texts(&batch["negative"]));
         let docs = m.forward(&m.tokenize(&docs_text).unwrap()).unwrap();
-        let documents = docs.split(queries.size()[0], 0);
-        let parts = splade_loss(&queries, &documents, 1.0, lq, ld, None).unwrap();
+        let mut columns = vec![queries.shallow_clone()];
+        columns.extend(docs.split(queries.size()[0], 0));
+        let parts = splade_loss(&columns, None, &LossSpec::default(), lq, ld, None).unwrap();
+        let query_regularizer = parts.query_regularizer.as_ref().unwrap();
         for (key, got) in [
             ("loss", &parts.total),
             ("base_loss", &parts.base),
-            ("query_regularizer_loss", &parts.query_regularizer),
+            ("query_regularizer_loss", query_regularizer),
             ("document_regularizer_loss", &parts.document_regularizer),
         ] {
             let want = batch[key].as_f64().unwrap();

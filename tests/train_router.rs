@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use common::corpus::{text_for, write_batch};
 use common::{copy_dir, root};
 use sparq::model::InputKind;
-use sparq::train::loss::splade_loss;
+use sparq::train::loss::{splade_loss, LossSpec};
 use sparq::train::model::TrainModel;
 use sparq::train::optim::{clip_grad_norm, linear_lr, zero_grad, AdamW};
 use tch::{Device, Kind, Tensor};
@@ -118,7 +118,14 @@ fn router_loss_and_gradients_equal_the_reference() {
         let (queries, docs) = m.forward_columns(&cols).unwrap();
         let documents = docs.split(queries.size()[0], 0);
         let ld = r["lambda_document"].as_f64().unwrap();
-        let parts = splade_loss(&queries, &documents, 1.0, 0.0, ld, None).unwrap();
+        let mut columns = vec![queries.shallow_clone()];
+        columns.extend(documents);
+        // The reference's query weight is None: no query term.
+        let spec = LossSpec {
+            query_regularizer: false,
+            ..LossSpec::default()
+        };
+        let parts = splade_loss(&columns, None, &spec, 0.0, ld, None).unwrap();
         for (key, got) in [
             ("loss", &parts.total),
             ("base_loss", &parts.base),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::loss::{LossKind, LossSpec};
 use super::mappings::{learning_rate_mappings, ordered_table, router_mappings, KeyValue};
 use super::TrainError;
 use crate::model::{DeviceSpec, Dtype, InputKind};
@@ -51,12 +52,49 @@ pub struct TrainArgs {
     /// Gradient clipping: largest total gradient norm (default 1.0).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
-    /// FLOPS regularizer weight of the queries (default 5e-5).
+    /// FLOPS regularizer weight of the queries (default 5e-5), or `none`: no query regularizer
+    /// (sentence-transformers' query_regularizer_weight=None, e.g. for inference-free queries).
     #[arg(long)]
-    pub lambda_query: Option<f64>,
+    pub lambda_query: Option<RegularizerWeight>,
     /// FLOPS regularizer weight of the documents (default 3e-5).
     #[arg(long)]
     pub lambda_document: Option<f64>,
+    /// The loss inside SpladeLoss: `mnrl` (SparseMultipleNegativesRankingLoss, the default;
+    /// in-batch and hard negatives, across all processes), `margin-mse` (SparseMarginMSELoss:
+    /// labels are the gold margins, one per negative column, or the teacher's scores
+    /// [positive, negative_1, ...]) or `distill-kl` (SparseDistillKLDivLoss: labels are the
+    /// teacher's scores [positive, negative_1, ...]). sentence-transformers' class names work too.
+    #[arg(long)]
+    pub loss: Option<LossKind>,
+    /// The label column of --train-data (a float or list<float> per row; not a text column).
+    /// Default: the first of label, labels, score, scores present, as sentence-transformers.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// distill-kl: softmax temperature of the student's and the teacher's scores (default 2.0);
+    /// the loss is multiplied by the student temperature squared.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// distill-kl: the student's temperature (default: --temperature).
+    #[arg(long)]
+    pub student_temperature: Option<f64>,
+    /// distill-kl: the teacher's temperature (default: --temperature).
+    #[arg(long)]
+    pub teacher_temperature: Option<f64>,
+    /// The query regularizer counts only queries with more than N active dimensions.
+    #[arg(long)]
+    pub query_regularizer_threshold: Option<u64>,
+    /// The document regularizer counts only documents with more than N active dimensions.
+    #[arg(long)]
+    pub document_regularizer_threshold: Option<u64>,
+    /// Every column is regularized as a document, with --lambda-document (no query term), e.g.
+    /// for symmetric pairs of documents.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub use_document_regularizer_only: Option<bool>,
+    /// Gradient caching (sentence-transformers' CachedSpladeLoss): embed the batch M rows at a
+    /// time without gradients, take the loss on all of it, then re-run each M rows with the same
+    /// dropout and back-propagate; a large --batch-size then needs the memory of M rows.
+    #[arg(long)]
+    pub cached_mini_batch_size: Option<usize>,
     /// Seed of the data order and dropout (default 12).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -179,6 +217,46 @@ pub struct TrainConfig {
     /// Peak learning rates by parameter-name pattern, in order.
     #[serde(default)]
     pub learning_rate_mapping: Vec<(String, f64)>,
+    /// SpladeLoss's settings.
+    #[serde(default)]
+    pub loss: LossSpec,
+    /// The label column named by --label-column.
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// Gradient caching: rows per forward pass.
+    #[serde(default)]
+    pub cached_mini_batch_size: Option<usize>,
+}
+
+/// A regularizer weight, or `none` (no regularizer term at all).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegularizerWeight(pub Option<f64>);
+
+impl std::str::FromStr for RegularizerWeight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Self(None));
+        }
+        s.parse::<f64>()
+            .map(|w| Self(Some(w)))
+            .map_err(|_| format!("`{s}` is neither a number nor `none`"))
+    }
+}
+
+impl<'de> Deserialize<'de> for RegularizerWeight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(w) => Ok(Self(Some(w))),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl TrainArgs {
@@ -214,6 +292,15 @@ impl TrainArgs {
             max_grad_norm,
             lambda_query,
             lambda_document,
+            loss,
+            label_column,
+            temperature,
+            student_temperature,
+            teacher_temperature,
+            query_regularizer_threshold,
+            document_regularizer_threshold,
+            use_document_regularizer_only,
+            cached_mini_batch_size,
             seed,
             save_steps,
             save_total_limit,
@@ -246,6 +333,30 @@ impl TrainArgs {
         if dtype == Dtype::Bf16 && device == DeviceSpec::Cpu {
             return bad("--dtype bf16 trains with CUDA autocast: use it with --device cuda (CPU training runs in f32)".into());
         }
+        let kind = self.loss.unwrap_or_default();
+        if kind != LossKind::DistillKl
+            && (self.temperature.is_some()
+                || self.student_temperature.is_some()
+                || self.teacher_temperature.is_some())
+        {
+            return bad(format!(
+                "--temperature, --student-temperature and --teacher-temperature apply to \
+                 --loss distill-kl, not {}",
+                kind.name()
+            ));
+        }
+        let temperature = self.temperature.unwrap_or(2.0);
+        let document_only = self.use_document_regularizer_only.unwrap_or(false);
+        let query_weight = self.lambda_query.map_or(Some(5e-5), |w| w.0);
+        let loss = LossSpec {
+            kind,
+            student_temperature: self.student_temperature.unwrap_or(temperature),
+            teacher_temperature: self.teacher_temperature.unwrap_or(temperature),
+            query_regularizer: query_weight.is_some() && !document_only,
+            query_threshold: self.query_regularizer_threshold,
+            document_threshold: self.document_regularizer_threshold,
+            document_regularizer_only: document_only,
+        };
         let config = TrainConfig {
             model: self
                 .model
@@ -261,7 +372,7 @@ impl TrainArgs {
             warmup_ratio: self.warmup_ratio.unwrap_or(0.1),
             weight_decay: self.weight_decay.unwrap_or(0.0),
             max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
-            lambda_query: self.lambda_query.unwrap_or(5e-5),
+            lambda_query: query_weight.unwrap_or(0.0),
             lambda_document: self.lambda_document.unwrap_or(3e-5),
             seed: self.seed.unwrap_or(12),
             save_steps: self.save_steps.unwrap_or(500),
@@ -274,6 +385,9 @@ impl TrainArgs {
             dtype,
             router_mapping: router_mappings(self.router_mapping.as_deref())?,
             learning_rate_mapping: learning_rate_mappings(self.learning_rate_mapping.as_deref())?,
+            loss,
+            label_column: self.label_column.clone(),
+            cached_mini_batch_size: self.cached_mini_batch_size,
         };
         check_ranges(&config)?;
         if config.load_best_at_end && config.eval_beir.is_none() {
@@ -337,6 +451,24 @@ fn check_ranges(c: &TrainConfig) -> Result<(), TrainError> {
         (
             "batch-size",
             c.batch_size as f64,
+            (1.0, true),
+            (65536.0, true),
+        ),
+        (
+            "student-temperature",
+            c.loss.student_temperature,
+            (0.0, false),
+            (1e6, true),
+        ),
+        (
+            "teacher-temperature",
+            c.loss.teacher_temperature,
+            (0.0, false),
+            (1e6, true),
+        ),
+        (
+            "cached-mini-batch-size",
+            c.cached_mini_batch_size.unwrap_or(1) as f64,
             (1.0, true),
             (65536.0, true),
         ),

@@ -1,6 +1,10 @@
 //! Training pairs from parquet (local or S3), and the order they are seen in: shuffled per
 //! epoch from the seed, in batches holding no text twice (sentence-transformers'
 //! `NoDuplicatesBatchSampler`), each process taking every `world`-th batch.
+//!
+//! Labels (gold margins or teacher scores for the distillation losses) come from the column
+//! sentence-transformers' data collator takes: the first of `label`, `labels`, `score`, `scores`
+//! present, or the one `--label-column` names; it is not a text column.
 
 use std::collections::HashSet;
 
@@ -19,7 +23,33 @@ pub struct PairData {
     pub names: Vec<String>,
     /// Texts by column.
     pub columns: Vec<Vec<String>>,
+    /// The label column, if the data has one.
+    pub labels: Option<Labels>,
 }
+
+/// A label column: `width` f32 values per row (a float column has width 1).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// Column name.
+    pub name: String,
+    /// Values per row.
+    pub width: usize,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+impl Labels {
+    /// The values of `rows`, row-major.
+    pub fn rows(&self, rows: &[usize]) -> Vec<f32> {
+        rows.iter()
+            .flat_map(|&r| &self.values[r * self.width..(r + 1) * self.width])
+            .copied()
+            .collect()
+    }
+}
+
+/// The label column names sentence-transformers' data collator recognizes, in its order.
+pub const LABEL_COLUMNS: [&str; 4] = ["label", "labels", "score", "scores"];
 
 impl PairData {
     /// Number of rows.
@@ -35,11 +65,13 @@ impl PairData {
 
 /// Reads every parquet file at `url` (a file, or a folder/prefix of `*.parquet`), keeping
 /// `columns` in that order (all columns when empty). Every kept column must be text without
-/// nulls; errors name the file, column and row.
+/// nulls; errors name the file, column and row. The label column (`label_column`, else the
+/// first of [`LABEL_COLUMNS`] present and not picked as text) is read as numbers.
 pub fn read_pairs(
     runtime: &tokio::runtime::Runtime,
     url: &str,
     columns: &[String],
+    label_column: Option<&str>,
     roots: &AllowedRoots,
 ) -> Result<PairData, TrainError> {
     let root = StoreUrl::parse(url).map_err(TrainError::DataStore)?;
@@ -55,8 +87,33 @@ pub fn read_pairs(
             TrainError::Data(format!("{}: not a readable parquet file ({e})", file.url))
         })?;
         let schema = builder.schema().clone();
+        let present = |n: &str| schema.field_with_name(n).is_ok();
+        let label = match label_column {
+            Some(name) if !present(name) => {
+                return Err(TrainError::Data(format!(
+                    "{}: no label column `{name}` (--label-column); columns: {}",
+                    file.url,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            Some(name) => Some(name.to_string()),
+            None => LABEL_COLUMNS
+                .iter()
+                .find(|n| present(n) && !columns.iter().any(|c| c == *n))
+                .map(|n| n.to_string()),
+        };
         let names: Vec<String> = if columns.is_empty() {
-            schema.fields().iter().map(|f| f.name().clone()).collect()
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| Some(n) != label.as_ref())
+                .collect()
         } else {
             columns.to_vec()
         };
@@ -93,7 +150,20 @@ pub fn read_pairs(
         let data = out.get_or_insert_with(|| PairData {
             names: names.clone(),
             columns: vec![Vec::new(); names.len()],
+            labels: label.as_ref().map(|name| Labels {
+                name: name.clone(),
+                width: 0,
+                values: Vec::new(),
+            }),
         });
+        if data.labels.as_ref().map(|l| &l.name) != label.as_ref() {
+            return Err(TrainError::Data(format!(
+                "{}: label column {:?} where earlier files have {:?}",
+                file.url,
+                label,
+                data.labels.as_ref().map(|l| &l.name)
+            )));
+        }
         if data.names.len() != names.len() {
             return Err(TrainError::Data(format!(
                 "{}: has {} columns where earlier files have {}",
@@ -130,6 +200,13 @@ pub fn read_pairs(
                     data.columns[c].push(text);
                 }
             }
+            if let Some(labels) = data.labels.as_mut() {
+                let array = batch
+                    .column_by_name(&labels.name)
+                    .expect("checked above")
+                    .clone();
+                read_labels(&array, labels, &file.url, row)?;
+            }
             row += batch.num_rows();
         }
     }
@@ -138,6 +215,82 @@ pub fn read_pairs(
         return Err(TrainError::Data(format!("{url}: no training rows")));
     }
     Ok(data)
+}
+
+/// Appends the rows of a label `array` (a number, or a list of numbers, per row) to `labels`;
+/// every row must hold the same count of finite-or-−∞ numbers.
+fn read_labels(
+    array: &arrow::array::ArrayRef,
+    labels: &mut Labels,
+    file: &str,
+    first_row: usize,
+) -> Result<(), TrainError> {
+    use arrow::datatypes::Float32Type;
+    let name = labels.name.clone();
+    let bad = |row: usize, what: String| {
+        TrainError::Data(format!(
+            "{file}: row {} label column `{name}` {what}",
+            first_row + row
+        ))
+    };
+    let numbers = |a: &dyn Array| -> Result<Vec<Option<f32>>, TrainError> {
+        let cast = arrow::compute::cast(a, &DataType::Float32).map_err(|_| {
+            TrainError::Data(format!(
+                "{file}: label column `{name}` is {}, not numbers: the labels are gold margins or \
+                 teacher scores (float or list<float>); pick the column with --label-column",
+                a.data_type()
+            ))
+        })?;
+        Ok(cast.as_primitive::<Float32Type>().iter().collect())
+    };
+    let mut push_row = |i: usize, values: Vec<Option<f32>>| -> Result<(), TrainError> {
+        if labels.width == 0 && labels.values.is_empty() {
+            labels.width = values.len();
+        }
+        if values.len() != labels.width || values.is_empty() {
+            return Err(bad(
+                i,
+                format!(
+                    "holds {} value(s) where earlier rows hold {}: every row needs the same \
+                     count",
+                    values.len(),
+                    labels.width
+                ),
+            ));
+        }
+        for v in values {
+            match v {
+                Some(x) if !x.is_nan() && x != f32::INFINITY => labels.values.push(x),
+                Some(x) => return Err(bad(i, format!("is {x}: give finite scores"))),
+                None => return Err(bad(i, "is null: drop or fill such rows".into())),
+            }
+        }
+        Ok(())
+    };
+    let list_rows =
+        |i: usize, value: arrow::array::ArrayRef| numbers(value.as_ref()).map(|v| (i, v));
+    match array.data_type() {
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _) => {
+            for i in 0..array.len() {
+                if array.is_null(i) {
+                    return Err(bad(i, "is null: drop or fill such rows".into()));
+                }
+                let value = match array.data_type() {
+                    DataType::List(_) => array.as_list::<i32>().value(i),
+                    DataType::LargeList(_) => array.as_list::<i64>().value(i),
+                    _ => array.as_fixed_size_list().value(i),
+                };
+                let (i, values) = list_rows(i, value)?;
+                push_row(i, values)?;
+            }
+        }
+        _ => {
+            for (i, v) in numbers(array.as_ref())?.into_iter().enumerate() {
+                push_row(i, vec![v])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn text_at<O: arrow::array::OffsetSizeTrait>(

@@ -228,6 +228,47 @@ impl Group {
         Ok(())
     }
 
+    /// Concatenates every rank's `data` in rank order (the same bits on every rank). Every rank
+    /// must pass the same length; a mismatch is an error rather than a hang.
+    pub fn all_gather(&mut self, data: &[f32]) -> Result<Vec<f32>, TrainError> {
+        let n = data.len();
+        let mut out = vec![0f32; n * self.world];
+        if self.rank == 0 {
+            out[..n].copy_from_slice(data);
+            let mut buf = vec![0u8; n * 4];
+            for peer in 1..self.world {
+                let mut len = [0u8; 8];
+                self.links[peer - 1]
+                    .read_exact(&mut len)
+                    .map_err(|e| self.lost(peer, "receiving from", e))?;
+                let theirs = u64::from_le_bytes(len) as usize;
+                if theirs != n {
+                    return Err(TrainError::Collective(format!(
+                        "rank {peer} gathers {theirs} values where rank 0 gathers {n}: the ranks \
+                         disagree on the batch (same --batch-size and data on every rank?)"
+                    )));
+                }
+                self.links[peer - 1]
+                    .read_exact(&mut buf)
+                    .map_err(|e| self.lost(peer, "receiving from", e))?;
+                for (x, b) in out[peer * n..(peer + 1) * n]
+                    .iter_mut()
+                    .zip(buf.chunks_exact(4))
+                {
+                    *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+        } else {
+            let mut bytes = (n as u64).to_le_bytes().to_vec();
+            bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+            self.links[0]
+                .write_all(&bytes)
+                .map_err(|e| self.lost(0, "sending to", e))?;
+        }
+        self.broadcast(&mut out)?;
+        Ok(out)
+    }
+
     /// Checks that every rank holds the same `value` (e.g. a hash of its parameters); an error
     /// names the ranks that differ from rank 0.
     pub fn check_same(&mut self, value: u64, what: &str) -> Result<(), TrainError> {

@@ -13,6 +13,7 @@ pub mod model;
 pub mod optim;
 mod routing;
 pub mod static_route;
+pub mod step;
 pub mod trainer;
 
 use std::path::PathBuf;

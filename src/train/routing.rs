@@ -128,7 +128,30 @@ impl TrainModel {
                     })
             })
             .collect();
+        if let Some(first) = self.column_routes.get(1) {
+            if let Some(i) = (2..names.len()).find(|&i| self.column_routes[i] != *first) {
+                return Err(TrainError::Option(format!(
+                    "--router-mapping routes column `{}` to the {:?} route but `{}` to the {:?} \
+                     route: every column after the anchors shares one forward pass, so they \
+                     must take one route",
+                    names[1], first, names[i], self.column_routes[i]
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The route of forward pass `pass` of a training step (0: the anchors, 1: every other
+    /// column, which [`TrainModel::route_columns`] keeps on one route).
+    pub fn pass_route(&self, pass: usize) -> InputKind {
+        self.column_routes
+            .get(pass.min(1))
+            .copied()
+            .unwrap_or(if pass == 0 {
+                InputKind::Query
+            } else {
+                InputKind::Document
+            })
     }
 
     /// The vectors of one batch's columns: the anchors `[b, vocab]` and every other column

@@ -9,12 +9,15 @@ use tch::{Device, Tensor};
 
 use super::args::{TrainArgs, TrainConfig};
 use super::checkpoint::{restore, Output, TrainerState};
-use super::data::{epoch_batches, read_pairs, Cursor, PairData};
+use super::data::{epoch_batches, read_pairs, Cursor};
 use super::dist::{launch, Group, RankEnv};
 use super::events::{StepLog, TrainEvent, TrainSummary};
-use super::loss::{lambda_at, splade_loss};
+use super::loss::lambda_at;
 use super::model::TrainModel;
 use super::optim::{clip_grad_norm, linear_lr, warmup_steps, zero_grad, AdamW, Param};
+use super::step::{
+    average_gradients, forward_backward, host_vec, set_from, Batch, StepOptions, StepStats,
+};
 use super::TrainError;
 use crate::eval::metrics::NDCG_AT_10;
 use crate::eval::run::{aggregate, evaluate_model, EvalSettings};
@@ -71,7 +74,17 @@ pub fn run_train(
             .map_err(|e| TrainError::Option(e.to_string()))?;
     }
     let output = Output::new(&config.output, &roots)?;
-    let data = read_pairs(&runtime, &config.train_data, &config.columns, &roots)?;
+    let data = read_pairs(
+        &runtime,
+        &config.train_data,
+        &config.columns,
+        config.label_column.as_deref(),
+        &roots,
+    )?;
+    config
+        .loss
+        .check_columns(data.columns.len(), data.labels.as_ref().map(|l| l.width))
+        .map_err(|e| TrainError::Data(format!("{}: {e}", config.train_data)))?;
     let steps_per_epoch =
         (epoch_batches(&data, config.batch_size, config.seed, 0).len() / world) as u64;
     if steps_per_epoch == 0 {
@@ -186,13 +199,33 @@ pub fn run_train(
         let lambda_document = lambda_at(config.lambda_document, step, total);
         let lr = linear_lr(config.learning_rate, step, warmup, total);
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones.
-        tch::manual_seed(mix(config.seed, step, rank) as i64);
-        let parts = train_step(&model, &data, &rows, lambda_query, lambda_document)?;
-        if !parts.1.total.is_finite() {
-            return Err(diverged(step + 1, "the loss", parts.1.total, lr));
-        }
+        let batch = Batch {
+            columns: data
+                .columns
+                .iter()
+                .map(|c| rows.iter().map(|&r| c[r].as_str()).collect())
+                .collect(),
+            labels: match &data.labels {
+                Some(l) => Some(
+                    Tensor::from_slice(&l.rows(&rows))
+                        .f_view([rows.len() as i64, l.width as i64])?
+                        .f_to_device(device)?,
+                ),
+                None => None,
+            },
+        };
+        let options = StepOptions {
+            spec: &config.loss,
+            lambda_query,
+            lambda_document,
+            mini_batch: config.cached_mini_batch_size,
+            seed: mix(config.seed, step, rank),
+        };
         zero_grad(&mut params);
-        parts.0.backward();
+        let stats = forward_backward(&model, &batch, &options, group.as_mut())?;
+        if !stats.total.is_finite() {
+            return Err(diverged(step + 1, "the loss", stats.total, lr));
+        }
         if let Some(g) = group.as_mut() {
             average_gradients(g, &params)?;
         }
@@ -208,7 +241,7 @@ pub fn run_train(
         state.lambda_query = lambda_query;
         state.lambda_document = lambda_document;
         state.learning_rate = lr;
-        window.add(&parts, grad_norm)?;
+        window.add(&stats, grad_norm);
         if let Some(bar) = &progress {
             bar.set_position(state.step);
         }
@@ -299,56 +332,6 @@ pub fn run_train(
     }))
 }
 
-/// Forward and loss of one batch of rows: anchors as queries, every other column as documents,
-/// each column through its route (see [`TrainModel::forward_columns`]).
-fn train_step(
-    model: &TrainModel,
-    data: &PairData,
-    rows: &[usize],
-    lambda_query: f64,
-    lambda_document: f64,
-) -> Result<(Tensor, StepStats), TrainError> {
-    let column =
-        |c: usize| -> Vec<&str> { rows.iter().map(|&r| data.columns[c][r].as_str()).collect() };
-    let texts: Vec<Vec<&str>> = (0..data.columns.len()).map(column).collect();
-    let (queries, docs) = model.forward_columns(&texts)?;
-    let documents = docs.f_split(rows.len() as i64, 0)?;
-    let parts = splade_loss(
-        &queries,
-        &documents,
-        1.0,
-        lambda_query,
-        lambda_document,
-        None,
-    )?;
-    let active = |t: &Tensor| -> Result<f64, tch::TchError> {
-        t.f_ne(0.0)?
-            .f_sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float)?
-            .f_mean(tch::Kind::Float)?
-            .f_double_value(&[])
-    };
-    let stats = StepStats {
-        base: parts.base.f_double_value(&[])?,
-        query_regularizer: parts.query_regularizer.f_double_value(&[])?,
-        document_regularizer: parts.document_regularizer.f_double_value(&[])?,
-        total: parts.total.f_double_value(&[])?,
-        query_active: active(&queries)?,
-        document_active: active(&docs)?,
-    };
-    Ok((parts.total, stats))
-}
-
-/// Per-step numbers for the log.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StepStats {
-    total: f64,
-    base: f64,
-    query_regularizer: f64,
-    document_regularizer: f64,
-    query_active: f64,
-    document_active: f64,
-}
-
 /// Averages of the steps since the last log line (as transformers' Trainer logs the loss).
 #[derive(Default)]
 struct LogWindow {
@@ -358,8 +341,7 @@ struct LogWindow {
 }
 
 impl LogWindow {
-    fn add(&mut self, step: &(Tensor, StepStats), grad_norm: f64) -> Result<(), TrainError> {
-        let s = step.1;
+    fn add(&mut self, s: &StepStats, grad_norm: f64) {
         self.sum.total += s.total;
         self.sum.base += s.base;
         self.sum.query_regularizer += s.query_regularizer;
@@ -368,7 +350,6 @@ impl LogWindow {
         self.sum.document_active += s.document_active;
         self.grad_norm = grad_norm;
         self.steps += 1;
-        Ok(())
     }
 
     fn line(&mut self, state: &TrainerState, epoch: f64, samples_per_s: f64) -> StepLog {
@@ -394,28 +375,6 @@ impl LogWindow {
     }
 }
 
-/// Sums every gradient across ranks (rank order, identical bits everywhere) and divides by
-/// the number of ranks, as DDP averages them.
-fn average_gradients(group: &mut Group, params: &[Param]) -> Result<(), TrainError> {
-    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
-    let mut flat: Vec<f32> = Vec::new();
-    for g in &grads {
-        flat.extend(host_vec(g)?);
-    }
-    group.all_reduce_sum(&mut flat)?;
-    let world = group.world as f32;
-    for x in flat.iter_mut() {
-        *x /= world;
-    }
-    let mut offset = 0;
-    for g in &grads {
-        let n = g.numel();
-        set_from(g, &flat[offset..offset + n])?;
-        offset += n;
-    }
-    Ok(())
-}
-
 /// FNV-1a over the bytes of every parameter, in order.
 fn params_hash(params: &[Param]) -> Result<u64, TrainError> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -427,25 +386,6 @@ fn params_hash(params: &[Param]) -> Result<u64, TrainError> {
         }
     }
     Ok(h)
-}
-
-fn host_vec(t: &Tensor) -> Result<Vec<f32>, TrainError> {
-    Ok(Vec::<f32>::try_from(
-        t.detach()
-            .to_device(Device::Cpu)
-            .to_kind(tch::Kind::Float)
-            .f_reshape([-1])?,
-    )?)
-}
-
-fn set_from(t: &Tensor, values: &[f32]) -> Result<(), TrainError> {
-    tch::no_grad(|| -> Result<(), TrainError> {
-        let src = Tensor::from_slice(values)
-            .f_view(t.size().as_slice())?
-            .f_to_device(t.device())?;
-        t.shallow_clone().f_copy_(&src)?;
-        Ok(())
-    })
 }
 
 /// Evaluates the model being trained on `--eval-beir`, in process (dropout off, nothing
@@ -496,10 +436,20 @@ fn check_compatible(
             c.batch_size, config.batch_size
         ));
     }
+    if c.loss != config.loss {
+        differ.push(format!(
+            "{} (now {})",
+            describe(&c.loss),
+            describe(&config.loss)
+        ));
+    }
     if c.seed != config.seed {
         differ.push(format!("--seed {} (now {})", c.seed, config.seed));
     }
-    if c.train_data != config.train_data || c.columns != config.columns {
+    if c.train_data != config.train_data
+        || c.columns != config.columns
+        || c.label_column != config.label_column
+    {
         differ.push(format!(
             "--train-data {} (now {})",
             c.train_data, config.train_data
@@ -526,6 +476,29 @@ fn check_compatible(
             ),
         })
     }
+}
+
+/// A loss's settings as the flags spell them.
+fn describe(spec: &super::loss::LossSpec) -> String {
+    let mut s = format!("--loss {}", spec.kind.name());
+    if spec.kind == super::loss::LossKind::DistillKl {
+        s += &format!(
+            " --student-temperature {} --teacher-temperature {}",
+            spec.student_temperature, spec.teacher_temperature
+        );
+    }
+    if let Some(t) = spec.query_threshold {
+        s += &format!(" --query-regularizer-threshold {t}");
+    }
+    if let Some(t) = spec.document_threshold {
+        s += &format!(" --document-regularizer-threshold {t}");
+    }
+    if spec.document_regularizer_only {
+        s += " --use-document-regularizer-only";
+    } else if !spec.query_regularizer {
+        s += " --lambda-query none";
+    }
+    s
 }
 
 /// The error of a run whose numbers left the finite range.
