@@ -265,3 +265,24 @@ pub fn eval(args: &EvalArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `mine`: the summary JSON line on stdout once this process's shards are committed. The
+/// inputs are read and checked before the model loads.
+pub fn mine(args: &crate::mine::MineArgs) -> Result<(), CliError> {
+    let run = crate::mine::prepare(args, false)?;
+    let loaded = match run.needs_model() {
+        true => Some(args.model.load().map_err(crate::mine::MineError::from)?),
+        false => None,
+    };
+    let model = loaded
+        .as_ref()
+        .map(|(m, opts)| (m as &dyn crate::model::SparseEncode, *opts));
+    let summary = run.run(model, None)?;
+    if !summary.complete {
+        eprint_line(format_args!(
+            "sparq: this process's shards are committed; the output is complete (_SUCCESS) once \
+             every --worker-index has run"
+        ));
+    }
+    print_line(serde_json::to_string(&summary).expect("serializable"))
+}
