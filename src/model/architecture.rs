@@ -86,7 +86,7 @@ pub(crate) fn check_arch(path: &Path, arch: &ArchConfig) -> Result<(), ModelErro
 
 /// A config with `auto_map` names Python classes shipped beside the weights
 /// (`trust_remote_code=True`): code sparq cannot run, whatever `model_type` says.
-fn refuse_remote_code(path: &Path, config: &Value) -> Result<(), ModelError> {
+pub(crate) fn refuse_remote_code(path: &Path, config: &Value) -> Result<(), ModelError> {
     let Some(map) = config.get("auto_map").and_then(Value::as_object) else {
         return Ok(());
     };

@@ -34,29 +34,22 @@ pub(crate) const KEYS: BlockKeys = BlockKeys {
     out_norm: "output.LayerNorm",
 };
 
-/// `BertForMaskedLM`: encoder plus the `cls.predictions` head.
-pub struct Bert {
+/// BERT's embeddings and transformer blocks (`BertModel` without its pooler): the backbone
+/// under the masked-LM head and under a sequence-classification head (cross-encoders).
+pub struct BertEncoder {
     cfg: BertConfig,
     embeddings: Embeddings,
     layers: Vec<TransformerBlock>,
-    transform: Linear,
-    transform_norm: LayerNorm,
-    /// `[vocab, hidden]`; the word embeddings when the checkpoint ties them.
-    decoder: Tensor,
-    /// `[vocab]`.
-    decoder_bias: Tensor,
-    /// The decoder shares the word embeddings' storage (kept shared across casts).
-    tied: bool,
     /// Dropout, when training.
     dropout: Option<Dropout>,
 }
 
-impl Bert {
-    /// Loads every tensor from `w` (keys `bert.*` and `cls.predictions.*`).
-    pub fn load(w: &mut WeightMap, cfg: &BertConfig) -> Result<Self, ModelError> {
+impl BertEncoder {
+    /// Loads `{prefix}.embeddings.*` and `{prefix}.encoder.layer.N.*` from `w`.
+    pub fn load(w: &mut WeightMap, cfg: &BertConfig, prefix: &str) -> Result<Self, ModelError> {
         let (h, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let eps = cfg.layer_norm_eps;
-        let e = "bert.embeddings";
+        let e = format!("{prefix}.embeddings");
         let embeddings = Embeddings {
             word: w.take_shaped(&format!("{e}.word_embeddings.weight"), &[v, h])?,
             position: w.take_shaped(
@@ -71,9 +64,100 @@ impl Bert {
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|n| {
-                TransformerBlock::load(w, &format!("bert.encoder.layer.{n}"), &KEYS, (h, i, eps))
+                TransformerBlock::load(
+                    w,
+                    &format!("{prefix}.encoder.layer.{n}"),
+                    &KEYS,
+                    (h, i, eps),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings,
+            layers,
+            dropout: None,
+        })
+    }
+
+    /// The last hidden state `[tokens, hidden]` of the packed stream of `batch`. `token_types`
+    /// holds each token's segment id in the stream's order (`[total]`, int64); `None` gives
+    /// every token type 0 (single texts).
+    pub fn forward(
+        &self,
+        batch: &PackedBatch,
+        token_types: Option<&Tensor>,
+    ) -> Result<Tensor, tch::TchError> {
+        let e = &self.embeddings;
+        let types = match token_types {
+            Some(types) => lookup(&e.token_type, types)?,
+            // One row of the type table, broadcast.
+            None => e.token_type.f_narrow(0, 0, 1)?,
+        };
+        let x = lookup(&e.word, &batch.ids)?
+            .f_add(&lookup(&e.position, &batch.positions)?)?
+            .f_add(&types)?;
+        let mut x = dropout(&e.norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
+        let heads = self.cfg.num_attention_heads;
+        for layer in &self.layers {
+            x = layer.forward(&x, heads, batch, &self.cfg.hidden_act, self.dropout)?;
+        }
+        Ok(x)
+    }
+
+    /// The word embedding matrix `[vocab, hidden]`.
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.embeddings.word
+    }
+
+    /// Fuses each layer's Q/K/V projections (inference only).
+    pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
+        self.layers
+            .iter_mut()
+            .try_for_each(TransformerBlock::fuse_qkv)
+    }
+
+    /// Turns training dropout on (the config's rates) or off.
+    pub fn set_training(&mut self, on: bool) {
+        self.dropout = on.then_some(Dropout {
+            hidden: self.cfg.hidden_dropout_prob,
+            attention: self.cfg.attention_probs_dropout_prob,
+            after_attention: true,
+        });
+    }
+}
+
+impl Parameters for BertEncoder {
+    fn parameters_mut(&mut self) -> Vec<&mut Tensor> {
+        let e = &mut self.embeddings;
+        let mut out = vec![&mut e.word, &mut e.position, &mut e.token_type];
+        out.extend(e.norm.parameters_mut());
+        for l in &mut self.layers {
+            out.extend(l.parameters_mut());
+        }
+        out
+    }
+}
+
+/// `BertForMaskedLM`: encoder plus the `cls.predictions` head.
+pub struct Bert {
+    encoder: BertEncoder,
+    transform: Linear,
+    transform_norm: LayerNorm,
+    /// `[vocab, hidden]`; the word embeddings when the checkpoint ties them.
+    decoder: Tensor,
+    /// `[vocab]`.
+    decoder_bias: Tensor,
+    /// The decoder shares the word embeddings' storage (kept shared across casts).
+    tied: bool,
+}
+
+impl Bert {
+    /// Loads every tensor from `w` (keys `bert.*` and `cls.predictions.*`).
+    pub fn load(w: &mut WeightMap, cfg: &BertConfig) -> Result<Self, ModelError> {
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let eps = cfg.layer_norm_eps;
+        let encoder = BertEncoder::load(w, cfg, "bert")?;
         let c = "cls.predictions";
         let transform = Linear::load(w, &format!("{c}.transform.dense"), h, h)?;
         let transform_norm = LayerNorm::load(w, &format!("{c}.transform.LayerNorm"), h, eps)?;
@@ -93,7 +177,7 @@ impl Bert {
                     found: t.size(),
                 })
             }
-            None => embeddings.word.shallow_clone(),
+            None => encoder.word_embeddings().shallow_clone(),
         };
         // Older checkpoints store the bias as `cls.predictions.bias`, newer ones (also) as
         // `cls.predictions.decoder.bias`; both are the same parameter.
@@ -105,49 +189,31 @@ impl Bert {
         let decoder_bias = w.take_shaped(&bias_key, &[v])?;
         let _ = w.take(&format!("{c}.decoder.bias"));
         Ok(Self {
-            cfg: cfg.clone(),
-            embeddings,
-            layers,
+            encoder,
             transform,
             transform_norm,
             decoder,
             decoder_bias,
             tied,
-            dropout: None,
         })
     }
 
     /// Runs the encoder and the MLM transform over the packed stream of `batch`:
     /// `[tokens, hidden]`, before the vocabulary projection (see [`Bert::decoder`]).
     pub fn transformed(&self, batch: &PackedBatch) -> Result<Tensor, tch::TchError> {
-        let e = &self.embeddings;
-        // Every token has type 0: one row of the type table, broadcast.
-        let x = lookup(&e.word, &batch.ids)?
-            .f_add(&lookup(&e.position, &batch.positions)?)?
-            .f_add(&e.token_type.f_narrow(0, 0, 1)?)?;
-        let mut x = dropout(&e.norm.forward(&x)?, self.dropout.map(|d| d.hidden))?;
-        let heads = self.cfg.num_attention_heads;
-        for layer in &self.layers {
-            x = layer.forward(&x, heads, batch, &self.cfg.hidden_act, self.dropout)?;
-        }
-        let t = activation(&self.cfg.hidden_act, &self.transform.forward(&x)?)?;
+        let x = self.encoder.forward(batch, None)?;
+        let t = activation(&self.encoder.cfg.hidden_act, &self.transform.forward(&x)?)?;
         self.transform_norm.forward(&t)
     }
 
     /// Fuses each layer's Q/K/V projections (inference only).
     pub fn fuse_qkv(&mut self) -> Result<(), tch::TchError> {
-        self.layers
-            .iter_mut()
-            .try_for_each(TransformerBlock::fuse_qkv)
+        self.encoder.fuse_qkv()
     }
 
     /// Turns training dropout on (the config's rates) or off.
     pub fn set_training(&mut self, on: bool) {
-        self.dropout = on.then_some(Dropout {
-            hidden: self.cfg.hidden_dropout_prob,
-            attention: self.cfg.attention_probs_dropout_prob,
-            after_attention: true,
-        });
+        self.encoder.set_training(on);
     }
 
     /// Moves and casts every parameter, keeping a tied decoder tied.
@@ -156,7 +222,7 @@ impl Bert {
             *t = t.to_device(device).to_kind(kind);
         }
         if self.tied {
-            self.decoder = self.embeddings.word.shallow_clone();
+            self.decoder = self.encoder.word_embeddings().shallow_clone();
         } else {
             self.decoder = self.decoder.to_device(device).to_kind(kind);
         }
@@ -170,12 +236,7 @@ impl Bert {
 
 impl Parameters for Bert {
     fn parameters_mut(&mut self) -> Vec<&mut Tensor> {
-        let e = &mut self.embeddings;
-        let mut out = vec![&mut e.word, &mut e.position, &mut e.token_type];
-        out.extend(e.norm.parameters_mut());
-        for l in &mut self.layers {
-            out.extend(l.parameters_mut());
-        }
+        let mut out = self.encoder.parameters_mut();
         out.extend(self.transform.parameters_mut());
         out.extend(self.transform_norm.parameters_mut());
         out.push(&mut self.decoder_bias);

@@ -7,6 +7,8 @@ pub mod attention;
 pub mod bert;
 pub mod bge_m3;
 pub mod config;
+pub mod cross_encoder;
+pub(crate) mod cross_encoder_config;
 pub(crate) mod cuda_event;
 pub mod default_model;
 pub(crate) mod device;

@@ -117,6 +117,37 @@ impl SpladeTokenizer {
         })
     }
 
+    /// Loads `dir/tokenizer.json` to encode text pairs as a cross-encoder reads them: special
+    /// tokens and segment ids added, each pair truncated longest-first to `max_length` tokens.
+    pub fn load_for_pairs(
+        dir: &Path,
+        max_length: usize,
+        do_lower_case: bool,
+    ) -> Result<Self, ModelError> {
+        Self::open(dir, Some(max_length), do_lower_case, true)
+    }
+
+    /// Token ids and segment ids of each `(first, second)` pair (`[CLS] a [SEP] b [SEP]` for
+    /// BERT), truncated as Hugging Face tokenizers truncate pairs (`longest_first`: one token at
+    /// a time from the longer of the two, until the pair fits).
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<PairTokens>, ModelError> {
+        let inputs: Vec<tokenizers::EncodeInput> = pairs
+            .iter()
+            .map(|&(first, second)| (first, second).into())
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch_fast(inputs, self.special_tokens)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| PairTokens {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
     /// Longest token sequence produced (special tokens included).
     pub fn max_length(&self) -> usize {
         self.max_length
@@ -237,6 +268,15 @@ impl SpladeTokenizer {
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+}
+
+/// One encoded text pair: token ids and the segment (token type) id of each token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairTokens {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// 0 for the first text (and its `[CLS]`/`[SEP]`), 1 for the second.
+    pub type_ids: Vec<u32>,
 }
 
 /// `max_seq_length` if the sentence-transformers config sets it, else the tokenizer's
