@@ -57,6 +57,13 @@ fn options(kwargs: &Value) -> Vec<String> {
             ("corpus", Value::Bool(true)) => {
                 out.extend(["--corpus".into(), fixture("corpus.parquet")])
             }
+            ("cross_encoder", Value::Bool(true)) => out.extend([
+                "--cross-encoder".into(),
+                root()
+                    .join("tests/fixtures/models/cross-encoder-tiny")
+                    .display()
+                    .to_string(),
+            ]),
             (_, Value::Bool(true)) => out.push(format!("--{}", key.replace('_', "-"))),
             (_, Value::Bool(false)) => {}
             (_, Value::String(s)) => {
@@ -146,12 +153,19 @@ fn read_output(dir: &Path, texts: &[String]) -> (Vec<String>, Vec<Vec<Value>>) {
 fn assert_matches(name: &str, got: &(Vec<String>, Vec<Vec<Value>>), expected: &Value) -> f64 {
     let columns: Vec<String> = serde_json::from_value(expected["columns"].clone()).unwrap();
     assert_eq!(got.0, columns, "{name}: columns");
-    let rows = expected["rows"].as_array().unwrap();
-    assert_eq!(got.1.len(), rows.len(), "{name}: row count");
+    let mut want: Vec<Vec<Value>> = expected["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| columns.iter().map(|c| r[c].clone()).collect())
+        .collect();
+    assert_eq!(got.1.len(), want.len(), "{name}: row count");
+    let mut got_rows = got.1.clone();
+    order_ties(&columns, &mut want, &mut got_rows);
     let mut max_diff = 0f64;
-    for (i, (row, want)) in got.1.iter().zip(rows).enumerate() {
+    for (i, (row, want)) in got_rows.iter().zip(&want).enumerate() {
         for (c, column) in columns.iter().enumerate() {
-            let (a, b) = (&row[c], &want[column]);
+            let (a, b) = (&row[c], &want[c]);
             let floats = |v: &Value| -> Option<Vec<f64>> {
                 match v {
                     Value::Array(items) => items.iter().map(Value::as_f64).collect(),
@@ -174,6 +188,59 @@ fn assert_matches(name: &str, got: &(Vec<String>, Vec<Vec<Value>>), expected: &V
         }
     }
     max_diff
+}
+
+/// torch.topk orders exactly equal scores arbitrarily (sparq keeps retrieval order): among
+/// negatives whose reference scores are exactly equal, both sides are put in text order before
+/// comparing. Within an n-tuple row (`negative_i` with `scores`), and across consecutive
+/// labeled-pair rows of one query (`score`). Everything else must match in order.
+fn order_ties(columns: &[String], want: &mut [Vec<Value>], got: &mut [Vec<Value>]) {
+    let key = |v: &Value| v.as_u64().unwrap();
+    if let Some(s) = columns.iter().position(|c| c == "scores") {
+        let negs: Vec<usize> = (0..columns.len())
+            .filter(|&c| columns[c].starts_with("negative_"))
+            .collect();
+        for (w, g) in want.iter_mut().zip(got.iter_mut()) {
+            let scores: Vec<f64> = w[s]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let mut start = 0;
+            while start < negs.len() {
+                let mut end = start + 1;
+                while end < negs.len() && scores[end + 1] == scores[start + 1] {
+                    end += 1;
+                }
+                for row in [&mut *w, &mut *g] {
+                    let mut texts: Vec<Value> =
+                        negs[start..end].iter().map(|&c| row[c].clone()).collect();
+                    texts.sort_by_key(key);
+                    for (&c, t) in negs[start..end].iter().zip(texts) {
+                        row[c] = t;
+                    }
+                }
+                start = end;
+            }
+        }
+    }
+    if let Some(s) = columns.iter().position(|c| c == "score") {
+        let mut start = 0;
+        while start < want.len() {
+            let mut end = start + 1;
+            while end < want.len()
+                && want[end][0] == want[start][0]
+                && want[end][s] == want[start][s]
+            {
+                end += 1;
+            }
+            for rows in [&mut want[start..end], &mut got[start..end]] {
+                rows.sort_by_key(|r| key(&r[1]));
+            }
+            start = end;
+        }
+    }
 }
 
 fn stored_vectors() -> Vec<String> {

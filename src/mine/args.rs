@@ -101,6 +101,14 @@ pub struct MineArgs {
     /// `--keep-columns` to keep it).
     #[arg(long, default_value = "text")]
     pub vectors_text_column: String,
+    /// Rescore the candidates with this cross-encoder (a sentence-transformers CrossEncoder /
+    /// BertForSequenceClassification folder), as sentence-transformers does: only when a
+    /// margin, --max-score or --min-score is set; then every retrieved candidate and every
+    /// (query, positive) pair is scored, the filters, ranking and output scores use those
+    /// scores, and --min-score deepens the default --range-max too. Runs on --device with
+    /// --batch-size pairs at a time.
+    #[arg(long, value_name = "DIR")]
+    pub cross_encoder: Option<PathBuf>,
     /// Unique queries per output part (the unit of resuming).
     #[arg(long, default_value_t = 10_000)]
     pub shard_queries: usize,
@@ -145,13 +153,8 @@ impl MineArgs {
     }
 
     /// The selection, with range_max derived as ST derives it and checked as ST checks it.
-    /// `cross_encoder`: whether a cross-encoder rescores (then --min-score deepens the search
-    /// too, as in ST).
-    pub fn selection(
-        &self,
-        max_positives: usize,
-        cross_encoder: bool,
-    ) -> Result<Selection, MineError> {
+    pub fn selection(&self, max_positives: usize) -> Result<Selection, MineError> {
+        let cross_encoder = self.cross_encoder.is_some();
         if self.num_negatives < 1 {
             return Err(MineError::Options(format!(
                 "--num-negatives must be at least 1, got {}",

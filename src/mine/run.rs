@@ -62,6 +62,7 @@ struct Identity<'a> {
     corpus_vectors: Option<&'a str>,
     query_vectors: Option<&'a str>,
     vectors_text_column: &'a str,
+    cross_encoder: Option<String>,
     shard_queries: usize,
     rows: usize,
     queries: usize,
@@ -82,9 +83,8 @@ pub struct MineRun<'a> {
 }
 
 /// Reads the pairs (and corpus), checks the options and claims the output (recording the
-/// settings, or checking them against those recorded). `cross_encoder`: whether one will
-/// rescore (it deepens the default range_max with --min-score, as in ST).
-pub fn prepare(args: &MineArgs, cross_encoder: bool) -> Result<MineRun<'_>, MineError> {
+/// settings, or checking them against those recorded).
+pub fn prepare(args: &MineArgs) -> Result<MineRun<'_>, MineError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,7 +114,13 @@ pub fn prepare(args: &MineArgs, cross_encoder: bool) -> Result<MineRun<'_>, Mine
     };
     let data = MiningData::new(dataset, corpus);
     let layout = args.layout();
-    let selection = args.selection(data.max_positives, cross_encoder)?;
+    let selection = args.selection(data.max_positives)?;
+    if args.cross_encoder.is_some() && !selection.rescores() {
+        tracing::warn!(
+            "--cross-encoder is not used: sentence-transformers rescores only when a margin, \
+             --max-score or --min-score is set"
+        );
+    }
     let shards = data.queries.len().div_ceil(args.shard_queries);
     let summary = MineSummary {
         rows: data.rows,
@@ -135,6 +141,11 @@ pub fn prepare(args: &MineArgs, cross_encoder: bool) -> Result<MineRun<'_>, Mine
         corpus_vectors: args.corpus_vectors.as_deref(),
         query_vectors: args.query_vectors.as_deref(),
         vectors_text_column: &args.vectors_text_column,
+        cross_encoder: args
+            .cross_encoder
+            .as_ref()
+            .filter(|_| selection.rescores())
+            .map(|d| d.display().to_string()),
         shard_queries: args.shard_queries,
         rows: data.rows,
         queries: data.queries.len(),
@@ -164,10 +175,13 @@ impl MineRun<'_> {
         !self.pending.is_empty() && self.args.model_dir().is_some()
     }
 
-    /// Whether a cross-encoder would be used: some shard is pending and a margin or score
-    /// bound is set (ST rescores only then).
-    pub fn needs_cross_encoder(&self) -> bool {
-        !self.pending.is_empty() && self.selection.rescores()
+    /// The cross-encoder to load: given, some shard pending, and a margin or score bound set
+    /// (ST rescores only then).
+    pub fn cross_encoder(&self) -> Option<&std::path::Path> {
+        self.args
+            .cross_encoder
+            .as_deref()
+            .filter(|_| !self.pending.is_empty() && self.selection.rescores())
     }
 
     /// Mines the pending shards, committing each; writes `_SUCCESS` when every shard of the

@@ -35,6 +35,7 @@ from datasets import Dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "models", "splade-bert-tiny-nq")
+CROSS_ENCODER = os.path.join(ROOT, "tests", "fixtures", "models", "cross-encoder-tiny")
 FIX = os.path.join(ROOT, "tests", "fixtures", "mine")
 REF = os.path.join(ROOT, "tests", "reference", "mine-reference.jsonl")
 
@@ -84,6 +85,17 @@ COMBINATIONS = [
     ("corpus-triplet", dict(num_negatives=3, corpus=True, output_format="triplet", output_scores=True)),
     ("include-positives", dict(num_negatives=4, include_positives=True, output_format="n-tuple",
                                output_scores=True)),
+    # Rescored by the cross-encoder fixture (random weights, Sigmoid): every candidate and
+    # positive gets its score, and the filters and the ranking apply to those scores. Its
+    # 32-token limit makes passages that share a beginning score exactly alike: torch.topk
+    # orders such ties arbitrarily, so the test accepts any order among exactly equal scores.
+    ("cross-encoder-relative-margin", dict(num_negatives=3, relative_margin=0.01, range_max=8, cross_encoder=True,
+                                           output_format="n-tuple", output_scores=True)),
+    ("cross-encoder-min-score", dict(num_negatives=2, min_score=0.5, range_max=5, cross_encoder=True,
+                                     output_format="labeled-pair", output_scores=True)),
+    # Without a margin or score bound ST does not rescore: the retriever's scores stay.
+    ("cross-encoder-unused", dict(num_negatives=2, cross_encoder=True, output_format="triplet",
+                                  output_scores=True)),
 ]
 
 
@@ -117,7 +129,7 @@ def write_vectors(model, pairs, corpus):
 
 
 def main():
-    from sentence_transformers import SparseEncoder
+    from sentence_transformers import CrossEncoder, SparseEncoder
     from sentence_transformers.util import mine_hard_negatives
 
     torch.manual_seed(0)
@@ -142,6 +154,8 @@ def main():
             kw = dict(options)
             if kw.pop("corpus", False):
                 kw["corpus"] = corpus
+            if kw.pop("cross_encoder", False):
+                kw["cross_encoder"] = CrossEncoder(CROSS_ENCODER, device="cpu")
             result = mine_hard_negatives(dataset, model, verbose=False, **kw)
             rows = [{k: compact(v) for k, v in row.items()} for row in result.to_list()]
             record = {"name": name, "options": options, "columns": result.column_names, "rows": rows}
