@@ -75,8 +75,10 @@ fn options(kwargs: &Value) -> Vec<String> {
     out
 }
 
+/// Runs `sparq mine` on one thread (the tests run side by side on few cores).
 fn mine(args: &[String]) -> Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--threads", "1"]);
     run_sparq(&args, b"")
 }
 
@@ -153,17 +155,16 @@ fn read_output(dir: &Path, texts: &[String]) -> (Vec<String>, Vec<Vec<Value>>) {
 fn assert_matches(name: &str, got: &(Vec<String>, Vec<Vec<Value>>), expected: &Value) -> f64 {
     let columns: Vec<String> = serde_json::from_value(expected["columns"].clone()).unwrap();
     assert_eq!(got.0, columns, "{name}: columns");
-    let mut want: Vec<Vec<Value>> = expected["rows"]
+    let want: Vec<Vec<Value>> = expected["rows"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| columns.iter().map(|c| r[c].clone()).collect())
         .collect();
     assert_eq!(got.1.len(), want.len(), "{name}: row count");
-    let mut got_rows = got.1.clone();
-    order_ties(&columns, &mut want, &mut got_rows);
+    let tie_swaps = name.starts_with("cross-encoder");
     let mut max_diff = 0f64;
-    for (i, (row, want)) in got_rows.iter().zip(&want).enumerate() {
+    for (i, (row, want)) in got.1.iter().zip(&want).enumerate() {
         for (c, column) in columns.iter().enumerate() {
             let (a, b) = (&row[c], &want[c]);
             let floats = |v: &Value| -> Option<Vec<f64>> {
@@ -182,65 +183,39 @@ fn assert_matches(name: &str, got: &(Vec<String>, Vec<Vec<Value>>), expected: &V
                         "{name}: row {i} {column}: {x} vs {y}"
                     );
                 }
-            } else {
-                assert_eq!(a, b, "{name}: row {i} column {column}");
+            } else if a != b {
+                // The cross-encoder fixture's 32-token limit gives passages that share a
+                // beginning exactly equal scores, which torch.topk orders arbitrarily (sparq
+                // keeps retrieval order): another document is the same pick only if its score
+                // equals the reference's at that position.
+                let same_score = tie_swaps
+                    && score_at(&columns, row, c)
+                        .zip(score_at(&columns, want, c))
+                        .is_some_and(|(x, y)| (x - y).abs() <= TIE);
+                assert!(same_score, "{name}: row {i} column {column}: {a} vs {b}");
             }
         }
     }
     max_diff
 }
 
-/// torch.topk orders exactly equal scores arbitrarily (sparq keeps retrieval order): among
-/// negatives whose reference scores are exactly equal, both sides are put in text order before
-/// comparing. Within an n-tuple row (`negative_i` with `scores`), and across consecutive
-/// labeled-pair rows of one query (`score`). Everything else must match in order.
-fn order_ties(columns: &[String], want: &mut [Vec<Value>], got: &mut [Vec<Value>]) {
-    let key = |v: &Value| v.as_u64().unwrap();
-    if let Some(s) = columns.iter().position(|c| c == "scores") {
-        let negs: Vec<usize> = (0..columns.len())
-            .filter(|&c| columns[c].starts_with("negative_"))
-            .collect();
-        for (w, g) in want.iter_mut().zip(got.iter_mut()) {
-            let scores: Vec<f64> = w[s]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            let mut start = 0;
-            while start < negs.len() {
-                let mut end = start + 1;
-                while end < negs.len() && scores[end + 1] == scores[start + 1] {
-                    end += 1;
-                }
-                for row in [&mut *w, &mut *g] {
-                    let mut texts: Vec<Value> =
-                        negs[start..end].iter().map(|&c| row[c].clone()).collect();
-                    texts.sort_by_key(key);
-                    for (&c, t) in negs[start..end].iter().zip(texts) {
-                        row[c] = t;
-                    }
-                }
-                start = end;
-            }
-        }
+/// Scores this close are one cross-encoder score computed twice (sparq vs the reference).
+const TIE: f64 = 1e-5;
+
+/// The score belonging to the document in column `c` of `row` (its position in the output's
+/// score list, or the labeled-pair `score`).
+fn score_at(columns: &[String], row: &[Value], c: usize) -> Option<f64> {
+    let name = &columns[c];
+    if let Some(s) = columns.iter().position(|n| n == "score") {
+        return row[s].as_f64();
     }
-    if let Some(s) = columns.iter().position(|c| c == "score") {
-        let mut start = 0;
-        while start < want.len() {
-            let mut end = start + 1;
-            while end < want.len()
-                && want[end][0] == want[start][0]
-                && want[end][s] == want[start][s]
-            {
-                end += 1;
-            }
-            for rows in [&mut want[start..end], &mut got[start..end]] {
-                rows.sort_by_key(|r| key(&r[1]));
-            }
-            start = end;
-        }
-    }
+    let s = columns.iter().position(|n| n == "scores")?;
+    let position = match name.strip_prefix("negative_") {
+        Some(i) => i.parse::<usize>().ok()?,
+        None if name == "negative" => 1,
+        None => return None,
+    };
+    row[s].as_array()?.get(position)?.as_f64()
 }
 
 fn stored_vectors() -> Vec<String> {
@@ -307,8 +282,6 @@ fn mining_with_the_model_survives_a_kill_and_every_query_appears_exactly_once() 
         out.display().to_string(),
         "--shard-queries".into(),
         "2".into(),
-        "--threads".into(),
-        "1".into(),
     ];
     args.extend(options(&expected["options"]));
     let parts = |dir: &Path| -> Vec<String> {
@@ -323,6 +296,7 @@ fn mining_with_the_model_survives_a_kill_and_every_query_appears_exactly_once() 
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
         .args(&args)
+        .args(["--threads", "1"])
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -520,4 +494,44 @@ fn bad_input_is_refused_with_the_file_column_and_option() {
     );
     first.push("--overwrite");
     assert!(run_sparq(&first, b"").status.success());
+}
+
+#[test]
+fn two_workers_split_the_shards_and_together_give_the_reference() {
+    let reference = reference();
+    let expected = &reference.combinations[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mined");
+    for index in ["1", "0"] {
+        let mut args: Vec<String> =
+            vec!["mine".into(), "--dataset".into(), fixture("pairs.parquet")];
+        args.extend(["--output".into(), out.display().to_string()]);
+        args.extend([
+            "--shard-queries".into(),
+            "20".into(),
+            "--workers".into(),
+            "2".into(),
+        ]);
+        args.extend(["--worker-index".into(), index.into()]);
+        args.extend(stored_vectors());
+        args.extend(options(&expected["options"]));
+        let run = mine(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(
+            summary["committed"], 4,
+            "each worker mines its 4 of the 8 shards"
+        );
+        assert_eq!(summary["complete"], index == "0", "complete once both ran");
+        assert_eq!(out.join("_SUCCESS").exists(), index == "0");
+    }
+    assert_matches(
+        "two workers",
+        &read_output(&out, &reference.texts),
+        expected,
+    );
 }

@@ -282,6 +282,7 @@ pub fn mine(args: &crate::mine::MineArgs) -> Result<(), CliError> {
         .map(|(m, opts)| (m as &dyn crate::model::SparseEncode, *opts));
     let cross_encoder = match run.cross_encoder() {
         Some(dir) => {
+            tch::set_num_threads(args.model.threads() as i32);
             let device = args.model.device.resolve().map_err(MineError::from)?;
             Some(CrossEncoder::load(dir, device).map_err(MineError::from)?)
         }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod output;
 pub mod run;
 pub mod select;
+mod shard;
 pub mod vectors;
 
 pub use args::MineArgs;

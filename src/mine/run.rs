@@ -4,18 +4,14 @@
 
 use std::collections::HashSet;
 
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use super::args::{Layout, MineArgs};
 use super::data::{read_text_columns, MiningData};
-use super::output::OutputRows;
-use super::select::{rescore, Candidate, PairScorer, Selection, Skipped};
-use super::vectors::{dot, read_stored, VectorSource};
+use super::select::{PairScorer, Selection, Skipped};
+use super::shard::{parquet_bytes, Shard};
+use super::vectors::{read_stored, VectorSource};
 use super::MineError;
-use crate::encode::SparseVector;
 use crate::eval::InvertedIndex;
 use crate::io::{AllowedRoots, CommitOutcome, Committer, StoreUrl};
 use crate::job::{is_part, part_name, SUCCESS};
@@ -333,114 +329,4 @@ fn claim_output(
         return Ok(HashSet::new());
     }
     Ok(parts.into_iter().collect())
-}
-
-/// What mining one shard needs.
-struct Shard<'a> {
-    data: &'a MiningData,
-    docs: &'a [SparseVector],
-    index: &'a InvertedIndex,
-    selection: &'a Selection,
-    layout: Layout,
-    threads: usize,
-}
-
-impl Shard<'_> {
-    /// The output rows of the unique queries `range`, and how many of them were short of
-    /// negatives.
-    fn mine(
-        &self,
-        range: std::ops::Range<usize>,
-        queries: &mut VectorSource<'_>,
-        mut cross_encoder: Option<&mut PairScorer<'_>>,
-        skipped: &mut Skipped,
-    ) -> Result<(OutputRows, usize), MineError> {
-        let data = self.data;
-        let sel = self.selection;
-        let texts: Vec<&str> = data.queries[range.clone()]
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let vectors = queries.vectors(&texts, InputKind::Query, "query")?;
-        // ST retrieves range_max + max_positives candidates (room for the positives), fewer
-        // when the corpus is smaller, padded with index -1.
-        let width = sel.range_max + data.max_positives;
-        let hits = self.index.search(&vectors, width, self.threads);
-        let mut rows = OutputRows::new(
-            self.layout.format,
-            self.layout.scores,
-            sel.num_negatives,
-            (data.anchor_column.clone(), data.positive_column.clone()),
-        );
-        let mut short = 0;
-        for (k, q) in range.enumerate() {
-            let mut candidates: Vec<Candidate> = hits[k]
-                .iter()
-                .map(|h| Candidate {
-                    doc: Some(h.doc),
-                    score: h.score,
-                })
-                .collect();
-            candidates.resize(
-                width,
-                Candidate {
-                    doc: None,
-                    score: f32::NEG_INFINITY,
-                },
-            );
-            let positives = &data.positives[q];
-            let mut positive_scores: Vec<f32> = positives
-                .iter()
-                .map(|&p| dot(&vectors[k], &self.docs[p as usize]))
-                .collect();
-            if let Some(score) = cross_encoder.as_deref_mut() {
-                if sel.rescores() {
-                    let texts: Vec<&str> = positives
-                        .iter()
-                        .map(|&p| data.corpus[p as usize].as_str())
-                        .collect();
-                    rescore(
-                        &data.queries[q],
-                        &mut candidates,
-                        &texts,
-                        &mut positive_scores,
-                        &data.corpus,
-                        score,
-                    )?;
-                }
-            }
-            let negatives =
-                sel.negatives(candidates, positives, &positive_scores, q as u64, skipped);
-            if negatives.iter().any(|n| n.score == f32::NEG_INFINITY) {
-                short += 1;
-            }
-            let text = |c: &Candidate| data.corpus[c.doc.expect("found") as usize].as_str();
-            let negatives: Vec<(&str, f32)> = negatives
-                .iter()
-                .map(|c| match c.doc {
-                    Some(_) if c.score != f32::NEG_INFINITY => (text(c), c.score),
-                    _ => ("", f32::NEG_INFINITY),
-                })
-                .collect();
-            let positives: Vec<(&str, f32)> = positives
-                .iter()
-                .zip(&positive_scores)
-                .map(|(&p, &s)| (data.corpus[p as usize].as_str(), s))
-                .collect();
-            rows.add(&data.queries[q], &positives, &negatives);
-        }
-        Ok((rows, short))
-    }
-}
-
-/// One part's parquet bytes.
-fn parquet_bytes(rows: &OutputRows) -> Result<Vec<u8>, String> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let batch = rows.batch().map_err(|e| e.to_string())?;
-    let mut writer =
-        ArrowWriter::try_new(Vec::new(), rows.schema(), Some(props)).map_err(|e| e.to_string())?;
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.into_inner().map_err(|e| e.to_string())
 }

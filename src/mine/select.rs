@@ -174,25 +174,37 @@ impl Selection {
     }
 }
 
-/// Replaces the scores of `candidates` and `positive_scores` with a cross-encoder's, as ST does
-/// before filtering when `cross_encoder` is given: every candidate of the query (the -1 padding
-/// excepted, which is disqualified anyway) and every (query, positive) pair is scored.
+/// One query's candidates and positives, with their scores.
+#[derive(Debug, Clone)]
+pub struct QueryCandidates<'a> {
+    /// The query.
+    pub query: &'a str,
+    /// Its candidates, in search order.
+    pub candidates: Vec<Candidate>,
+    /// Its positives' texts.
+    pub positives: Vec<&'a str>,
+    /// Their scores.
+    pub positive_scores: Vec<f32>,
+}
+
+/// Replaces the candidate and positive scores of `queries` with a cross-encoder's, as ST does
+/// before filtering when `cross_encoder` is given: every candidate (the -1 padding excepted,
+/// which is disqualified anyway) and every (query, positive) pair is scored. One call for all
+/// the queries, so the model sees full batches (a pair's score does not depend on its batch).
 pub fn rescore(
-    query: &str,
-    candidates: &mut [Candidate],
-    positives: &[&str],
-    positive_scores: &mut [f32],
+    queries: &mut [QueryCandidates<'_>],
     corpus: &[String],
     score: &mut PairScorer<'_>,
 ) -> Result<(), MineError> {
-    let found: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].doc.is_some())
-        .collect();
-    let mut pairs: Vec<(&str, &str)> = found
-        .iter()
-        .map(|&i| (query, corpus[candidates[i].doc.unwrap() as usize].as_str()))
-        .collect();
-    pairs.extend(positives.iter().map(|p| (query, *p)));
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for q in queries.iter() {
+        for c in &q.candidates {
+            if let Some(doc) = c.doc {
+                pairs.push((q.query, corpus[doc as usize].as_str()));
+            }
+        }
+        pairs.extend(q.positives.iter().map(|p| (q.query, *p)));
+    }
     let scores = score(&pairs)?;
     if scores.len() != pairs.len() {
         return Err(MineError::Options(format!(
@@ -201,10 +213,15 @@ pub fn rescore(
             pairs.len()
         )));
     }
-    for (k, &i) in found.iter().enumerate() {
-        candidates[i].score = scores[k];
+    let mut next = scores.into_iter();
+    for q in queries.iter_mut() {
+        for c in q.candidates.iter_mut().filter(|c| c.doc.is_some()) {
+            c.score = next.next().expect("counted");
+        }
+        for s in q.positive_scores.iter_mut() {
+            *s = next.next().expect("counted");
+        }
     }
-    positive_scores.copy_from_slice(&scores[found.len()..]);
     Ok(())
 }
 
@@ -277,34 +294,45 @@ mod tests {
     #[test]
     fn rescoring_replaces_candidate_and_positive_scores() {
         let corpus: Vec<String> = ["a", "bb", "ccc"].iter().map(|s| s.to_string()).collect();
-        let mut candidates = vec![
-            Candidate {
-                doc: Some(2),
-                score: 1.0,
-            },
-            Candidate {
-                doc: None,
-                score: 0.0,
-            },
+        let query = |q, candidates| QueryCandidates {
+            query: q,
+            candidates,
+            positives: vec!["bb"],
+            positive_scores: vec![0.0],
+        };
+        let mut queries = vec![
+            query(
+                "q",
+                vec![
+                    Candidate {
+                        doc: Some(2),
+                        score: 1.0,
+                    },
+                    Candidate {
+                        doc: None,
+                        score: 0.0,
+                    },
+                ],
+            ),
+            query(
+                "qq",
+                vec![Candidate {
+                    doc: Some(0),
+                    score: 1.0,
+                }],
+            ),
         ];
-        let mut pos = [0.0f32];
         let mut by_length = |pairs: &[(&str, &str)]| -> Result<Vec<f32>, MineError> {
             Ok(pairs
                 .iter()
                 .map(|(q, d)| (q.len() * 10 + d.len()) as f32)
                 .collect())
         };
-        rescore(
-            "q",
-            &mut candidates,
-            &["bb"],
-            &mut pos,
-            &corpus,
-            &mut by_length,
-        )
-        .unwrap();
-        assert_eq!(candidates[0].score, 13.0);
-        assert_eq!(candidates[1].score, 0.0);
-        assert_eq!(pos, [12.0]);
+        rescore(&mut queries, &corpus, &mut by_length).unwrap();
+        assert_eq!(queries[0].candidates[0].score, 13.0);
+        assert_eq!(queries[0].candidates[1].score, 0.0);
+        assert_eq!(queries[0].positive_scores, [12.0]);
+        assert_eq!(queries[1].candidates[0].score, 21.0);
+        assert_eq!(queries[1].positive_scores, [22.0]);
     }
 }
