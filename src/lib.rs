@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod io;
 pub mod job;
+pub mod mine;
 pub mod model;
 pub mod serve;
 pub mod train;

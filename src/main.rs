@@ -53,6 +53,12 @@ enum Command {
         after_help = "Examples:\n  sparq train --config configs/train-quick.toml\n  sparq train --config configs/train-quick.toml --resume\n  sparq train --config configs/train-reference.toml --device cuda --dtype bf16 --nproc-per-node 8"
     )]
     Train(Box<sparq::train::TrainArgs>),
+    /// Mine hard negatives for (anchor, positive) pairs, as sentence-transformers'
+    /// mine_hard_negatives selects them; query shards committed exactly once, resumable.
+    #[command(
+        after_help = "Examples:\n  sparq mine --dataset examples/pairs/pairs.parquet --output runs/mined --num-negatives 5 --relative-margin 0.05\n  sparq mine --dataset pairs.parquet --corpus corpus.parquet --output s3://bucket/mined/ --output-format n-tuple --output-scores\n  sparq mine --dataset pairs.parquet --corpus-vectors runs/corpus-vectors --output runs/mined --workers 4 --worker-index 0\n\nMemory: the dataset and corpus texts, the corpus vectors and their inverted index (about 2 x non-zeros x 8 bytes) and one shard of queries must fit in RAM."
+    )]
+    Mine(Box<sparq::mine::MineArgs>),
     /// Convert an encode output for a retrieval engine: anserini, qdrant, elasticsearch, jsonl.
     #[command(
         after_help = "Examples:\n  sparq export --input runs/vectors --output runs/anserini --format anserini\n  sparq export --input runs/vectors --output - --format qdrant | head -2\n  sparq export --input s3://corpus/splade/ --output es.jsonl.gz --format elasticsearch --index docs --gzip"
@@ -133,6 +139,7 @@ fn main() -> ExitCode {
         let setting = match &cli.command {
             Command::EncodeText(args) => Some(args.model.onednn_cache_capacity()),
             Command::Eval(args) => Some(args.model.onednn_cache_capacity()),
+            Command::Mine(args) => Some(args.model.onednn_cache_capacity()),
             Command::EncodeWorker => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
             Command::Encode(_) | Command::Score(_) => None,
             Command::Train(_) => Some(onednn_cache_capacity(DeviceSpec::Cpu, Dtype::F32)),
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
         }
         Command::Score(args) => return commands::score(&args),
         Command::Eval(args) => commands::eval(&args),
+        Command::Mine(args) => commands::mine(&args),
         Command::Train(args) => commands::train(&args),
         Command::Export(args) => commands::export(&args),
         Command::Inspect(args) => commands::inspect(&args),

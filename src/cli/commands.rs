@@ -281,3 +281,43 @@ pub fn eval(args: &EvalArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `mine`: the summary JSON line on stdout once this process's shards are committed. The
+/// inputs are read and checked before any model loads.
+pub fn mine(args: &crate::mine::MineArgs) -> Result<(), CliError> {
+    use crate::mine::MineError;
+    use crate::model::cross_encoder::CrossEncoder;
+    use crate::model::ResolveDevice;
+    let run = crate::mine::prepare(args)?;
+    let loaded = match run.needs_model() {
+        true => Some(args.model.load().map_err(MineError::from)?),
+        false => None,
+    };
+    let model = loaded
+        .as_ref()
+        .map(|(m, opts)| (m as &dyn crate::model::SparseEncode, *opts));
+    let cross_encoder = match run.cross_encoder() {
+        Some(dir) => {
+            tch::set_num_threads(args.model.threads() as i32);
+            let device = args.model.device.resolve().map_err(MineError::from)?;
+            Some(CrossEncoder::load(dir, device).map_err(MineError::from)?)
+        }
+        None => None,
+    };
+    let mut score = |pairs: &[(&str, &str)]| -> Result<Vec<f32>, MineError> {
+        let ce = cross_encoder.as_ref().expect("loaded when used");
+        Ok(ce.predict(pairs, args.model.batch_size)?)
+    };
+    let scorer: Option<&mut crate::mine::select::PairScorer<'_>> = match cross_encoder {
+        Some(_) => Some(&mut score),
+        None => None,
+    };
+    let summary = run.run(model, scorer)?;
+    if !summary.complete {
+        eprint_line(format_args!(
+            "sparq: this process's shards are committed; the output is complete (_SUCCESS) once \
+             every --worker-index has run"
+        ));
+    }
+    print_line(serde_json::to_string(&summary).expect("serializable"))
+}

@@ -31,6 +31,9 @@ pub enum CliError {
     /// Export, inspect, decode.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// Hard-negative mining.
+    #[error(transparent)]
+    Mine(#[from] crate::mine::MineError),
     /// encode-text.
     #[error(transparent)]
     EncodeText(#[from] crate::encode::text::EncodeTextError),

@@ -27,6 +27,17 @@ pub struct Hit {
 impl InvertedIndex {
     /// Indexes `docs`, whose ids are `ids` (same order).
     pub fn build(docs: &[SparseVector], ids: &[String]) -> Self {
+        let mut by_id: Vec<u32> = (0..docs.len() as u32).collect();
+        by_id.sort_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
+        Self::with_tie_order(docs, by_id)
+    }
+
+    /// Indexes `docs`; equal scores rank by position in `docs` (`sparq mine`'s corpus order).
+    pub fn build_in_order(docs: &[SparseVector]) -> Self {
+        Self::with_tie_order(docs, (0..docs.len() as u32).collect())
+    }
+
+    fn with_tie_order(docs: &[SparseVector], by_id: Vec<u32>) -> Self {
         let dims = docs
             .iter()
             .flat_map(|d| d.indices.last())
@@ -38,8 +49,6 @@ impl InvertedIndex {
                 postings[i as usize].push((d as u32, w));
             }
         }
-        let mut by_id: Vec<u32> = (0..docs.len() as u32).collect();
-        by_id.sort_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
         let mut id_rank = vec![0u32; docs.len()];
         for (rank, &d) in by_id.iter().enumerate() {
             id_rank[d as usize] = rank as u32;
