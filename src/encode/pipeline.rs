@@ -84,16 +84,12 @@ pub fn encode_shard(
     shard: &ShardSpec,
     progress: &ShardProgress,
 ) -> Result<ShardReport, ShardError> {
-    let url = StoreUrl::parse(&shard.file)?;
-    let (store, path) = url.store()?;
-    let file = InputFile {
-        url: shard.file.clone(),
-        path,
-        size: shard.file_size,
-        version: shard.file_version.clone(),
-    };
-    let mut input = InputReader::open(store, &file, &config.allowed_roots)?;
-    let metadata = runtime.block_on(read_footer(&mut input))?.metadata;
+    let OpenShard {
+        file,
+        input,
+        metadata,
+        row_group_starts,
+    } = open_shard(shard, config, runtime)?;
     let schema = metadata.schema().clone();
     let (id_field, keep_fields, projection) = check_columns(
         &file.url,
@@ -103,16 +99,6 @@ pub fn encode_shard(
         &config.keep_columns,
     )?;
     let out_schema = output_schema(&id_field, &keep_fields);
-    let row_group_starts: Vec<u64> = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .scan(0u64, |start, rg| {
-            let s = *start;
-            *start += rg.num_rows() as u64;
-            Some(s)
-        })
-        .collect();
     let route = encoder.route(if config.query {
         InputKind::Query
     } else {
@@ -503,4 +489,51 @@ pub(crate) fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
         // A column of the Null type: every text is null.
         _ => (0..array.len()).map(|_| TextCell::Null).collect(),
     }
+}
+
+/// A shard's input file, opened and its footer read.
+pub(crate) struct OpenShard {
+    /// The file as listed when the shard was planned.
+    pub file: InputFile,
+    /// The reader of its row groups.
+    pub input: InputReader,
+    /// Its parquet metadata.
+    pub metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    /// The first row of each row group.
+    pub row_group_starts: Vec<u64>,
+}
+
+/// Opens the input file of `shard` (the version planned: a rewritten file is refused) and
+/// reads its footer.
+pub(crate) fn open_shard(
+    shard: &ShardSpec,
+    config: &EncodeSettings,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<OpenShard, ShardError> {
+    let url = StoreUrl::parse(&shard.file)?;
+    let (store, path) = url.store()?;
+    let file = InputFile {
+        url: shard.file.clone(),
+        path,
+        size: shard.file_size,
+        version: shard.file_version.clone(),
+    };
+    let mut input = InputReader::open(store, &file, &config.allowed_roots)?;
+    let metadata = runtime.block_on(read_footer(&mut input))?.metadata;
+    let row_group_starts = metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .scan(0u64, |start, rg| {
+            let s = *start;
+            *start += rg.num_rows() as u64;
+            Some(s)
+        })
+        .collect();
+    Ok(OpenShard {
+        file,
+        input,
+        metadata,
+        row_group_starts,
+    })
 }

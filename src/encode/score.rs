@@ -9,12 +9,12 @@ use arrow::array::{Array, ArrayRef, Float32Array, RecordBatch};
 use arrow::datatypes::DataType;
 
 use super::columns::check_columns;
-use super::pipeline::{text_cells, ShardProgress, TextCell};
+use super::pipeline::{open_shard, text_cells, OpenShard, ShardProgress, TextCell};
 use super::settings::{EncodeSettings, RowTask};
 use super::shard::{ShardError, ShardReport, ShardSpec};
-use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
+use crate::io::input::read_row_group_range;
 use crate::io::output::{score_schema, PartWriter};
-use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
+use crate::io::{CommitOutcome, Committer, StoreError};
 use crate::model::cross_encoder::CrossEncoder;
 
 /// Rows per record batch read (and scored together, `batch_size` pairs per forward pass).
@@ -40,16 +40,12 @@ pub fn score_shard(
             "a score worker was given an encode job".into(),
         ));
     };
-    let url = StoreUrl::parse(&shard.file)?;
-    let (store, path) = url.store()?;
-    let file = InputFile {
-        url: shard.file.clone(),
-        path,
-        size: shard.file_size,
-        version: shard.file_version.clone(),
-    };
-    let mut input = InputReader::open(store, &file, &config.allowed_roots)?;
-    let metadata = runtime.block_on(read_footer(&mut input))?.metadata;
+    let OpenShard {
+        file,
+        input,
+        metadata,
+        row_group_starts,
+    } = open_shard(shard, config, runtime)?;
     let schema = metadata.schema().clone();
     let (id_field, _, mut projection) = check_columns(
         &file.url,
@@ -61,16 +57,6 @@ pub fn score_shard(
     let (_, _, query_projection) =
         check_columns(&file.url, &schema, &config.id_column, query_column, &[])?;
     projection.push(query_projection[1]);
-    let row_group_starts: Vec<u64> = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .scan(0u64, |start, rg| {
-            let s = *start;
-            *start += rg.num_rows() as u64;
-            Some(s)
-        })
-        .collect();
     let mut writer = PartWriter::new(score_schema(&id_field))
         .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
     let mut report = ShardReport {
