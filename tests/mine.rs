@@ -535,3 +535,90 @@ fn two_workers_split_the_shards_and_together_give_the_reference() {
         expected,
     );
 }
+
+#[test]
+fn mining_from_and_to_s3_writes_the_parts_of_a_local_run_byte_for_byte() {
+    use futures::TryStreamExt;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use std::sync::Arc;
+
+    let Some(endpoint) = common::s3::endpoint() else {
+        return;
+    };
+    let reference = reference();
+    let expected = &reference.combinations[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("mined");
+    let job = format!("mine-{}", uuid::Uuid::new_v4());
+    let s3: Arc<dyn ObjectStore> = Arc::new(common::s3::store(&endpoint));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(common::s3::upload(
+        &s3,
+        Path::new(&fixture("pairs.parquet")),
+        &format!("{job}/in/pairs.parquet"),
+    ));
+    let run = |dataset: String, output: String| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparq"));
+        cmd.current_dir(root())
+            .env_remove("SPARQ_MODEL")
+            .args(["mine", "--dataset", &dataset, "--output", &output])
+            .args(["--shard-queries", "16", "--threads", "1"])
+            .args(options(&expected["options"]));
+        common::s3::env(&mut cmd, &endpoint);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(fixture("pairs.parquet"), local.display().to_string());
+    run(
+        format!("s3://{}/{job}/in/", common::s3::BUCKET),
+        format!("s3://{}/{job}/out", common::s3::BUCKET),
+    );
+    let listed: Vec<_> = runtime
+        .block_on(
+            s3.list(Some(&ObjectPath::from(format!("{job}/out"))))
+                .try_collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let mut remote: Vec<(String, Vec<u8>)> = listed
+        .iter()
+        .map(|m| {
+            let name = m.location.filename().unwrap().to_string();
+            let bytes = runtime
+                .block_on(async { s3.get(&m.location).await.unwrap().bytes().await })
+                .unwrap();
+            (name, bytes.to_vec())
+        })
+        .filter(|(n, _)| n.starts_with("part-"))
+        .collect();
+    remote.sort();
+    let mut here: Vec<(String, Vec<u8>)> = std::fs::read_dir(&local)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-"))
+        .map(|n| {
+            let bytes = std::fs::read(local.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    here.sort();
+    assert!(here.len() > 1, "several query shards: {}", here.len());
+    assert_eq!(
+        remote.iter().map(|r| &r.0).collect::<Vec<_>>(),
+        here.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    for ((name, a), (_, b)) in remote.iter().zip(&here) {
+        assert!(a == b, "{name} differs between S3 and local output");
+    }
+    assert!(
+        listed
+            .iter()
+            .any(|m| m.location.filename() == Some("_SUCCESS")),
+        "no _SUCCESS on S3"
+    );
+}
