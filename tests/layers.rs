@@ -424,7 +424,7 @@ const LAYERS: [&[&str]; 6] = [
     &["io/", "model/"],
     &["encode/"],
     &["job/"],
-    &["coord/", "eval/", "export/", "train/"],
+    &["coord/", "eval/", "export/", "mine/", "train/"],
     &["serve/", "cli/", "lib.rs"],
 ];
 

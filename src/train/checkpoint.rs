@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 use super::data::Cursor;
-use super::model::{io_error, read_named, TrainModel};
+use super::files::{io_error, read_named};
+use super::model::TrainModel;
 use super::optim::Param;
 use super::{TrainConfig, TrainError};
 use crate::io::{AllowedRoots, Committer, StoreUrl};

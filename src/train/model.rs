@@ -6,11 +6,12 @@
 //! transformers' `router_mapping` gives it (default: the first column the query route, the
 //! others the document route), and the saved folder is the same Router layout.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::routing::{read_router, router_names, StNames};
+use super::files::{io_error, read_named};
+use super::router_layout::{read_router, router_names, StNames};
 use super::static_route::StaticRoute;
 use super::TrainError;
 use crate::model::attention::AttentionKernel;
@@ -229,18 +230,6 @@ impl TrainModel {
     }
 }
 
-/// The tensors of a safetensors file by name.
-pub fn read_named(file: &Path) -> Result<std::collections::HashMap<String, Tensor>, TrainError> {
-    Ok(Tensor::read_safetensors(file)
-        .map_err(|e| TrainError::Checkpoint {
-            path: file.to_path_buf(),
-            detail: crate::model::clean_tch_error(&e.to_string()),
-        })?
-        .into_iter()
-        .map(|(k, v)| (crate::model::weights::normalize_key(&k), v))
-        .collect())
-}
-
 /// Files that are weights or training state: never copied into a saved model.
 fn skipped(name: &str) -> bool {
     name == "model.safetensors"
@@ -272,14 +261,6 @@ fn copy_model_files(src: &Path, dst: &Path, rel: &Path) -> Result<(), TrainError
         }
     }
     Ok(())
-}
-
-/// An I/O error on `path`.
-pub fn io_error(path: &Path, e: std::io::Error) -> TrainError {
-    TrainError::Io {
-        path: PathBuf::from(path),
-        detail: e.to_string(),
-    }
 }
 
 /// The model being trained, encoding as `sparq eval` would encode the saved model: prompts,

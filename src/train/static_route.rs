@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::model::{io_error, read_named};
+use super::files::{io_error, read_named};
 use super::TrainError;
 use crate::model::router::{StaticLayout, StaticWeights};
 use crate::model::static_embedding::{static_vector, SparseStaticEmbedding};

@@ -536,6 +536,6 @@ fn mix(seed: u64, step: u64, rank: usize) -> u64 {
 
 fn tempdir(prefix: &str) -> Result<PathBuf, TrainError> {
     let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).map_err(|e| super::model::io_error(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| super::files::io_error(&dir, e))?;
     Ok(dir)
 }
