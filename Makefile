@@ -51,14 +51,21 @@ lint: venv
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # docker-compose.yml (against the compose schema from the PyPI docker-compose 1.29.2 wheel),
-# the Kubernetes manifests (kubernetes-validate, strict) and the Slurm script, without Docker.
+# the Kubernetes manifests (kubernetes-validate, strict) and the shell and Slurm scripts
+# (shellcheck, from Debian when we are root), without Docker.
 deploy-check: reference-env
+	@command -v shellcheck > /dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get > /dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends shellcheck > /dev/null; } || echo "shellcheck: not installed"
 	$(VENV)/bin/python scripts/check-deploy.py --fetch-schema
 
-# The S3 tests run against SeaweedFS on 127.0.0.1, started here and stopped afterwards.
+# The S3 tests run against SeaweedFS on 127.0.0.1 and the Slurm tests against a one-node Slurm
+# (Debian's, installed when missing: needs root), started here and stopped whatever the result.
 test: reference-env lint deploy-check
-	@eval "$$(scripts/s3-test-server.sh start)" && export SPARQ_REQUIRE_S3=1 && status=0 && \
-		{ $(CARGO) test --release || status=$$?; } ; scripts/s3-test-server.sh stop; exit $$status
+	@status=0; { s3=$$(scripts/s3-test-server.sh start) && eval "$$s3" && \
+		slurm=$$(scripts/slurm-test-cluster.sh start) && eval "$$slurm" && \
+		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 && $(CARGO) test --release; } || status=$$?; \
+		scripts/slurm-test-cluster.sh stop; scripts/s3-test-server.sh stop; exit $$status
 
 clean-venv:
 	rm -rf $(VENV)

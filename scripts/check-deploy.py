@@ -7,7 +7,11 @@
 - jobs/*.toml: kind and repo paths (keys and types: tests/serve.rs, with the service's parser);
 - jobs/serve-k8s.yaml: object shape, Secrets, Service selector, GPU requests, probes, PVC, and
   the Kubernetes schemas (strict) when kubernetes-validate is installed;
-- jobs/serve-slurm.sbatch: `bash -n`, #SBATCH placement, shellcheck when installed.
+- jobs/encode-indexed-job.yaml: an Indexed Job of `sparq encode --task-index auto` with
+  --task-count = completions, per-index retries, its job file from a ConfigMap (shard_rows
+  fixed), and a finalize Job over the same file and count; jobs/*.yaml against the schemas;
+- jobs/*.sbatch, jobs/*.sh, scripts/*.sh: `bash -n`, #SBATCH placement, no GPU request in
+  #SBATCH lines, shellcheck when installed.
 
 The compose schema is compose/config/compose_spec.json from the PyPI wheel docker-compose==1.29.2,
 read out of the wheel with zipfile (nothing is installed). Fetch it once into .cache/:
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -403,8 +408,9 @@ def check_container(file, where, c, secrets):
     return args
 
 
-def check_k8s(root):
-    file = "jobs/serve-k8s.yaml"
+def load_k8s(root, file):
+    """The objects of a manifest by kind and name, each checked against the Kubernetes schemas
+    (strict) when kubernetes-validate is installed; None when the file cannot be read."""
     try:
         docs = [d for d in yaml.safe_load_all((root / file).read_text()) if d is not None]
     except (OSError, yaml.YAMLError) as e:
@@ -426,6 +432,14 @@ def check_k8s(root):
             path = ".".join(str(p) for p in e.absolute_path)
             fail(file, f"{d['kind']}/{name}.{path}", f"{e.message} (Kubernetes "
                  f"{kv.latest_version()} schema)")
+    return objs
+
+
+def check_k8s(root):
+    file = "jobs/serve-k8s.yaml"
+    objs = load_k8s(root, file)
+    if objs is None:
+        return
     secrets, coord, worker = objs.get("Secret", {}), None, None
     for kind in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
         for name, d in objs.get(kind, {}).items():
@@ -482,26 +496,129 @@ def check_k8s(root):
         fail(file, f"{worker[0]}.args", f"--coordinator should be {want}")
 
 
+def mounted_file(file, where, pod, c, path, objs):
+    """The text of the ConfigMap key mounted at `path` in container `c`, or None."""
+    vols = {v.get("name"): v for v in pod.get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        if m.get("name") not in vols:
+            fail(file, f"{where}.volumeMounts", f"{m.get('name')}: no such volume in the pod")
+    for m in c.get("volumeMounts") or []:
+        mount = PurePosixPath(m.get("mountPath", "/"))
+        if mount not in PurePosixPath(path).parents:
+            continue
+        cm = (vols.get(m.get("name")) or {}).get("configMap") or {}
+        data = ((objs.get("ConfigMap") or {}).get(cm.get("name")) or {}).get("data") or {}
+        key = str(PurePosixPath(path).relative_to(mount))
+        if key not in data:
+            fail(file, f"{where}.volumeMounts", f"{path}: no ConfigMap of this file has key "
+                 f"{key} (mounted from {cm.get('name')!r})")
+            return None
+        return data[key]
+    fail(file, f"{where}.args", f"--config {path} is not in a volume the container mounts")
+    return None
+
+
+def check_indexed_job(root):
+    """jobs/encode-indexed-job.yaml: an Indexed Job of `sparq encode --task-index auto` whose
+    --task-count is its completions, and a finalize Job over the same job file and count."""
+    file = "jobs/encode-indexed-job.yaml"
+    objs = load_k8s(root, file)
+    if objs is None:
+        return
+    secrets, runs = objs.get("Secret", {}), {}
+    for name, d in (objs.get("Job") or {}).items():
+        spec = d.get("spec") or {}
+        pod = (spec.get("template") or {}).get("spec") or {}
+        for c in pod.get("containers") or []:
+            where = f"Job/{name}.containers.{c.get('name')}"
+            args = argv(c.get("command")) + argv(c.get("args"))
+            if args[:1] != ["encode"]:
+                fail(file, f"{where}.args", "should run `sparq encode` (the image's entrypoint)")
+                continue
+            if not str(c.get("image", "")).strip():
+                fail(file, f"{where}.image", "missing")
+            for ref in [(s.get("secretRef") or {}).get("name") for s in c.get("envFrom") or []]:
+                if ref not in secrets:
+                    fail(file, f"{where}.envFrom", f"Secret {ref} is not in this file")
+            count = flag(args, "--task-count")
+            job = mounted_file(file, where, pod, c, flag(args, "--config", ""), objs)
+            role = "finalize" if "--finalize" in args else "encode"
+            runs[role] = (where, c.get("image"), flag(args, "--config"), count)
+            if job is not None:
+                try:
+                    toml = tomllib.loads(job)
+                except tomllib.TOMLDecodeError as e:
+                    fail(file, f"{where} job file", f"not TOML: {e}")
+                    toml = {}
+                if not isinstance(toml.get("shard_rows"), int):
+                    fail(file, f"{where} job file", "needs shard_rows, so every pod plans the "
+                         "same shards")
+                for k in ("input", "output"):
+                    if not str(toml.get(k, "")).startswith("s3://"):
+                        fail(file, f"{where} job file", f"{k}: pods share only an object store")
+            if role == "finalize":
+                continue
+            if spec.get("completionMode") != "Indexed":
+                fail(file, f"Job/{name}.spec.completionMode", "should be Indexed: it sets "
+                     "JOB_COMPLETION_INDEX, which --task-index auto reads")
+            if flag(args, "--task-index") != "auto":
+                fail(file, f"{where}.args", "--task-index auto (from JOB_COMPLETION_INDEX)")
+            if str(count) != str(spec.get("completions")):
+                fail(file, f"{where}.args", f"--task-count {count} is not the Job's completions "
+                     f"{spec.get('completions')}")
+            if (spec.get("parallelism") or 1) > (spec.get("completions") or 1):
+                fail(file, f"Job/{name}.spec.parallelism", "more than completions")
+            if not isinstance(spec.get("backoffLimitPerIndex"), int):
+                fail(file, f"Job/{name}.spec.backoffLimitPerIndex", "retry each index on its own")
+            if pod.get("restartPolicy") != "Never":
+                fail(file, f"Job/{name}.template.spec.restartPolicy", "backoffLimitPerIndex "
+                     "needs Never")
+            gpus = ((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
+            cuda = str(flag(args, "--devices", "")).startswith("cuda")
+            if bool(gpus) != cuda:
+                fail(file, f"{where}", "nvidia.com/gpu limit and --devices cuda:0 go together")
+    if set(runs) != {"encode", "finalize"}:
+        return fail(file, None, "needs an Indexed Job running `sparq encode --task-index auto` "
+                    "and a Job running `sparq encode --finalize`")
+    (_, img, cfg, n), (where, fimg, fcfg, fn) = runs["encode"], runs["finalize"]
+    if (fimg, fcfg, fn) != (img, cfg, n):
+        fail(file, where, f"image, --config and --task-count ({fimg}, {fcfg}, {fn}) differ from "
+             f"the encode Job's ({img}, {cfg}, {n})")
+
+
 # ---------------------------------------------------------------- Slurm
 
-def check_slurm(root):
-    file = "jobs/serve-slurm.sbatch"
-    path = root / file
-    r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    if r.returncode:
-        fail(file, None, "bash -n: " + r.stderr.strip().replace(str(path), file))
-    started = False
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        s = line.strip()
-        if s.startswith("#SBATCH") and started:
-            fail(file, f"line {n}", "sbatch ignores #SBATCH after the first command")
-        started |= bool(s) and not s.startswith("#")
+SCRIPTS = ("jobs/*.sbatch", "jobs/*.sh", "scripts/*.sh")
+GPU_REQUEST = re.compile(r"(--gpus|--gres[= ]\S*gpu|--gpus-per-\w+|-G)\b")
+
+
+def check_scripts(root):
+    """Launch and helper scripts: `bash -n`, #SBATCH placement, no GPU request in #SBATCH
+    lines (a CPU cluster could not schedule the job; GPUs are asked for at submit time), and
+    shellcheck when installed."""
+    files = sorted({p for g in SCRIPTS for p in root.glob(g)})
+    for path in files:
+        file = str(path.relative_to(root))
+        r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        if r.returncode:
+            fail(file, None, "bash -n: " + r.stderr.strip().replace(str(path), file))
+        started = False
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            s = line.strip()
+            if s.startswith("#SBATCH"):
+                if started:
+                    fail(file, f"line {n}", "sbatch ignores #SBATCH after the first command")
+                if GPU_REQUEST.search(s):
+                    fail(file, f"line {n}", "a GPU request in #SBATCH: CPU clusters cannot "
+                         "schedule it; ask for GPUs on the sbatch command line")
+            started |= bool(s) and not s.startswith("#")
     if subprocess.run(["sh", "-c", "command -v shellcheck"], capture_output=True).returncode:
         return
-    r = subprocess.run(["shellcheck", "-S", "warning", "-f", "gcc", str(path)],
+    r = subprocess.run(["shellcheck", "-S", "warning", "-f", "gcc", *map(str, files)],
                        capture_output=True, text=True)
     for ln in r.stdout.splitlines():
-        fail(file, None, "shellcheck: line " + ln.removeprefix(str(path) + ":"))
+        fail(ln.split(":", 1)[0].removeprefix(str(root) + "/"), None,
+             "shellcheck: line " + ln.split(":", 1)[1])
 
 
 def main():
@@ -519,7 +636,11 @@ def main():
     for spec in sorted((root / "jobs").glob("*.toml")):
         check_job_spec(spec, str(spec.relative_to(root)), root)
     check_k8s(root)
-    check_slurm(root)
+    check_indexed_job(root)
+    for other in sorted((root / "jobs").glob("*.yaml")):
+        if other.name not in ("serve-k8s.yaml", "encode-indexed-job.yaml"):
+            load_k8s(root, str(other.relative_to(root)))
+    check_scripts(root)
     unique = list(dict.fromkeys(problems))
     for p in unique:
         print(p, file=sys.stderr)
@@ -527,7 +648,8 @@ def main():
         print(f"check-deploy: {len(unique)} problem(s)", file=sys.stderr)
         return 1
     k8s = "kubernetes-validate" if importlib.util.find_spec("kubernetes_validate") else "absent"
-    print(f"check-deploy: ok (compose schema: {source}; Kubernetes schemas: {k8s})")
+    shellcheck = "shellcheck" if shutil.which("shellcheck") else "no shellcheck"
+    print(f"check-deploy: ok (compose schema: {source}; Kubernetes schemas: {k8s}; {shellcheck})")
     return 0
 
 

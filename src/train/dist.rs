@@ -26,8 +26,8 @@ pub struct RankEnv {
 }
 
 impl RankEnv {
-    /// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `None` when
-    /// WORLD_SIZE is unset or 1.
+    /// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (plus one under torchrun,
+    /// whose agent holds MASTER_PORT); `None` when WORLD_SIZE is unset or 1.
     pub fn from_env() -> Result<Option<Self>, TrainError> {
         let var = |k: &str| std::env::var(k).ok();
         let world: usize = match var("WORLD_SIZE") {
@@ -56,7 +56,19 @@ impl RankEnv {
             .and_then(|v| v.parse().ok())
             .unwrap_or(rank);
         let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-        let port = num("MASTER_PORT")?;
+        let mut port = num("MASTER_PORT")?;
+        // torchrun's agent serves its own TCPStore on MASTER_PORT (and says so in this
+        // variable); the ranks meet on the next port instead, which every rank derives alike.
+        if var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True") {
+            port = port
+                .checked_add(1)
+                .filter(|&p| p <= usize::from(u16::MAX))
+                .ok_or_else(|| {
+                    TrainError::Collective(format!(
+                        "MASTER_PORT={port} is torchrun's store; the ranks need the port after it"
+                    ))
+                })?;
+        }
         Ok(Some(Self {
             rank,
             world,
