@@ -16,9 +16,101 @@ use crate::train::{run_train, TrainArgs, TrainEvent};
 
 /// `encode`: the summary JSON line on stdout; exit 1 on a job error, 2 when some shards
 /// failed (the rest is committed), 128 + the signal when interrupted. With `--plan`, the plan.
+///
+/// Array tasks (`--task-index`) print their share's summary; `--plan-only` the shard count;
+/// `--finalize` the summary, or the missing parts and exit 3.
 pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
-    match args.job(given) {
-        Ok(config) => run_job(&config, &args.fleet, args.plan),
+    let config = match args.job(given) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint_line(format_args!("sparq: error: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.plan_only {
+        let tasks = args.task_count.unwrap_or(1);
+        return match crate::coord::coordinator::shard_count(&config, &args.fleet, tasks) {
+            Ok(count) => print_or_fail(&count.to_string()),
+            Err(e) => {
+                eprint_line(format_args!("sparq: error: {e}"));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.finalize {
+        return finalize(&config, &args.fleet, args.task_count);
+    }
+    match crate::job::tasks::resolve_share(args.task_index, args.task_count, |k| {
+        std::env::var(k).ok()
+    }) {
+        Ok(share) => run_job(&config, &args.fleet, args.plan, share),
+        Err(e) => {
+            eprint_line(format_args!("sparq: error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a result line; a reader that went away is not an error.
+fn print_or_fail(line: &str) -> ExitCode {
+    match print_line(line) {
+        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint_line(format_args!("sparq: error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `encode --finalize`: the summary line, or each missing part on stderr and exit 3.
+fn finalize(config: &EncodeConfig, fleet: &Fleet, tasks: Option<usize>) -> ExitCode {
+    use crate::coord::coordinator::Finalized;
+    match crate::coord::coordinator::finalize(config, fleet, tasks) {
+        Ok(Finalized::Complete(summary)) => {
+            print_or_fail(&serde_json::to_string(&summary).expect("serializable"))
+        }
+        Ok(Finalized::Incomplete { missing, shards }) => {
+            eprint_line(format_args!(
+                "sparq: {} is incomplete: {} of {shards} parts are missing, so no manifest or \
+                 _SUCCESS was written:",
+                config.output,
+                missing.len()
+            ));
+            for m in missing.iter().take(50) {
+                let task = m.task.map_or(String::new(), |t| format!(", task {t}"));
+                eprint_line(format_args!(
+                    "  {} (shard {}{task}): {} rows {}..{}",
+                    m.part,
+                    m.shard,
+                    m.file,
+                    m.rows.0,
+                    m.rows.0 + m.rows.1
+                ));
+            }
+            if missing.len() > 50 {
+                eprint_line(format_args!("  ... and {} more", missing.len() - 50));
+            }
+            let mut tasks: Vec<usize> = missing.iter().filter_map(|m| m.task).collect();
+            tasks.sort_unstable();
+            tasks.dedup();
+            eprint_line(format_args!(
+                "sparq: {}, then --finalize again",
+                if tasks.is_empty() {
+                    "rerun the tasks (give --task-count N to see which ones own these parts)"
+                        .to_string()
+                } else {
+                    format!(
+                        "rerun task(s) {} (or the whole array: finished tasks exit at once)",
+                        tasks
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
+                }
+            ));
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprint_line(format_args!("sparq: error: {e}"));
             ExitCode::FAILURE
@@ -29,7 +121,7 @@ pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
 /// `score`: as `encode` (the same summary, exit codes and `--plan`), for pairs.
 pub fn score(args: &ScoreArgs) -> ExitCode {
     match args.job() {
-        Ok(config) => run_job(&config, &args.fleet, args.plan),
+        Ok(config) => run_job(&config, &args.fleet, args.plan, None),
         Err(e) => {
             eprint_line(format_args!("sparq: error: {e}"));
             ExitCode::FAILURE
@@ -38,7 +130,12 @@ pub fn score(args: &ScoreArgs) -> ExitCode {
 }
 
 /// Runs (or with `plan`, plans) a job on this machine's workers.
-fn run_job(config: &EncodeConfig, fleet: &Fleet, plan: bool) -> ExitCode {
+fn run_job(
+    config: &EncodeConfig,
+    fleet: &Fleet,
+    plan: bool,
+    share: Option<crate::job::tasks::TaskShare>,
+) -> ExitCode {
     if plan {
         return match crate::coord::coordinator::plan_only(config, fleet) {
             Ok(plan) => match print_line(plan_text(config, fleet, &plan).trim_end()) {
@@ -54,7 +151,7 @@ fn run_job(config: &EncodeConfig, fleet: &Fleet, plan: bool) -> ExitCode {
             }
         };
     }
-    match crate::coord::coordinator::run_encode(config, fleet) {
+    match crate::coord::coordinator::run_encode(config, fleet, share) {
         Ok((summary, failures)) => {
             // The work is committed whatever happens to the summary: a reader that went away
             // changes nothing, a failed write is said.

@@ -11,28 +11,158 @@ use super::protocol::{FromWorker, ToWorker};
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::{ShardReport, ShardSpec};
 use crate::io::AllowedRoots;
+use crate::io::{Committer, StoreUrl};
 use crate::job::args::{job_dtype, EncodeConfig, Fleet};
-use crate::job::finish::{finish_encode, EncodeSummary};
+use crate::job::finish::{finish_encode, summarize, EncodeSummary};
 use crate::job::plan::{plan_encode, validate, EncodePlan, PlanOptions};
+use crate::job::tasks::{task_of, TaskShare};
 use crate::job::JobError;
 use crate::job::ShardFailure;
+use crate::job::REPORTS;
 use crate::model::{ModelError, ResolveDevice};
 use crate::types::DeviceSpec;
 
 /// Plans an encode job without writing anything (`sparq encode --plan`): the shards this fleet
 /// would run, those already committed, and a token estimate.
 pub fn plan_only(config: &EncodeConfig, fleet: &Fleet) -> Result<EncodePlan, JobError> {
+    plan_quietly(config, fleet, 1, true)
+}
+
+/// Plans without writing: for `tasks` tasks of this fleet each (their number sizes the
+/// default shards), with or without the token estimate.
+fn plan_quietly(
+    config: &EncodeConfig,
+    fleet: &Fleet,
+    tasks: usize,
+    estimate: bool,
+) -> Result<EncodePlan, JobError> {
     validate(config)?;
     validate_fleet(fleet)?;
     let devices = fleet.devices();
-    let (runtime, options) = planning(&devices, false)?;
+    let (runtime, mut options) = planning(&devices, tasks, false)?;
+    options.estimate = estimate;
     let dtype = job_dtype(config, &devices);
     plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)
 }
 
-/// The runtime planning runs on, and what it plans for: this fleet.
+/// `sparq encode --plan-only`: the number of shards the job is cut into, for `tasks` tasks.
+pub fn shard_count(config: &EncodeConfig, fleet: &Fleet, tasks: usize) -> Result<usize, JobError> {
+    Ok(plan_quietly(config, fleet, tasks, false)?.shards.len())
+}
+
+/// A part that `--finalize` found missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingPart {
+    /// The part's name.
+    pub part: String,
+    /// Its shard.
+    pub shard: usize,
+    /// Input file and rows.
+    pub file: String,
+    /// First row and row count.
+    pub rows: (u64, u64),
+    /// The task that owns it, when the task count is known.
+    pub task: Option<usize>,
+}
+
+/// What `--finalize` found.
+pub enum Finalized {
+    /// Every part exists: the manifest and `_SUCCESS` are written.
+    Complete(EncodeSummary),
+    /// These parts are missing; nothing was written.
+    Incomplete {
+        /// The missing parts, in shard order.
+        missing: Vec<MissingPart>,
+        /// Shards in all.
+        shards: usize,
+    },
+}
+
+/// `sparq encode --finalize`: after the tasks of an array, writes the manifest (from the
+/// reports the tasks left) and `_SUCCESS` when every part exists, or lists the missing ones.
+pub fn finalize(
+    config: &EncodeConfig,
+    fleet: &Fleet,
+    tasks: Option<usize>,
+) -> Result<Finalized, JobError> {
+    let started = Instant::now();
+    let plan = plan_quietly(config, fleet, tasks.unwrap_or(1), false)?;
+    if !plan.pending.is_empty() {
+        let by_id: BTreeMap<usize, &ShardSpec> = plan.shards.iter().map(|s| (s.id, s)).collect();
+        let missing = plan
+            .pending
+            .iter()
+            .map(|id| {
+                let s = by_id[id];
+                MissingPart {
+                    part: s.part.clone(),
+                    shard: s.id,
+                    file: s.file.clone(),
+                    rows: (s.first_row, s.rows),
+                    task: tasks.map(|n| task_of(s.id, n)),
+                }
+            })
+            .collect();
+        return Ok(Finalized::Incomplete {
+            missing,
+            shards: plan.shards.len(),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
+        .confined(&AllowedRoots::anywhere());
+    // The tasks' reports: rows, tokens and row failures for the manifest. A task killed
+    // between its commit and its report leaves none; its part is complete all the same.
+    let reports: BTreeMap<usize, ShardReport> = runtime.block_on(async {
+        let mut reports = BTreeMap::new();
+        for shard in &plan.shards {
+            let name = format!("{REPORTS}/{}.json", shard.part);
+            if let Some(bytes) = committer.get(&name).await? {
+                match serde_json::from_slice::<ShardReport>(&bytes) {
+                    Ok(report) => {
+                        reports.insert(
+                            shard.id,
+                            ShardReport {
+                                shard: shard.id,
+                                ..report
+                            },
+                        );
+                    }
+                    Err(e) => tracing::warn!(
+                        "{}: not a shard report ({e}); its rows are left out of the summary",
+                        committer.url().join(&name)
+                    ),
+                }
+            }
+        }
+        Ok::<_, JobError>(reports)
+    })?;
+    let unreported = plan.shards.len() - reports.len();
+    if unreported > 0 {
+        tracing::warn!(
+            "{unreported} of {} parts have no report under {REPORTS}/ (written by `--task-index` \
+             runs): their rows are in the output but not in the manifest's summary",
+            plan.shards.len()
+        );
+    }
+    let mut summary = finish_encode(
+        &plan,
+        &reports,
+        &[],
+        started.elapsed().as_secs_f64(),
+        &runtime,
+    )?;
+    summary.skipped_shards = plan.shards.len();
+    Ok(Finalized::Complete(summary))
+}
+
+/// The runtime planning runs on, and what it plans for: this fleet, in each of `tasks` tasks.
 fn planning(
     devices: &[DeviceSpec],
+    tasks: usize,
     claim: bool,
 ) -> Result<(tokio::runtime::Runtime, PlanOptions), JobError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -40,31 +170,56 @@ fn planning(
         .enable_all()
         .build()?;
     let options = PlanOptions {
-        workers: devices.len(),
+        workers: devices.len() * tasks.max(1),
         cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
         claim,
+        estimate: false,
     };
     Ok((runtime, options))
 }
 
-/// Runs a whole encode job. Returns the summary and the failed shards (the job is complete
+/// Runs a whole encode job, or with `share` one task's share of it (no manifest: see
+/// [`finalize`]). Returns the summary and the failed shards (the job, or the share, is complete
 /// only when there are none).
 pub fn run_encode(
     config: &EncodeConfig,
     fleet: &Fleet,
+    share: Option<TaskShare>,
 ) -> Result<(EncodeSummary, Vec<ShardFailure>), JobError> {
     let started = Instant::now();
     validate(config)?;
     validate_fleet(fleet)?;
+    if share.is_some() && config.overwrite {
+        return Err(JobError::Settings(
+            "--overwrite cannot be used with --task-index: one task would delete what the \
+             others commit. Clear the output once before submitting the tasks, or use another \
+             --output"
+                .into(),
+        ));
+    }
     let mut devices = fleet.devices();
     for d in devices.iter().collect::<HashSet<_>>() {
         d.resolve().map_err(encode_flag)?;
     }
     let dtype = job_dtype(config, &devices);
-    let (runtime, options) = planning(&devices, true)?;
-    let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
+    let tasks = share.map_or(1, |s| s.count);
+    let (runtime, options) = planning(&devices, tasks, true)?;
+    let mut plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
+    if let Some(share) = share {
+        let owned = plan.shards.iter().filter(|s| share.owns(s.id)).count();
+        plan.pending.retain(|&id| share.owns(id));
+        plan.settings.shard_reports = true;
+        tracing::info!(
+            "{share}: {owned} of the {} shards are this task's; {} committed before, {} to encode",
+            plan.shards.len(),
+            owned - plan.pending.len(),
+            plan.pending.len()
+        );
+    }
     let skipped = plan.shards.len() - plan.pending.len();
-    if skipped > 0 && plan.pending.is_empty() {
+    if share.is_some() {
+        // Said above, for this task's share.
+    } else if skipped > 0 && plan.pending.is_empty() {
         tracing::info!(
             "{} is already complete: all {skipped} shards were committed before; nothing to encode",
             config.output
@@ -129,6 +284,13 @@ pub fn run_encode(
                 f.reason
             );
         }
+    }
+    if let Some(share) = share {
+        // The manifest and duplicate ids are `--finalize`'s, once every task has ended.
+        let mut summary = summarize(&plan, &reports, &failures, started.elapsed().as_secs_f64());
+        summary.skipped_shards =
+            plan.shards.iter().filter(|s| share.owns(s.id)).count() - plan.pending.len();
+        return Ok((summary, failures));
     }
     let summary = finish_encode(
         &plan,

@@ -95,7 +95,9 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
                 progress.rows.store(0, Ordering::Relaxed);
                 progress.tokens.store(0, Ordering::Relaxed);
                 current.store(shard.id, Ordering::Relaxed);
-                let result = encoder.run(&config, &runtime, &committer, &shard, &progress);
+                let result = encoder
+                    .run(&config, &runtime, &committer, &shard, &progress)
+                    .and_then(|report| keep_report(&config, &runtime, &committer, &shard, report));
                 current.store(usize::MAX, Ordering::Relaxed);
                 // Hand freed heap pages back to the OS between shards: batches of ever-changing
                 // shapes otherwise fragment glibc's arenas and the worker's RSS creeps upwards.
@@ -135,6 +137,28 @@ enum ShardModel {
     Encoder(Box<SpladeEncoder>),
     /// `sparq score`.
     Scorer(Box<CrossEncoder>),
+}
+
+/// With `shard_reports` (array tasks), stores the shard's report beside the output for
+/// `--finalize`. Every attempt that encoded the rows writes the same report, so a rewrite is
+/// harmless.
+fn keep_report(
+    config: &EncodeSettings,
+    runtime: &tokio::runtime::Runtime,
+    committer: &Committer,
+    shard: &ShardSpec,
+    report: ShardReport,
+) -> Result<ShardReport, ShardError> {
+    if config.shard_reports {
+        let stored = ShardReport {
+            already_committed: false,
+            ..report.clone()
+        };
+        let name = format!("{}/{}.json", crate::job::REPORTS, shard.part);
+        let bytes = serde_json::to_vec(&stored).expect("serializable");
+        runtime.block_on(committer.put(&name, bytes))?;
+    }
+    Ok(report)
 }
 
 impl ShardModel {

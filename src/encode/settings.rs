@@ -58,6 +58,10 @@ pub struct EncodeSettings {
     /// Encode texts or score pairs.
     #[serde(default)]
     pub task: RowTask,
+    /// Leave each committed shard's report under `_reports/` (array tasks, whose manifest is
+    /// written later by `--finalize`).
+    #[serde(default)]
+    pub shard_reports: bool,
 }
 
 impl EncodeSettings {

@@ -121,15 +121,19 @@ impl Committer {
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         match &self.target {
             Target::Local(dir) => {
-                self.check_local(dir, None)?;
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                // `name` may lie in a subfolder (`_reports/<part>.json`).
+                let target = dir.join(name);
+                let folder = target.parent().unwrap_or(dir).to_path_buf();
+                self.check_local(dir, name.rsplit_once('/').map(|(sub, _)| sub))?;
+                std::fs::create_dir_all(&folder).map_err(|e| StoreError::Io {
                     op: "creating",
-                    path: dir.clone(),
+                    path: folder.clone(),
                     source: e,
                 })?;
-                let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
+                let file = name.rsplit('/').next().unwrap_or(name);
+                let tmp = folder.join(format!(".{file}.{}.tmp", uuid::Uuid::new_v4()));
                 write_synced(&tmp, &bytes)?;
-                std::fs::rename(&tmp, dir.join(name)).map_err(|e| StoreError::Io {
+                std::fs::rename(&tmp, target).map_err(|e| StoreError::Io {
                     op: "renaming",
                     path: tmp,
                     source: e,
@@ -137,7 +141,7 @@ impl Committer {
             }
             Target::Object(store, prefix) => store
                 .put(
-                    &prefix.clone().join(name),
+                    &object_path(prefix, name),
                     PutPayload::from(Bytes::from(bytes)),
                 )
                 .await
@@ -170,7 +174,7 @@ impl Committer {
                     Err(e) => Err(e),
                 }
             }
-            Target::Object(store, prefix) => match store.get(&prefix.clone().join(name)).await {
+            Target::Object(store, prefix) => match store.get(&object_path(prefix, name)).await {
                 Ok(r) => Ok(Some(
                     r.bytes()
                         .await
@@ -228,7 +232,7 @@ impl Committer {
                     }
                 },
                 Target::Object(store, prefix) => match store
-                    .delete(&prefix.clone().join(name.as_str()))
+                    .delete(&object_path(prefix, name))
                     .await
                 {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -292,6 +296,12 @@ impl Committer {
             }
         }
     }
+}
+
+/// The object `name` (relative to the output, `/` between folders) under `prefix`.
+fn object_path(prefix: &ObjectPath, name: &str) -> ObjectPath {
+    name.split('/')
+        .fold(prefix.clone(), |path, part| path.join(part))
 }
 
 fn commit_local(

@@ -145,6 +145,25 @@ pub struct EncodeArgs {
     /// write nothing.
     #[arg(long, alias = "dry-run")]
     pub plan: bool,
+    /// Print the number of shards the job is cut into (alone, on stdout) and write nothing: to
+    /// size a scheduler's array. Give the same --task-count as the tasks will (the default
+    /// shard size depends on it), or --shard-rows.
+    #[arg(long, conflicts_with_all = ["plan", "finalize", "task_index"])]
+    pub plan_only: bool,
+    /// Encode only this task's share of the shards (shard s belongs to task s % N), without a
+    /// coordinator: for Slurm arrays and Kubernetes Indexed Jobs. `auto` reads
+    /// SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX or RANK. Tasks do not write the manifest: run
+    /// `--finalize` when all have ended. A task can be rerun, or run twice at once.
+    #[arg(long, env = "SPARQ_TASK_INDEX", value_name = "I|auto")]
+    pub task_index: Option<crate::job::tasks::TaskIndex>,
+    /// The number of tasks sharing the job (default with `--task-index auto`: the Slurm
+    /// array's task count, or WORLD_SIZE).
+    #[arg(long, env = "SPARQ_TASK_COUNT", value_name = "N")]
+    pub task_count: Option<usize>,
+    /// After the tasks: write _manifest.json and _SUCCESS if every part exists; otherwise list
+    /// the missing parts (with their task index, given --task-count) and exit 3. Encodes nothing.
+    #[arg(long, conflicts_with_all = ["plan", "task_index", "overwrite"])]
+    pub finalize: bool,
     /// The job.
     #[command(flatten)]
     pub config: EncodeConfig,

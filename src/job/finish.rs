@@ -109,35 +109,7 @@ pub fn finish_encode(
 ) -> Result<EncodeSummary, JobError> {
     let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
         .confined(&plan.settings.allowed_roots);
-    let mut summary = EncodeSummary {
-        skipped_shards: plan.shards.len() - plan.pending.len(),
-        ..Default::default()
-    };
-    for r in reports.values() {
-        summary.docs += r.rows;
-        summary.tokens += r.tokens;
-        summary.failed_rows += r.failed_rows;
-        summary.null_texts += r.null_texts;
-        summary.null_ids += r.null_ids;
-        for e in &r.null_id_examples {
-            if summary.null_id_examples.len() < 5 {
-                summary.null_id_examples.push(e.clone());
-            }
-        }
-        summary.committed_shards += 1;
-    }
-    let active: u64 = reports.values().map(|r| r.active_dims).sum();
-    let encoded = summary.docs - summary.failed_rows - summary.null_texts;
-    summary.mean_active_dims = if encoded > 0 {
-        active as f64 / encoded as f64
-    } else {
-        0.0
-    };
-    summary.failed_shards = failures.len();
-    summary.seconds = seconds;
-    summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
-    summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
-
+    let mut summary = summarize(plan, reports, failures, seconds);
     committer.remove_attempts();
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
     // Duplicate ids across the whole output (every committed part, this run's or earlier).
@@ -196,6 +168,45 @@ pub fn finish_encode(
         runtime.block_on(committer.put(SUCCESS, Vec::new()))?;
     }
     Ok(summary)
+}
+
+/// The shard reports and failures of a run summed (without duplicate ids, which need the
+/// whole output read back).
+pub fn summarize(
+    plan: &EncodePlan,
+    reports: &BTreeMap<usize, ShardReport>,
+    failures: &[ShardFailure],
+    seconds: f64,
+) -> EncodeSummary {
+    let mut summary = EncodeSummary {
+        skipped_shards: plan.shards.len() - plan.pending.len(),
+        ..Default::default()
+    };
+    for r in reports.values() {
+        summary.docs += r.rows;
+        summary.tokens += r.tokens;
+        summary.failed_rows += r.failed_rows;
+        summary.null_texts += r.null_texts;
+        summary.null_ids += r.null_ids;
+        for e in &r.null_id_examples {
+            if summary.null_id_examples.len() < 5 {
+                summary.null_id_examples.push(e.clone());
+            }
+        }
+        summary.committed_shards += 1;
+    }
+    let active: u64 = reports.values().map(|r| r.active_dims).sum();
+    let encoded = summary.docs - summary.failed_rows - summary.null_texts;
+    summary.mean_active_dims = if encoded > 0 {
+        active as f64 / encoded as f64
+    } else {
+        0.0
+    };
+    summary.failed_shards = failures.len();
+    summary.seconds = seconds;
+    summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
+    summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
+    summary
 }
 
 /// An output part as an input file (to read its id column back).

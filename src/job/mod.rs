@@ -8,6 +8,7 @@ pub mod finish;
 pub mod identity;
 pub mod plan;
 pub mod score_args;
+pub mod tasks;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,8 @@ pub const JOB_FILE: &str = "_sparq_job.json";
 pub const MANIFEST: &str = "_manifest.json";
 /// The success marker, written last.
 pub const SUCCESS: &str = "_SUCCESS";
+/// Where array tasks leave each committed shard's report, for `--finalize`'s manifest.
+pub const REPORTS: &str = "_reports";
 
 /// Whether `name` (relative to the output) is a part sparq writes.
 pub fn is_part(name: &str) -> bool {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::args::EncodeConfig;
 use super::identity::{InputRecord, JobIdentity};
-use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, SUCCESS};
+use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, REPORTS, SUCCESS};
 use crate::encode::columns::check_columns;
 use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
@@ -255,6 +255,7 @@ pub fn plan_encode(
                 || n == MANIFEST
                 || n == SUCCESS
                 || n.starts_with("_attempts/")
+                || n.starts_with(&format!("{REPORTS}/"))
                 || is_part(n)
         })
         .collect();
@@ -309,7 +310,7 @@ pub fn plan_encode(
     if !options.claim {
         // `--plan`: what would run, with nothing written.
         let estimate = match (
-            &layout,
+            layout.as_ref().filter(|_| options.estimate),
             row_groups
                 .iter()
                 .find(|(_, _, rg, _)| rg.iter().any(|&r| r > 0)),
@@ -398,6 +399,9 @@ pub struct PlanOptions {
     /// Claim the output (write its identity, clear a stale success marker); `false` for
     /// `--plan`, which writes nothing.
     pub claim: bool,
+    /// Without claiming: estimate the tokens to encode (`--plan` does; `--plan-only` and
+    /// `--finalize` need only the shards).
+    pub estimate: bool,
 }
 
 impl PlanOptions {
@@ -407,6 +411,7 @@ impl PlanOptions {
         workers: 4,
         cpu_only: false,
         claim: true,
+        estimate: false,
     };
 }
 
@@ -449,6 +454,7 @@ fn settings(
         output: output.raw.clone(),
         allowed_roots: roots.clone(),
         task: args.task.clone(),
+        shard_reports: false,
     }
 }
 

@@ -891,6 +891,7 @@ mod tests {
                 output: "/out".into(),
                 allowed_roots: Default::default(),
                 task: Default::default(),
+                shard_reports: false,
             },
         }
     }
