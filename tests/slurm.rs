@@ -411,9 +411,10 @@ fn an_array_with_a_cancelled_task_finalizes_after_a_rerun_to_plain_encodes_outpu
     jobs.add(&array);
     jobs.add(&finalize);
 
-    // Task 1 is cancelled once it has spent more CPU than loading the model takes: mid-shard.
+    // Task 1 is cancelled once it has spent more CPU than loading the model takes (0.6 s here):
+    // in its first shard (1), or on a fast machine its second (7).
     let started = Instant::now();
-    while task_cpu_seconds(&array, 1) < 1.2 {
+    while task_cpu_seconds(&array, 1) < 1.0 {
         let states = field(&show(&format!("{array}_1")), "JobState");
         assert!(
             states.iter().all(|s| s == "PENDING" || s == "RUNNING"),
@@ -457,10 +458,13 @@ fn an_array_with_a_cancelled_task_finalizes_after_a_rerun_to_plain_encodes_outpu
         state, "FAILED",
         "finalize with task 1's shards missing: {log}"
     );
-    // Task 1's two shards are missing, named with its index; nothing else is.
+    // Task 1's shard 7 is missing (and 1 unless it was committed before the cancel), named
+    // with its index; nothing else is.
     for shard in 0..SHARDS {
         let named = log.contains(&format!("(shard {shard}, task {})", shard % TASKS));
-        assert_eq!(named, shard % TASKS == 1, "shard {shard}: {log}");
+        if shard == 7 || shard % TASKS != 1 {
+            assert_eq!(named, shard == 7, "shard {shard}: {log}");
+        }
     }
     assert!(log.contains("rerun task(s) 1 "), "{log}");
     assert!(!out.join("_SUCCESS").exists() && !out.join("_manifest.json").exists());
