@@ -57,7 +57,7 @@ deploy-check: reference-env
 
 # The S3 tests run against SeaweedFS on 127.0.0.1, started here and stopped afterwards.
 test: reference-env lint deploy-check
-	@eval "$$(scripts/s3-test-server.sh start)" && export SPARQ_REQUIRE_S3=1 && status=0 && \
+	@eval "$$(scripts/s3-test-server.sh start)" && export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_ROOT=1 && status=0 && \
 		{ $(CARGO) test --release || status=$$?; } ; scripts/s3-test-server.sh stop; exit $$status
 
 clean-venv:
