@@ -60,11 +60,13 @@ deploy-check: reference-env
 	$(VENV)/bin/python scripts/check-deploy.py --fetch-schema
 
 # The S3 tests run against SeaweedFS on 127.0.0.1 and the Slurm tests against a one-node Slurm
-# (Debian's, installed when missing: needs root), started here and stopped whatever the result.
+# (Debian's, installed when missing: needs root, as the disk-fault tests do), started here and
+# stopped whatever the result.
 test: reference-env lint deploy-check
 	@status=0; { s3=$$(scripts/s3-test-server.sh start) && eval "$$s3" && \
 		slurm=$$(scripts/slurm-test-cluster.sh start) && eval "$$slurm" && \
-		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 && $(CARGO) test --release; } || status=$$?; \
+		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 SPARQ_REQUIRE_ROOT=1 && \
+		$(CARGO) test --release; } || status=$$?; \
 		scripts/slurm-test-cluster.sh stop; scripts/s3-test-server.sh stop; exit $$status
 
 clean-venv:

@@ -428,9 +428,25 @@ fn lease_loop(
                     remaining -= 1;
                 }
                 FromWorker::Failed {
+                    disk_full: true,
+                    error,
+                    ..
+                } => {
+                    pool.kill_all();
+                    progress.finish();
+                    return Err(JobError::DiskFull {
+                        output: settings.output.clone(),
+                        error,
+                        committed: reports.len(),
+                        rows: reports.values().map(|r| r.rows).sum(),
+                        left: remaining,
+                    });
+                }
+                FromWorker::Failed {
                     shard,
                     error,
                     retryable,
+                    ..
                 } => {
                     slots[slot].busy = None;
                     if let Some(causes) = retries.record(shard, error, retryable, &mut queue) {

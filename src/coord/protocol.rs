@@ -53,6 +53,10 @@ pub enum FromWorker {
         error: String,
         /// Whether another attempt may succeed (I/O) or not (bad data).
         retryable: bool,
+        /// The output's filesystem is full: no shard can be committed until space is freed,
+        /// so the job stops.
+        #[serde(default)]
+        disk_full: bool,
     },
     /// The worker cannot work at all (model or device); the job stops.
     Fatal {

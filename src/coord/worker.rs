@@ -111,6 +111,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
                         shard: shard.id,
                         error: e.to_string(),
                         retryable: e.is_retryable(),
+                        disk_full: e.is_disk_full(),
                     }),
                 }
             }

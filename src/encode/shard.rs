@@ -112,6 +112,22 @@ impl ShardError {
             ShardError::Columns(_) | ShardError::Data(_) | ShardError::Panicked => false,
         }
     }
+
+    /// Whether a local write failed for want of space (or quota): every other shard would
+    /// fail the same way, so the job stops instead of retrying.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ShardError::Store(StoreError::Io { source, .. }) => is_no_space(source),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 #[cfg(test)]
@@ -139,5 +155,17 @@ mod tests {
         assert!(ShardError::Model(ModelError::Torch("out of memory".into())).is_retryable());
         assert!(ShardError::Abandoned.is_retryable());
         assert!(!ShardError::Data("truncated".into()).is_retryable());
+        let full = ShardError::Store(StoreError::Io {
+            op: "writing",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert!(full.is_disk_full());
+        let other = ShardError::Store(StoreError::Io {
+            op: "writing",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+        assert!(!other.is_disk_full());
     }
 }

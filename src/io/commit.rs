@@ -316,8 +316,16 @@ fn commit_local(
         source: e,
     })?;
     let attempt = attempts.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
-    write_synced(&attempt, bytes)?;
     let final_path = dir.join(name);
+    // Name the part, not its attempt file (removed again on failure).
+    write_synced(&attempt, bytes).map_err(|e| match e {
+        StoreError::Io { source, .. } => StoreError::Io {
+            op: "writing",
+            path: final_path.clone(),
+            source,
+        },
+        e => e,
+    })?;
     let outcome = match std::fs::hard_link(&attempt, &final_path) {
         Ok(()) => CommitOutcome::Committed,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => CommitOutcome::AlreadyCommitted,

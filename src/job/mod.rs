@@ -100,6 +100,20 @@ pub enum JobError {
         /// Shards not committed.
         left: usize,
     },
+    /// The output's filesystem is full; what is committed stays.
+    #[error("no space left for {output}: {error}. The {committed} shard(s) ({rows} rows) this run committed are kept and complete; {left} shard(s) are left. Free space there (or move the output to a bigger filesystem with its files), then rerun the same command: it resumes where this run stopped")]
+    DiskFull {
+        /// The output.
+        output: String,
+        /// The write that failed, naming its path.
+        error: String,
+        /// Shards this run committed.
+        committed: usize,
+        /// Their rows.
+        rows: u64,
+        /// Shards not committed.
+        left: usize,
+    },
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),
