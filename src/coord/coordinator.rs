@@ -258,6 +258,7 @@ fn lease_loop(
                         }
                     }
                 }
+                FromWorker::S3Requests(requests) => crate::io::retry::add_s3_requests(&requests),
                 FromWorker::Done(report) => {
                     slots[slot].busy = None;
                     done_rows += report.rows;

@@ -11,6 +11,7 @@ use super::plan::EncodePlan;
 use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
 use crate::encode::shard::{RowFailure, ShardReport};
 use crate::io::input::InputFile;
+use crate::io::retry::S3Requests;
 use crate::io::url::Location;
 use crate::io::{Committer, StoreError, StoreUrl};
 
@@ -50,6 +51,9 @@ pub struct EncodeSummary {
     /// Where the first few are.
     #[serde(default)]
     pub null_id_examples: Vec<String>,
+    /// S3 requests of the run (its workers' included) and those retried, when it used S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_requests: Option<S3Requests>,
 }
 
 /// `_manifest.json`: what the output holds and how it was made. Fields in alphabetical
@@ -159,6 +163,8 @@ pub fn finish_encode(
     )?;
     summary.duplicate_ids = duplicates.rows;
     summary.duplicate_examples = duplicates.examples;
+    let requests = crate::io::retry::s3_requests();
+    summary.s3_requests = (requests.requests > 0).then_some(requests);
     // Manifest, then the success marker, last.
     let parts: Vec<ManifestPart> = plan
         .shards
