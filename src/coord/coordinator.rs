@@ -135,6 +135,7 @@ pub fn run_encode(
         &reports,
         &failures,
         started.elapsed().as_secs_f64(),
+        true,
         &runtime,
     )?;
     if summary.null_ids > 0 {

@@ -43,7 +43,8 @@ pub struct RetryPolicy {
     pub connect_timeout: Duration,
     /// Time allowed for a whole attempt, the answer's body included.
     pub request_timeout: Duration,
-    /// Time allowed with no byte received: waiting for the answer, or between body reads.
+    /// Time allowed with no byte received: from the request's start to the answer's headers
+    /// (an upload's time included: reqwest's read timeout), then between body reads.
     pub stall_timeout: Duration,
 }
 
@@ -57,7 +58,8 @@ impl Default for RetryPolicy {
             backoff_base: 2.0,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
-            stall_timeout: Duration::from_secs(30),
+            // Above the upload time of a large checkpoint file on a slow link.
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -103,12 +103,15 @@ pub struct ManifestModel {
 }
 
 /// Ends a job: sums the shard reports into the summary and writes the manifest, then
-/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's.
+/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's;
+/// with `count_s3_requests` (a process running one job: the local coordinator, not the
+/// service) the summary says the S3 requests of the run so far.
 pub fn finish_encode(
     plan: &EncodePlan,
     reports: &BTreeMap<usize, ShardReport>,
     failures: &[ShardFailure],
     seconds: f64,
+    count_s3_requests: bool,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<EncodeSummary, JobError> {
     let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
@@ -163,8 +166,9 @@ pub fn finish_encode(
     )?;
     summary.duplicate_ids = duplicates.rows;
     summary.duplicate_examples = duplicates.examples;
-    let requests = crate::io::retry::s3_requests();
-    summary.s3_requests = (requests.requests > 0).then_some(requests);
+    summary.s3_requests = count_s3_requests
+        .then(crate::io::retry::s3_requests)
+        .filter(|r| r.requests > 0);
     // Manifest, then the success marker, last.
     let parts: Vec<ManifestPart> = plan
         .shards
