@@ -485,3 +485,38 @@ fn a_bad_retry_setting_is_refused_naming_the_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn retries_that_run_out_say_so_and_the_limit_is_the_setting() {
+    let Some(endpoint) = endpoint() else { return };
+    let proxy = FaultProxy::start(
+        &endpoint,
+        FaultPlan {
+            rate: 1.0,
+            kinds: vec![Fault::Reset],
+            ..FaultPlan::default()
+        },
+    );
+    let out = sparq(
+        &proxy.url,
+        &[
+            "encode",
+            "--input",
+            "examples/corpus",
+            "--output",
+            "s3://sparq-test/never",
+        ],
+    )
+    .env("SPARQ_S3_MAX_RETRIES", "2")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gave up after 2 retries"), "{err}");
+    assert_eq!(
+        reported(&out),
+        (3, 2, [("reset".to_string(), 2)].into()),
+        "{err}"
+    );
+    assert_eq!(proxy.requests(), 3);
+}

@@ -300,7 +300,15 @@ impl RetryingService {
             if give_up {
                 return match failure {
                     Failure::Answer(_, response) => Ok(response),
-                    Failure::Transport(_, e) => Err(e),
+                    Failure::Transport(_, e) if retries == 0 => Err(e),
+                    Failure::Transport(_, e) => Err(HttpError::new(
+                        e.kind(),
+                        GaveUp {
+                            retries,
+                            seconds: started.elapsed().as_secs_f64(),
+                            last: e,
+                        },
+                    )),
                 };
             }
             retries += 1;
@@ -351,6 +359,36 @@ impl RetryingService {
             Some(c) => Err(Failure::Answer(c, response)),
             None => Ok(response),
         }
+    }
+}
+
+/// The last transport error of a request whose retries ran out, saying so.
+#[derive(Debug)]
+struct GaveUp {
+    retries: u32,
+    seconds: f64,
+    last: HttpError,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What reqwest said, without a second "HTTP error: " (the wrapping HttpError says it).
+        match std::error::Error::source(&self.last) {
+            Some(cause) => write!(f, "{cause}")?,
+            None => write!(f, "{}", self.last)?,
+        }
+        write!(
+            f,
+            " (gave up after {} retries in {:.1}s; SPARQ_S3_MAX_RETRIES and \
+             SPARQ_S3_RETRY_TIMEOUT_SECS set the limits)",
+            self.retries, self.seconds
+        )
+    }
+}
+
+impl std::error::Error for GaveUp {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.last)
     }
 }
 
