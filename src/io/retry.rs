@@ -7,9 +7,10 @@
 //! and retries here instead, every request alike: an answer is read whole before it is handed
 //! on, and any failure to get it (5xx, 429, 408, a reset, a timeout, a stall, a cut body) is
 //! retried with exponential backoff. Repeating a request is safe for every request sparq makes:
-//! a commit whose first attempt landed gets 412 (already committed, the same bytes), an upload
-//! completion that landed is recognised by the sink (`export::sink`), and the rest are
-//! idempotent. Retries are counted by cause for the end-of-run line.
+//! a commit whose first attempt landed gets 412 (already committed, the same bytes), a repeated
+//! upload completion is answered as the first (SeaweedFS 4.48, checked), a repeated upload
+//! start leaves an unused upload, and the rest are idempotent. Retries
+//! are counted by cause for the end-of-run line.
 
 use std::collections::BTreeMap;
 use std::future::Future;
