@@ -151,7 +151,9 @@ fn run_job(
             }
         };
     }
-    match crate::coord::coordinator::run_encode(config, fleet, share) {
+    let result = crate::coord::coordinator::run_encode(config, fleet, share);
+    say_s3_requests();
+    match result {
         Ok((summary, failures)) => {
             // The work is committed whatever happens to the summary: a reader that went away
             // changes nothing, a failed write is said.
@@ -313,7 +315,9 @@ pub fn decode(args: &crate::export::DecodeArgs) -> Result<(), CliError> {
 /// `export`: the summary JSON line, on stdout, or on stderr when the lines went to stdout
 /// (`--output -`), so that stdout holds the data alone.
 pub fn export(args: &crate::export::ExportArgs) -> Result<(), CliError> {
-    let summary = crate::export::run_export(args)?;
+    let summary = crate::export::run_export(args);
+    say_s3_requests();
+    let summary = summary?;
     let line = serde_json::json!({ "export_summary": summary });
     if args.to_stdout() {
         eprint_line(line);
@@ -330,7 +334,9 @@ pub fn train(args: &TrainArgs) -> Result<(), CliError> {
         // A reader of the log that went away does not stop the training.
         let _ = print_line(serde_json::to_string(event).expect("serializable"));
     };
-    match run_train(args, &mut print) {
+    let result = run_train(args, &mut print);
+    say_s3_requests();
+    match result {
         Ok(Some(summary)) => {
             if std::env::var("RANK").map_or(true, |r| r == "0") {
                 eprintln!(
@@ -352,6 +358,15 @@ pub fn train(args: &TrainArgs) -> Result<(), CliError> {
             }
             Err(e.into())
         }
+    }
+}
+
+/// The end-of-run line on stderr of a command that talked to S3: its requests (its workers'
+/// included) and how many were retried, by cause (`SPARQ_S3_*` set the retry policy).
+fn say_s3_requests() {
+    let requests = crate::io::retry::s3_requests();
+    if requests.requests > 0 {
+        eprint_line(format_args!("sparq: {requests}"));
     }
 }
 

@@ -153,6 +153,7 @@ pub fn finalize(
         &reports,
         &[],
         started.elapsed().as_secs_f64(),
+        true,
         &runtime,
     )?;
     summary.skipped_shards = plan.shards.len();
@@ -288,6 +289,7 @@ pub fn run_encode(
     if let Some(share) = share {
         // The manifest and duplicate ids are `--finalize`'s, once every task has ended.
         let mut summary = summarize(&plan, &reports, &failures, started.elapsed().as_secs_f64());
+        summary.s3_requests = Some(crate::io::retry::s3_requests()).filter(|r| r.requests > 0);
         summary.skipped_shards =
             plan.shards.iter().filter(|s| share.owns(s.id)).count() - plan.pending.len();
         return Ok((summary, failures));
@@ -297,6 +299,7 @@ pub fn run_encode(
         &reports,
         &failures,
         started.elapsed().as_secs_f64(),
+        true,
         &runtime,
     )?;
     if summary.null_ids > 0 {
@@ -420,6 +423,7 @@ fn lease_loop(
                         }
                     }
                 }
+                FromWorker::S3Requests(requests) => crate::io::retry::add_s3_requests(&requests),
                 FromWorker::Done(report) => {
                     slots[slot].busy = None;
                     done_rows += report.rows;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::{ShardReport, ShardSpec};
+use crate::io::retry::S3Requests;
 
 /// Coordinator → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub enum FromWorker {
         /// Tokens encoded so far in it.
         tokens: u64,
     },
+    /// S3 requests the worker made since its last such message, sent before each `Done` and
+    /// `Failed`: the job's count of requests and retries is the coordinator's plus these.
+    S3Requests(S3Requests),
     /// Shard committed.
     Done(ShardReport),
     /// Shard failed.

@@ -12,6 +12,7 @@ use crate::encode::pipeline::{encode_shard, ShardProgress};
 use crate::encode::score::score_shard;
 use crate::encode::settings::{EncodeSettings, RowTask, WorkerSettings};
 use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
+use crate::io::retry::s3_requests;
 use crate::io::{Committer, StoreUrl};
 use crate::model::cross_encoder::CrossEncoder;
 use crate::model::{ModelError, ResolveDevice, SpladeEncoder};
@@ -88,6 +89,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
             }
         })
     };
+    let mut reported = s3_requests();
     for line in lines {
         let Ok(line) = line else { break };
         match serde_json::from_str::<ToWorker>(&line) {
@@ -104,6 +106,11 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
                 // SAFETY: malloc_trim has no preconditions.
                 unsafe {
                     libc::malloc_trim(0);
+                }
+                let now = s3_requests();
+                if now.requests > reported.requests {
+                    send(&FromWorker::S3Requests(now.since(&reported)));
+                    reported = now;
                 }
                 match result {
                     Ok(report) => send(&FromWorker::Done(report)),

@@ -5,6 +5,7 @@ pub mod access;
 pub mod commit;
 pub mod input;
 pub mod output;
+pub mod retry;
 pub mod url;
 
 pub use access::AllowedRoots;
@@ -66,6 +67,16 @@ pub enum StoreError {
         /// The file.
         url: String,
         /// What differs.
+        detail: String,
+    },
+    /// A `SPARQ_S3_*` setting of the retry policy is not usable.
+    #[error("{name}={value:?}: {detail}")]
+    BadSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what to do.
         detail: String,
     },
     /// A parquet file cannot be decoded.

@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
+use super::retry::{RetryPolicy, RetryingConnector};
 use super::StoreError;
 
 /// Where a URL points.
@@ -114,24 +114,22 @@ impl StoreUrl {
 }
 
 /// An S3 client from the standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...), with short timeouts and few
-/// retries so an unreachable endpoint fails in seconds rather than minutes.
+/// `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...), retrying and timing out requests
+/// as the `SPARQ_S3_*` variables say ([`RetryPolicy`]; `object_store`'s own retries are off,
+/// see `io::retry` for why).
 pub fn s3_store(url: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let policy = RetryPolicy::from_env()?;
     let allow_http =
         std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_client_options(
-            ClientOptions::new()
-                .with_allow_http(allow_http)
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(120)),
-        )
+        .with_client_options(policy.client_options().with_allow_http(allow_http))
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(),
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(30),
-        });
+            max_retries: 0,
+            retry_timeout: policy.retry_timeout,
+        })
+        .with_http_connector(RetryingConnector { policy });
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         builder = builder.with_region("us-east-1");

@@ -11,6 +11,7 @@ use super::plan::EncodePlan;
 use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
 use crate::encode::shard::{RowFailure, ShardReport};
 use crate::io::input::InputFile;
+use crate::io::retry::S3Requests;
 use crate::io::url::Location;
 use crate::io::{Committer, StoreError, StoreUrl};
 
@@ -50,6 +51,9 @@ pub struct EncodeSummary {
     /// Where the first few are.
     #[serde(default)]
     pub null_id_examples: Vec<String>,
+    /// S3 requests of the run (its workers' included) and those retried, when it used S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_requests: Option<S3Requests>,
 }
 
 /// `_manifest.json`: what the output holds and how it was made. Fields in alphabetical
@@ -99,12 +103,15 @@ pub struct ManifestModel {
 }
 
 /// Ends a job: sums the shard reports into the summary and writes the manifest, then
-/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's.
+/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's;
+/// with `count_s3_requests` (a process running one job: the local coordinator, not the
+/// service) the summary says the S3 requests of the run so far.
 pub fn finish_encode(
     plan: &EncodePlan,
     reports: &BTreeMap<usize, ShardReport>,
     failures: &[ShardFailure],
     seconds: f64,
+    count_s3_requests: bool,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<EncodeSummary, JobError> {
     let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
@@ -131,6 +138,9 @@ pub fn finish_encode(
     )?;
     summary.duplicate_ids = duplicates.rows;
     summary.duplicate_examples = duplicates.examples;
+    summary.s3_requests = count_s3_requests
+        .then(crate::io::retry::s3_requests)
+        .filter(|r| r.requests > 0);
     // Manifest, then the success marker, last.
     let parts: Vec<ManifestPart> = plan
         .shards

@@ -357,8 +357,16 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
         (Some(plan), "encode") => {
             let mut result = Err(String::new());
             for attempt in 1..=3 {
-                result = finish_encode(plan, &job.reports, &job.failures, job.seconds, runtime)
-                    .map_err(|e| e.to_string());
+                // The service's S3 count spans its jobs: none is said per job.
+                result = finish_encode(
+                    plan,
+                    &job.reports,
+                    &job.failures,
+                    job.seconds,
+                    false,
+                    runtime,
+                )
+                .map_err(|e| e.to_string());
                 if result.is_ok() {
                     break;
                 }

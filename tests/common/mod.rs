@@ -9,6 +9,7 @@ use sparq::encode::SparseVector;
 pub mod corpus;
 pub mod process;
 pub mod s3;
+pub mod s3_fault_proxy;
 pub mod service;
 
 /// The repository root.
