@@ -57,3 +57,30 @@ pub fn autocast_to_bf16() {
     // SAFETY: sets a thread-local ATen setting; cannot fail.
     unsafe { sparq_cuda_autocast_bf16() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_gpu_the_cuda_helpers_fail_with_an_error_not_a_crash() {
+        use crate::model::ResolveDevice;
+        // Loads libtorch's CUDA backend where there is one.
+        if crate::types::DeviceSpec::Cuda(0).resolve().is_ok() {
+            // A GPU machine: the stream and device of cuda:0 are there.
+            set_device(0).unwrap();
+            current_stream(0).unwrap();
+            return;
+        }
+        for err in [
+            set_device(0).unwrap_err().to_string(),
+            current_stream(0).unwrap_err().to_string(),
+        ] {
+            assert!(err.contains("cuda:0"), "{err}");
+            assert!(err.to_lowercase().contains("cuda"), "{err}");
+            assert!(!err.contains('\n'), "a backtrace leaked: {err}");
+        }
+        // Setting autocast's type touches no device.
+        autocast_to_bf16();
+    }
+}
