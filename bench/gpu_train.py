@@ -217,7 +217,8 @@ def main():
         gpu_bench.DEV = "cuda"
         model_dir, model_name = gpu_bench.make_bert_base(os.path.join(tmp, "base")), "BERT-base (random)"
     PAIRS = os.path.join(tmp, "pairs.parquet")
-    rows_needed = steps * max(batches) * max(gpus, 2)
+    # Enough distinct pairs for one epoch of the largest batch, and of the first batch on every rank.
+    rows_needed = steps * max(max(batches), batches[0] * max(gpus, 2))
     train_vs_st.make_pairs(PAIRS, rows_needed + max(batches) * 4, model_dir, 13)
     say(f"(model and {rows_needed} pairs made in {elapsed():.0f} s)")
     dtype = ["--dtype", "f32"] if dry else ["--dtype", "bf16"]
