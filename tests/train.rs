@@ -408,6 +408,55 @@ fn two_ranks_keep_identical_parameters_and_match_the_launcher_output() {
     let single = tmp.path().join("single");
     run_ok(train_cmd(&data, &single, 4, &["--save-steps", "0"]));
     assert!(max_diff(&weights(&out), &weights(&single)) > 0.0);
+    // On the CPU `auto` is the TCP collective: naming it gives the same bits.
+    let tcp = tmp.path().join("tcp");
+    run_ok(train_cmd(
+        &data,
+        &tcp,
+        4,
+        &[
+            "--nproc-per-node",
+            "2",
+            "--save-steps",
+            "0",
+            "--collective",
+            "tcp",
+        ],
+    ));
+    assert_eq!(max_diff(&weights(&out), &weights(&tcp)), 0.0);
+}
+
+#[test]
+fn nccl_on_cpu_ranks_is_one_clear_error_before_any_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pairs(tmp.path());
+    for ranks in ["1", "2"] {
+        let out = train_cmd(
+            &data,
+            &tmp.path().join(format!("nccl-{ranks}")),
+            2,
+            &["--nproc-per-node", ranks, "--collective", "nccl"],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{ranks} rank(s)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "--collective nccl exchanges tensors between GPUs: use it with --device cuda"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("--collective tcp"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("\"step\""));
+    }
+    let out = train_cmd(&data, &tmp.path().join("bad"), 2, &["--collective", "gloo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use auto, tcp or nccl"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! tests/reference/make_distill_reference.py): SparseMarginMSELoss, SparseDistillKLDivLoss,
 //! the regularizer thresholds and the document-only regularizer, loss parts and every
 //! parameter's gradient. Then the step's two other paths against the plain one: two ranks over
-//! localhost equal one process with the merged batch, and gradient caching equals no caching.
+//! localhost (the TCP collective, gradients in buckets) equal one process with the merged batch,
+//! and gradient caching equals no caching.
 
 mod common;
 
@@ -11,14 +12,13 @@ use std::time::Duration;
 
 use common::{root, tiny_model};
 use serde_json::Value;
-use sparq::train::dist::{Group, RankEnv};
+use sparq::train::collective::{Collective, CollectiveKind};
+use sparq::train::dist::RankEnv;
 use sparq::train::loss::splade_loss;
 use sparq::train::loss::{LossKind, LossSpec};
 use sparq::train::model::TrainModel;
 use sparq::train::optim::{zero_grad, Param};
-use sparq::train::step::{
-    average_gradients, chunk_seed, forward_backward, Batch, StepOptions, StepStats,
-};
+use sparq::train::step::{chunk_seed, forward_backward, Batch, StepOptions, StepStats};
 use tch::{Device, Kind, Tensor};
 
 /// libtorch's random generator is global and every step seeds it: the tests of this file take
@@ -285,7 +285,7 @@ fn step(
     batch: &Batch,
     spec: &LossSpec,
     mini_batch: Option<usize>,
-    group: Option<&mut Group>,
+    group: Option<&mut Collective>,
 ) -> (StepStats, Vec<Tensor>) {
     let options = StepOptions {
         spec,
@@ -373,7 +373,14 @@ fn two_ranks_and_gradient_caching_equal_one_process_with_the_merged_batch() {
                     local_rank: rank,
                     master: format!("127.0.0.1:{port}"),
                 };
-                let mut group = Group::connect(&env, Duration::from_secs(60)).unwrap();
+                let mut group = Collective::connect(
+                    CollectiveKind::Tcp,
+                    Some(&env),
+                    Device::Cpu,
+                    Duration::from_secs(60),
+                )
+                .unwrap()
+                .unwrap();
                 let (m, mut params) = model();
                 let mine = batch_of(rank * 2..rank * 2 + 2);
                 let mut out = Vec::new();
@@ -381,9 +388,24 @@ fn two_ranks_and_gradient_caching_equal_one_process_with_the_merged_batch() {
                     for mini in [None, Some(1)] {
                         let (stats, _) =
                             step(&m, &mut params, &mine, &spec, mini, Some(&mut group));
-                        average_gradients(&mut group, &params).unwrap();
+                        group.average_gradients(&params).unwrap();
                         out.push((stats, grads(&params)));
                     }
+                }
+                // Buckets change how the gradients travel, not their bits: 64 KiB buckets
+                // (many) against one bucket holding every parameter.
+                let mut by_cap = Vec::new();
+                for cap in [64 << 10, usize::MAX] {
+                    group.set_bucket_bytes(cap);
+                    step(&m, &mut params, &mine, &specs()[0], None, Some(&mut group));
+                    group.average_gradients(&params).unwrap();
+                    by_cap.push((group.buckets().len(), grads(&params)));
+                }
+                let (many, small) = &by_cap[0];
+                let (one, whole) = &by_cap[1];
+                assert!(*many > 10 && *one == 1, "{many} and {one} buckets");
+                for (a, b) in small.iter().zip(whole) {
+                    assert!(a.equal(b), "bucketing changed a gradient on rank {rank}");
                 }
                 out
             })

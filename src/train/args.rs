@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::collective::CollectiveKind;
 use super::loss::{LossKind, LossSpec};
 use super::mappings::{learning_rate_mappings, ordered_table, router_mappings, KeyValue};
 use super::TrainError;
@@ -148,6 +149,13 @@ pub struct TrainArgs {
     /// Intra-op threads per process (default: cores / processes).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How the processes exchange gradients: `auto` (the default: NCCL when every process
+    /// runs on CUDA, the TCP collective otherwise; a single process exchanges nothing), `tcp`
+    /// (through host memory, rank 0 the hub; CPU or CUDA), or `nccl` (on the GPUs, in ~25 MB
+    /// buckets; libnccl.so.2 from the torch wheel's nvidia-nccl, LD_LIBRARY_PATH,
+    /// SPARQ_NCCL_LIBRARY or the system; with one process it still runs every exchange).
+    #[arg(long)]
+    pub collective: Option<CollectiveKind>,
     /// Seconds a collective waits for the other processes before failing (default 300); it
     /// also bounds how long the other ranks wait for rank 0's evaluations and checkpoints.
     #[arg(long)]
@@ -315,6 +323,7 @@ impl TrainArgs {
             resume,
             nproc_per_node,
             threads,
+            collective,
             collective_timeout
         ))
     }

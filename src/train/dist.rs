@@ -4,7 +4,8 @@
 //! Rank 0 receives every rank's buffer, sums them in rank order and sends the same bits back,
 //! so every rank applies bitwise-identical updates and parameters never drift apart. The
 //! exchange goes through host memory; it is the collective for CPU ranks and works for CUDA
-//! ranks too (gradients are copied to the host and back).
+//! ranks too (gradients are copied to the host and back). With NCCL (`super::collective`) it
+//! still carries the control messages: the unique id, agreement checks, barriers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -221,21 +222,28 @@ impl Group {
 
     /// Copies rank 0's `data` to every rank.
     pub fn broadcast(&mut self, data: &mut [f32]) -> Result<(), TrainError> {
+        let mut bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.broadcast_bytes(&mut bytes)?;
+        if self.rank != 0 {
+            for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
+                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies rank 0's bytes to every rank (e.g. NCCL's unique id).
+    pub fn broadcast_bytes(&mut self, data: &mut [u8]) -> Result<(), TrainError> {
         if self.rank == 0 {
-            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
             for peer in 1..self.world {
                 self.links[peer - 1]
-                    .write_all(&bytes)
+                    .write_all(data)
                     .map_err(|e| self.lost(peer, "sending to", e))?;
             }
         } else {
-            let mut buf = vec![0u8; data.len() * 4];
             self.links[0]
-                .read_exact(&mut buf)
+                .read_exact(data)
                 .map_err(|e| self.lost(0, "receiving from", e))?;
-            for (x, b) in data.iter_mut().zip(buf.chunks_exact(4)) {
-                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
         }
         Ok(())
     }

@@ -3,7 +3,10 @@
 //! checkpoints, writing models sentence-transformers loads unchanged.
 
 pub mod args;
+pub mod buckets;
 pub mod checkpoint;
+pub mod collective;
+mod cuda;
 pub mod data;
 pub mod dist;
 pub mod events;
@@ -11,6 +14,7 @@ pub mod files;
 pub mod loss;
 pub mod mappings;
 pub mod model;
+pub mod nccl;
 pub mod optim;
 mod router_layout;
 mod routing;

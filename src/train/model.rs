@@ -164,6 +164,10 @@ impl TrainModel {
                 .pool(&hidden, &batch.lengths, self.model.decoder(), 1)
         };
         let pooled = if self.autocast {
+            // bf16, as sentence-transformers' trainer with bf16=True (libtorch's CUDA autocast
+            // defaults to fp16, which would need a loss scaler): fp32 master weights, bf16
+            // matmuls, the pooled output back in fp32 for the loss.
+            super::cuda::autocast_to_bf16();
             tch::autocast(true, run)
         } else {
             run()

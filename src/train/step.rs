@@ -11,10 +11,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::dist::Group;
+use super::collective::Collective;
 use super::loss::{splade_loss, LossSpec};
 use super::model::TrainModel;
-use super::optim::Param;
 use super::TrainError;
 
 /// One batch of one process: texts by column (queries, positives, negatives...) and the label
@@ -59,21 +58,21 @@ pub struct StepStats {
 }
 
 /// Forward and backward pass of one batch: adds the gradient of the SpladeLoss to every
-/// parameter's `.grad` (zero them first). With `group`, the loss is the one of all ranks'
+/// parameter's `.grad` (zero them first). With `ranks`, the loss is the one of all ranks'
 /// batches merged (each rank's gradient is its share: average the gradients over ranks).
 pub fn forward_backward(
     model: &TrainModel,
     batch: &Batch,
     options: &StepOptions,
-    mut group: Option<&mut Group>,
+    mut ranks: Option<&mut Collective>,
 ) -> Result<StepStats, TrainError> {
     let rows = batch.columns[0].len();
     let doc_texts: Vec<&str> = batch.columns[1..].iter().flatten().copied().collect();
     // Queries in one forward pass, every document column in another (as sentence-transformers
     // merges the columns that preprocess alike).
     let passes = [batch.columns[0].clone(), doc_texts];
-    let world = group.as_ref().map_or(1, |g| g.world);
-    let rank = group.as_ref().map_or(0, |g| g.rank);
+    let world = ranks.as_ref().map_or(1, |c| c.world());
+    let rank = ranks.as_ref().map_or(0, |c| c.rank());
     let loss_of = |columns: &[Tensor], local| {
         splade_loss(
             columns,
@@ -128,10 +127,10 @@ pub fn forward_backward(
     let local_columns = split_columns(&embeddings, rows)?;
 
     // 2. Every rank's rows, in rank order: the columns of the merged batch.
-    let gathered = match group.as_deref_mut() {
-        Some(g) => local_columns
+    let gathered = match ranks.as_deref_mut() {
+        Some(c) => local_columns
             .iter()
-            .map(|c| gather(g, c))
+            .map(|t| c.all_gather(t))
             .collect::<Result<Vec<_>, _>>()?,
         None => local_columns.iter().map(Tensor::shallow_clone).collect(),
     };
@@ -155,26 +154,15 @@ pub fn forward_backward(
             }
         })
         .collect();
-    if let Some(g) = group.as_deref_mut() {
+    if let Some(c) = ranks.as_deref_mut() {
         // Sum over ranks, then keep this rank's rows: all_gather_with_grad's backward.
-        let shapes: Vec<Vec<i64>> = grads.iter().map(Tensor::size).collect();
-        let mut flat = Vec::new();
-        for t in &grads {
-            flat.extend(host_vec(t)?);
-        }
-        g.all_reduce_sum(&mut flat)?;
         let device = model.device();
-        let mut offset = 0;
-        grads = shapes
+        grads = c
+            .all_reduce_sum(&grads)?
             .iter()
-            .map(|shape| {
-                let n: i64 = shape.iter().product();
-                let t = Tensor::from_slice(&flat[offset..offset + n as usize])
-                    .f_view(shape.as_slice())?
-                    .f_narrow(0, (rank * rows) as i64, rows as i64)?
-                    .f_to_device(device);
-                offset += n as usize;
-                t
+            .map(|t| {
+                t.f_narrow(0, (rank * rows) as i64, rows as i64)?
+                    .f_to_device(device)
             })
             .collect::<Result<Vec<_>, tch::TchError>>()?;
     }
@@ -201,7 +189,7 @@ pub fn forward_backward(
             }
         }
     }
-    stats(&parts, &embeddings, group)
+    stats(&parts, &embeddings, ranks)
 }
 
 /// The query tensor and each document column of the per-pass outputs.
@@ -220,19 +208,10 @@ pub fn chunk_seed(seed: u64, pass: usize, k: usize) -> i64 {
     (rng.next_u64() >> 1) as i64
 }
 
-/// `t` `[rows, d]` of every rank, concatenated in rank order.
-fn gather(group: &mut Group, t: &Tensor) -> Result<Tensor, TrainError> {
-    let size = t.size();
-    let all = group.all_gather(&host_vec(t)?)?;
-    Ok(Tensor::from_slice(&all)
-        .f_view([size[0] * group.world as i64, size[1]])?
-        .f_to_device(t.device())?)
-}
-
 fn stats(
     parts: &super::loss::LossParts,
     outputs: &[Tensor],
-    group: Option<&mut Group>,
+    ranks: Option<&mut Collective>,
 ) -> Result<StepStats, TrainError> {
     let active = |t: &Tensor| -> Result<f64, tch::TchError> {
         t.f_ne(0.0)?
@@ -251,13 +230,9 @@ fn stats(
         active(&outputs[0])?,
         active(&outputs[1])?,
     ];
-    if let Some(g) = group {
+    if let Some(c) = ranks {
         // Each rank's loss averages its own rows: the mean over ranks is the merged batch's.
-        let mut v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-        g.all_reduce_sum(&mut v)?;
-        for (x, s) in values.iter_mut().zip(v) {
-            *x = s as f64 / g.world as f64;
-        }
+        c.mean_of_hosts(&mut values)?;
     }
     Ok(StepStats {
         total: values[0],
@@ -267,28 +242,6 @@ fn stats(
         query_active: values[4],
         document_active: values[5],
     })
-}
-
-/// Sums every gradient across ranks (rank order, identical bits everywhere) and divides by
-/// the number of ranks, as DDP averages them.
-pub fn average_gradients(group: &mut Group, params: &[Param]) -> Result<(), TrainError> {
-    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
-    let mut flat: Vec<f32> = Vec::new();
-    for g in &grads {
-        flat.extend(host_vec(g)?);
-    }
-    group.all_reduce_sum(&mut flat)?;
-    let world = group.world as f32;
-    for x in flat.iter_mut() {
-        *x /= world;
-    }
-    let mut offset = 0;
-    for g in &grads {
-        let n = g.numel();
-        set_from(g, &flat[offset..offset + n])?;
-        offset += n;
-    }
-    Ok(())
 }
 
 /// `t`'s values as f32 on the host, flattened.

@@ -9,15 +9,14 @@ use tch::{Device, Tensor};
 
 use super::args::{TrainArgs, TrainConfig};
 use super::checkpoint::{restore, Output, TrainerState};
+use super::collective::Collective;
 use super::data::{epoch_batches, read_pairs, Cursor};
-use super::dist::{launch, Group, RankEnv};
+use super::dist::{launch, RankEnv};
 use super::events::{StepLog, TrainEvent, TrainSummary};
 use super::loss::lambda_at;
 use super::model::TrainModel;
 use super::optim::{clip_grad_norm, linear_lr, warmup_steps, zero_grad, AdamW, Param};
-use super::step::{
-    average_gradients, forward_backward, host_vec, set_from, Batch, StepOptions, StepStats,
-};
+use super::step::{forward_backward, host_vec, Batch, StepOptions, StepStats};
 use super::TrainError;
 use crate::eval::metrics::NDCG_AT_10;
 use crate::eval::run::{aggregate, evaluate_model, EvalSettings};
@@ -52,13 +51,15 @@ pub fn run_train(
         d => d,
     }
     .resolve()?;
-    let mut group = match &rank_env {
-        Some(env) => Some(Group::connect(
-            env,
-            Duration::from_secs(merged.collective_timeout.unwrap_or(300)),
-        )?),
-        None => None,
-    };
+    let mut ranks = Collective::connect(
+        merged.collective.unwrap_or_default(),
+        rank_env.as_ref(),
+        device,
+        Duration::from_secs(merged.collective_timeout.unwrap_or(300)),
+    )?;
+    if let (Some(c), 0) = (&ranks, rank) {
+        tracing::info!("{} process(es) exchange tensors with {}", world, c.name());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -155,13 +156,9 @@ pub fn run_train(
             state.step
         )));
     }
-    if let Some(g) = group.as_mut() {
+    if let Some(c) = ranks.as_mut() {
         // Every rank starts from rank 0's parameters.
-        for p in &params {
-            let mut flat = host_vec(&p.tensor)?;
-            g.broadcast(&mut flat)?;
-            set_from(&p.tensor, &flat)?;
-        }
+        c.broadcast_params(&params)?;
     }
 
     let mut batches = epoch_batches(&data, config.batch_size, config.seed, state.cursor.epoch);
@@ -222,12 +219,12 @@ pub fn run_train(
             seed: mix(config.seed, step, rank),
         };
         zero_grad(&mut params);
-        let stats = forward_backward(&model, &batch, &options, group.as_mut())?;
+        let stats = forward_backward(&model, &batch, &options, ranks.as_mut())?;
         if !stats.total.is_finite() {
             return Err(diverged(step + 1, "the loss", stats.total, lr));
         }
-        if let Some(g) = group.as_mut() {
-            average_gradients(g, &params)?;
+        if let Some(c) = ranks.as_mut() {
+            c.average_gradients(&params)?;
         }
         let grad_norm = clip_grad_norm(&params, config.max_grad_norm)?;
         // Checked before the update: a non-finite gradient would make every parameter NaN.
@@ -247,7 +244,7 @@ pub fn run_train(
         }
         let log_step = state.step.is_multiple_of(config.logging_steps) || state.step == total;
         let mut replicas = None;
-        if let (Some(g), true) = (group.as_mut(), log_step) {
+        if let (Some(g), true) = (ranks.as_mut().and_then(Collective::group), log_step) {
             // Data parallelism keeps one model: every rank's parameters must be bit-identical.
             let hash = params_hash(&params)?;
             g.check_same(hash, "parameters after this step")?;
@@ -286,7 +283,7 @@ pub fn run_train(
                 output.write_checkpoint(&runtime, &model, &params, &state)?;
                 output.prune(&runtime, config.save_total_limit, state.best.map(|b| b.1))?;
             }
-            if let Some(g) = group.as_mut() {
+            if let Some(g) = ranks.as_mut().and_then(Collective::group) {
                 g.barrier()?;
             }
         }
@@ -318,7 +315,7 @@ pub fn run_train(
         }
         output.write_final(&runtime, &final_dir)?;
     }
-    if let Some(g) = group.as_mut() {
+    if let Some(g) = ranks.as_mut().and_then(Collective::group) {
         g.barrier()?;
     }
     let _ = std::fs::remove_dir_all(&scratch);
