@@ -9,9 +9,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::buckets::{plan_buckets, BUCKET_BYTES};
 use super::dist::{Group, RankEnv};
+use super::host::{host_vec, set_from};
 use super::nccl::NcclComm;
 use super::optim::Param;
-use super::step::{host_vec, set_from};
 use super::TrainError;
 
 /// `--collective`: which collective carries the tensors between ranks.

@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod events;
 pub mod files;
+mod host;
 pub mod loss;
 pub mod mappings;
 pub mod model;

@@ -9,7 +9,7 @@
 //! rank's loss, as all_gather_with_grad's backward does), then pushed through the encoder — in
 //! one pass, or mini-batch by mini-batch re-run with the dropout seed of the first pass.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::collective::Collective;
 use super::loss::{splade_loss, LossSpec};
@@ -241,26 +241,5 @@ fn stats(
         document_regularizer: values[3],
         query_active: values[4],
         document_active: values[5],
-    })
-}
-
-/// `t`'s values as f32 on the host, flattened.
-pub(crate) fn host_vec(t: &Tensor) -> Result<Vec<f32>, TrainError> {
-    Ok(Vec::<f32>::try_from(
-        t.detach()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .f_reshape([-1])?,
-    )?)
-}
-
-/// Overwrites `t` with `values` (flattened, f32).
-pub(crate) fn set_from(t: &Tensor, values: &[f32]) -> Result<(), TrainError> {
-    tch::no_grad(|| -> Result<(), TrainError> {
-        let src = Tensor::from_slice(values)
-            .f_view(t.size().as_slice())?
-            .f_to_device(t.device())?;
-        t.shallow_clone().f_copy_(&src)?;
-        Ok(())
     })
 }
