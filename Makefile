@@ -65,7 +65,7 @@ deploy-check: reference-env
 test: reference-env lint deploy-check
 	@status=0; { s3=$$(scripts/s3-test-server.sh start) && eval "$$s3" && \
 		slurm=$$(scripts/slurm-test-cluster.sh start) && eval "$$slurm" && \
-		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 SPARQ_REQUIRE_ROOT=1 && \
+		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 && \
 		$(CARGO) test --release; } || status=$$?; \
 		scripts/slurm-test-cluster.sh stop; scripts/s3-test-server.sh stop; exit $$status
 

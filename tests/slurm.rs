@@ -14,9 +14,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use common::corpus::{
     assert_exactly_once, read_output, reference_vectors, text_for, write_batch, write_corpus,
 };
+use common::weights::{max_diff, weights};
 use common::{root, tiny_model};
 use sparq::encode::SparseVector;
-use tch::Tensor;
 
 const SPARQ: &str = env!("CARGO_BIN_EXE_sparq");
 static NODE: Mutex<()> = Mutex::new(());
@@ -208,23 +208,6 @@ fn steps(stdout: &str) -> Vec<(f64, String)> {
             (l["loss"].as_f64().unwrap(), hash.unwrap_or("").to_string())
         })
         .collect()
-}
-
-fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -12,8 +12,8 @@ use arrow::datatypes::Float32Type;
 use arrow::datatypes::{DataType, Field, Schema};
 use common::corpus::{text_for, write_batch};
 use common::process::{kill9, wait_for};
+use common::weights::{max_diff, weights};
 use common::{copy_dir, tiny_model};
-use tch::Tensor;
 
 const SPARQ: &str = env!("CARGO_BIN_EXE_sparq");
 
@@ -105,23 +105,6 @@ fn run_ok(mut cmd: Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, ta), (nb, tb))| {
-            assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
 }
 
 fn log_lines(stdout: &str) -> Vec<serde_json::Value> {

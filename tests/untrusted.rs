@@ -675,18 +675,33 @@ fn a_full_disk_says_why_leaves_no_temporary_files_and_resumes_exactly_once() {
         "2",
     ];
     let out = encode(&dir.join("in"), &out_dir, &args);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1));
+    // One error at the first full write, instead of every shard retried and failed: it names
+    // the output and the part it was writing, the cause, and what to do.
     let err = stderr(&out);
-    let failed_lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("sparq: shard part-") && l.contains("failed"))
+    assert!(
+        err.contains(&format!("no space left for {}", out_dir.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("writing {}/part-", out_dir.display())),
+        "{err}"
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("rerun the same command"), "{err}");
+    assert!(!err.contains("sparq: shard part-"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // What was committed is whole and stays; nothing half-written is left.
+    let committed = parts(&out_dir);
+    assert!(committed.len() < 6, "{err}");
+    let kept: Vec<(String, Vec<u8>)> = committed
+        .iter()
+        .map(|name| (name.clone(), std::fs::read(out_dir.join(name)).unwrap()))
         .collect();
-    assert!(!failed_lines.is_empty(), "{err}");
-    for line in &failed_lines {
-        assert!(line.contains("No space left on device"), "{line}");
+    for (name, bytes) in &kept {
+        assert_eq!(read_part(bytes).len(), 100, "{name}");
     }
-    let committed = parts(&out_dir).len();
-    assert!(committed < 6, "{err}");
+    assert!(!out_dir.join("_SUCCESS").exists());
     let leftovers: Vec<String> = all_files(&out_dir)
         .into_iter()
         .filter(|f| f.ends_with(".tmp") || f.starts_with("_attempts"))
@@ -696,7 +711,13 @@ fn a_full_disk_says_why_leaves_no_temporary_files_and_resumes_exactly_once() {
     disk.resize("16m");
     let out = encode(&dir.join("in"), &out_dir, &args);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(summary(&out)["skipped_shards"], committed);
+    assert_eq!(summary(&out)["skipped_shards"], committed.len());
+    for (name, bytes) in &kept {
+        assert!(
+            &std::fs::read(out_dir.join(name)).unwrap() == bytes,
+            "{name} changed"
+        );
+    }
     let (rows, _) = read_output(&out_dir);
     let ids: Vec<i64> = (0..600).collect();
     assert_exactly_once(&rows, &reference_vectors(&ids));

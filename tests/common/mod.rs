@@ -11,6 +11,7 @@ pub mod process;
 pub mod s3;
 pub mod s3_fault_proxy;
 pub mod service;
+pub mod weights;
 
 /// The repository root.
 pub fn root() -> PathBuf {
