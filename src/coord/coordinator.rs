@@ -25,29 +25,30 @@ use crate::types::DeviceSpec;
 /// Plans an encode job without writing anything (`sparq encode --plan`): the shards this fleet
 /// would run, those already committed, and a token estimate.
 pub fn plan_only(config: &EncodeConfig, fleet: &Fleet) -> Result<EncodePlan, JobError> {
-    plan_quietly(config, fleet, 1, true)
+    Ok(plan_quietly(config, fleet, 1, true)?.0)
 }
 
 /// Plans without writing: for `tasks` tasks of this fleet each (their number sizes the
-/// default shards), with or without the token estimate.
+/// default shards), with or without the token estimate; with the runtime it planned on.
 fn plan_quietly(
     config: &EncodeConfig,
     fleet: &Fleet,
     tasks: usize,
     estimate: bool,
-) -> Result<EncodePlan, JobError> {
+) -> Result<(EncodePlan, tokio::runtime::Runtime), JobError> {
     validate(config)?;
     validate_fleet(fleet)?;
     let devices = fleet.devices();
     let (runtime, mut options) = planning(&devices, tasks, false)?;
     options.estimate = estimate;
     let dtype = job_dtype(config, &devices);
-    plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)
+    let plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
+    Ok((plan, runtime))
 }
 
 /// `sparq encode --plan-only`: the number of shards the job is cut into, for `tasks` tasks.
 pub fn shard_count(config: &EncodeConfig, fleet: &Fleet, tasks: usize) -> Result<usize, JobError> {
-    Ok(plan_quietly(config, fleet, tasks, false)?.shards.len())
+    Ok(plan_quietly(config, fleet, tasks, false)?.0.shards.len())
 }
 
 /// A part that `--finalize` found missing.
@@ -86,7 +87,7 @@ pub fn finalize(
     tasks: Option<usize>,
 ) -> Result<Finalized, JobError> {
     let started = Instant::now();
-    let plan = plan_quietly(config, fleet, tasks.unwrap_or(1), false)?;
+    let (plan, runtime) = plan_quietly(config, fleet, tasks.unwrap_or(1), false)?;
     if !plan.pending.is_empty() {
         let by_id: BTreeMap<usize, &ShardSpec> = plan.shards.iter().map(|s| (s.id, s)).collect();
         let missing = plan
@@ -108,10 +109,6 @@ pub fn finalize(
             shards: plan.shards.len(),
         });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
         .confined(&AllowedRoots::anywhere());
     // The tasks' reports: rows, tokens and row failures for the manifest. A task killed
