@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sparq vs sentence-transformers on one GPU, steady state, in one run (driven by bench/gpu.sh).
 
-  gpu_bench.py OUT_DIR [--docs N] [--long-docs M] [--device cuda|cpu]
+  gpu_bench.py OUT_DIR [--docs N] [--long-docs M] [--device cuda|cpu] [--deadline-s S] [--tiny]
 
 1. The card's bf16 matmul rate (8192^3 products, timed with CUDA sync).
 2. Parity on the card, sparq's packed encoder vs sentence-transformers: the bundled model and a
@@ -19,7 +19,10 @@
    warm shapes; time per stage from a separate SPARQ_PROFILE=1 run; the fraction of the
    measured bf16 matmul rate (2 x 108.9M matmul parameters per token plus attention at the
    corpus's length); a --batch-tokens sweep for `sparq encode`.
-Writes OUT_DIR/gpu.md (markdown) and OUT_DIR/<date>-<card>.json (one row per mix and mode).
+Writes OUT_DIR/gpu.md (markdown) and OUT_DIR/<date>-<card>.json (one row per mix and mode),
+both rewritten after every row. Past --deadline-s seconds the optional parts (further
+--batch-tokens budgets, the stage profile, the long mix) are skipped and said so. --tiny puts the
+bundled tiny model where the BERT-base-size one would be (a CPU dry run in seconds).
 """
 import argparse
 import json
@@ -40,6 +43,15 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 REPORT = []
 ROWS = []
 DEV = "cuda"  # --device cpu runs the same steps on a CPU (a dry run of the script, small --docs)
+START = time.perf_counter()
+DEADLINE = float("inf")  # seconds from START after which optional parts are skipped
+
+
+def past_deadline(what):
+    if time.perf_counter() - START < DEADLINE:
+        return False
+    say(f"(skipped: {what}, past --deadline-s)")
+    return True
 # Matmul parameters of BERT-base SPLADE: 12 x (4 x 768^2 + 2 x 768 x 3072) + 768^2 + 768 x 30522.
 MATMUL_PARAMS = 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 768 * 768 + 768 * 30522
 
@@ -260,7 +272,9 @@ def bench_mix(card, peak, model_name, model_dir, mix, folder, texts, texts_path,
         row("encode-text", f"encode-text, batch {batch}", secs, profile_of(err))
     except Exception as e:
         say(f"FAILED: {e}")
-    for budget in budgets:
+    for i, budget in enumerate(budgets):
+        if i > 0 and past_deadline(f"--batch-tokens {budget} on the {mix} mix"):
+            continue
         out = os.path.join(tmp, f"out-{mix}-{budget}")
         try:
             secs, err = run_sparq(["encode", *base, "--input", folder, "--output", out, "--devices",
@@ -277,6 +291,8 @@ def bench_mix(card, peak, model_name, model_dir, mix, folder, texts, texts_path,
         except Exception as e:
             say(f"FAILED: {e}")
     # Where the time goes: stage times (each stage closed by a synchronisation) on a subset.
+    if past_deadline(f"the stage profile of the {mix} mix"):
+        return
     sub = os.path.join(tmp, f"stages-{mix}.jsonl")
     write_texts(sub, texts[:20000])
     try:
@@ -288,9 +304,12 @@ def bench_mix(card, peak, model_name, model_dir, mix, folder, texts, texts_path,
 
 
 def write_json():
+    """Rewrites the rows and the report so far (a run stopped from outside keeps them)."""
     name = f"{time.strftime('%Y-%m-%d', time.gmtime())}-{CARD_SLUG}.json"
     with open(os.path.join(OUT, name), "w") as f:
         json.dump(ROWS, f, indent=1)
+    with open(os.path.join(OUT, "gpu.md"), "w") as f:
+        f.write("\n".join(REPORT) + "\n")
 
 
 def main():
@@ -301,8 +320,12 @@ def main():
     ap.add_argument("--long-docs", type=int, default=100000)
     ap.add_argument("--st-docs", type=int, default=20000)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--deadline-s", type=float, default=float("inf"), help="skip optional parts after this")
+    ap.add_argument("--budgets", default="32768,65536,131072", help="--batch-tokens sweep of the realistic mix")
+    ap.add_argument("--tiny", action="store_true", help="the bundled tiny model in place of BERT-base")
     a = ap.parse_args()
-    DEV, OUT = a.device, a.out
+    global DEADLINE
+    DEV, OUT, DEADLINE = a.device, a.out, a.deadline_s
     import tempfile
 
     tmp = tempfile.mkdtemp(prefix="sparq-gpu-")
@@ -315,26 +338,32 @@ def main():
     t = time.perf_counter()
     realistic = make_corpus(tmp, "realistic", a.docs)
     long_mix = make_corpus(tmp, "long", a.long_docs)
-    base = make_bert_base(os.path.join(tmp, "base"))
+    base = TINY if a.tiny else make_bert_base(os.path.join(tmp, "base"))
+    base_name = "tiny (stand-in)" if a.tiny else "BERT-base"
     say(f"(corpora and the BERT-base model made in {time.perf_counter()-t:.0f} s)")
 
     say("\n## Parity on the card (sparq's packed encoder vs sentence-transformers)")
     say("| model / inputs | texts | fp32 max abs diff | fp32 rows with other dims | bf16 mean cosine |")
     say("|---|---|---|---|---|")
     fixture = [json.loads(line) for line in open(FIXTURE)]
-    for name, model_dir, inputs in (("tiny", TINY, fixture),
-                                    ("BERT-base, realistic", base, realistic[1][:500]),
-                                    ("BERT-base, long", base, long_mix[1][:500])):
+    cases = [("tiny", TINY, fixture)]
+    if not a.tiny:  # with --tiny the stand-in is the model just checked
+        cases += [(f"{base_name}, realistic", base, realistic[1][:500]), (f"{base_name}, long", base, long_mix[1][:500])]
+    for name, model_dir, inputs in cases:
+        if name.endswith("long") and past_deadline("parity on the long mix"):
+            continue
         try:
             parity(name, model_dir, inputs, tmp)
         except Exception as e:  # keep going: the timings still say something
             say(f"FAILED: parity {name}: {e}")
+    write_json()
 
     say("\n## Throughput, bf16, steady state")
-    bench_mix(card, peak, "BERT-base", base, "realistic", *realistic, tmp, a.st_docs, [32768, 65536, 131072])
-    bench_mix(card, peak, "BERT-base", base, "long", *long_mix, tmp, a.st_docs // 2, [65536])
-    with open(os.path.join(OUT, "gpu.md"), "w") as f:
-        f.write("\n".join(REPORT) + "\n")
+    budgets = [int(b) for b in a.budgets.split(",")]
+    bench_mix(card, peak, base_name, base, "realistic", *realistic, tmp, a.st_docs, budgets)
+    if not past_deadline("the long mix"):
+        bench_mix(card, peak, base_name, base, "long", *long_mix, tmp, a.st_docs // 2, [65536])
+    say(f"\n(total {time.perf_counter() - START:.0f} s)")
     write_json()
 
 

@@ -25,9 +25,11 @@ machine has them), in one run (driven by bench/gpu_train.sh).
    hash compared across ranks at every logged step (the run fails if they differ), and scaling
    efficiency = samples/s(N) / (N x samples/s(1)) at the same per-GPU batch.
 Writes OUT_DIR/gpu_train.md and OUT_DIR/<date>-<card>-train.json (one row per run). Optional
-runs are skipped, and said so, once --budget-s seconds have passed.
---dry: the whole script on the CPU with the bundled tiny model, 5 steps, f32 (bf16 training is
-CUDA only), TCP with two CPU ranks standing in for several GPUs: proves the script end to end.
+runs are skipped, and said so, once --budget-s seconds have passed; both files are rewritten after
+every row, so a run stopped from outside (bench/gpu_all.sh's deadline) still leaves what it had.
+--dry: the whole script on the CPU with the bundled tiny model, 5 steps (or --steps), f32 (bf16
+training is CUDA only), TCP with two CPU ranks standing in for several GPUs: proves the script
+end to end.
 """
 import argparse
 import json
@@ -89,6 +91,19 @@ print(json.dumps({"seconds": secs, "steps": result.global_step, "losses": losses
 def say(line=""):
     print(line, flush=True)
     REPORT.append(line)
+
+
+FILES = None  # (markdown, json), set once the card is known
+
+
+def flush():
+    """Rewrites the report and the rows so far (a run stopped from outside keeps them)."""
+    if FILES is None:
+        return
+    with open(FILES[0], "w") as f:
+        f.write("\n".join(REPORT) + "\n")
+    with open(FILES[1], "w") as f:
+        json.dump(ROWS, f, indent=1)
 
 
 def elapsed():
@@ -188,7 +203,7 @@ def main():
     global ENV, PAIRS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=None, help="200 (5 with --dry)")
     ap.add_argument("--batches", default="16,64")
     ap.add_argument("--budget-s", type=float, default=420, help="skip optional runs after this")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny model, 5 steps")
@@ -198,7 +213,7 @@ def main():
 
     dry = a.dry
     device = "cpu" if dry else "cuda"
-    steps = 5 if dry else a.steps
+    steps = a.steps or (5 if dry else 200)
     batches = [int(b) for b in a.batches.split(",")]
     gpus = 0 if dry else torch.cuda.device_count()
     if not dry and gpus == 0:
@@ -206,6 +221,9 @@ def main():
     card = torch.cuda.get_device_name() if not dry else "CPU (dry run)"
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
     ENV = train_vs_st.thread_env(os.cpu_count() if not dry else 2)
+    global FILES
+    FILES = (os.path.join(a.out, "gpu_train.md"),
+             os.path.join(a.out, f"{time.strftime('%Y-%m-%d', time.gmtime())}-{slug}-train.json"))
     say(f"# GPU training run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {card} x {max(gpus, 1)}; "
         f"{train_vs_st.versions()}")
 
@@ -270,6 +288,7 @@ def main():
                          "st_run_to_run_max_abs_diff": spread and spread[0],
                          "st_run_to_run_max_abs_diff_10_step_means": spread and spread[1],
                          "sparq_losses": sp["losses"], "st_losses": st and st["losses"]})
+            flush()
 
     ranks = gpus if gpus > 1 else (2 if dry else 0)
     if ranks:
@@ -296,16 +315,13 @@ def main():
                          "st_samples_per_s": None, "peak_gpu_mib": sp["peak_gpu_mib"],
                          "loss_max_abs_diff_200_steps": None, "scaling_efficiency": eff,
                          "replicas_identical_steps": sp["replicas_checked"]})
+            flush()
     else:
         say("\n(one GPU: no multi-GPU rows)")
 
     say(f"\n(total {elapsed():.0f} s)")
-    with open(os.path.join(a.out, "gpu_train.md"), "w") as f:
-        f.write("\n".join(REPORT) + "\n")
-    name = f"{time.strftime('%Y-%m-%d', time.gmtime())}-{slug}-train.json"
-    with open(os.path.join(a.out, name), "w") as f:
-        json.dump(ROWS, f, indent=1)
-    say(f"wrote {os.path.join(a.out, name)}")
+    flush()
+    say(f"wrote {FILES[1]}")
     return 0 if ROWS else 1
 
 
