@@ -10,10 +10,10 @@ use super::progress::JobProgress;
 use super::protocol::{FromWorker, ToWorker};
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::{ShardReport, ShardSpec};
+use crate::io::lock::{HolderKind, LockHolder, OutputLock};
 use crate::io::AllowedRoots;
 use crate::io::{Committer, StoreUrl};
 use crate::job::args::{job_dtype, EncodeConfig, Fleet};
-use crate::io::lock::{HolderKind, LockHolder, OutputLock};
 use crate::job::finish::{finish_encode, summarize, EncodeSummary};
 use crate::job::ownership::{Held, LockRequest};
 use crate::job::plan::{plan_encode, validate, EncodePlan, PlanOptions};
@@ -116,7 +116,10 @@ pub fn finalize(
     // The tasks' job may finish its output; another live job on it may not.
     let job = plan.identity.key();
     let lock = OutputLock::new(&output, &AllowedRoots::anywhere())?;
-    runtime.block_on(lock.acquire(&LockHolder::this_process(&job, HolderKind::TaskArray), false))?;
+    runtime.block_on(lock.acquire(
+        &LockHolder::this_process(&job, HolderKind::TaskArray),
+        false,
+    ))?;
     // The tasks' reports: rows, tokens and row failures for the manifest. A task killed
     // between its commit and its report leaves none; its part is complete all the same.
     let reports: BTreeMap<usize, ShardReport> = runtime.block_on(async {

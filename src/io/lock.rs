@@ -166,7 +166,9 @@ pub enum LockError {
         detail: String,
     },
     /// Others kept winning the next generation.
-    #[error("{output}: the lock changed hands {tries} times while this run tried to take it; rerun")]
+    #[error(
+        "{output}: the lock changed hands {tries} times while this run tried to take it; rerun"
+    )]
     Contended {
         /// The output.
         output: String,
@@ -328,7 +330,11 @@ impl OutputLock {
     }
 
     fn key(&self, generation: u64) -> String {
-        format!("{}/{LOCK_DIR}/{}", self.output.trim_end_matches('/'), file_name(generation))
+        format!(
+            "{}/{LOCK_DIR}/{}",
+            self.output.trim_end_matches('/'),
+            file_name(generation)
+        )
     }
 
     /// The generations that exist.
