@@ -313,3 +313,66 @@ fn a_service_job_on_an_output_a_live_cli_run_writes_is_refused_at_submit() {
     let accepted = submit();
     assert!(accepted.status.success(), "{}", stderr(&accepted));
 }
+
+#[test]
+fn on_s3_a_second_job_is_refused_by_name_and_the_first_completes_whole() {
+    let Some(endpoint) = common::s3::endpoint() else {
+        return;
+    };
+    let s3: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(common::s3::store(&endpoint));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let prefix = format!("ownership-{}/out", uuid::Uuid::new_v4());
+    let output = format!("s3://{}/{prefix}", common::s3::BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_corpus(&input.join("a.parquet"), 0..2000, 100);
+    let run = |extra: &[&str]| {
+        let mut c = sparq();
+        c.args([
+            "encode",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            &output,
+        ])
+        .args(["--shard-rows", "200", "--threads", "1"])
+        .args(extra);
+        common::s3::env(&mut c, &endpoint);
+        c
+    };
+    let parts = || {
+        let (_, names) = runtime.block_on(common::s3::read_parts(&s3, &prefix));
+        names.iter().filter(|n| n.starts_with("part-")).count()
+    };
+    let first = run(&[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    wait_for("a committed part", || parts() >= 1);
+    signal_tree(pid, libc::SIGSTOP);
+    let before = parts();
+    let other = run(&["--max-active-dims", "8"]).output().unwrap();
+    let overwrite = run(&["--max-active-dims", "8", "--overwrite"])
+        .output()
+        .unwrap();
+    let after = parts();
+    signal_tree(pid, libc::SIGCONT);
+    for out in [&other, &overwrite] {
+        let err = stderr(out);
+        assert!(!out.status.success(), "accepted: {err}");
+        assert!(
+            err.contains(&format!("{output} is being written by job encode-"))
+                && err.contains(&format!("pid {pid} on host {}", host())),
+            "the holder is not named: {err}"
+        );
+    }
+    assert_eq!(before, after, "the live run's parts changed");
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (rows, names) = runtime.block_on(common::s3::read_parts(&s3, &prefix));
+    assert!(names.contains(&"_SUCCESS".to_string()), "{names:?}");
+    assert_exactly_once(&rows, &reference_vectors(&(0..2000).collect::<Vec<_>>()));
+}
