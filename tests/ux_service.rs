@@ -145,16 +145,18 @@ fn serve_and_worker_say_what_they_start_with() {
 
     // One job running (no worker takes it) and one cancelled: a restart resumes the first.
     write_corpus(&dir.path().join("in/a.parquet"), 0..20, 10);
-    let spec = dir.path().join("job.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "kind = \"encode\"\ninput = \"{0}/in\"\noutput = \"{0}/out\"\nshard_rows = 10\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let submit = || {
+    // Each job its own output: a second job on the running one's output is refused at submit.
+    let submit = |output: &str| {
+        let spec = dir.path().join(format!("{output}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "kind = \"encode\"\ninput = \"{0}/in\"\noutput = \"{0}/{output}\"\n\
+                 shard_rows = 10\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
         let out = run(&[
             "submit",
             spec.to_str().unwrap(),
@@ -164,11 +166,11 @@ fn serve_and_worker_say_what_they_start_with() {
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out).trim().to_string()
     };
-    let running = submit();
+    let running = submit("out");
     wait_for("the job to be planned", || {
         service.job(&running).state == "running"
     });
-    let cancelled = submit();
+    let cancelled = submit("out2");
     let out = run(&["cancel", &cancelled, "--coordinator", &service.url]);
     assert!(out.status.success(), "{}", stderr(&out));
     drop(service);

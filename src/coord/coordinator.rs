@@ -10,10 +10,12 @@ use super::progress::JobProgress;
 use super::protocol::{FromWorker, ToWorker};
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::{ShardReport, ShardSpec};
+use crate::io::lock::{HolderKind, LockHolder, OutputLock};
 use crate::io::AllowedRoots;
 use crate::io::{Committer, StoreUrl};
 use crate::job::args::{job_dtype, EncodeConfig, Fleet};
 use crate::job::finish::{finish_encode, summarize, EncodeSummary};
+use crate::job::ownership::{Held, LockRequest};
 use crate::job::plan::{plan_encode, validate, EncodePlan, PlanOptions};
 use crate::job::tasks::{task_of, TaskShare};
 use crate::job::JobError;
@@ -109,8 +111,15 @@ pub fn finalize(
             shards: plan.shards.len(),
         });
     }
-    let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
-        .confined(&AllowedRoots::anywhere());
+    let output = StoreUrl::parse(&plan.settings.output)?;
+    let committer = Committer::new(&output)?.confined(&AllowedRoots::anywhere());
+    // The tasks' job may finish its output; another live job on it may not.
+    let job = plan.identity.key();
+    let lock = OutputLock::new(&output, &AllowedRoots::anywhere())?;
+    runtime.block_on(lock.acquire(
+        &LockHolder::this_process(&job, HolderKind::TaskArray),
+        false,
+    ))?;
     // The tasks' reports: rows, tokens and row failures for the manifest. A task killed
     // between its commit and its report leaves none; its part is complete all the same.
     let reports: BTreeMap<usize, ShardReport> = runtime.block_on(async {
@@ -154,6 +163,12 @@ pub fn finalize(
         &runtime,
     )?;
     summary.skipped_shards = plan.shards.len();
+    runtime.block_on(crate::job::ownership::release(
+        &plan.settings.output,
+        &AllowedRoots::anywhere(),
+        &job,
+        true,
+    ));
     Ok(Finalized::Complete(summary))
 }
 
@@ -172,6 +187,7 @@ fn planning(
         cpu_only: devices.iter().all(|d| *d == DeviceSpec::Cpu),
         claim,
         estimate: false,
+        lock: None,
     };
     Ok((runtime, options))
 }
@@ -201,8 +217,20 @@ pub fn run_encode(
     }
     let dtype = job_dtype(config, &devices);
     let tasks = share.map_or(1, |s| s.count);
-    let (runtime, options) = planning(&devices, tasks, true)?;
+    let (runtime, mut options) = planning(&devices, tasks, true)?;
+    // The tasks of an array share the output through the job's identity; `--finalize` lets go.
+    options.lock = Some(match share {
+        Some(_) => LockRequest::TASK,
+        None => LockRequest::CLI,
+    });
     let mut plan = plan_encode(config, dtype, &AllowedRoots::anywhere(), &runtime, &options)?;
+    let _held = Held::new(
+        &runtime,
+        &plan.settings.output,
+        &AllowedRoots::anywhere(),
+        plan.settings.lock_job.clone().filter(|_| share.is_none()),
+        false,
+    );
     if let Some(share) = share {
         let owned = plan.shards.iter().filter(|s| share.owns(s.id)).count();
         plan.pending.retain(|&id| share.owns(id));

@@ -440,7 +440,7 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let outcome = runtime.block_on(committer.commit(&shard.part, bytes))?;
+    let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

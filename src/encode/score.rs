@@ -127,7 +127,7 @@ pub fn score_shard(
         .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
     // A file rewritten while it was read may still decode: its version says it changed.
     input.check_unchanged()?;
-    let outcome = runtime.block_on(committer.commit(&shard.part, bytes))?;
+    let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

@@ -62,6 +62,9 @@ pub struct EncodeSettings {
     /// written later by `--finalize`).
     #[serde(default)]
     pub shard_reports: bool,
+    /// The job the output's lock must name at every commit (`None`: unchecked).
+    #[serde(default)]
+    pub lock_job: Option<String>,
 }
 
 impl EncodeSettings {

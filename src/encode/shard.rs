@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::StoreError;
+use crate::io::lock::LockError;
+use crate::io::{CommitOutcome, Committer, StoreError};
 use crate::model::ModelError;
+
+use super::settings::EncodeSettings;
 
 /// Part of one row group read by a shard.
 pub use crate::io::input::RowGroupSlice as Segment;
@@ -95,6 +98,9 @@ pub enum ShardError {
     /// A pipeline thread panicked.
     #[error("a pipeline thread panicked")]
     Panicked,
+    /// Another job holds the output now: nothing more is committed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 impl ShardError {
@@ -109,7 +115,10 @@ impl ShardError {
                 !matches!(e, ModelError::NonFinite { .. } | ModelError::Tokenize(_))
             }
             ShardError::Abandoned => true,
-            ShardError::Columns(_) | ShardError::Data(_) | ShardError::Panicked => false,
+            ShardError::Columns(_)
+            | ShardError::Data(_)
+            | ShardError::Panicked
+            | ShardError::Lock(_) => false,
         }
     }
 
@@ -121,6 +130,24 @@ impl ShardError {
             _ => false,
         }
     }
+}
+
+/// Commits a finished shard's part, once the output's lock still names the job (every worker,
+/// local or remote, commits through here): a run that lost the output to another job commits
+/// nothing more.
+pub fn commit_part(
+    config: &EncodeSettings,
+    runtime: &tokio::runtime::Runtime,
+    committer: &Committer,
+    shard: &ShardSpec,
+    bytes: Vec<u8>,
+) -> Result<CommitOutcome, ShardError> {
+    if let Some(job) = &config.lock_job {
+        let output = crate::io::StoreUrl::parse(&config.output)?;
+        let lock = crate::io::lock::OutputLock::new(&output, &config.allowed_roots)?;
+        runtime.block_on(lock.check(job))?;
+    }
+    Ok(runtime.block_on(committer.commit(&shard.part, bytes))?)
 }
 
 /// ENOSPC or EDQUOT.

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod commit;
 pub mod input;
+pub mod lock;
 pub mod output;
 pub mod retry;
 pub mod url;

@@ -133,6 +133,26 @@ pub struct JobIdentity {
 }
 
 impl JobIdentity {
+    /// The job these settings make, as the output's lock names it: a digest of everything
+    /// [`JobIdentity::differences`] compares, so a rerun (or another task of an array) with the
+    /// same settings is the same job and shares the output.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        let compared = JobIdentity {
+            model_path: None,
+            input: String::new(),
+            ..self.clone()
+        };
+        let json = serde_json::to_vec(&compared).expect("an identity serializes");
+        let digest = hex::encode(sha2::Sha256::digest(&json));
+        let kind = if self.query_column.is_some() {
+            "score"
+        } else {
+            "encode"
+        };
+        format!("{kind}-{}", &digest[..16])
+    }
+
     /// What differs from `other` (the recorded identity): each setting named with its recorded
     /// and its new value, and the input files added, removed or changed.
     pub fn differences(&self, other: &JobIdentity) -> Vec<String> {
@@ -352,6 +372,19 @@ mod tests {
         let mut now = identity();
         now.input_files[0].version = Some("100-2".into());
         assert!(now.differences(&was)[0].contains("modified"));
+    }
+
+    #[test]
+    fn the_job_key_is_what_differences_compare() {
+        let was = identity();
+        let mut moved = identity();
+        moved.input = "/elsewhere/../in/".into();
+        moved.model_path = Some("/models/copy".into());
+        assert_eq!(moved.key(), was.key());
+        let mut other = identity();
+        other.model = "m2".into();
+        assert_ne!(other.key(), was.key());
+        assert!(was.key().starts_with("encode-"), "{}", was.key());
     }
 
     #[test]

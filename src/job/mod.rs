@@ -6,6 +6,7 @@ pub mod args;
 pub(crate) mod duplicates;
 pub mod finish;
 pub mod identity;
+pub mod ownership;
 pub mod plan;
 pub mod score_args;
 pub mod tasks;
@@ -54,6 +55,9 @@ pub enum JobError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another job holds the output, or this one lost it.
+    #[error(transparent)]
+    Lock(#[from] crate::io::lock::LockError),
     /// The model cannot be used.
     #[error(transparent)]
     Model(#[from] ModelError),

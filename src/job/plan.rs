@@ -264,7 +264,11 @@ pub fn plan_encode(
     let foreign: Vec<&str> = existing
         .iter()
         .map(|(n, _)| n.as_str())
-        .filter(|n| !(owned.iter().any(|o| o == n) || n.starts_with('.') && n.ends_with(".tmp")))
+        .filter(|n| {
+            !(owned.iter().any(|o| o == n)
+                || n.starts_with('.') && n.ends_with(".tmp")
+                || crate::io::lock::is_lock_file(n))
+        })
         .collect();
     if !foreign.is_empty() {
         return Err(JobError::Settings(format!(
@@ -281,6 +285,19 @@ pub fn plan_encode(
             if foreign.len() > 5 { ", ..." } else { "" }
         )));
     }
+    // Ownership before anything else: a live job on this output is refused by name before
+    // the identity is compared or anything deleted.
+    let claim = match options.lock.as_ref().filter(|_| options.claim) {
+        Some(request) => Some(super::ownership::Claim::take(
+            runtime,
+            &output,
+            roots,
+            request,
+            &identity,
+            args.overwrite,
+        )?),
+        None => None,
+    };
     let mismatch = match &previous {
         Some(prev) => identity.differences(prev),
         None if owned.iter().any(|n| is_part(n)) => {
@@ -355,7 +372,10 @@ pub fn plan_encode(
     }
     Ok(EncodePlan {
         estimate: None,
-        settings: settings(args, &model, dtype, &output, roots),
+        settings: EncodeSettings {
+            lock_job: claim.map(super::ownership::Claim::keep),
+            ..settings(args, &model, dtype, &output, roots)
+        },
         model,
         model_fingerprint,
         identity,
@@ -402,16 +422,19 @@ pub struct PlanOptions {
     /// Without claiming: estimate the tokens to encode (`--plan` does; `--plan-only` and
     /// `--finalize` need only the shards).
     pub estimate: bool,
+    /// Whose lock the claim takes on the output (`None`: no lock).
+    pub lock: Option<super::ownership::LockRequest>,
 }
 
 impl PlanOptions {
     /// A service's job: its remote workers are not known at planning (GPU-sized shards for
-    /// four of them).
+    /// four of them); the service adds its job's lock request.
     pub const SERVICE: PlanOptions = PlanOptions {
         workers: 4,
         cpu_only: false,
         claim: true,
         estimate: false,
+        lock: None,
     };
 }
 
@@ -455,6 +478,7 @@ fn settings(
         allowed_roots: roots.clone(),
         task: args.task.clone(),
         shard_reports: false,
+        lock_job: None,
     }
 }
 

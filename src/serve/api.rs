@@ -176,6 +176,12 @@ async fn submit(
     }
     let doc: Value = parse_body(&body)?;
     let spec = parse_spec(&doc, &app.roots).map_err(bad)?;
+    // [ownership] An output a live job writes is refused now, naming that job.
+    if let crate::serve::spec::JobSpec::Encode { args, .. } = &spec {
+        crate::job::ownership::refuse_if_held(&args.output, &app.roots.access)
+            .await
+            .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    }
     let inserted = app.db().insert_job(
         spec.kind(),
         &spec.document(),
@@ -246,6 +252,10 @@ async fn cancel(
 ) -> ApiResult<Json<JobView>> {
     authorize(&app, &headers)?;
     let result = app.db().cancel(&id)?;
+    // [ownership] A cancelled job lets go of its output.
+    if let Some(Ok(view)) = &result {
+        crate::job::ownership::release_spec(view.spec.as_ref(), &app.roots.access, &id).await;
+    }
     match result {
         None => Err(not_found(&id)),
         Some(Ok(view)) => Ok(Json(view)),

@@ -892,6 +892,7 @@ mod tests {
                 allowed_roots: Default::default(),
                 task: Default::default(),
                 shard_reports: false,
+                lock_job: None,
             },
         }
     }

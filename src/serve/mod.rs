@@ -280,7 +280,11 @@ fn plan_job(
                 dtype,
                 &app.roots.access,
                 runtime,
-                &PlanOptions::SERVICE,
+                // [ownership] The job takes its output's lock at planning.
+                &PlanOptions {
+                    lock: Some(crate::job::ownership::LockRequest::service(id)),
+                    ..PlanOptions::SERVICE
+                },
             )
             .map_err(|e| e.to_string())?;
             tracing::info!(
@@ -417,5 +421,16 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
     );
     if let Err(e) = lock(app).set_finished(&job.id, succeeded, &summary, error.as_deref()) {
         tracing::error!("job {}: state database: {e}", job.id);
+    }
+    // [ownership] The job has ended: its output is free.
+    if let Some(settings) = job.plan.as_ref().map(|p| &p.settings) {
+        if let Some(owner) = &settings.lock_job {
+            runtime.block_on(crate::job::ownership::release(
+                &settings.output,
+                &settings.allowed_roots,
+                owner,
+                true,
+            ));
+        }
     }
 }
