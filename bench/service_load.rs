@@ -46,11 +46,16 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory line of /proc/PID/status (`VmRSS:` now, `VmHWM:` its peak so far), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
         })
         .and_then(|kb| kb.parse::<f64>().ok())
@@ -105,7 +110,6 @@ fn start(binary: &Path, dir: &Path, root: &Path) -> Result<Service, Error> {
         .arg(dir)
         .current_dir(root)
         .env_remove("SPARQ_TOKEN")
-        .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -174,7 +178,10 @@ fn run(
         std::thread::sleep(Duration::from_millis(200));
     }
     let plan_s = t.elapsed().as_secs_f64();
+    // The planner hands the plan's memory back just after the job runs.
+    std::thread::sleep(Duration::from_secs(1));
     let rss_planned = rss_mib(pid);
+    let rss_hwm = status_mib(pid, "VmHWM:");
     let lat = Arc::new(Latencies::default());
     let stop = Arc::new(AtomicBool::new(false));
     let granted = Arc::new(AtomicU64::new(0));
@@ -255,15 +262,17 @@ fn run(
         peak_load_rss = peak_load_rss.max(rss_mib(pid));
         std::thread::sleep(Duration::from_millis(250));
     }
+    let rss_end = rss_mib(pid);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
     let mut row = BTreeMap::new();
     row.insert("plan_s".into(), plan_s);
-    row.insert("rss_peak_plan".into(), peak_rss.max(rss_planned));
+    row.insert("rss_peak_plan".into(), peak_rss.max(rss_hwm));
     row.insert("rss_planned".into(), rss_planned);
     row.insert("rss_peak_load".into(), peak_load_rss);
+    row.insert("rss_end".into(), rss_end);
     row.insert(
         "leases_per_s".into(),
         granted.load(Ordering::Relaxed) as f64 / load.elapsed().as_secs_f64(),
@@ -297,7 +306,7 @@ fn main() -> Result<(), Error> {
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     println!(
-        "| run | shards | plan s | RSS MiB planned / peak | leases/s | lease p50 / p99 / max ms | heartbeat p50 / p99 ms | done p99 ms | status p50 / p99 ms | list p50 / max ms |"
+        "| run | shards | plan s | RSS MiB peak planning / under load (peak, end) | leases/s | lease p50 / p99 / max ms | heartbeat p50 / p99 ms | done p99 ms | status p50 / p99 ms | list p50 / max ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut first_p99: BTreeMap<usize, f64> = BTreeMap::new();
@@ -312,10 +321,11 @@ fn main() -> Result<(), Error> {
         let g = |k: &str| r.get(k).copied().unwrap_or(f64::NAN);
         let base = *first_p99.entry(shards).or_insert(g("lease_p99"));
         println!(
-            "| {label} | {shards} | {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} / {:.1} ({:.2}x) | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {label} | {shards} | {:.1} | {:.0} / {:.0}, {:.0} | {:.0} | {:.1} / {:.1} / {:.1} ({:.2}x) | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
             g("plan_s"),
-            g("rss_planned"),
-            g("rss_peak_plan").max(g("rss_peak_load")),
+            g("rss_peak_plan"),
+            g("rss_peak_load"),
+            g("rss_end"),
             g("leases_per_s"),
             g("lease_p50"),
             g("lease_p99"),

@@ -312,18 +312,19 @@ async fn show(
     Query(query): Query<ShowQuery>,
 ) -> ApiResult<Json<JobView>> {
     authorize(&app, &headers)?;
-    let filter =
-        match query.shards.as_deref() {
-            None | Some("none") => ShardFilter::None,
-            Some("all") => ShardFilter::All,
-            Some("causes") => ShardFilter::Causes,
-            Some(other) => return Err(ApiError(
+    let filter = match query.shards.as_deref() {
+        None | Some("none") => ShardFilter::None,
+        Some("all") => ShardFilter::All,
+        Some("causes") => ShardFilter::Causes,
+        Some(other) => {
+            return Err(ApiError(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "shards={other}: use `all`, `causes` (shards with a failed attempt) or `none`"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let key = id.clone();
     let job = blocking(&app, move |app| {
         Ok(app.store.read(|db| db.job(&key, true, filter))?)

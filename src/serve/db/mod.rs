@@ -410,10 +410,16 @@ impl Db {
     /// Ends storing a plan: the job runs, its shards become leasable. The plan is stored
     /// without its shard list (the shards table holds it).
     pub fn finish_plan(&mut self, id: &str, plan: &EncodePlan) -> DbResult<()> {
+        // Field by field: cloning the plan whole would copy its million shards first.
         let stored = EncodePlan {
+            model: plan.model.clone(),
+            model_fingerprint: plan.model_fingerprint.clone(),
+            identity: plan.identity.clone(),
             shards: Vec::new(),
             pending: Vec::new(),
-            ..plan.clone()
+            failures: plan.failures.clone(),
+            settings: plan.settings.clone(),
+            estimate: plan.estimate.clone(),
         };
         let text = serde_json::to_string(&stored)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
