@@ -667,7 +667,7 @@ fn the_example_job_specs_pass_the_services_checks() {
                 path.display()
             );
         }
-        kinds.push(spec.kind());
+        kinds.push(spec.kind().as_str());
     }
     kinds.sort();
     assert!(

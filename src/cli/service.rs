@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::CliError;
 use crate::serve::client::{read_spec, CancelArgs, Client, StatusArgs, SubmitArgs};
-use crate::serve::wire::{JobState, JobView, ShardState};
+use crate::serve::wire::{JobKind, JobState, JobView};
 
 /// One line of results on stdout; a reader that went away ends the command quietly (exit 0).
 macro_rules! out {
@@ -98,7 +98,11 @@ pub fn wait_for(client: &Client, id: &str) -> Result<u8, CliError> {
 }
 
 fn progress_line(job: &JobView) -> String {
-    let unit = if job.kind == "train" { "steps" } else { "rows" };
+    let unit = if job.kind == JobKind::Train {
+        "steps"
+    } else {
+        "rows"
+    };
     format!(
         "{} — shards {}/{}{}, {} {}/{}{}",
         job.state,
@@ -137,13 +141,10 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
     if let (true, Some(id)) = (args.wait, &args.job) {
         return wait_for(&client, id);
     }
+    // One job: with the shards that had a failed attempt (the causes printed below).
     let jobs: Vec<JobView> = match &args.job {
-        Some(id) => vec![client.job(id)?],
-        None => {
-            let v = client.call(Method::GET, "/v1/jobs", None)?;
-            serde_json::from_value(v.unwrap_or(Value::Null)["jobs"].take())
-                .map_err(|e| CliError::Message(format!("unexpected answer: {e}")))?
-        }
+        Some(id) => vec![client.job(id, "causes")?],
+        None => client.jobs()?,
     };
     if args.json {
         match &args.job {
@@ -173,7 +174,7 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
         out!(
             "{:<16} {:<7} {:<10} {:>11} {:>17} {:>9.1} {:>8} {:>13} {:>7}",
             j.id,
-            j.kind,
+            j.kind.as_str(),
             j.state.as_str(),
             format!("{}/{}", j.shards_done, j.shards_total),
             format!("{}/{}", j.rows_done, j.rows_total),
@@ -213,7 +214,7 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
 pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
     let client = Client::new(&args.coordinator.coordinator)?;
     // For the message only: the service cancels whatever state the job has reached by then.
-    let before = client.job(&args.job)?.state;
+    let before = client.job(&args.job, "none")?.state;
     let answer = client.call(
         Method::POST,
         &format!("/v1/jobs/{}/cancel", args.job),
@@ -232,25 +233,19 @@ pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
 /// `j-…: running → cancelled; kept …; …` for a job just cancelled.
 fn cancelled_line(before: JobState, job: &JobView) -> String {
     let running = job.shards_running;
-    let kept = if job.kind == "train" {
+    let kept = if job.kind == JobKind::Train {
         "checkpoints written so far are kept".to_string()
     } else if job.shards_total == 0 {
         "nothing was planned or encoded yet".to_string()
     } else {
-        let rows: u64 = job
-            .shards
-            .iter()
-            .filter(|s| matches!(s.state, ShardState::Done | ShardState::Skipped))
-            .map(|s| s.rows)
-            .sum();
         format!(
-            "kept {}/{} shards ({rows}/{} rows) committed",
-            job.shards_done, job.shards_total, job.rows_total
+            "kept {}/{} shards ({}/{} rows) committed",
+            job.shards_done, job.shards_total, job.rows_committed, job.rows_total
         )
     };
     let stopping = match running {
         0 => String::new(),
-        1 if job.kind == "train" => "; the run stops at its worker's next heartbeat".into(),
+        1 if job.kind == JobKind::Train => "; the run stops at its worker's next heartbeat".into(),
         1 => "; 1 shard in progress stops at its worker's next heartbeat (kept if it commits \
               first)"
             .into(),

@@ -5,15 +5,19 @@
 //! |------------------------------------|------------------------------------------|
 //! | `GET /healthz`                     | 200, no token needed                     |
 //! | `POST /v1/jobs[?name=N]` (spec)    | 201 `{id, state}`; 200 for a known name  |
-//! | `GET /v1/jobs`                     | `{jobs: [JobView]}`                      |
-//! | `GET /v1/jobs/{id}`                | `JobView` with spec and shards, or 404   |
-//! | `POST /v1/jobs/{id}/cancel`        | `JobView` with shards; 409 if it had ended |
+//! | `GET /v1/jobs[?limit=N&after=C]`   | `JobPage` `{jobs: [JobView], next}`      |
+//! | `GET /v1/jobs/{id}[?shards=S]`     | `JobView` with spec (and shards: `all`, `causes`), or 404 |
+//! | `POST /v1/jobs/{id}/cancel`        | `JobView`; 409 if it had ended           |
 //! | `POST /v1/leases` `{worker}`       | `LeaseGrant`, or 204 when there is no work |
 //! | `POST /v1/leases/{l}/heartbeat`    | `LeaseReply` (`keep: false`: stop)       |
 //! | `POST /v1/leases/{l}/done`         | `LeaseReply`                             |
 //! | `POST /v1/leases/{l}/failed`       | `LeaseReply`                             |
+//!
+//! Handlers never touch SQLite on the async runtime: each runs its database work on the
+//! blocking pool, writes through the one writer (short transactions), reads on connections
+//! of their own.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -26,14 +30,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::db::{Db, Inserted};
+use super::db::{Inserted, ShardFilter, Store};
 use super::spec::{parse_spec, Roots};
 pub use super::wire::*;
 
 /// Shared state of the handlers.
 pub struct App {
     /// The queue.
-    pub db: Mutex<Db>,
+    pub store: Store,
     /// SHA-256 of the bearer token, when one is required.
     pub token: Option<[u8; 32]>,
     /// Where specs' local paths may point.
@@ -44,10 +48,24 @@ pub struct App {
     pub wake: crossbeam_channel::Sender<()>,
 }
 
-impl App {
-    fn db(&self) -> MutexGuard<'_, Db> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Jobs per page of `GET /v1/jobs` unless `?limit=` says otherwise, and the most it may say.
+const PAGE: usize = 500;
+const MAX_PAGE: usize = 1000;
+
+/// Runs `f` (database work) on the blocking pool, off the async runtime.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request's worker thread failed: {e}"),
+            )
+        })?
 }
 
 /// An API error: status and message, as `{"error": "..."}`.
@@ -115,6 +133,19 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
+/// A counter of a request as SQLite stores it (i64): a larger one is refused, never wrapped.
+fn stored_counter(name: &str, value: u64) -> ApiResult<i64> {
+    i64::try_from(value).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{name}` = {value} is larger than {}: counters are signed 64-bit",
+                i64::MAX
+            ),
+        )
+    })
+}
+
 /// The router.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -137,10 +168,12 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    let (counts, unfinished) = {
-        let db = app.db();
-        (db.count_by_state()?, db.unfinished_jobs()?)
-    };
+    let (counts, unfinished) = blocking(&app, |app| {
+        Ok(app
+            .store
+            .read(|db| Ok((db.count_by_state()?, db.unfinished_jobs()?)))?)
+    })
+    .await?;
     Ok(Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -175,20 +208,27 @@ async fn submit(
         }
     }
     let doc: Value = parse_body(&body)?;
-    let spec = parse_spec(&doc, &app.roots).map_err(bad)?;
+    let name = query.name.clone();
+    // Checking paths touches the file system: off the async runtime too.
+    let spec = blocking(&app, move |app| parse_spec(&doc, &app.roots).map_err(bad)).await?;
     // [ownership] An output a live job writes is refused now, naming that job.
     if let crate::serve::spec::JobSpec::Encode { args, .. } = &spec {
         crate::job::ownership::refuse_if_held(&args.output, &app.roots.access)
             .await
             .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
     }
-    let inserted = app.db().insert_job(
-        spec.kind(),
-        &spec.document(),
-        (spec.max_attempts(), spec.lease_timeout()),
-        app.max_queued,
-        query.name.as_deref(),
-    )?;
+    let inserted = blocking(&app, move |app| {
+        Ok(app.store.write(|db| {
+            db.insert_job(
+                spec.kind(),
+                &spec.document(),
+                (spec.max_attempts(), spec.lease_timeout()),
+                app.max_queued,
+                name.as_deref(),
+            )
+        })?)
+    })
+    .await?;
     match inserted {
         Inserted::New(id) => {
             let _ = app.wake.try_send(());
@@ -222,10 +262,46 @@ async fn submit(
     }
 }
 
-async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+/// `?limit=&after=` of `GET /v1/jobs`.
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<JobPage>> {
     authorize(&app, &headers)?;
-    let jobs = app.db().jobs()?;
-    Ok(Json(json!({ "jobs": jobs })))
+    let limit = query.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit={limit}: pages hold 1 to {MAX_PAGE} jobs"),
+        ));
+    }
+    let after = match query.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(a.parse::<i64>().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("after={a}: pass the `next` of the previous page"),
+            )
+        })?),
+    };
+    let page = blocking(&app, move |app| {
+        Ok(app.store.read(|db| db.jobs_page(after, limit))?)
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// `?shards=` of `GET /v1/jobs/{id}`.
+#[derive(Deserialize)]
+struct ShowQuery {
+    shards: Option<String>,
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -239,9 +315,27 @@ async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
 ) -> ApiResult<Json<JobView>> {
     authorize(&app, &headers)?;
-    let job = app.db().job(&id, true)?;
+    let filter = match query.shards.as_deref() {
+        None | Some("none") => ShardFilter::None,
+        Some("all") => ShardFilter::All,
+        Some("causes") => ShardFilter::Causes,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "shards={other}: use `all`, `causes` (shards with a failed attempt) or `none`"
+                ),
+            ))
+        }
+    };
+    let key = id.clone();
+    let job = blocking(&app, move |app| {
+        Ok(app.store.read(|db| db.job(&key, true, filter))?)
+    })
+    .await?;
     job.map(Json).ok_or_else(|| not_found(&id))
 }
 
@@ -251,14 +345,25 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     authorize(&app, &headers)?;
-    let result = app.db().cancel(&id)?;
+    let key = id.clone();
+    let result = blocking(&app, move |app| {
+        let cancelled = app.store.write(|db| db.cancel(&key))?;
+        Ok(match cancelled {
+            Some(Ok(())) => Some(Ok(app
+                .store
+                .read(|db| db.job(&key, false, ShardFilter::None))?)),
+            Some(Err(state)) => Some(Err(state)),
+            None => None,
+        })
+    })
+    .await?;
     // [ownership] A cancelled job lets go of its output.
-    if let Some(Ok(view)) = &result {
+    if let Some(Ok(Some(view))) = &result {
         crate::job::ownership::release_spec(view.spec.as_ref(), &app.roots.access, &id).await;
     }
     match result {
-        None => Err(not_found(&id)),
-        Some(Ok(view)) => Ok(Json(view)),
+        None | Some(Ok(None)) => Err(not_found(&id)),
+        Some(Ok(Some(view))) => Ok(Json(view)),
         Some(Err(state)) => Err(ApiError(
             StatusCode::CONFLICT,
             format!("job `{id}` has already ended ({state})"),
@@ -273,7 +378,10 @@ async fn lease(
 ) -> ApiResult<Response> {
     authorize(&app, &headers)?;
     let request: LeaseRequest = parse_body(&body)?;
-    let grant = app.db().lease(&request.worker)?;
+    let grant = blocking(&app, move |app| {
+        Ok(app.store.write(|db| db.lease(&request.worker))?)
+    })
+    .await?;
     Ok(match grant {
         Some(mut g) => {
             g.allowed_roots = app.roots.access.clone();
@@ -291,7 +399,15 @@ async fn heartbeat(
 ) -> ApiResult<Json<LeaseReply>> {
     authorize(&app, &headers)?;
     let beat: Heartbeat = parse_body(&body)?;
-    let reply = app.db().heartbeat(&lease, beat.rows, beat.tokens)?;
+    let rows = stored_counter("rows", beat.rows)?;
+    let tokens = stored_counter("tokens", beat.tokens)?;
+    let progress = stored_counter("progress", beat.progress)?;
+    let reply = blocking(&app, move |app| {
+        Ok(app
+            .store
+            .write(|db| db.heartbeat(&lease, rows, tokens, progress))?)
+    })
+    .await?;
     Ok(Json(reply))
 }
 
@@ -303,7 +419,12 @@ async fn done(
 ) -> ApiResult<Json<LeaseReply>> {
     authorize(&app, &headers)?;
     let report: DoneReport = parse_body(&body)?;
-    let reply = app.db().done(&lease, &report.worker, &report.report)?;
+    let reply = blocking(&app, move |app| {
+        Ok(app
+            .store
+            .write(|db| db.done(&lease, &report.worker, &report.report))?)
+    })
+    .await?;
     let _ = app.wake.try_send(());
     Ok(Json(reply))
 }
@@ -316,7 +437,12 @@ async fn failed(
 ) -> ApiResult<Json<LeaseReply>> {
     authorize(&app, &headers)?;
     let report: FailedReport = parse_body(&body)?;
-    let reply = app.db().failed(&lease, &report.error, report.retryable)?;
+    let reply = blocking(&app, move |app| {
+        Ok(app
+            .store
+            .write(|db| db.failed(&lease, &report.error, report.retryable))?)
+    })
+    .await?;
     let _ = app.wake.try_send(());
     Ok(Json(reply))
 }

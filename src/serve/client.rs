@@ -8,7 +8,7 @@ use reqwest::blocking::Client as Http;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::wire::JobView;
+use super::wire::{JobPage, JobView};
 use super::{COORDINATOR_VAR, DEFAULT_COORDINATOR, TOKEN_VAR};
 
 /// Why a request failed.
@@ -152,13 +152,34 @@ impl Client {
         }
     }
 
-    /// A job's view.
-    pub fn job(&self, id: &str) -> Result<JobView, ClientError> {
-        let v = self.call(Method::GET, &format!("/v1/jobs/{id}"), None)?;
+    /// A job's view, with the shards `shards` asks for (`none`, `causes`, `all`).
+    pub fn job(&self, id: &str, shards: &str) -> Result<JobView, ClientError> {
+        let v = self.call(Method::GET, &format!("/v1/jobs/{id}?shards={shards}"), None)?;
         serde_json::from_value(v.unwrap_or(Value::Null)).map_err(|e| ClientError::Api {
             status: StatusCode::OK,
             message: format!("unexpected answer: {e}"),
         })
+    }
+}
+
+impl Client {
+    /// Every job the coordinator holds, oldest first, following its pages.
+    pub fn jobs(&self) -> Result<Vec<JobView>, ClientError> {
+        let mut jobs = Vec::new();
+        let mut after = String::new();
+        loop {
+            let v = self.call(Method::GET, &format!("/v1/jobs?after={after}"), None)?;
+            let page: JobPage =
+                serde_json::from_value(v.unwrap_or(Value::Null)).map_err(|e| ClientError::Api {
+                    status: StatusCode::OK,
+                    message: format!("unexpected answer: {e}"),
+                })?;
+            jobs.extend(page.jobs);
+            match page.next {
+                Some(next) => after = next,
+                None => return Ok(jobs),
+            }
+        }
     }
 }
 

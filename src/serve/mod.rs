@@ -14,15 +14,15 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::api::App;
-use self::db::{Db, ToFinish};
+use self::db::{Store, ToFinish};
 use self::spec::{parse_spec, JobSpec, Roots};
-use self::wire::JobState;
+use self::wire::{JobKind, JobState};
 use crate::job::finish::finish_encode;
 use crate::job::plan::{plan_encode, PlanOptions};
 use crate::model::Dtype;
@@ -53,6 +53,38 @@ pub struct ServeArgs {
     /// Most jobs waiting to be planned; more submissions get 429.
     #[arg(long, default_value_t = 10_000)]
     pub max_queued: u64,
+    /// How long an ended job (and its shards) is kept in the state database before it is
+    /// deleted: a number with a unit, s, m, h or d (`7d`, `12h`, `90s`).
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    pub retention: Duration,
+}
+
+/// How often the expirer deletes jobs past their retention.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// `--retention`: `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_s = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if unit_s > 0 => n
+            .checked_mul(unit_s)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long")),
+        _ => Err(format!(
+            "`{text}`: give a whole number with a unit, s, m, h or d (`7d`, `12h`, `90s`)"
+        )),
+    }
 }
 
 /// What stops the service or a worker.
@@ -126,16 +158,16 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
     }
     let state_error = |what: String| move |source| ServeError::State { what, source };
     let new_state = !args.state.exists();
-    let db = Db::open(&args.state).map_err(state_error(format!(
+    let store = Store::open(&args.state).map_err(state_error(format!(
         "opening the state database {}",
         args.state.display()
     )))?;
-    let counts = db
-        .count_by_state()
+    let counts = store
+        .read(|db| db.count_by_state())
         .map_err(state_error("reading the state database".into()))?;
     let (wake, woken) = crossbeam_channel::bounded(1);
     let app = Arc::new(App {
-        db: Mutex::new(db),
+        store,
         token: token.as_deref().map(api::token_digest),
         roots,
         max_queued: args.max_queued,
@@ -154,6 +186,13 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
             .name("finisher".into())
             .spawn(move || finisher(&app))
             .map_err(io("starting the finisher"))?;
+    }
+    {
+        let (app, retention) = (app.clone(), args.retention);
+        std::thread::Builder::new()
+            .name("expirer".into())
+            .spawn(move || expirer(&app, retention))
+            .map_err(io("starting the lease expirer"))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -241,12 +280,15 @@ fn runtime() -> tokio::runtime::Runtime {
 fn planner(app: &App, woken: &crossbeam_channel::Receiver<()>) {
     let runtime = runtime();
     loop {
-        let next = lock(app).next_to_plan();
+        let next = app.store.write(|db| db.next_to_plan());
         match next {
             Ok(Some(job)) => {
-                if let Err(e) = plan_job(app, &job.id, &job.spec, &runtime) {
+                let planned = job
+                    .spec
+                    .and_then(|spec| plan_job(app, &job.id, &spec, &runtime));
+                if let Err(e) = planned {
                     tracing::error!("job {}: {e}", job.id);
-                    if let Err(e) = lock(app).fail_job(&job.id, &e) {
+                    if let Err(e) = app.store.write(|db| db.fail_job(&job.id, &e)) {
                         tracing::error!("job {}: state database: {e}", job.id);
                     }
                 }
@@ -260,10 +302,6 @@ fn planner(app: &App, woken: &crossbeam_channel::Receiver<()>) {
             }
         }
     }
-}
-
-fn lock(app: &App) -> std::sync::MutexGuard<'_, Db> {
-    app.db.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn plan_job(
@@ -294,28 +332,39 @@ fn plan_job(
                 plan.shards.len() - plan.pending.len(),
                 args.output
             );
-            lock(app)
+            let stored = app
+                .store
                 .set_planned_encode(id, &plan)
-                .map_err(|e| format!("state database: {e}"))
+                .map_err(|e| format!("state database: {e}"));
+            // A plan of a million shards is hundreds of MiB of small strings: give them back
+            // to the system, so that the service's memory stays that of its queue.
+            drop(plan);
+            // SAFETY: malloc_trim has no preconditions (see coord::worker).
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            stored
         }
-        JobSpec::Train { .. } => lock(app)
-            .set_planned_train(id)
+        JobSpec::Train { .. } => app
+            .store
+            .write(|db| db.set_planned_train(id))
             .map_err(|e| format!("state database: {e}")),
     }
 }
 
-/// Takes back lost leases and finishes jobs whose shards have all ended.
-fn finisher(app: &App) {
-    let runtime = runtime();
+/// Takes back lost leases, on a thread of its own (a finish may take hours), and deletes jobs
+/// past their retention.
+fn expirer(app: &App, retention: Duration) {
+    let mut last_purge = std::time::Instant::now();
     loop {
-        match lock(app).expire() {
+        match app.store.write(|db| db.expire()) {
             Ok(expired) => {
                 for e in expired {
                     tracing::info!(
-                        "job {} shard {}: worker {} lost its lease; {}",
+                        "job {} shard {}: {}; {}",
                         e.job,
                         e.shard,
-                        e.worker,
+                        e.cause,
                         if e.failed {
                             "no attempts left, the shard failed"
                         } else {
@@ -326,7 +375,45 @@ fn finisher(app: &App) {
             }
             Err(e) => tracing::error!("state database: {e}"),
         }
-        let next = lock(app).next_to_finish();
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = std::time::Instant::now();
+            purge(app, retention);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Deletes ended jobs older than `retention`, a batch of shards per transaction.
+fn purge(app: &App, retention: Duration) {
+    let before = db::now() - retention.as_secs_f64();
+    let old = match app.store.read(|db| db.expired_jobs(before, 100)) {
+        Ok(old) => old,
+        Err(e) => return tracing::error!("state database: {e}"),
+    };
+    for id in old {
+        loop {
+            match app.store.write(|db| db.purge_step(&id)) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(e) => return tracing::error!("job {id}: state database: {e}"),
+            }
+        }
+        tracing::info!(
+            "job {id}: deleted from the state database (ended more than {}s ago, --retention)",
+            retention.as_secs()
+        );
+    }
+}
+
+/// Finishes jobs whose shards have all ended.
+fn finisher(app: &App) {
+    let runtime = runtime();
+    loop {
+        let next = app.store.write(|db| db.next_to_finish()).and_then(|found| {
+            found
+                .map(|(id, kind)| app.store.read(|db| db.finishing(&id, kind)))
+                .transpose()
+        });
         match next {
             Ok(Some(job)) => finish_job(app, job, &runtime),
             Ok(None) => std::thread::sleep(POLL),
@@ -357,8 +444,13 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
             .unwrap_or_default();
         format!("{} shard(s) failed; first: {first}", failures.len())
     };
-    let (succeeded, summary, error) = match (&job.plan, job.kind.as_str()) {
-        (Some(plan), "encode") => {
+    let (succeeded, summary, error) = match (&job.plan, job.kind) {
+        (Err(e), _) => (
+            false,
+            Value::Null,
+            Some(format!("{e}: submit the job again")),
+        ),
+        (Ok(Some(plan)), JobKind::Encode) => {
             let mut result = Err(String::new());
             for attempt in 1..=3 {
                 // The service's S3 count spans its jobs: none is said per job.
@@ -392,7 +484,7 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
                 ),
             }
         }
-        (_, "train") => {
+        (_, JobKind::Train) => {
             let ok = job.failures.is_empty() && job.train_summary.is_some();
             (
                 ok,
@@ -408,7 +500,7 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
                 }),
             )
         }
-        _ => (false, json!(null), Some("the job has no plan".into())),
+        (Ok(None), JobKind::Encode) => (false, Value::Null, Some("the job has no plan".into())),
     };
     tracing::info!(
         "job {}: {}{}",
@@ -419,11 +511,14 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
-    if let Err(e) = lock(app).set_finished(&job.id, succeeded, &summary, error.as_deref()) {
+    let ended = app
+        .store
+        .write(|db| db.set_finished(&job.id, succeeded, &summary, error.as_deref()));
+    if let Err(e) = ended {
         tracing::error!("job {}: state database: {e}", job.id);
     }
     // [ownership] The job has ended: its output is free.
-    if let Some(settings) = job.plan.as_ref().map(|p| &p.settings) {
+    if let Ok(Some(settings)) = job.plan.as_ref().map(|p| p.as_ref().map(|p| &p.settings)) {
         if let Some(owner) = &settings.lock_job {
             runtime.block_on(crate::job::ownership::release(
                 &settings.output,

@@ -254,6 +254,8 @@ fn encode_lease(
             move || Heartbeat {
                 rows: read.rows.load(Ordering::Relaxed),
                 tokens: read.tokens.load(Ordering::Relaxed),
+                // 0: no progress counter yet, judged by heartbeats alone.
+                progress: 0,
             },
             move |why| {
                 tracing::info!("stopping the shard: {why}");
@@ -357,6 +359,7 @@ fn train_lease(
         move || Heartbeat {
             rows: read.load(Ordering::Relaxed),
             tokens: 0,
+            progress: 0,
         },
         move |why| {
             tracing::info!("stopping the training run: {why}");

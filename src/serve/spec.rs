@@ -14,6 +14,7 @@ use crate::job::args::EncodeConfig;
 use crate::train::TrainArgs;
 
 use super::keys::{check_keys, command_keys};
+use super::wire::JobKind;
 
 /// Longest string value accepted in a spec.
 const MAX_STRING: usize = 4096;
@@ -112,11 +113,11 @@ pub enum JobSpec {
 }
 
 impl JobSpec {
-    /// `encode` or `train`.
-    pub fn kind(&self) -> &'static str {
+    /// What the job runs.
+    pub fn kind(&self) -> JobKind {
         match self {
-            JobSpec::Encode { .. } => "encode",
-            JobSpec::Train { .. } => "train",
+            JobSpec::Encode { .. } => JobKind::Encode,
+            JobSpec::Train { .. } => JobKind::Train,
         }
     }
 
@@ -124,7 +125,7 @@ impl JobSpec {
     pub fn document(&self) -> Value {
         let (JobSpec::Encode { spec, .. } | JobSpec::Train { spec, .. }) = self;
         let mut doc = spec.clone();
-        doc.insert("kind".into(), self.kind().into());
+        doc.insert("kind".into(), self.kind().as_str().into());
         Value::Object(doc)
     }
 
@@ -171,11 +172,11 @@ pub fn parse_spec(doc: &Value, roots: &Roots) -> Result<JobSpec, String> {
             return Err("the spec has no `kind`: add kind = \"encode\" or kind = \"train\"".into())
         }
     };
-    match kind.as_str() {
-        "encode" => parse_encode(map, roots),
-        "train" => parse_train(map, roots),
-        other => Err(format!(
-            "unknown kind \"{other}\": a job is kind = \"encode\" or kind = \"train\""
+    match kind.parse::<JobKind>() {
+        Ok(JobKind::Encode) => parse_encode(map, roots),
+        Ok(JobKind::Train) => parse_train(map, roots),
+        Err(_) => Err(format!(
+            "unknown kind \"{kind}\": a job is kind = \"encode\" or kind = \"train\""
         )),
     }
 }

@@ -105,6 +105,30 @@ impl ShardState {
     }
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// `sparq encode`, cut into shards.
+    #[default]
+    Encode,
+    /// `sparq train`, one lease for the whole run.
+    Train,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 2] = [JobKind::Encode, JobKind::Train];
+
+    /// The kind's name, as specs, the API and the database spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Encode => "encode",
+            JobKind::Train => "train",
+        }
+    }
+}
+
 macro_rules! state_text {
     ($t:ty) => {
         impl std::fmt::Display for $t {
@@ -128,7 +152,7 @@ macro_rules! state_text {
                 <$t>::ALL
                     .into_iter()
                     .find(|v| v.as_str() == s)
-                    .ok_or_else(|| format!("unknown state `{s}`"))
+                    .ok_or_else(|| format!("unknown {} `{s}`", stringify!($t)))
             }
         }
         impl rusqlite::ToSql for $t {
@@ -150,6 +174,105 @@ macro_rules! state_text {
 }
 state_text!(JobState);
 state_text!(ShardState);
+state_text!(JobKind);
+
+/// Why one attempt at a shard (or a train run) ended without a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum FailureCause {
+    /// The worker sent no heartbeat within the lease timeout.
+    LeaseLost {
+        /// The worker that held the lease.
+        worker: String,
+        /// The job's lease timeout.
+        timeout_s: u64,
+    },
+    /// Heartbeats kept arriving but the worker's progress counter did not move.
+    Stalled {
+        /// The worker that held the lease.
+        worker: String,
+        /// The job's lease timeout.
+        timeout_s: u64,
+    },
+    /// The worker reported the failure.
+    Reported {
+        /// Its message.
+        error: String,
+    },
+    /// The service could not read what it had stored for the shard.
+    Unreadable {
+        /// What could not be read, and why.
+        what: String,
+    },
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCause::LeaseLost { worker, timeout_s } => write!(
+                f,
+                "worker {worker} lost its lease (no heartbeat for {timeout_s}s)"
+            ),
+            FailureCause::Stalled { worker, timeout_s } => write!(
+                f,
+                "worker {worker} lost its lease (heartbeats but no progress for {timeout_s}s)"
+            ),
+            FailureCause::Reported { error } => f.write_str(error),
+            FailureCause::Unreadable { what } => {
+                write!(f, "the service cannot read {what}")
+            }
+        }
+    }
+}
+
+/// The causes column of a shard: every failed attempt's cause, oldest first. Databases written
+/// before causes were typed hold plain strings; they read as `Reported`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Causes(pub Vec<FailureCause>);
+
+impl<'de> Deserialize<'de> for Causes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Typed(FailureCause),
+            Text(String),
+        }
+        let stored = Vec::<Stored>::deserialize(d)?;
+        Ok(Causes(
+            stored
+                .into_iter()
+                .map(|c| match c {
+                    Stored::Typed(c) => c,
+                    Stored::Text(error) => FailureCause::Reported { error },
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl Causes {
+    /// Each cause as a sentence.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl rusqlite::ToSql for Causes {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        let text = serde_json::to_string(self)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        Ok(text.into())
+    }
+}
+
+impl rusqlite::types::FromSql for Causes {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?)
+            .map_err(|e| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
 
 /// Whether a job state (as the API spells it) is final.
 pub fn is_final<S: AsRef<str> + ?Sized>(state: &S) -> bool {
@@ -170,8 +293,8 @@ pub struct JobView {
     /// The name it was submitted under, if any (`sparq submit --name`).
     #[serde(default)]
     pub name: Option<String>,
-    /// `encode` or `train`.
-    pub kind: String,
+    /// What it runs.
+    pub kind: JobKind,
     /// Where it is.
     pub state: JobState,
     /// Submission time (seconds since the epoch).
@@ -192,6 +315,9 @@ pub struct JobView {
     pub rows_total: u64,
     /// Rows committed or in progress (train: steps).
     pub rows_done: u64,
+    /// Rows committed, by this job or an earlier run of the same output (train: steps).
+    #[serde(default)]
+    pub rows_committed: u64,
     /// Rows encoded per second since the job started.
     pub docs_per_s: f64,
     /// Seconds left at the current rate.
@@ -207,7 +333,7 @@ pub struct JobView {
     /// The normalised spec (detail only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Value>,
-    /// Every shard (detail only).
+    /// Shards, when asked for (`?shards=all` or `?shards=causes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardView>,
 }
@@ -285,6 +411,20 @@ pub struct Heartbeat {
     pub rows: u64,
     /// Tokens done.
     pub tokens: u64,
+    /// A counter that only grows while the worker gets anywhere: rows + bytes read + bytes
+    /// uploaded. 0 means "not sent" (older workers): only the heartbeat's arrival counts then.
+    #[serde(default)]
+    pub progress: u64,
+}
+
+/// One page of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobPage {
+    /// The jobs, oldest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `?after=` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Done body.

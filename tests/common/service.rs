@@ -59,7 +59,7 @@ impl Service {
     }
 
     pub fn job(&self, id: &str) -> JobView {
-        let v = get(&self.url, &format!("/v1/jobs/{id}"), None);
+        let v = get(&self.url, &format!("/v1/jobs/{id}?shards=all"), None);
         serde_json::from_value(v).unwrap()
     }
 
