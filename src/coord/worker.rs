@@ -8,14 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{FromWorker, ToWorker};
-use crate::encode::pipeline::{encode_shard, ShardProgress};
-use crate::encode::score::score_shard;
-use crate::encode::settings::{EncodeSettings, RowTask, WorkerSettings};
-use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
+use super::runner::ShardRunner;
+use crate::encode::pipeline::ShardProgress;
 use crate::io::retry::s3_requests;
-use crate::io::{Committer, StoreUrl};
-use crate::model::cross_encoder::CrossEncoder;
-use crate::model::{ModelError, ResolveDevice, SpladeEncoder};
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -47,19 +42,17 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
     };
     tch::set_num_threads(worker.threads.max(1) as i32);
     let setup = || -> Result<_, String> {
-        let encoder = ShardModel::load(&config, &worker).map_err(|e| e.to_string())?;
+        let mut runner = ShardRunner::new(worker);
+        runner.prepare(&config).map_err(|e| e.to_string())?;
+        runner.committer(&config).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let committer = StoreUrl::parse(&config.output)
-            .and_then(|u| Committer::new(&u))
-            .map_err(|e| e.to_string())?
-            .confined(&config.allowed_roots);
-        Ok((encoder, runtime, committer))
+        Ok((runner, runtime))
     };
-    let (encoder, runtime, committer) = match setup() {
+    let (mut runner, runtime) = match setup() {
         Ok(s) => s,
         Err(error) => {
             send(&FromWorker::Fatal { error });
@@ -85,6 +78,7 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
                     shard: (shard != usize::MAX).then_some(shard),
                     rows: progress.rows.load(Ordering::Relaxed),
                     tokens: progress.tokens.load(Ordering::Relaxed),
+                    work: progress.work.load(Ordering::Relaxed),
                 });
             }
         })
@@ -96,17 +90,10 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
             Ok(ToWorker::Shard { shard, .. }) => {
                 progress.rows.store(0, Ordering::Relaxed);
                 progress.tokens.store(0, Ordering::Relaxed);
+                progress.work.store(0, Ordering::Relaxed);
                 current.store(shard.id, Ordering::Relaxed);
-                let result = encoder
-                    .run(&config, &runtime, &committer, &shard, &progress)
-                    .and_then(|report| keep_report(&config, &runtime, &committer, &shard, report));
+                let result = runner.run(&config, &runtime, &shard, &progress);
                 current.store(usize::MAX, Ordering::Relaxed);
-                // Hand freed heap pages back to the OS between shards: batches of ever-changing
-                // shapes otherwise fragment glibc's arenas and the worker's RSS creeps upwards.
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
                 let now = s3_requests();
                 if now.requests > reported.requests {
                     send(&FromWorker::S3Requests(now.since(&reported)));
@@ -137,64 +124,4 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
         tracing::info!("worker on {}: {line}", worker.device);
     }
     0
-}
-
-/// The model a worker runs its shards through: what the job's task needs.
-enum ShardModel {
-    /// `sparq encode`.
-    Encoder(Box<SpladeEncoder>),
-    /// `sparq score`.
-    Scorer(Box<CrossEncoder>),
-}
-
-/// With `shard_reports` (array tasks), stores the shard's report beside the output for
-/// `--finalize`. Every attempt that encoded the rows writes the same report, so a rewrite is
-/// harmless.
-fn keep_report(
-    config: &EncodeSettings,
-    runtime: &tokio::runtime::Runtime,
-    committer: &Committer,
-    shard: &ShardSpec,
-    report: ShardReport,
-) -> Result<ShardReport, ShardError> {
-    if config.shard_reports {
-        let stored = ShardReport {
-            already_committed: false,
-            ..report.clone()
-        };
-        let name = format!("{}/{}.json", crate::job::REPORTS, shard.part);
-        let bytes = serde_json::to_vec(&stored).expect("serializable");
-        runtime.block_on(committer.put(&name, bytes))?;
-    }
-    Ok(report)
-}
-
-impl ShardModel {
-    fn load(config: &EncodeSettings, worker: &WorkerSettings) -> Result<Self, ModelError> {
-        Ok(match config.task {
-            RowTask::Encode => ShardModel::Encoder(Box::new(SpladeEncoder::load(
-                &config.model,
-                worker.device,
-                Some(config.dtype),
-            )?)),
-            RowTask::Score { .. } => ShardModel::Scorer(Box::new(CrossEncoder::load(
-                &config.model,
-                worker.device.resolve()?,
-            )?)),
-        })
-    }
-
-    fn run(
-        &self,
-        config: &EncodeSettings,
-        runtime: &tokio::runtime::Runtime,
-        committer: &Committer,
-        shard: &ShardSpec,
-        progress: &ShardProgress,
-    ) -> Result<ShardReport, ShardError> {
-        match self {
-            ShardModel::Encoder(e) => encode_shard(e, config, runtime, committer, shard, progress),
-            ShardModel::Scorer(m) => score_shard(m, config, runtime, committer, shard, progress),
-        }
-    }
 }

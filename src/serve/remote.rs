@@ -1,12 +1,10 @@
 //! `sparq worker`: joins a coordinator from any machine, leases shards (or whole train jobs)
 //! over HTTP, heartbeats while it works, and reports done or failed with the cause. The model
-//! stays loaded between shards of jobs that share it.
+//! stays loaded between shards of jobs that share it. Encode and score shards run through the
+//! same [`ShardRunner`] as `sparq encode`'s local workers.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +13,14 @@ use serde_json::{json, Value};
 
 use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, Work};
 use super::client::{Client, CoordinatorArg};
+use super::train_lease::train_lease;
 use super::ServeError;
-use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::coord::runner::ShardRunner;
+use crate::encode::pipeline::ShardProgress;
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
 use crate::encode::shard::ShardSpec;
-use crate::io::{AllowedRoots, Committer, StoreUrl};
-use crate::model::{Dtype, ResolveDevice, SpladeEncoder};
-use crate::train::TrainEvent;
+use crate::io::AllowedRoots;
+use crate::model::ResolveDevice;
 use crate::types::DeviceSpec;
 
 /// How long a worker keeps trying to reach a coordinator that went away (a restart).
@@ -52,12 +51,6 @@ pub struct WorkerArgs {
     /// roots: a path must lie under both. Default: whatever the coordinator allows.
     #[arg(long = "allow-root", value_name = "PATH")]
     pub allow_roots: Vec<PathBuf>,
-}
-
-struct Loaded {
-    model: PathBuf,
-    dtype: Dtype,
-    encoder: SpladeEncoder,
 }
 
 /// Runs the worker until `--idle-exit` or a signal.
@@ -101,8 +94,10 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         AllowedRoots::under("this worker", &args.allow_roots)
             .map_err(|e| ServeError::Roots(format!("--allow-root: {e}")))?
     };
-    let mut loaded: Option<Loaded> = None;
-    let mut committers: HashMap<String, Committer> = HashMap::new();
+    let mut runner = ShardRunner::new(WorkerSettings {
+        device: args.device,
+        threads,
+    });
     let mut idle_since = Instant::now();
     loop {
         let grant = client.call_retrying(Method::POST, "/v1/leases", Some(&request), PATIENCE)?;
@@ -129,27 +124,33 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         };
         let grant: LeaseGrant =
             serde_json::from_value(grant).map_err(|e| ServeError::Protocol(e.to_string()))?;
+        // The lease id goes into URLs and must never reach a path: a coordinator that hands out
+        // anything else is broken or hostile, and this worker stops rather than serve it.
+        check_lease_id(&grant.lease).map_err(|e| {
+            ServeError::Protocol(format!(
+                "{} handed out {e}; refusing it and stopping this worker",
+                client.url()
+            ))
+        })?;
         let lease = grant.lease.clone();
         let roots = grant.allowed_roots.clone().and(&own_roots);
         let outcome = match grant.work.clone() {
             Work::Encode { settings, shard } => {
+                // Reports are kept beside the parts, as array tasks keep them, so the output
+                // holds its own record of what each shard wrote (`--finalize` reads it).
                 let settings = EncodeSettings {
                     allowed_roots: settings.allowed_roots.clone().and(&roots),
+                    shard_reports: true,
                     ..*settings
-                };
-                let worker = WorkerSettings {
-                    device: args.device,
-                    threads,
                 };
                 encode_lease(
                     &client,
                     &grant,
-                    (&settings, &worker),
+                    &settings,
                     &shard,
                     &name,
                     &runtime,
-                    &mut loaded,
-                    &mut committers,
+                    &mut runner,
                 )
             }
             Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads, &roots),
@@ -180,37 +181,71 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
     }
 }
 
-/// Sends heartbeats for a lease until dropped; sets `cancel` when the coordinator says stop.
-struct Heartbeats {
+/// Whether `id` may be used as a lease id: 1 to 64 ASCII letters, digits, `-` or `_` (the
+/// service's are 32 hex digits), so it can never name a path or break a URL.
+pub(super) fn check_lease_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "lease id {id:?}: a lease id is 1 to 64 ASCII letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+/// Sends heartbeats for a lease until dropped; calls `on_stop` (once) when the coordinator says
+/// stop or, when `fence` is set, when no heartbeat has renewed the lease for the lease timeout
+/// (the coordinator has given the lease away by then, whether or not it can say so).
+pub(super) struct Heartbeats {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeats {
-    fn start(
+    pub(super) fn start(
         client: &Client,
         grant: &LeaseGrant,
+        fence: bool,
         read: impl Fn() -> Heartbeat + Send + 'static,
         on_stop: impl Fn(&str) + Send + 'static,
     ) -> Self {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let client = client.clone();
         let path = format!("/v1/leases/{}/heartbeat", grant.lease);
-        let every = Duration::from_secs(grant.heartbeat_s.max(1));
+        let timeout = Duration::from_secs(grant.lease_timeout_s.max(1));
+        // Beat often enough that a late answer or two never outlives the lease.
+        let every = Duration::from_secs(grant.heartbeat_s.max(1)).min(timeout / 2);
         let thread = std::thread::spawn(move || {
+            let mut renewed = Instant::now();
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(every)
             {
                 let body = serde_json::to_value(read()).expect("serializable");
-                // An unreachable coordinator (restarting) is not a reason to stop: the lease is
-                // renewed when it is back.
+                // An unreachable coordinator (restarting) is not a reason to stop an encode
+                // lease: its commit is create-once, and the lease is renewed when the
+                // coordinator is back. A fenced lease (training) stops once it has expired.
+                let sent = Instant::now();
                 if let Ok(Some(reply)) = client.call(Method::POST, &path, Some(&body)) {
                     if let Ok(reply) = serde_json::from_value::<LeaseReply>(reply) {
                         if !reply.keep {
                             on_stop(reply.reason.as_deref().unwrap_or("lease lost"));
                             return;
                         }
+                        renewed = sent;
                     }
+                }
+                if fence && renewed.elapsed() >= timeout {
+                    on_stop(&format!(
+                        "no heartbeat reached the coordinator for {}s (the lease timeout): the \
+                         lease is lost",
+                        timeout.as_secs()
+                    ));
+                    return;
                 }
             }
         });
@@ -230,19 +265,19 @@ impl Drop for Heartbeats {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs one encode (or score) lease: the shared shard cycle of [`ShardRunner`], heartbeating
+/// with its progress, stopping when the coordinator says the lease is lost.
 fn encode_lease(
     client: &Client,
     grant: &LeaseGrant,
-    (config, worker): (&EncodeSettings, &WorkerSettings),
+    config: &EncodeSettings,
     shard: &ShardSpec,
     name: &str,
     runtime: &tokio::runtime::Runtime,
-    loaded: &mut Option<Loaded>,
-    committers: &mut HashMap<String, Committer>,
+    runner: &mut ShardRunner,
 ) -> Result<Value, FailedReport> {
     let retry = |error: String| FailedReport {
-        error: format!("worker {name} on {}: {error}", worker.device),
+        error: format!("worker {name} on {}: {error}", runner.device()),
         retryable: true,
     };
     let progress = Arc::new(ShardProgress::default());
@@ -251,9 +286,11 @@ fn encode_lease(
         Heartbeats::start(
             client,
             grant,
+            false,
             move || Heartbeat {
                 rows: read.rows.load(Ordering::Relaxed),
                 tokens: read.tokens.load(Ordering::Relaxed),
+                progress: read.work.load(Ordering::Relaxed),
             },
             move |why| {
                 tracing::info!("stopping the shard: {why}");
@@ -261,141 +298,21 @@ fn encode_lease(
             },
         )
     };
-    let needs_load = !loaded
-        .as_ref()
-        .is_some_and(|l| l.model == config.model && l.dtype == config.dtype);
     if let Err(e) = config.allowed_roots.check_model(&config.model) {
         return Err(FailedReport {
             error: format!("worker {name}: {e}"),
             retryable: false,
         });
     }
-    if needs_load {
-        *loaded = None; // Free the old model first.
-        match SpladeEncoder::load(&config.model, worker.device, Some(config.dtype)) {
-            Ok(encoder) => {
-                *loaded = Some(Loaded {
-                    model: config.model.clone(),
-                    dtype: config.dtype,
-                    encoder,
-                })
-            }
-            Err(e) => return Err(retry(format!("cannot load the model: {e}"))),
-        }
-    }
-    let committer = match committers.get(&config.output) {
-        Some(c) => c,
-        None => {
-            let c = match StoreUrl::parse(&config.output).and_then(|u| Committer::new(&u)) {
-                Ok(c) => c.confined(&config.allowed_roots),
-                Err(e) => return Err(retry(e.to_string())),
-            };
-            committers.entry(config.output.clone()).or_insert(c)
-        }
-    };
-    let encoder = &loaded.as_ref().expect("loaded above").encoder;
-    let result = encode_shard(encoder, config, runtime, committer, shard, &progress);
+    runner.prepare(config).map_err(|e| retry(e.to_string()))?;
+    runner.committer(config).map_err(|e| retry(e.to_string()))?;
+    let result = runner.run(config, runtime, shard, &progress);
     drop(beats);
-    // SAFETY: malloc_trim has no preconditions (see coord::worker).
-    unsafe {
-        libc::malloc_trim(0);
-    }
     match result {
         Ok(report) => Ok(serde_json::to_value(report).expect("serializable")),
         Err(e) => Err(FailedReport {
             error: format!("worker {name}: {e}"),
             retryable: e.is_retryable(),
         }),
-    }
-}
-
-/// Runs a train job as a child `sparq train` (resuming from the newest checkpoint), relaying
-/// its step in heartbeats and its summary in the report.
-fn train_lease(
-    client: &Client,
-    grant: &LeaseGrant,
-    spec: &Value,
-    args: &WorkerArgs,
-    threads: usize,
-    roots: &AllowedRoots,
-) -> Result<Value, FailedReport> {
-    let fail = |error: String, retryable: bool| FailedReport { error, retryable };
-    let mut table = spec.clone();
-    if let Some(map) = table.as_object_mut() {
-        map.remove("kind");
-        map.retain(|_, v| !v.is_null());
-    }
-    let config: toml::Table =
-        serde_json::from_value(table).map_err(|e| fail(format!("the train spec: {e}"), false))?;
-    let dir = std::env::temp_dir().join(format!("sparq-worker-{}", grant.lease));
-    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), true))?;
-    let path = dir.join("train.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap_or_default())
-        .map_err(|e| fail(format!("{}: {e}", path.display()), true))?;
-    let exe = std::env::current_exe().map_err(|e| fail(e.to_string(), true))?;
-    let mut child = Command::new(exe)
-        .arg("train")
-        .arg("--config")
-        .arg(&path)
-        .args(["--device", &args.device.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .arg("--resume")
-        .arg("--events")
-        .arg("--allowed-roots")
-        .arg(serde_json::to_string(roots).unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| fail(format!("starting `sparq train`: {e}"), true))?;
-    let step = Arc::new(AtomicU64::new(0));
-    let pid = child.id();
-    let read = step.clone();
-    let beats = Heartbeats::start(
-        client,
-        grant,
-        move || Heartbeat {
-            rows: read.load(Ordering::Relaxed),
-            tokens: 0,
-        },
-        move |why| {
-            tracing::info!("stopping the training run: {why}");
-            // SAFETY: plain kill(2) on our own child.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        },
-    );
-    // The child's events (typed JSON lines on its stdout): steps for the heartbeats, the
-    // summary for the report, or why it failed. Its log lines go to this worker's stderr.
-    let (mut summary, mut error) = (None, None);
-    for line in BufReader::new(child.stdout.take().expect("piped"))
-        .lines()
-        .map_while(Result::ok)
-    {
-        match serde_json::from_str::<TrainEvent>(&line) {
-            Ok(TrainEvent::Summary { train_summary }) => summary = Some(train_summary),
-            Ok(TrainEvent::Failed { train_error }) => error = Some(train_error),
-            Ok(event) => {
-                if let Some(s) = event.step() {
-                    step.store(s, Ordering::Relaxed);
-                }
-                tracing::info!("job {}: {line}", grant.job);
-            }
-            Err(_) => tracing::info!("job {}: {line}", grant.job),
-        }
-    }
-    let status = child.wait().map_err(|e| fail(e.to_string(), true))?;
-    drop(beats);
-    let _ = std::fs::remove_dir_all(&dir);
-    match (status.success(), summary) {
-        (true, Some(summary)) => Ok(serde_json::to_value(summary).expect("serializable")),
-        _ => Err(fail(
-            format!(
-                "`sparq train` ended with {status}: {}",
-                error.unwrap_or_else(|| "no error reported (killed?)".into())
-            ),
-            true,
-        )),
     }
 }

@@ -285,6 +285,10 @@ pub struct Heartbeat {
     pub rows: u64,
     /// Tokens done.
     pub tokens: u64,
+    /// Work done, of any kind (bytes read, tokens, rows, bytes committed; train: steps):
+    /// monotonic, so a lease whose worker heartbeats but does nothing can be expired.
+    #[serde(default)]
+    pub progress: u64,
 }
 
 /// Done body.
