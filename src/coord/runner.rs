@@ -2,10 +2,12 @@
 //! model the job's task needs (kept loaded across shards of jobs that share it), encode or
 //! score the shard, commit its part, and keep its report under `_reports/` when the job asks.
 //! `coord::worker` (leases over pipes from `sparq encode`) and `serve::remote` (leases over
-//! HTTP from `sparq serve`) differ only in how leases arrive and reports leave.
+//! HTTP from `sparq serve`) differ only in how leases arrive and reports leave: each is a
+//! [`LeaseTransport`], and [`run_leases`] is the one loop both run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::encode::pipeline::{encode_shard, ShardProgress};
 use crate::encode::score::score_shard;
@@ -15,15 +17,35 @@ use crate::io::{Committer, StoreUrl};
 use crate::model::cross_encoder::CrossEncoder;
 use crate::model::{Dtype, ModelError, ResolveDevice, SpladeEncoder};
 
-/// Why a shard could not even start.
-#[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
-    /// The model cannot be loaded (or the device used).
-    #[error("cannot load the model: {0}")]
-    Model(#[from] ModelError),
-    /// The output cannot be opened.
-    #[error(transparent)]
-    Output(#[from] crate::io::StoreError),
+/// How shard leases arrive and their outcomes leave: the coordinator's pipes, or the
+/// service's HTTP API.
+pub trait LeaseTransport {
+    /// What the transport keeps of a lease to heartbeat and report it.
+    type Lease;
+    /// Sends a lease's progress while it lives; dropped when the shard has ended.
+    type Watch;
+    /// The next shard, with the settings of its job; `None` ends the loop.
+    fn next_lease(&mut self) -> Option<(Self::Lease, Arc<EncodeSettings>, ShardSpec)>;
+    /// Starts sending `progress` (the work counter included) for the lease; sets
+    /// `progress.cancel` when the lease is lost.
+    fn watch(&mut self, lease: &Self::Lease, progress: &Arc<ShardProgress>) -> Self::Watch;
+    /// Reports how the shard ended.
+    fn report(&mut self, lease: Self::Lease, outcome: Result<ShardReport, ShardError>);
+}
+
+/// The worker loop: lease, run with progress, report; until the transport has no more work.
+pub fn run_leases<T: LeaseTransport>(
+    transport: &mut T,
+    runner: &mut ShardRunner,
+    runtime: &tokio::runtime::Runtime,
+) {
+    while let Some((lease, settings, shard)) = transport.next_lease() {
+        let progress = Arc::new(ShardProgress::default());
+        let watch = transport.watch(&lease, &progress);
+        let outcome = runner.run(&settings, runtime, &shard, &progress);
+        drop(watch);
+        transport.report(lease, outcome);
+    }
 }
 
 /// The model a worker runs its shards through: what the job's task needs.
@@ -66,7 +88,7 @@ impl ShardRunner {
     }
 
     /// Loads the model `settings` need, unless it is loaded already.
-    pub fn prepare(&mut self, settings: &EncodeSettings) -> Result<(), RunnerError> {
+    pub fn prepare(&mut self, settings: &EncodeSettings) -> Result<(), ShardError> {
         let key = ModelKey {
             model: settings.model.clone(),
             dtype: settings.dtype,
@@ -77,34 +99,39 @@ impl ShardRunner {
         }
         self.loaded = None; // Free the old model first.
         let device = self.worker.device;
-        let model = if key.scorer {
-            ShardModel::Scorer(Box::new(CrossEncoder::load(
-                &settings.model,
-                device.resolve()?,
-            )?))
-        } else {
-            ShardModel::Encoder(Box::new(SpladeEncoder::load(
-                &settings.model,
-                device,
-                Some(settings.dtype),
-            )?))
+        let load = || -> Result<ShardModel, ModelError> {
+            Ok(if key.scorer {
+                ShardModel::Scorer(Box::new(CrossEncoder::load(
+                    &settings.model,
+                    device.resolve()?,
+                )?))
+            } else {
+                ShardModel::Encoder(Box::new(SpladeEncoder::load(
+                    &settings.model,
+                    device,
+                    Some(settings.dtype),
+                )?))
+            })
         };
+        let model = load()?;
         self.loaded = Some((key, model));
         Ok(())
     }
 
     /// The committer of `settings`' output, opened once and confined to its roots.
-    pub fn committer(&mut self, settings: &EncodeSettings) -> Result<&Committer, RunnerError> {
+    pub fn committer(&mut self, settings: &EncodeSettings) -> Result<&Committer, ShardError> {
         if !self.committers.contains_key(&settings.output) {
-            let c = Committer::new(&StoreUrl::parse(&settings.output)?)?
+            let url = StoreUrl::parse(&settings.output).map_err(ShardError::Store)?;
+            let c = Committer::new(&url)
+                .map_err(ShardError::Store)?
                 .confined(&settings.allowed_roots);
             self.committers.insert(settings.output.clone(), c);
         }
         Ok(&self.committers[&settings.output])
     }
 
-    /// Encodes (or scores) `shard`, commits its part and keeps its report when the job asks.
-    /// [`ShardRunner::prepare`] must have loaded the model for `settings`.
+    /// Encodes (or scores) `shard` (loading the model first if `settings` need another),
+    /// commits its part and keeps its report when the job asks.
     pub fn run(
         &mut self,
         settings: &EncodeSettings,
@@ -112,15 +139,10 @@ impl ShardRunner {
         shard: &ShardSpec,
         progress: &ShardProgress,
     ) -> Result<ShardReport, ShardError> {
-        self.committer(settings).map_err(|e| match e {
-            RunnerError::Output(e) => ShardError::Store(e),
-            RunnerError::Model(e) => ShardError::Data(e.to_string()),
-        })?;
+        self.prepare(settings)?;
+        self.committer(settings)?;
         let committer = &self.committers[&settings.output];
-        let (_, model) = self
-            .loaded
-            .as_ref()
-            .expect("prepare() loads the model before run()");
+        let (_, model) = self.loaded.as_ref().expect("prepare() loaded the model");
         let report = match model {
             ShardModel::Encoder(e) => {
                 encode_shard(e, settings, runtime, committer, shard, progress)

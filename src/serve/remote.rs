@@ -15,10 +15,10 @@ use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, 
 use super::client::{Client, CoordinatorArg};
 use super::train_lease::train_lease;
 use super::ServeError;
-use crate::coord::runner::ShardRunner;
+use crate::coord::runner::{run_leases, LeaseTransport, ShardRunner};
 use crate::encode::pipeline::ShardProgress;
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
-use crate::encode::shard::ShardSpec;
+use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
 use crate::io::AllowedRoots;
 use crate::model::ResolveDevice;
 use crate::types::DeviceSpec;
@@ -98,63 +98,79 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         device: args.device,
         threads,
     });
-    let mut idle_since = Instant::now();
-    loop {
-        let grant = client.call_retrying(Method::POST, "/v1/leases", Some(&request), PATIENCE)?;
-        let Some(grant) = grant else {
+    let mut http = HttpTransport {
+        client,
+        args,
+        name,
+        threads,
+        request,
+        own_roots,
+        idle_since: Instant::now(),
+        error: None,
+    };
+    run_leases(&mut http, &mut runner, &runtime);
+    http.error.map_or(Ok(()), Err)
+}
+
+/// Leases from the service over HTTP. Train leases are run here, as they come (a child
+/// `sparq train`, not a shard); encode and score leases go to the shared loop.
+struct HttpTransport<'a> {
+    client: Client,
+    args: &'a WorkerArgs,
+    name: String,
+    threads: usize,
+    request: Value,
+    own_roots: AllowedRoots,
+    idle_since: Instant,
+    /// Why the loop ended, when not for want of work.
+    error: Option<ServeError>,
+}
+
+impl HttpTransport<'_> {
+    /// The next grant; `Ok(None)` at `--idle-exit`.
+    fn grant(&mut self) -> Result<Option<LeaseGrant>, ServeError> {
+        let (client, args) = (&self.client, self.args);
+        loop {
+            let grant =
+                client.call_retrying(Method::POST, "/v1/leases", Some(&self.request), PATIENCE)?;
+            if let Some(grant) = grant {
+                let grant: LeaseGrant = serde_json::from_value(grant)
+                    .map_err(|e| ServeError::Protocol(e.to_string()))?;
+                // The lease id goes into URLs and must never reach a path: a coordinator that
+                // hands out anything else is broken or hostile, and this worker stops.
+                check_lease_id(&grant.lease).map_err(|e| {
+                    ServeError::Protocol(format!(
+                        "{} handed out {e}; refusing it and stopping this worker",
+                        client.url()
+                    ))
+                })?;
+                return Ok(Some(grant));
+            }
             if args
                 .idle_exit
-                .is_some_and(|s| idle_since.elapsed() >= Duration::from_secs(s))
+                .is_some_and(|s| self.idle_since.elapsed() >= Duration::from_secs(s))
             {
                 // Idle only counts while every job has ended: a job being planned, or one whose
                 // shards are all leased (a lease may yet be lost), may still need this worker.
                 let health = client.call(Method::GET, "/healthz", None);
                 if health.is_ok_and(|h| h.is_some_and(|h| h["unfinished_jobs"] != 0)) {
-                    idle_since = Instant::now();
+                    self.idle_since = Instant::now();
                     continue;
                 }
                 tracing::info!(
-                    "worker {name}: no work for {}s; exiting",
+                    "worker {}: no work for {}s; exiting",
+                    self.name,
                     args.idle_exit.unwrap_or(0)
                 );
-                return Ok(());
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_secs_f64(args.poll.max(0.05)));
-            continue;
-        };
-        let grant: LeaseGrant =
-            serde_json::from_value(grant).map_err(|e| ServeError::Protocol(e.to_string()))?;
-        // The lease id goes into URLs and must never reach a path: a coordinator that hands out
-        // anything else is broken or hostile, and this worker stops rather than serve it.
-        check_lease_id(&grant.lease).map_err(|e| {
-            ServeError::Protocol(format!(
-                "{} handed out {e}; refusing it and stopping this worker",
-                client.url()
-            ))
-        })?;
-        let lease = grant.lease.clone();
-        let roots = grant.allowed_roots.clone().and(&own_roots);
-        let outcome = match grant.work.clone() {
-            Work::Encode { settings, shard } => {
-                // Reports are kept beside the parts, as array tasks keep them, so the output
-                // holds its own record of what each shard wrote (`--finalize` reads it).
-                let settings = EncodeSettings {
-                    allowed_roots: settings.allowed_roots.clone().and(&roots),
-                    shard_reports: true,
-                    ..*settings
-                };
-                encode_lease(
-                    &client,
-                    &grant,
-                    &settings,
-                    &shard,
-                    &name,
-                    &runtime,
-                    &mut runner,
-                )
-            }
-            Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads, &roots),
-        };
+        }
+    }
+
+    /// Reports a lease's outcome (a shard report or a train summary, or why it failed).
+    fn post(&mut self, grant: &LeaseGrant, outcome: Result<Value, FailedReport>) {
+        let (lease, name) = (&grant.lease, &self.name);
         let (path, body) = match outcome {
             Ok(report) => (
                 format!("/v1/leases/{lease}/done"),
@@ -174,10 +190,88 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         };
         // The part is committed (or not) already; if the report cannot be delivered the lease
         // times out and the shard's next attempt finds the part committed.
-        if let Err(e) = client.call_retrying(Method::POST, &path, Some(&body), PATIENCE) {
+        if let Err(e) = self
+            .client
+            .call_retrying(Method::POST, &path, Some(&body), PATIENCE)
+        {
             tracing::error!("worker {name}: could not report lease {lease}: {e}");
         }
-        idle_since = Instant::now();
+        self.idle_since = Instant::now();
+    }
+}
+
+impl LeaseTransport for HttpTransport<'_> {
+    type Lease = LeaseGrant;
+    type Watch = Heartbeats;
+
+    fn next_lease(&mut self) -> Option<(LeaseGrant, Arc<EncodeSettings>, ShardSpec)> {
+        loop {
+            let grant = match self.grant() {
+                Ok(Some(grant)) => grant,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.error = Some(e);
+                    return None;
+                }
+            };
+            let roots = grant.allowed_roots.clone().and(&self.own_roots);
+            match grant.work.clone() {
+                Work::Encode { settings, shard } => {
+                    // Reports are kept beside the parts, as array tasks keep them, so the
+                    // output holds its own record of what each shard wrote (`--finalize`).
+                    let settings = EncodeSettings {
+                        allowed_roots: settings.allowed_roots.clone().and(&roots),
+                        shard_reports: true,
+                        ..*settings
+                    };
+                    if let Err(e) = settings.allowed_roots.check_model(&settings.model) {
+                        let error = format!("worker {}: {e}", self.name);
+                        self.post(
+                            &grant,
+                            Err(FailedReport {
+                                error,
+                                retryable: false,
+                            }),
+                        );
+                        continue;
+                    }
+                    return Some((grant, Arc::new(settings), shard));
+                }
+                Work::Train { spec } => {
+                    let outcome =
+                        train_lease(&self.client, &grant, &spec, self.args, self.threads, &roots);
+                    self.post(&grant, outcome);
+                }
+            }
+        }
+    }
+
+    fn watch(&mut self, grant: &LeaseGrant, progress: &Arc<ShardProgress>) -> Heartbeats {
+        let (read, cancel) = (progress.clone(), progress.clone());
+        Heartbeats::start(
+            &self.client,
+            grant,
+            false,
+            move || Heartbeat {
+                rows: read.rows.load(Ordering::Relaxed),
+                tokens: read.tokens.load(Ordering::Relaxed),
+                progress: read.work.load(Ordering::Relaxed),
+            },
+            move |why| {
+                tracing::info!("stopping the shard: {why}");
+                cancel.cancel.store(true, Ordering::Relaxed);
+            },
+        )
+    }
+
+    fn report(&mut self, grant: LeaseGrant, outcome: Result<ShardReport, ShardError>) {
+        let outcome = outcome
+            .map(|report| serde_json::to_value(report).expect("serializable"))
+            .map_err(|e| FailedReport {
+                error: format!("worker {} on {}: {e}", self.name, self.args.device),
+                retryable: e.is_retryable(),
+            });
+        self.post(&grant, outcome);
     }
 }
 
@@ -262,57 +356,5 @@ impl Drop for Heartbeats {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Runs one encode (or score) lease: the shared shard cycle of [`ShardRunner`], heartbeating
-/// with its progress, stopping when the coordinator says the lease is lost.
-fn encode_lease(
-    client: &Client,
-    grant: &LeaseGrant,
-    config: &EncodeSettings,
-    shard: &ShardSpec,
-    name: &str,
-    runtime: &tokio::runtime::Runtime,
-    runner: &mut ShardRunner,
-) -> Result<Value, FailedReport> {
-    let retry = |error: String| FailedReport {
-        error: format!("worker {name} on {}: {error}", runner.device()),
-        retryable: true,
-    };
-    let progress = Arc::new(ShardProgress::default());
-    let beats = {
-        let (read, cancel) = (progress.clone(), progress.clone());
-        Heartbeats::start(
-            client,
-            grant,
-            false,
-            move || Heartbeat {
-                rows: read.rows.load(Ordering::Relaxed),
-                tokens: read.tokens.load(Ordering::Relaxed),
-                progress: read.work.load(Ordering::Relaxed),
-            },
-            move |why| {
-                tracing::info!("stopping the shard: {why}");
-                cancel.cancel.store(true, Ordering::Relaxed);
-            },
-        )
-    };
-    if let Err(e) = config.allowed_roots.check_model(&config.model) {
-        return Err(FailedReport {
-            error: format!("worker {name}: {e}"),
-            retryable: false,
-        });
-    }
-    runner.prepare(config).map_err(|e| retry(e.to_string()))?;
-    runner.committer(config).map_err(|e| retry(e.to_string()))?;
-    let result = runner.run(config, runtime, shard, &progress);
-    drop(beats);
-    match result {
-        Ok(report) => Ok(serde_json::to_value(report).expect("serializable")),
-        Err(e) => Err(FailedReport {
-            error: format!("worker {name}: {e}"),
-            retryable: e.is_retryable(),
-        }),
     }
 }

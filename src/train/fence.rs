@@ -142,7 +142,8 @@ impl Output {
         match self.local()? {
             Some(dir) => claim_local(&dir, attempt)?,
             None => {
-                let (target, file) = self.at(&claim_name(attempt))?;
+                let name = claim_name(attempt);
+                let (target, file) = self.at(&name)?;
                 // Created now or there already (the same attempt restarted): either way claimed.
                 rt.block_on(target.commit(file, Vec::new()))?;
             }
