@@ -97,7 +97,7 @@ fn train_grant(lease: &str, output: &Path, steps: u64, timeout_s: u64) -> Value 
         "heartbeat_s": 1,
         "work": {"kind": "train", "spec": {
             "kind": "train",
-            "train_data": "examples/pairs/pairs.parquet",
+            "train_data": common::root().join("examples/pairs/pairs.parquet"),
             "output": output.display().to_string(),
             "max_steps": steps,
             "batch_size": 4,
