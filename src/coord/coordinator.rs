@@ -420,6 +420,7 @@ fn lease_loop(
                             since: Instant::now(),
                             rows: 0,
                             tokens: 0,
+                            work: 0,
                         });
                     } else {
                         queue.push_front(shard);
@@ -439,11 +440,16 @@ fn lease_loop(
                     shard,
                     rows,
                     tokens,
+                    work,
                 } => {
+                    // Only work moves the lease on: a worker heartbeating with nothing done
+                    // (a hung kernel) stalls; one committing (no rows) does not.
                     if let (Some(lease), Some(shard)) = (slots[slot].busy.as_mut(), shard) {
-                        if lease.shard == shard && (rows, tokens) != (lease.rows, lease.tokens) {
+                        let moved = (rows, tokens, work) != (lease.rows, lease.tokens, lease.work);
+                        if lease.shard == shard && moved {
                             lease.rows = rows;
                             lease.tokens = tokens;
+                            lease.work = work;
                             lease.since = Instant::now();
                         }
                     }
@@ -649,6 +655,7 @@ struct Lease {
     since: Instant,
     rows: u64,
     tokens: u64,
+    work: u64,
 }
 
 /// A device error as `sparq encode` says it: its flag is `--devices`.

@@ -5,4 +5,5 @@ pub mod coordinator;
 pub(crate) mod pool;
 pub(crate) mod progress;
 pub(crate) mod protocol;
+pub mod runner;
 pub mod worker;

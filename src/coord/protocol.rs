@@ -43,6 +43,10 @@ pub enum FromWorker {
         rows: u64,
         /// Tokens encoded so far in it.
         tokens: u64,
+        /// Work done so far in it, of any kind (bytes read, tokens, rows, bytes committed):
+        /// monotonic, so a stalled worker shows even while it heartbeats.
+        #[serde(default)]
+        work: u64,
     },
     /// S3 requests the worker made since its last such message, sent before each `Done` and
     /// `Failed`: the job's count of requests and retries is the coordinator's plus these.

@@ -1,24 +1,25 @@
 //! The local worker process (`sparq encode-worker`, spawned by `sparq encode`'s coordinator):
 //! loads the model once, then encodes and commits the shards it is leased over its pipes,
-//! heartbeating as it goes. (`serve::remote` is the worker of the service, over HTTP.)
+//! heartbeating as it goes. The loop is [`run_leases`]; this file is its pipe transport.
+//! (`serve::remote` is the worker of the service, the same loop over HTTP.)
 
 use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{FromWorker, ToWorker};
-use crate::encode::pipeline::{encode_shard, ShardProgress};
-use crate::encode::score::score_shard;
-use crate::encode::settings::{EncodeSettings, RowTask, WorkerSettings};
+use super::runner::{run_leases, LeaseTransport, ShardRunner};
+use crate::encode::pipeline::ShardProgress;
+use crate::encode::settings::EncodeSettings;
 use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
-use crate::io::retry::s3_requests;
-use crate::io::{Committer, StoreUrl};
-use crate::model::cross_encoder::CrossEncoder;
-use crate::model::{ModelError, ResolveDevice, SpladeEncoder};
+use crate::io::retry::{s3_requests, S3Requests};
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The shard being run and its live counters, read by the heartbeat thread.
+type Current = Arc<Mutex<Option<(usize, Arc<ShardProgress>)>>>;
 
 /// Runs the worker protocol over stdin/stdout until `stop` or end of input. Returns the exit code.
 pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static) -> i32 {
@@ -46,20 +47,24 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
         }
     };
     tch::set_num_threads(worker.threads.max(1) as i32);
+    // The model and the output are opened before `Ready`: a job that cannot load its model
+    // stops at once, with that cause, rather than failing every shard.
     let setup = || -> Result<_, String> {
-        let encoder = ShardModel::load(&config, &worker).map_err(|e| e.to_string())?;
+        let said = |e: ShardError| match e {
+            ShardError::Model(e) => e.to_string(),
+            e => e.to_string(),
+        };
+        let mut runner = ShardRunner::new(worker);
+        runner.prepare(&config).map_err(said)?;
+        runner.committer(&config).map_err(said)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let committer = StoreUrl::parse(&config.output)
-            .and_then(|u| Committer::new(&u))
-            .map_err(|e| e.to_string())?
-            .confined(&config.allowed_roots);
-        Ok((encoder, runtime, committer))
+        Ok((runner, runtime))
     };
-    let (encoder, runtime, committer) = match setup() {
+    let (mut runner, runtime) = match setup() {
         Ok(s) => s,
         Err(error) => {
             send(&FromWorker::Fatal { error });
@@ -69,68 +74,41 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
     send(&FromWorker::Ready);
 
     // Heartbeat thread: progress of the current shard every second.
-    let progress = Arc::new(ShardProgress::default());
-    let current = Arc::new(AtomicUsize::new(usize::MAX));
+    let current: Current = Arc::new(Mutex::new(None));
     // Dropping `stop` ends the heartbeat at once (a sleeping thread would delay exit by up to
     // a heartbeat, and with it the end of every job).
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let heartbeat = {
-        let (progress, current, send) = (progress.clone(), current.clone(), send.clone());
+        let (current, send) = (current.clone(), send.clone());
         std::thread::spawn(move || {
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(HEARTBEAT)
             {
-                let shard = current.load(Ordering::Relaxed);
+                let now = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (shard, progress) = match &now {
+                    Some((id, p)) => (Some(*id), Some(p)),
+                    None => (None, None),
+                };
+                let read = |f: fn(&ShardProgress) -> &std::sync::atomic::AtomicU64| {
+                    progress.map_or(0, |p| f(p).load(Ordering::Relaxed))
+                };
                 send(&FromWorker::Progress {
-                    shard: (shard != usize::MAX).then_some(shard),
-                    rows: progress.rows.load(Ordering::Relaxed),
-                    tokens: progress.tokens.load(Ordering::Relaxed),
+                    shard,
+                    rows: read(|p| &p.rows),
+                    tokens: read(|p| &p.tokens),
+                    work: read(|p| &p.work),
                 });
             }
         })
     };
-    let mut reported = s3_requests();
-    for line in lines {
-        let Ok(line) = line else { break };
-        match serde_json::from_str::<ToWorker>(&line) {
-            Ok(ToWorker::Shard { shard, .. }) => {
-                progress.rows.store(0, Ordering::Relaxed);
-                progress.tokens.store(0, Ordering::Relaxed);
-                current.store(shard.id, Ordering::Relaxed);
-                let result = encoder
-                    .run(&config, &runtime, &committer, &shard, &progress)
-                    .and_then(|report| keep_report(&config, &runtime, &committer, &shard, report));
-                current.store(usize::MAX, Ordering::Relaxed);
-                // Hand freed heap pages back to the OS between shards: batches of ever-changing
-                // shapes otherwise fragment glibc's arenas and the worker's RSS creeps upwards.
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                let now = s3_requests();
-                if now.requests > reported.requests {
-                    send(&FromWorker::S3Requests(now.since(&reported)));
-                    reported = now;
-                }
-                match result {
-                    Ok(report) => send(&FromWorker::Done(report)),
-                    Err(e) => send(&FromWorker::Failed {
-                        shard: shard.id,
-                        error: e.to_string(),
-                        retryable: e.is_retryable(),
-                        disk_full: e.is_disk_full(),
-                    }),
-                }
-            }
-            Ok(ToWorker::Stop) => break,
-            Ok(ToWorker::Init { .. }) | Err(_) => {
-                send(&FromWorker::Fatal {
-                    error: format!("unexpected message: {line}"),
-                });
-                break;
-            }
-        }
-    }
+    let mut pipes = PipeTransport {
+        lines,
+        send,
+        config: Arc::new(config),
+        current,
+        reported: s3_requests(),
+    };
+    run_leases(&mut pipes, &mut runner, &runtime);
     drop(stop);
     let _ = heartbeat.join();
     if let Some(line) = crate::model::profile::report() {
@@ -139,62 +117,65 @@ pub fn run_pipe_worker(input: impl BufRead, output: impl Write + Send + 'static)
     0
 }
 
-/// The model a worker runs its shards through: what the job's task needs.
-enum ShardModel {
-    /// `sparq encode`.
-    Encoder(Box<SpladeEncoder>),
-    /// `sparq score`.
-    Scorer(Box<CrossEncoder>),
+/// Leases from `sparq encode`'s coordinator: shards on stdin, reports on stdout.
+struct PipeTransport<L, S> {
+    lines: L,
+    send: S,
+    config: Arc<EncodeSettings>,
+    current: Current,
+    reported: S3Requests,
 }
 
-/// With `shard_reports` (array tasks), stores the shard's report beside the output for
-/// `--finalize`. Every attempt that encoded the rows writes the same report, so a rewrite is
-/// harmless.
-fn keep_report(
-    config: &EncodeSettings,
-    runtime: &tokio::runtime::Runtime,
-    committer: &Committer,
-    shard: &ShardSpec,
-    report: ShardReport,
-) -> Result<ShardReport, ShardError> {
-    if config.shard_reports {
-        let stored = ShardReport {
-            already_committed: false,
-            ..report.clone()
-        };
-        let name = format!("{}/{}.json", crate::job::REPORTS, shard.part);
-        let bytes = serde_json::to_vec(&stored).expect("serializable");
-        runtime.block_on(committer.put(&name, bytes))?;
+/// Clears the current shard when its run ends.
+struct Running(Current);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
-    Ok(report)
 }
 
-impl ShardModel {
-    fn load(config: &EncodeSettings, worker: &WorkerSettings) -> Result<Self, ModelError> {
-        Ok(match config.task {
-            RowTask::Encode => ShardModel::Encoder(Box::new(SpladeEncoder::load(
-                &config.model,
-                worker.device,
-                Some(config.dtype),
-            )?)),
-            RowTask::Score { .. } => ShardModel::Scorer(Box::new(CrossEncoder::load(
-                &config.model,
-                worker.device.resolve()?,
-            )?)),
-        })
+impl<L, S> LeaseTransport for PipeTransport<L, S>
+where
+    L: Iterator<Item = std::io::Result<String>>,
+    S: Fn(&FromWorker),
+{
+    type Lease = usize;
+    type Watch = Running;
+
+    fn next_lease(&mut self) -> Option<(usize, Arc<EncodeSettings>, ShardSpec)> {
+        let line = self.lines.next()?.ok()?;
+        match serde_json::from_str::<ToWorker>(&line) {
+            Ok(ToWorker::Shard { shard, .. }) => Some((shard.id, self.config.clone(), shard)),
+            Ok(ToWorker::Stop) => None,
+            Ok(ToWorker::Init { .. }) | Err(_) => {
+                (self.send)(&FromWorker::Fatal {
+                    error: format!("unexpected message: {line}"),
+                });
+                None
+            }
+        }
     }
 
-    fn run(
-        &self,
-        config: &EncodeSettings,
-        runtime: &tokio::runtime::Runtime,
-        committer: &Committer,
-        shard: &ShardSpec,
-        progress: &ShardProgress,
-    ) -> Result<ShardReport, ShardError> {
-        match self {
-            ShardModel::Encoder(e) => encode_shard(e, config, runtime, committer, shard, progress),
-            ShardModel::Scorer(m) => score_shard(m, config, runtime, committer, shard, progress),
+    fn watch(&mut self, lease: &usize, progress: &Arc<ShardProgress>) -> Running {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((*lease, progress.clone()));
+        Running(self.current.clone())
+    }
+
+    fn report(&mut self, lease: usize, outcome: Result<ShardReport, ShardError>) {
+        let now = s3_requests();
+        if now.requests > self.reported.requests {
+            (self.send)(&FromWorker::S3Requests(now.since(&self.reported)));
+            self.reported = now;
+        }
+        match outcome {
+            Ok(report) => (self.send)(&FromWorker::Done(report)),
+            Err(e) => (self.send)(&FromWorker::Failed {
+                shard: lease,
+                error: e.to_string(),
+                retryable: e.is_retryable(),
+                disk_full: e.is_disk_full(),
+            }),
         }
     }
 }

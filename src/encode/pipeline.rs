@@ -32,8 +32,19 @@ pub struct ShardProgress {
     pub rows: AtomicU64,
     /// Tokens encoded.
     pub tokens: AtomicU64,
+    /// Work of any kind, monotonic: input bytes decoded, tokens encoded, rows finished, part
+    /// bytes committed. A worker whose counter stands still for the lease timeout is stalled,
+    /// however regularly it heartbeats (a hung kernel, a stuck read).
+    pub work: AtomicU64,
     /// Set to abandon the shard (its lease was lost or its job cancelled): nothing is committed.
     pub cancel: AtomicBool,
+}
+
+impl ShardProgress {
+    /// Records `n` units of work (bytes, tokens or rows).
+    pub fn advance(&self, n: u64) {
+        self.work.fetch_add(n.max(1), Ordering::Relaxed);
+    }
 }
 
 /// A batch read from the input, with where it came from.
@@ -140,6 +151,7 @@ pub fn encode_shard(
                         &projection,
                         READ_BATCH_ROWS,
                         |batch| {
+                            progress.advance(batch.get_array_memory_size() as u64);
                             let first_row = next_row;
                             next_row += batch.num_rows() as u64;
                             open = raw_tx
@@ -268,6 +280,7 @@ pub fn encode_shard(
                 writer
                     .write(id, &chunk.vectors, keep)
                     .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
+                progress.advance(chunk.vectors.len() as u64);
             }
             if rows == 0 && shard.rows > 0 {
                 return Ok(None); // Upstream failed; its error is reported.
@@ -324,6 +337,7 @@ pub fn encode_shard(
                     report.tokens += l.tokens;
                     progress.tokens.fetch_add(l.tokens, Ordering::Relaxed);
                     progress.rows.fetch_add(rows, Ordering::Relaxed);
+                    progress.advance(l.tokens + rows);
                 }
                 while open.front().is_some_and(|c| c.outstanding == 0) {
                     let chunk = open.pop_front().expect("checked");
@@ -333,6 +347,7 @@ pub fn encode_shard(
                     progress
                         .rows
                         .fetch_add(chunk.without_pass, Ordering::Relaxed);
+                    progress.advance(chunk.without_pass);
                     if enc_tx
                         .send(EncodedChunk {
                             batch: chunk.batch,
@@ -440,7 +455,9 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
+    let size = bytes.len() as u64;
     let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
+    progress.advance(size);
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

@@ -96,6 +96,7 @@ pub fn score_shard(
                             .rows
                             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                         progress.tokens.store(report.tokens, Ordering::Relaxed);
+                        progress.advance(batch.num_rows() as u64);
                         true
                     }
                     Err(e) => {

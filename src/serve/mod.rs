@@ -9,6 +9,7 @@ pub(crate) mod db;
 mod keys;
 pub mod remote;
 pub mod spec;
+mod train_lease;
 pub mod wire;
 
 use std::collections::BTreeMap;

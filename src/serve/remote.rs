@@ -1,12 +1,10 @@
 //! `sparq worker`: joins a coordinator from any machine, leases shards (or whole train jobs)
 //! over HTTP, heartbeats while it works, and reports done or failed with the cause. The model
-//! stays loaded between shards of jobs that share it.
+//! stays loaded between shards of jobs that share it. Encode and score shards run through the
+//! same [`ShardRunner`] as `sparq encode`'s local workers.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +13,14 @@ use serde_json::{json, Value};
 
 use super::api::{FailedReport, Heartbeat, LeaseGrant, LeaseReply, LeaseRequest, Work};
 use super::client::{Client, CoordinatorArg};
+use super::train_lease::train_lease;
 use super::ServeError;
-use crate::encode::pipeline::{encode_shard, ShardProgress};
+use crate::coord::runner::{run_leases, LeaseTransport, ShardRunner};
+use crate::encode::pipeline::ShardProgress;
 use crate::encode::settings::{EncodeSettings, WorkerSettings};
-use crate::encode::shard::ShardSpec;
-use crate::io::{AllowedRoots, Committer, StoreUrl};
-use crate::model::{Dtype, ResolveDevice, SpladeEncoder};
-use crate::train::TrainEvent;
+use crate::encode::shard::{ShardError, ShardReport, ShardSpec};
+use crate::io::AllowedRoots;
+use crate::model::ResolveDevice;
 use crate::types::DeviceSpec;
 
 /// How long a worker keeps trying to reach a coordinator that went away (a restart).
@@ -52,12 +51,6 @@ pub struct WorkerArgs {
     /// roots: a path must lie under both. Default: whatever the coordinator allows.
     #[arg(long = "allow-root", value_name = "PATH")]
     pub allow_roots: Vec<PathBuf>,
-}
-
-struct Loaded {
-    model: PathBuf,
-    dtype: Dtype,
-    encoder: SpladeEncoder,
 }
 
 /// Runs the worker until `--idle-exit` or a signal.
@@ -101,59 +94,83 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         AllowedRoots::under("this worker", &args.allow_roots)
             .map_err(|e| ServeError::Roots(format!("--allow-root: {e}")))?
     };
-    let mut loaded: Option<Loaded> = None;
-    let mut committers: HashMap<String, Committer> = HashMap::new();
-    let mut idle_since = Instant::now();
-    loop {
-        let grant = client.call_retrying(Method::POST, "/v1/leases", Some(&request), PATIENCE)?;
-        let Some(grant) = grant else {
+    let mut runner = ShardRunner::new(WorkerSettings {
+        device: args.device,
+        threads,
+    });
+    let mut http = HttpTransport {
+        client,
+        args,
+        name,
+        threads,
+        request,
+        own_roots,
+        idle_since: Instant::now(),
+        error: None,
+    };
+    run_leases(&mut http, &mut runner, &runtime);
+    http.error.map_or(Ok(()), Err)
+}
+
+/// Leases from the service over HTTP. Train leases are run here, as they come (a child
+/// `sparq train`, not a shard); encode and score leases go to the shared loop.
+struct HttpTransport<'a> {
+    client: Client,
+    args: &'a WorkerArgs,
+    name: String,
+    threads: usize,
+    request: Value,
+    own_roots: AllowedRoots,
+    idle_since: Instant,
+    /// Why the loop ended, when not for want of work.
+    error: Option<ServeError>,
+}
+
+impl HttpTransport<'_> {
+    /// The next grant; `Ok(None)` at `--idle-exit`.
+    fn grant(&mut self) -> Result<Option<LeaseGrant>, ServeError> {
+        let (client, args) = (&self.client, self.args);
+        loop {
+            let grant =
+                client.call_retrying(Method::POST, "/v1/leases", Some(&self.request), PATIENCE)?;
+            if let Some(grant) = grant {
+                let grant: LeaseGrant = serde_json::from_value(grant)
+                    .map_err(|e| ServeError::Protocol(e.to_string()))?;
+                // The lease id goes into URLs and must never reach a path: a coordinator that
+                // hands out anything else is broken or hostile, and this worker stops.
+                check_lease_id(&grant.lease).map_err(|e| {
+                    ServeError::Protocol(format!(
+                        "{} handed out {e}; refusing it and stopping this worker",
+                        client.url()
+                    ))
+                })?;
+                return Ok(Some(grant));
+            }
             if args
                 .idle_exit
-                .is_some_and(|s| idle_since.elapsed() >= Duration::from_secs(s))
+                .is_some_and(|s| self.idle_since.elapsed() >= Duration::from_secs(s))
             {
                 // Idle only counts while every job has ended: a job being planned, or one whose
                 // shards are all leased (a lease may yet be lost), may still need this worker.
                 let health = client.call(Method::GET, "/healthz", None);
                 if health.is_ok_and(|h| h.is_some_and(|h| h["unfinished_jobs"] != 0)) {
-                    idle_since = Instant::now();
+                    self.idle_since = Instant::now();
                     continue;
                 }
                 tracing::info!(
-                    "worker {name}: no work for {}s; exiting",
+                    "worker {}: no work for {}s; exiting",
+                    self.name,
                     args.idle_exit.unwrap_or(0)
                 );
-                return Ok(());
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_secs_f64(args.poll.max(0.05)));
-            continue;
-        };
-        let grant: LeaseGrant =
-            serde_json::from_value(grant).map_err(|e| ServeError::Protocol(e.to_string()))?;
-        let lease = grant.lease.clone();
-        let roots = grant.allowed_roots.clone().and(&own_roots);
-        let outcome = match grant.work.clone() {
-            Work::Encode { settings, shard } => {
-                let settings = EncodeSettings {
-                    allowed_roots: settings.allowed_roots.clone().and(&roots),
-                    ..*settings
-                };
-                let worker = WorkerSettings {
-                    device: args.device,
-                    threads,
-                };
-                encode_lease(
-                    &client,
-                    &grant,
-                    (&settings, &worker),
-                    &shard,
-                    &name,
-                    &runtime,
-                    &mut loaded,
-                    &mut committers,
-                )
-            }
-            Work::Train { spec } => train_lease(&client, &grant, &spec, args, threads, &roots),
-        };
+        }
+    }
+
+    /// Reports a lease's outcome (a shard report or a train summary, or why it failed).
+    fn post(&mut self, grant: &LeaseGrant, outcome: Result<Value, FailedReport>) {
+        let (lease, name) = (&grant.lease, &self.name);
         let (path, body) = match outcome {
             Ok(report) => (
                 format!("/v1/leases/{lease}/done"),
@@ -173,44 +190,156 @@ pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
         };
         // The part is committed (or not) already; if the report cannot be delivered the lease
         // times out and the shard's next attempt finds the part committed.
-        if let Err(e) = client.call_retrying(Method::POST, &path, Some(&body), PATIENCE) {
+        if let Err(e) = self
+            .client
+            .call_retrying(Method::POST, &path, Some(&body), PATIENCE)
+        {
             tracing::error!("worker {name}: could not report lease {lease}: {e}");
         }
-        idle_since = Instant::now();
+        self.idle_since = Instant::now();
     }
 }
 
-/// Sends heartbeats for a lease until dropped; sets `cancel` when the coordinator says stop.
-struct Heartbeats {
+impl LeaseTransport for HttpTransport<'_> {
+    type Lease = LeaseGrant;
+    type Watch = Heartbeats;
+
+    fn next_lease(&mut self) -> Option<(LeaseGrant, Arc<EncodeSettings>, ShardSpec)> {
+        loop {
+            let grant = match self.grant() {
+                Ok(Some(grant)) => grant,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.error = Some(e);
+                    return None;
+                }
+            };
+            let roots = grant.allowed_roots.clone().and(&self.own_roots);
+            match grant.work.clone() {
+                Work::Encode { settings, shard } => {
+                    // Reports are kept beside the parts, as array tasks keep them, so the
+                    // output holds its own record of what each shard wrote (`--finalize`).
+                    let settings = EncodeSettings {
+                        allowed_roots: settings.allowed_roots.clone().and(&roots),
+                        shard_reports: true,
+                        ..*settings
+                    };
+                    if let Err(e) = settings.allowed_roots.check_model(&settings.model) {
+                        let error = format!("worker {}: {e}", self.name);
+                        self.post(
+                            &grant,
+                            Err(FailedReport {
+                                error,
+                                retryable: false,
+                            }),
+                        );
+                        continue;
+                    }
+                    return Some((grant, Arc::new(settings), shard));
+                }
+                Work::Train { spec } => {
+                    let outcome =
+                        train_lease(&self.client, &grant, &spec, self.args, self.threads, &roots);
+                    self.post(&grant, outcome);
+                }
+            }
+        }
+    }
+
+    fn watch(&mut self, grant: &LeaseGrant, progress: &Arc<ShardProgress>) -> Heartbeats {
+        let (read, cancel) = (progress.clone(), progress.clone());
+        Heartbeats::start(
+            &self.client,
+            grant,
+            false,
+            move || Heartbeat {
+                rows: read.rows.load(Ordering::Relaxed),
+                tokens: read.tokens.load(Ordering::Relaxed),
+                progress: read.work.load(Ordering::Relaxed),
+            },
+            move |why| {
+                tracing::info!("stopping the shard: {why}");
+                cancel.cancel.store(true, Ordering::Relaxed);
+            },
+        )
+    }
+
+    fn report(&mut self, grant: LeaseGrant, outcome: Result<ShardReport, ShardError>) {
+        let outcome = outcome
+            .map(|report| serde_json::to_value(report).expect("serializable"))
+            .map_err(|e| FailedReport {
+                error: format!("worker {} on {}: {e}", self.name, self.args.device),
+                retryable: e.is_retryable(),
+            });
+        self.post(&grant, outcome);
+    }
+}
+
+/// Whether `id` may be used as a lease id: 1 to 64 ASCII letters, digits, `-` or `_` (the
+/// service's are 32 hex digits), so it can never name a path or break a URL.
+pub(super) fn check_lease_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "lease id {id:?}: a lease id is 1 to 64 ASCII letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+/// Sends heartbeats for a lease until dropped; calls `on_stop` (once) when the coordinator says
+/// stop or, when `fence` is set, when no heartbeat has renewed the lease for the lease timeout
+/// (the coordinator has given the lease away by then, whether or not it can say so).
+pub(super) struct Heartbeats {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeats {
-    fn start(
+    pub(super) fn start(
         client: &Client,
         grant: &LeaseGrant,
+        fence: bool,
         read: impl Fn() -> Heartbeat + Send + 'static,
         on_stop: impl Fn(&str) + Send + 'static,
     ) -> Self {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let client = client.clone();
         let path = format!("/v1/leases/{}/heartbeat", grant.lease);
-        let every = Duration::from_secs(grant.heartbeat_s.max(1));
+        let timeout = Duration::from_secs(grant.lease_timeout_s.max(1));
+        // Beat often enough that a late answer or two never outlives the lease.
+        let every = Duration::from_secs(grant.heartbeat_s.max(1)).min(timeout / 2);
         let thread = std::thread::spawn(move || {
+            let mut renewed = Instant::now();
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(every)
             {
                 let body = serde_json::to_value(read()).expect("serializable");
-                // An unreachable coordinator (restarting) is not a reason to stop: the lease is
-                // renewed when it is back.
+                // An unreachable coordinator (restarting) is not a reason to stop an encode
+                // lease: its commit is create-once, and the lease is renewed when the
+                // coordinator is back. A fenced lease (training) stops once it has expired.
+                let sent = Instant::now();
                 if let Ok(Some(reply)) = client.call(Method::POST, &path, Some(&body)) {
                     if let Ok(reply) = serde_json::from_value::<LeaseReply>(reply) {
                         if !reply.keep {
                             on_stop(reply.reason.as_deref().unwrap_or("lease lost"));
                             return;
                         }
+                        renewed = sent;
                     }
+                }
+                if fence && renewed.elapsed() >= timeout {
+                    on_stop(&format!(
+                        "no heartbeat reached the coordinator for {}s (the lease timeout): the \
+                         lease is lost",
+                        timeout.as_secs()
+                    ));
+                    return;
                 }
             }
         });
@@ -227,178 +356,5 @@ impl Drop for Heartbeats {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encode_lease(
-    client: &Client,
-    grant: &LeaseGrant,
-    (config, worker): (&EncodeSettings, &WorkerSettings),
-    shard: &ShardSpec,
-    name: &str,
-    runtime: &tokio::runtime::Runtime,
-    loaded: &mut Option<Loaded>,
-    committers: &mut HashMap<String, Committer>,
-) -> Result<Value, FailedReport> {
-    let retry = |error: String| FailedReport {
-        error: format!("worker {name} on {}: {error}", worker.device),
-        retryable: true,
-    };
-    let progress = Arc::new(ShardProgress::default());
-    let beats = {
-        let (read, cancel) = (progress.clone(), progress.clone());
-        Heartbeats::start(
-            client,
-            grant,
-            move || Heartbeat {
-                rows: read.rows.load(Ordering::Relaxed),
-                tokens: read.tokens.load(Ordering::Relaxed),
-                // 0: no progress counter yet, judged by heartbeats alone.
-                progress: 0,
-            },
-            move |why| {
-                tracing::info!("stopping the shard: {why}");
-                cancel.cancel.store(true, Ordering::Relaxed);
-            },
-        )
-    };
-    let needs_load = !loaded
-        .as_ref()
-        .is_some_and(|l| l.model == config.model && l.dtype == config.dtype);
-    if let Err(e) = config.allowed_roots.check_model(&config.model) {
-        return Err(FailedReport {
-            error: format!("worker {name}: {e}"),
-            retryable: false,
-        });
-    }
-    if needs_load {
-        *loaded = None; // Free the old model first.
-        match SpladeEncoder::load(&config.model, worker.device, Some(config.dtype)) {
-            Ok(encoder) => {
-                *loaded = Some(Loaded {
-                    model: config.model.clone(),
-                    dtype: config.dtype,
-                    encoder,
-                })
-            }
-            Err(e) => return Err(retry(format!("cannot load the model: {e}"))),
-        }
-    }
-    let committer = match committers.get(&config.output) {
-        Some(c) => c,
-        None => {
-            let c = match StoreUrl::parse(&config.output).and_then(|u| Committer::new(&u)) {
-                Ok(c) => c.confined(&config.allowed_roots),
-                Err(e) => return Err(retry(e.to_string())),
-            };
-            committers.entry(config.output.clone()).or_insert(c)
-        }
-    };
-    let encoder = &loaded.as_ref().expect("loaded above").encoder;
-    let result = encode_shard(encoder, config, runtime, committer, shard, &progress);
-    drop(beats);
-    // SAFETY: malloc_trim has no preconditions (see coord::worker).
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    match result {
-        Ok(report) => Ok(serde_json::to_value(report).expect("serializable")),
-        Err(e) => Err(FailedReport {
-            error: format!("worker {name}: {e}"),
-            retryable: e.is_retryable(),
-        }),
-    }
-}
-
-/// Runs a train job as a child `sparq train` (resuming from the newest checkpoint), relaying
-/// its step in heartbeats and its summary in the report.
-fn train_lease(
-    client: &Client,
-    grant: &LeaseGrant,
-    spec: &Value,
-    args: &WorkerArgs,
-    threads: usize,
-    roots: &AllowedRoots,
-) -> Result<Value, FailedReport> {
-    let fail = |error: String, retryable: bool| FailedReport { error, retryable };
-    let mut table = spec.clone();
-    if let Some(map) = table.as_object_mut() {
-        map.remove("kind");
-        map.retain(|_, v| !v.is_null());
-    }
-    let config: toml::Table =
-        serde_json::from_value(table).map_err(|e| fail(format!("the train spec: {e}"), false))?;
-    let dir = std::env::temp_dir().join(format!("sparq-worker-{}", grant.lease));
-    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display()), true))?;
-    let path = dir.join("train.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap_or_default())
-        .map_err(|e| fail(format!("{}: {e}", path.display()), true))?;
-    let exe = std::env::current_exe().map_err(|e| fail(e.to_string(), true))?;
-    let mut child = Command::new(exe)
-        .arg("train")
-        .arg("--config")
-        .arg(&path)
-        .args(["--device", &args.device.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .arg("--resume")
-        .arg("--events")
-        .arg("--allowed-roots")
-        .arg(serde_json::to_string(roots).unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| fail(format!("starting `sparq train`: {e}"), true))?;
-    let step = Arc::new(AtomicU64::new(0));
-    let pid = child.id();
-    let read = step.clone();
-    let beats = Heartbeats::start(
-        client,
-        grant,
-        move || Heartbeat {
-            rows: read.load(Ordering::Relaxed),
-            tokens: 0,
-            progress: 0,
-        },
-        move |why| {
-            tracing::info!("stopping the training run: {why}");
-            // SAFETY: plain kill(2) on our own child.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        },
-    );
-    // The child's events (typed JSON lines on its stdout): steps for the heartbeats, the
-    // summary for the report, or why it failed. Its log lines go to this worker's stderr.
-    let (mut summary, mut error) = (None, None);
-    for line in BufReader::new(child.stdout.take().expect("piped"))
-        .lines()
-        .map_while(Result::ok)
-    {
-        match serde_json::from_str::<TrainEvent>(&line) {
-            Ok(TrainEvent::Summary { train_summary }) => summary = Some(train_summary),
-            Ok(TrainEvent::Failed { train_error }) => error = Some(train_error),
-            Ok(event) => {
-                if let Some(s) = event.step() {
-                    step.store(s, Ordering::Relaxed);
-                }
-                tracing::info!("job {}: {line}", grant.job);
-            }
-            Err(_) => tracing::info!("job {}: {line}", grant.job),
-        }
-    }
-    let status = child.wait().map_err(|e| fail(e.to_string(), true))?;
-    drop(beats);
-    let _ = std::fs::remove_dir_all(&dir);
-    match (status.success(), summary) {
-        (true, Some(summary)) => Ok(serde_json::to_value(summary).expect("serializable")),
-        _ => Err(fail(
-            format!(
-                "`sparq train` ended with {status}: {}",
-                error.unwrap_or_else(|| "no error reported (killed?)".into())
-            ),
-            true,
-        )),
     }
 }

@@ -411,8 +411,9 @@ pub struct Heartbeat {
     pub rows: u64,
     /// Tokens done.
     pub tokens: u64,
-    /// A counter that only grows while the worker gets anywhere: rows + bytes read + bytes
-    /// uploaded. 0 means "not sent" (older workers): only the heartbeat's arrival counts then.
+    /// Work done, of any kind (bytes read, tokens, rows, bytes committed; train: event lines):
+    /// monotonic, so a lease whose worker heartbeats but does nothing can be expired. 0 means
+    /// "not sent" (older workers): only the heartbeat's arrival counts then.
     #[serde(default)]
     pub progress: u64,
 }

@@ -170,6 +170,11 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub allowed_roots: Option<String>,
+    /// Internal (set by `sparq worker`): the service lease's attempt. Checkpoints are written
+    /// only while no newer attempt has claimed --output.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub attempt: Option<u32>,
 }
 
 /// Resolved training settings (defaults applied).
@@ -284,7 +289,7 @@ impl TrainArgs {
         };
         let file = read_config(path)?;
         macro_rules! pick {
-            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), events: self.events, allowed_roots: self.allowed_roots.clone(), $($f: self.$f.clone().or(file.$f),)* } };
+            ($($f:ident),*) => { TrainArgs { config: self.config.clone(), events: self.events, allowed_roots: self.allowed_roots.clone(), attempt: self.attempt, $($f: self.$f.clone().or(file.$f),)* } };
         }
         Ok(pick!(
             model,

@@ -5,13 +5,18 @@
 //! folder is built under a temporary name, the marker written and synced, then the folder is
 //! renamed into place; on S3 the marker is the last object uploaded. Nothing outside the
 //! folder is needed to resume, and a half-written checkpoint is never taken.
+//!
+//! Checkpoints are create-once: a published `checkpoint-<step>` is never replaced (a second
+//! writer of the same step stops with an error instead), and a run fenced by a lease's attempt
+//! (see [`super::fence`]) neither publishes nor deletes once a newer attempt claimed the output.
 
 use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
 use super::data::Cursor;
-use super::files::{io_error, read_named};
+use super::fence;
+use super::files::{copy_tree, io_error, read_named, sync_tree, walk, write_synced};
 use super::model::TrainModel;
 use super::optim::Param;
 use super::{TrainConfig, TrainError};
@@ -45,8 +50,9 @@ pub struct TrainerState {
 /// The output folder or prefix of a run.
 pub struct Output {
     url: StoreUrl,
-    root: Committer,
+    pub(super) root: Committer,
     roots: AllowedRoots,
+    pub(super) attempt: Option<u32>,
 }
 
 impl Output {
@@ -59,13 +65,14 @@ impl Output {
             url,
             root,
             roots: roots.clone(),
+            attempt: None,
         };
         output.local()?;
         Ok(output)
     }
 
     /// The local folder, checked against the roots (`None` for S3).
-    fn local(&self) -> Result<Option<PathBuf>, TrainError> {
+    pub(super) fn local(&self) -> Result<Option<PathBuf>, TrainError> {
         match &self.url.location {
             crate::io::url::Location::Local(p) => {
                 self.roots
@@ -75,6 +82,12 @@ impl Output {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Fences this output's writes by a service lease's `attempt` (see [`fence`]).
+    pub fn fenced(mut self, attempt: Option<u32>) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The output's URL as given.
@@ -107,7 +120,7 @@ impl Output {
     ) -> Result<String, TrainError> {
         let name = format!("checkpoint-{}", state.step);
         let staging = match self.local()? {
-            Some(dir) => dir.join(format!(".{name}.partial-{}", uuid::Uuid::new_v4())),
+            Some(dir) => dir.join(fence::staging_name(&name)),
             None => std::env::temp_dir().join(format!("sparq-{name}-{}", uuid::Uuid::new_v4())),
         };
         model.save(&staging)?;
@@ -128,27 +141,48 @@ impl Output {
         let state_path = staging.join("trainer_state.json");
         let json = serde_json::to_vec_pretty(state).expect("serializable");
         std::fs::write(&state_path, json).map_err(|e| io_error(&state_path, e))?;
-        match self.local()? {
+        let published = match self.local()? {
             Some(dir) => {
                 sync_tree(&staging)?;
                 let marker = staging.join(MARKER);
                 write_synced(&marker, state.step.to_string().as_bytes())?;
-                let target = dir.join(&name);
-                if target.exists() {
-                    std::fs::remove_dir_all(&target).map_err(|e| io_error(&target, e))?;
-                }
-                std::fs::rename(&staging, &target).map_err(|e| io_error(&staging, e))?;
-                if let Ok(d) = std::fs::File::open(&dir) {
-                    let _ = d.sync_all();
-                }
+                self.publish_local(rt, &dir, &staging, &name)
             }
-            None => {
-                let result = self.upload(rt, &staging, &name);
-                let _ = std::fs::remove_dir_all(&staging);
-                result?;
-            }
+            None => self
+                .check_fence(rt)
+                .and_then(|()| self.upload(rt, &staging, &name)),
+        };
+        if published.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        } else if self.local()?.is_none() {
+            std::fs::remove_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
         }
-        Ok(name)
+        published.map(|()| name)
+    }
+
+    /// Renames a complete staging folder to `name`, create-once: a directory rename never
+    /// replaces a non-empty folder, so a checkpoint already there (another writer's) stays.
+    fn publish_local(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        dir: &Path,
+        staging: &Path,
+        name: &str,
+    ) -> Result<(), TrainError> {
+        self.check_fence(rt)?;
+        let target = dir.join(name);
+        match std::fs::rename(staging, &target) {
+            Ok(()) => fence::sync_dir(dir),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTEMPTY) | Some(libc::EEXIST) | Some(libc::ENOTDIR)
+                ) =>
+            {
+                Err(self.taken(name))
+            }
+            Err(e) => Err(io_error(staging, e)),
+        }
     }
 
     /// Uploads every file of `local` under `prefix/`, the marker last.
@@ -158,6 +192,10 @@ impl Output {
         local: &Path,
         prefix: &str,
     ) -> Result<(), TrainError> {
+        let marker = format!("{prefix}/{MARKER}");
+        if self.exists(rt, &marker)? {
+            return Err(self.taken(prefix));
+        }
         let mut files = Vec::new();
         walk(local, Path::new(""), &mut files)?;
         for rel in &files {
@@ -165,12 +203,22 @@ impl Output {
                 std::fs::read(local.join(rel)).map_err(|e| io_error(&local.join(rel), e))?;
             self.put(rt, &format!("{prefix}/{}", rel.to_string_lossy()), bytes)?;
         }
-        self.put(rt, &format!("{prefix}/{MARKER}"), b"complete".to_vec())
+        // The marker is created once: of two writers of one step, one completes it.
+        let (target, file) = self.at(&marker)?;
+        match rt.block_on(target.commit(file, b"complete".to_vec()))? {
+            crate::io::CommitOutcome::Committed => Ok(()),
+            _ => Err(self.taken(prefix)),
+        }
+    }
+
+    fn exists(&self, rt: &tokio::runtime::Runtime, name: &str) -> Result<bool, TrainError> {
+        let (target, file) = self.at(name)?;
+        Ok(rt.block_on(target.get(file))?.is_some())
     }
 
     /// The committer of the folder holding `name` (a `/`-separated path under the output),
     /// and the file name within it.
-    fn at<'a>(&self, name: &'a str) -> Result<(Committer, &'a str), TrainError> {
+    pub(super) fn at<'a>(&self, name: &'a str) -> Result<(Committer, &'a str), TrainError> {
         let (dir, file) = name.rsplit_once('/').unwrap_or(("", name));
         let url = if dir.is_empty() {
             self.url.raw.clone()
@@ -241,11 +289,12 @@ impl Output {
         keep: Option<usize>,
         protect: Option<u64>,
     ) -> Result<(), TrainError> {
+        // A superseded run deletes nothing: the output is its successor's.
+        self.check_fence(rt)?;
         if let Some(dir) = self.local()? {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if n.starts_with(".checkpoint-") && n.contains(".partial-") {
+                    if fence::removable_leftover(&e.file_name().to_string_lossy()) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -261,7 +310,13 @@ impl Output {
             let name = format!("checkpoint-{step}");
             match self.local()? {
                 Some(dir) => {
-                    let _ = std::fs::remove_dir_all(dir.join(&name));
+                    // Out of sight first, atomically: never a half-deleted checkpoint under its
+                    // own name (which would block that step's create-once publish).
+                    let doomed = dir.join(fence::deleting_name(&name));
+                    if std::fs::rename(dir.join(&name), &doomed).is_ok() {
+                        fence::sync_dir(&dir)?;
+                        let _ = std::fs::remove_dir_all(&doomed);
+                    }
                 }
                 None => {
                     // The marker first: a partly deleted checkpoint is never taken for complete.
@@ -288,6 +343,7 @@ impl Output {
         rt: &tokio::runtime::Runtime,
         model_dir: &Path,
     ) -> Result<(), TrainError> {
+        self.check_fence(rt)?;
         match self.local()? {
             Some(dir) => copy_tree(model_dir, &dir),
             None => {
@@ -342,50 +398,4 @@ pub fn restore(
 
 fn host(t: &Tensor) -> Tensor {
     t.detach().to_device(tch::Device::Cpu).contiguous()
-}
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
-    let dir = root.join(rel);
-    for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
-        let entry = entry.map_err(|e| io_error(&dir, e))?;
-        let rel = rel.join(entry.file_name());
-        if entry.path().is_dir() {
-            walk(root, &rel, out)?;
-        } else {
-            out.push(rel);
-        }
-    }
-    out.sort();
-    Ok(())
-}
-
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), TrainError> {
-    let mut files = Vec::new();
-    walk(src, Path::new(""), &mut files)?;
-    for rel in files {
-        let to = dst.join(&rel);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-        }
-        std::fs::copy(src.join(&rel), &to).map_err(|e| io_error(&to, e))?;
-    }
-    Ok(())
-}
-
-fn sync_tree(dir: &Path) -> Result<(), TrainError> {
-    let mut files = Vec::new();
-    walk(dir, Path::new(""), &mut files)?;
-    for rel in files {
-        if let Ok(f) = std::fs::File::open(dir.join(&rel)) {
-            f.sync_all().map_err(|e| io_error(&dir.join(&rel), e))?;
-        }
-    }
-    Ok(())
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| io_error(path, e))?;
-    f.write_all(bytes).map_err(|e| io_error(path, e))?;
-    f.sync_all().map_err(|e| io_error(path, e))
 }

@@ -10,6 +10,7 @@ mod cuda;
 pub mod data;
 pub mod dist;
 pub mod events;
+pub mod fence;
 pub mod files;
 mod host;
 pub mod loss;
@@ -78,4 +79,8 @@ pub enum TrainError {
     /// The loss, a gradient or a parameter became non-finite.
     #[error("{0}")]
     Diverged(String),
+    /// Another run (a newer attempt of the job, or a second run on the output) owns the
+    /// checkpoints: this one stops without writing.
+    #[error("{0}")]
+    Superseded(String),
 }

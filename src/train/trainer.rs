@@ -75,7 +75,10 @@ pub fn run_train(
             .check_tree(beir, 2)
             .map_err(|e| TrainError::Option(e.to_string()))?;
     }
-    let output = Output::new(&config.output, &roots)?;
+    let output = Output::new(&config.output, &roots)?.fenced(merged.attempt);
+    if rank == 0 {
+        output.claim(&runtime)?;
+    }
     let data = read_pairs(
         &runtime,
         &config.train_data,

@@ -83,7 +83,11 @@ pub async fn read_parts(
     let mut rows = Vec::new();
     for m in listed
         .iter()
-        .filter(|m| m.location.filename().unwrap().starts_with("part-"))
+        // Parts only: `_reports/<part>.json` (kept by workers for `--finalize`) is no part.
+        .filter(|m| {
+            let name = m.location.filename().unwrap();
+            name.starts_with("part-") && name.ends_with(".parquet")
+        })
     {
         let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
         rows.extend(read_part(&bytes));
