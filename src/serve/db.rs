@@ -657,6 +657,32 @@ impl Db {
         }))
     }
 
+    /// Sends a finishing job back to running with `shards` (counted committed, their parts
+    /// missing from the output) to encode again, or failed for good once out of attempts.
+    pub fn requeue(&mut self, id: &str, shards: &[usize], cause: &str) -> DbResult<()> {
+        let tx = self.conn.transaction()?;
+        for &shard in shards {
+            tx.execute(
+                "UPDATE shards SET state = CASE WHEN attempts >= (SELECT max_attempts FROM jobs
+                 WHERE id = ?1) THEN ?2 ELSE ?3 END, causes = json_insert(causes, '$[#]', ?4),
+                 expires = NULL WHERE job = ?1 AND shard = ?5",
+                params![
+                    id,
+                    ShardState::Failed,
+                    ShardState::Pending,
+                    cause,
+                    shard as i64
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
+            params![JobState::Running, id, JobState::Finishing],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Ends a finished job.
     pub fn set_finished(
         &mut self,

@@ -372,7 +372,27 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
                 }
                 std::thread::sleep(Duration::from_secs(attempt));
             }
-            match result {
+            if let Some(finished) = result.as_ref().ok().filter(|f| !f.missing.is_empty()) {
+                // Parts counted committed but gone from the output: encode them again.
+                let shards: Vec<usize> = finished.missing.iter().map(|m| m.shard).collect();
+                let cause = "the part was missing from the output at the finish";
+                tracing::warn!(
+                    "job {}: {} part(s) missing from the output, re-queued: {}",
+                    job.id,
+                    shards.len(),
+                    finished
+                        .missing
+                        .iter()
+                        .map(|m| m.failure.part.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Err(e) = lock(app).requeue(&job.id, &shards, cause) {
+                    tracing::error!("job {}: state database: {e}", job.id);
+                }
+                return;
+            }
+            match result.map(|f| f.summary) {
                 Ok(summary) => {
                     let ok = job.failures.is_empty();
                     (
