@@ -971,6 +971,32 @@ mod tests {
     }
 
     #[test]
+    fn a_part_missing_at_the_finish_is_leased_again_until_its_attempts_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("s.db")).unwrap();
+        let job = planned(&mut db, 2, 60);
+        for _ in 0..2 {
+            let grant = db.lease("w").unwrap().unwrap();
+            assert!(db.done(&grant.lease, "w", &Value::Null).unwrap().keep);
+        }
+        assert_eq!(db.next_to_finish().unwrap().unwrap().id, job);
+        // Shard 1's part is gone: leased again (attempt 2 of 2), then finished again.
+        db.requeue(&job, &[1], "missing").unwrap();
+        let again = db.lease("w").unwrap().unwrap();
+        assert_eq!(again.attempt, 2);
+        assert!(db.lease("w").unwrap().is_none(), "only the missing shard");
+        assert!(db.done(&again.lease, "w", &Value::Null).unwrap().keep);
+        let finishing = db.next_to_finish().unwrap().unwrap();
+        assert!(finishing.failures.is_empty());
+        // Missing again with its attempts spent: failed for good, with the cause.
+        db.requeue(&job, &[1], "missing").unwrap();
+        assert!(db.lease("w").unwrap().is_none());
+        let finishing = db.next_to_finish().unwrap().unwrap();
+        assert_eq!(finishing.failures.len(), 1);
+        assert_eq!(finishing.failures[0].causes.last().unwrap(), "missing");
+    }
+
+    #[test]
     fn a_cancelled_job_keeps_what_was_committed_and_leases_nothing_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(&dir.path().join("s.db")).unwrap();
