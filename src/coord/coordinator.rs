@@ -154,7 +154,7 @@ pub fn finalize(
             plan.shards.len()
         );
     }
-    let mut summary = finish_encode(
+    let finished = finish_encode(
         &plan,
         &reports,
         &[],
@@ -162,6 +162,25 @@ pub fn finalize(
         true,
         &runtime,
     )?;
+    if !finished.missing.is_empty() {
+        // Listed at planning, gone at the finish: no `_SUCCESS`, the tasks must run again.
+        let missing = finished
+            .missing
+            .iter()
+            .map(|m| MissingPart {
+                part: m.failure.part.clone(),
+                shard: m.shard,
+                file: m.failure.file.clone(),
+                rows: m.failure.rows,
+                task: tasks.map(|n| task_of(m.shard, n)),
+            })
+            .collect();
+        return Ok(Finalized::Incomplete {
+            missing,
+            shards: plan.shards.len(),
+        });
+    }
+    let mut summary = finished.summary;
     summary.skipped_shards = plan.shards.len();
     runtime.block_on(crate::job::ownership::release(
         &plan.settings.output,
@@ -319,7 +338,7 @@ pub fn run_encode(
             plan.shards.iter().filter(|s| share.owns(s.id)).count() - plan.pending.len();
         return Ok((summary, failures));
     }
-    let summary = finish_encode(
+    let finished = finish_encode(
         &plan,
         &reports,
         &failures,
@@ -327,6 +346,9 @@ pub fn run_encode(
         true,
         &runtime,
     )?;
+    // A part gone since it was counted committed fails its shard: the rerun encodes it.
+    failures.extend(finished.missing.into_iter().map(|m| m.failure));
+    let summary = finished.summary;
     if summary.null_ids > 0 {
         tracing::warn!(
             "{} rows have a null id `{}` (their vectors are written), e.g. {}",

@@ -6,7 +6,9 @@
 //!   a committed part), then the attempt is unlinked.
 //! - S3: one `PUT` is atomic (an object is visible whole or not at all), so the attempt is the
 //!   worker's in-memory part; it is published with `PutMode::Create` (`If-None-Match: *`):
-//!   the first attempt wins, later ones get `AlreadyExists`.
+//!   the first attempt wins, later ones get `AlreadyExists`. A refusal counts as committed
+//!   only when the object is then found (S3 also answers 409 while another conditional write
+//!   is in flight, and that write may fail); otherwise the write is tried again.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +21,15 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::url::{Location, StoreUrl};
 use super::{AllowedRoots, StoreError};
+
+/// Pauses after a create-once write refused for a part that is not there (a conflicting
+/// write in flight), before writing again; the last attempt gives up.
+const CONFLICT_WAITS: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(800),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::ZERO,
+];
 
 /// Result of committing a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,21 +109,49 @@ impl Committer {
             }
             Target::Object(store, prefix) => {
                 let path = prefix.clone().join(name);
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                match store
-                    .put_opts(&path, PutPayload::from(Bytes::from(bytes)), opts)
-                    .await
-                {
-                    Ok(_) => Ok(CommitOutcome::Committed),
-                    Err(object_store::Error::AlreadyExists { .. })
-                    | Err(object_store::Error::Precondition { .. }) => {
-                        Ok(CommitOutcome::AlreadyCommitted)
+                let payload = PutPayload::from(Bytes::from(bytes));
+                let mut refused = Vec::new();
+                for wait in CONFLICT_WAITS {
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    };
+                    let error = match store.put_opts(&path, payload.clone(), opts).await {
+                        Ok(_) => return Ok(CommitOutcome::Committed),
+                        Err(
+                            e @ (object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. }),
+                        ) => e,
+                        Err(e) => {
+                            return Err(StoreError::object("committing", self.url.join(name), e))
+                        }
+                    };
+                    // A 409 also means "another conditional write is in flight" (which may
+                    // yet fail): only an object that is there makes the part committed.
+                    match store.head(&path).await {
+                        Ok(_) => return Ok(CommitOutcome::AlreadyCommitted),
+                        Err(object_store::Error::NotFound { .. }) => refused.push(error),
+                        Err(e) => {
+                            return Err(StoreError::object(
+                                "looking up the refused part",
+                                self.url.join(name),
+                                e,
+                            ))
+                        }
                     }
-                    Err(e) => Err(StoreError::object("committing", self.url.join(name), e)),
+                    tokio::time::sleep(wait).await;
                 }
+                Err(StoreError::Object {
+                    op: "committing",
+                    location: self.url.join(name),
+                    detail: format!(
+                        "the store refused the create-once write {} times as if the part existed \
+                         ({}), yet it is not there: the shard is not counted committed; it is \
+                         retried, and a rerun encodes it again",
+                        refused.len(),
+                        refused.last().map_or(String::new(), |e| e.to_string())
+                    ),
+                })
             }
         }
     }
@@ -137,7 +176,14 @@ impl Committer {
                     op: "renaming",
                     path: tmp,
                     source: e,
-                })
+                })?;
+                // The new name is durable before this returns: the manifest before `_SUCCESS`
+                // is written, a subfolder's entry with it.
+                sync_dir(&folder)?;
+                if folder != *dir {
+                    sync_dir(dir)?;
+                }
+                Ok(())
             }
             Target::Object(store, prefix) => store
                 .put(
@@ -285,6 +331,14 @@ impl Committer {
                     op: "creating",
                     path: dir.clone(),
                     source: e,
+                })?;
+                probe_hard_link(dir).map_err(|e| StoreError::BadUrl {
+                    url: self.url.raw.clone(),
+                    detail: format!(
+                        "its filesystem refuses hard links ({e}), which the create-once commit \
+                         of every part needs (FUSE and network mounts often do): write the \
+                         output to a local disk, or to an s3:// prefix"
+                    ),
                 })
             }
             Target::Object(store, prefix) => {
@@ -296,6 +350,19 @@ impl Committer {
             }
         }
     }
+}
+
+/// Links a fresh file to a second name in `dir` (as a commit does), then removes both:
+/// the names are hidden temporary ones, left over only if the process dies in between.
+fn probe_hard_link(dir: &std::path::Path) -> std::io::Result<()> {
+    let id = uuid::Uuid::new_v4();
+    let file = dir.join(format!(".probe-{id}.tmp"));
+    let link = dir.join(format!(".probe-{id}.link.tmp"));
+    std::fs::File::create(&file)?;
+    let linked = std::fs::hard_link(&file, &link);
+    let _ = std::fs::remove_file(&link);
+    std::fs::remove_file(&file)?;
+    linked
 }
 
 /// The object `name` (relative to the output, `/` between folders) under `prefix`.
@@ -339,11 +406,21 @@ fn commit_local(
         }
     };
     let _ = std::fs::remove_file(&attempt);
-    // Make the new directory entry durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    // The part's name is durable before the shard is reported committed (also when another
+    // attempt linked it: that one may have died before its own sync).
+    sync_dir(dir)?;
     Ok(outcome)
+}
+
+/// Makes a folder's entries (names created, renamed or linked in it) durable.
+fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io {
+            op: "making durable (fsync of) the folder",
+            path: dir.to_path_buf(),
+            source: e,
+        })
 }
 
 fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -403,4 +480,20 @@ fn list_local(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_sync_that_fails_is_an_error_naming_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        sync_dir(&gone).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        let e = sync_dir(&gone).unwrap_err().to_string();
+        assert!(e.contains("fsync") && e.contains("gone"), "{e}");
+    }
 }

@@ -53,9 +53,46 @@ pub fn local_version(meta: &std::fs::Metadata) -> String {
     format!("{}-{mtime}", meta.len())
 }
 
+/// How input globs match: `*`, `?` and `[...]` stay within one path component (so
+/// `data/*.parquet` never reaches `data/vectors/part-…`); `**` spans folders.
+pub const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+/// The glob pattern in an input URL's path or key, if it has one.
+pub fn input_glob(url: &StoreUrl) -> Result<Option<glob::Pattern>, StoreError> {
+    let raw_key = match &url.location {
+        Location::Local(p) => p.to_string_lossy().into_owned(),
+        Location::S3 { key, .. } => key.clone(),
+    };
+    if !raw_key.contains(['*', '?', '[']) {
+        return Ok(None);
+    }
+    glob::Pattern::new(&raw_key)
+        .map(Some)
+        .map_err(|e| StoreError::BadUrl {
+            url: url.raw.clone(),
+            detail: format!("invalid glob: {e}"),
+        })
+}
+
+/// The folders of a glob before its first component with a wildcard: where its matches lie.
+pub fn glob_base(pattern: &str) -> &str {
+    let mut end = 0;
+    for (at, _) in pattern.match_indices('/') {
+        if pattern[..at].contains(['*', '?', '[']) {
+            break;
+        }
+        end = at;
+    }
+    &pattern[..end]
+}
+
 /// Lists the parquet files `url` names: one file, every `*.parquet` under a folder or
-/// prefix (skipping names starting with `_` or `.`), or the matches of a glob in the last
-/// path component. Sorted by path. Local files and folders met on the way (links followed)
+/// prefix (skipping names starting with `_` or `.`), or the matches of a glob (`*`, `?` and
+/// `[...]` within one folder, `**` across folders). Sorted by path. Local files and folders met on the way (links followed)
 /// must resolve under `roots`.
 pub async fn list_inputs(
     url: &StoreUrl,
@@ -66,17 +103,7 @@ pub async fn list_inputs(
         Location::Local(p) => p.to_string_lossy().into_owned(),
         Location::S3 { key, .. } => key.clone(),
     };
-    let is_glob = raw_key.contains(['*', '?', '[']);
-    let pattern = if is_glob {
-        Some(
-            glob::Pattern::new(&raw_key).map_err(|e| StoreError::BadUrl {
-                url: url.raw.clone(),
-                detail: format!("invalid glob: {e}"),
-            })?,
-        )
-    } else {
-        None
-    };
+    let pattern = input_glob(url)?;
     let mut files = match &url.location {
         Location::Local(local) => list_local(url, local, pattern.as_ref(), roots)?,
         Location::S3 { .. } => list_s3(url, &store, &path, &raw_key, pattern.as_ref()).await?,
@@ -98,7 +125,7 @@ async fn list_s3(
     pattern: Option<&glob::Pattern>,
 ) -> Result<Vec<InputFile>, StoreError> {
     let prefix = match pattern {
-        Some(_) => ObjectPath::from(raw_key.rsplit_once('/').map_or("", |(dir, _)| dir)),
+        Some(_) => ObjectPath::from(glob_base(raw_key)),
         None => path.clone(),
     };
     let file_of = |meta: object_store::ObjectMeta| InputFile {
@@ -124,7 +151,7 @@ async fn list_s3(
             .unwrap_or(meta.location.as_ref());
         let name = meta.location.filename().unwrap_or("");
         let matched = match pattern {
-            Some(p) => p.matches(meta.location.as_ref()),
+            Some(p) => p.matches_with(meta.location.as_ref(), GLOB_OPTIONS),
             None => name.ends_with(".parquet"),
         };
         if matched && !hidden(relative) {
@@ -155,11 +182,26 @@ fn list_local(
         source: e,
     };
     let start = match pattern {
-        Some(_) => local.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        Some(_) => PathBuf::from(match glob_base(&local.to_string_lossy()) {
+            "" => "/",
+            base => base,
+        }),
         None => local.to_path_buf(),
     };
     let mut files = Vec::new();
     let mut visited = std::collections::HashSet::new();
+    // A glob's matches lie as many folders down as it has components after its base (any
+    // depth with `**`); a folder is walked whole.
+    let depth = match pattern {
+        Some(p) if !p.as_str().contains("**") => p
+            .as_str()
+            .get(start.as_os_str().len()..)
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .split('/')
+            .count(),
+        _ => usize::MAX,
+    };
     let mut stack = vec![(start.clone(), String::new())];
     let add = |path: PathBuf, files: &mut Vec<InputFile>| -> Result<(), StoreError> {
         roots.check(&path)?;
@@ -205,10 +247,12 @@ fn list_local(
             }
             // `is_dir` / `is_file` follow links; broken links are neither and are skipped.
             if path.is_dir() {
-                stack.push((path, rel_name));
+                if rel_name.split('/').count() < depth {
+                    stack.push((path, rel_name));
+                }
             } else if path.is_file() {
                 let matched = match pattern {
-                    Some(p) => p.matches(&path.to_string_lossy()),
+                    Some(p) => p.matches_with(&path.to_string_lossy(), GLOB_OPTIONS),
                     None => name.ends_with(".parquet"),
                 };
                 if matched {
@@ -276,7 +320,23 @@ pub async fn read_footer(reader: &mut InputReader) -> Result<Footer, StoreError>
     let digest = hex::encode(Sha256::digest(&footer));
     let metadata =
         ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| corrupt(e.to_string()))?;
-    let rows = metadata.file_metadata().num_rows().max(0) as u64;
+    // Row counts come from the file: a negative one, or row groups that do not add up to
+    // the file's rows, would have the planner cut shards for rows that are not there.
+    let mut sum: i64 = 0;
+    for (i, group) in metadata.row_groups().iter().enumerate() {
+        let n = group.num_rows();
+        sum = match sum.checked_add(n) {
+            Some(total) if n >= 0 => total,
+            _ => return Err(corrupt(format!("row group {i} claims {n} rows"))),
+        };
+    }
+    let claimed = metadata.file_metadata().num_rows();
+    if claimed != sum {
+        return Err(corrupt(format!(
+            "the footer says {claimed} rows but its row groups hold {sum}"
+        )));
+    }
+    let rows = sum as u64;
     let metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
         .map_err(|e| corrupt(e.to_string()))?;
     Ok(Footer {
@@ -563,5 +623,18 @@ pub fn store_error_of(e: &ParquetError) -> Option<&StoreError> {
     match e {
         ParquetError::External(inner) => inner.downcast_ref::<StoreError>(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_glob_base_is_its_folders_before_the_first_wildcard() {
+        assert_eq!(glob_base("/data/x/*.parquet"), "/data/x");
+        assert_eq!(glob_base("data/*/x.parquet"), "data");
+        assert_eq!(glob_base("/data/**/*.parquet"), "/data");
+        assert_eq!(glob_base("*.parquet"), "");
     }
 }

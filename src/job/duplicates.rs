@@ -6,6 +6,8 @@
 //! to temporary files and merged. Equal neighbours are duplicates. A second pass over the id
 //! columns, only when there are some, finds the text and the part of a few examples. Two
 //! different ids share a 128-bit hash with probability about n²/2¹²⁹: never, in practice.
+//! The runs go to `$SPARQ_SPILL_DIR` when set (a disk with room: a billion ids spill 16 GB),
+//! else the system's temporary folder.
 
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -21,6 +23,16 @@ use crate::io::{AllowedRoots, StoreError};
 
 /// Hashes sorted in memory before a run is spilled (16 bytes each).
 const RUN_HASHES: usize = 8 << 20;
+/// The variable naming the folder sorted runs of id hashes spill to.
+pub const SPILL_DIR_ENV: &str = "SPARQ_SPILL_DIR";
+
+/// Where sorted runs spill: `$SPARQ_SPILL_DIR`, else the system's temporary folder.
+pub fn spill_dir() -> std::path::PathBuf {
+    std::env::var_os(SPILL_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from)
+}
+
 /// Examples named in the report.
 const EXAMPLES: usize = 5;
 
@@ -50,7 +62,7 @@ pub fn find_duplicates(
     id_column: &str,
     roots: &AllowedRoots,
 ) -> Result<Duplicates, StoreError> {
-    let mut sorter = RunSorter::default();
+    let mut sorter = RunSorter::new(spill_dir());
     for_each_id(runtime, &store, files, id_column, roots, |_, _, hash| {
         sorter.push(hash)
     })?;
@@ -143,14 +155,23 @@ fn hash128(text: &str) -> u128 {
     (half(0) << 64) | half(1)
 }
 
-/// Sorts hashes in bounded memory: sorted runs, spilled to temporary files when large.
-#[derive(Default)]
+/// Sorts hashes in bounded memory: sorted runs, spilled to temporary files in `dir` when
+/// large.
 struct RunSorter {
     current: Vec<u128>,
     runs: Vec<tempfile::NamedTempFile>,
+    dir: std::path::PathBuf,
 }
 
 impl RunSorter {
+    fn new(dir: std::path::PathBuf) -> Self {
+        Self {
+            current: Vec::new(),
+            runs: Vec::new(),
+            dir,
+        }
+    }
+
     fn push(&mut self, hash: u128) -> Result<(), StoreError> {
         self.current.push(hash);
         if self.current.len() >= RUN_HASHES {
@@ -161,12 +182,13 @@ impl RunSorter {
 
     fn spill(&mut self) -> Result<(), StoreError> {
         self.current.sort_unstable();
+        let dir = self.dir.clone();
         let io = |e| StoreError::Io {
-            op: "spilling id hashes to",
-            path: std::env::temp_dir(),
+            op: "spilling id hashes (set SPARQ_SPILL_DIR to a folder with room) to",
+            path: dir.clone(),
             source: e,
         };
-        let file = tempfile::NamedTempFile::new().map_err(io)?;
+        let file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         let mut w = BufWriter::new(file.as_file());
         for h in self.current.drain(..) {
             w.write_all(&h.to_le_bytes()).map_err(io)?;
@@ -199,9 +221,10 @@ impl RunSorter {
         if !self.current.is_empty() {
             self.spill()?;
         }
+        let dir = self.dir.clone();
         let io = |e| StoreError::Io {
             op: "reading spilled id hashes from",
-            path: std::env::temp_dir(),
+            path: dir.clone(),
             source: e,
         };
         let mut readers: Vec<BufReader<std::fs::File>> = Vec::new();
@@ -239,8 +262,9 @@ mod tests {
     #[test]
     fn spilled_runs_count_like_one_sort() {
         let values: Vec<u128> = (0..1000u128).map(|i| (i * 7919) % 613).collect();
-        let mut one = RunSorter::default();
-        let mut many = RunSorter::default();
+        let mut one = RunSorter::new(std::env::temp_dir());
+        let spill = tempfile::tempdir().unwrap();
+        let mut many = RunSorter::new(spill.path().to_path_buf());
         for (n, &v) in values.iter().enumerate() {
             one.push(v).unwrap();
             many.push(v).unwrap();
@@ -248,10 +272,27 @@ mod tests {
                 many.spill().unwrap();
             }
         }
+        // The runs are in the folder given.
+        assert_eq!(
+            std::fs::read_dir(spill.path()).unwrap().count(),
+            many.runs.len()
+        );
+        assert!(many.runs.len() > 5);
         let (a, _) = one.count_duplicates(5).unwrap();
         let (b, found) = many.count_duplicates(5).unwrap();
         assert_eq!(a, 1000 - 613);
         assert_eq!(a, b);
         assert_eq!(found.len(), 5);
+    }
+
+    #[test]
+    fn a_spill_folder_that_is_not_there_is_named() {
+        let mut sorter = RunSorter::new("/nonexistent/sparq-spill".into());
+        sorter.push(1).unwrap();
+        let e = sorter.spill().unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/sparq-spill") && e.contains("SPARQ_SPILL_DIR"),
+            "{e}"
+        );
     }
 }

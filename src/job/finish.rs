@@ -102,10 +102,31 @@ pub struct ManifestModel {
     pub path: std::path::PathBuf,
 }
 
+/// A shard counted committed whose part the output's listing does not hold (deleted since,
+/// or never really written): a failed shard, to encode again.
+#[derive(Debug, Clone)]
+pub struct MissingShard {
+    /// The shard's id in the plan.
+    pub shard: usize,
+    /// The failure the manifest records for it.
+    pub failure: ShardFailure,
+}
+
+/// What finishing a job found and wrote.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The summary (its `failed_shards` counts the missing shards too).
+    pub summary: EncodeSummary,
+    /// Shards whose part is missing: no `_SUCCESS` was written; the caller re-runs them
+    /// (the service re-queues them, `sparq encode` asks for a rerun).
+    pub missing: Vec<MissingShard>,
+}
+
 /// Ends a job: sums the shard reports into the summary and writes the manifest, then
-/// `_SUCCESS` when nothing failed. `failures` holds the plan's and the lease loop's;
-/// with `count_s3_requests` (a process running one job: the local coordinator, not the
-/// service) the summary says the S3 requests of the run so far.
+/// `_SUCCESS` when nothing failed and the output's listing holds every expected part (a part
+/// missing from it is a failed shard, returned in [`Finished::missing`]). `failures` holds
+/// the plan's and the lease loop's; with `count_s3_requests` (a process running one job: the
+/// local coordinator, not the service) the summary says the S3 requests of the run so far.
 pub fn finish_encode(
     plan: &EncodePlan,
     reports: &BTreeMap<usize, ShardReport>,
@@ -113,15 +134,45 @@ pub fn finish_encode(
     seconds: f64,
     count_s3_requests: bool,
     runtime: &tokio::runtime::Runtime,
-) -> Result<EncodeSummary, JobError> {
+) -> Result<Finished, JobError> {
     let committer = Committer::new(&StoreUrl::parse(&plan.settings.output)?)?
         .confined(&plan.settings.allowed_roots);
-    let mut summary = summarize(plan, reports, failures, seconds);
     committer.remove_attempts();
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
-    // Duplicate ids across the whole output (every committed part, this run's or earlier).
     let output = committer.url().clone();
     let sizes: BTreeMap<String, u64> = runtime.block_on(committer.list())?.into_iter().collect();
+    // Every part the plan expects and no failure accounts for must be listed: a shard counted
+    // committed (by this run or an earlier one) whose part is gone is failed, not skipped.
+    let missing: Vec<MissingShard> = plan
+        .shards
+        .iter()
+        .filter(|s| !failed_parts.contains(s.part.as_str()) && !sizes.contains_key(&s.part))
+        .map(|s| MissingShard {
+            shard: s.id,
+            failure: ShardFailure {
+                part: s.part.clone(),
+                file: s.file.clone(),
+                rows: (s.first_row, s.rows),
+                causes: vec![format!(
+                    "{} is missing from the output although its shard was counted committed \
+                     (deleted, or never really written): rerun the same command to encode it \
+                     again",
+                    output.join(&s.part)
+                )],
+            },
+        })
+        .collect();
+    for m in &missing {
+        tracing::error!("{}", m.failure.causes[0]);
+    }
+    let failures: Vec<ShardFailure> = failures
+        .iter()
+        .cloned()
+        .chain(missing.iter().map(|m| m.failure.clone()))
+        .collect();
+    let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
+    let mut summary = summarize(plan, reports, &failures, seconds);
+    // Duplicate ids across the whole output (every committed part, this run's or earlier).
     let part_files: Vec<InputFile> = plan
         .shards
         .iter()
@@ -163,7 +214,7 @@ pub fn finish_encode(
         settings: plan.identity.clone(),
         rows: parts.iter().map(|p| p.rows).sum(),
         files: parts,
-        failed_shards: failures.to_vec(),
+        failed_shards: failures.clone(),
         failed_rows: reports
             .values()
             .flat_map(|r| r.failures.iter().cloned())
@@ -177,7 +228,7 @@ pub fn finish_encode(
     if failures.is_empty() {
         runtime.block_on(committer.put(SUCCESS, Vec::new()))?;
     }
-    Ok(summary)
+    Ok(Finished { summary, missing })
 }
 
 /// The shard reports and failures of a run summed (without duplicate ids, which need the

@@ -14,7 +14,7 @@ use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, REPORTS, SUCCES
 use crate::encode::columns::check_columns;
 use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
-use crate::io::input::{list_inputs, read_footer, InputReader};
+use crate::io::input::{input_glob, list_inputs, read_footer, InputReader, GLOB_OPTIONS};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::model::{fingerprint, ModelLayout};
@@ -569,9 +569,22 @@ pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Refuses an output inside the input (the next listing would read the output as input).
+/// Refuses an output inside the input (the next listing would read the output as input): in
+/// the folder or prefix, or where a glob input would match its parts.
 fn check_overlap(input: &StoreUrl, output: &StoreUrl) -> Result<(), JobError> {
+    let part = super::part_name(0, 0);
+    let globbed = match (input_glob(input)?, &input.location, &output.location) {
+        (Some(glob), Location::Local(_), Location::Local(o)) => {
+            Some(glob.matches_path_with(&o.join(&part), GLOB_OPTIONS))
+        }
+        (Some(glob), Location::S3 { bucket: bi, .. }, Location::S3 { bucket: bo, key }) => {
+            Some(bi == bo && glob.matches_with(&format!("{key}/{part}"), GLOB_OPTIONS))
+        }
+        (Some(_), _, _) => Some(false),
+        (None, _, _) => None,
+    };
     let overlap = match (&input.location, &output.location) {
+        _ if globbed.is_some() => globbed == Some(true),
         (Location::Local(i), Location::Local(o)) => i.is_dir() && o.starts_with(i) || i == o,
         (
             Location::S3 {
@@ -587,7 +600,7 @@ fn check_overlap(input: &StoreUrl, output: &StoreUrl) -> Result<(), JobError> {
     };
     if overlap {
         return Err(JobError::Settings(format!(
-            "--output {} is inside --input {}: its parts would be read as input next time; choose an output outside the input",
+            "--output {} is inside --input {}: its parts would be read as input next time; choose an output outside the input (or a narrower glob)",
             output.raw, input.raw
         )));
     }
@@ -655,6 +668,14 @@ mod overlap_tests {
         // A prefix that merely starts the same is another folder.
         assert!(check_overlap(&s3("s3://b/corpus"), &s3("s3://b/corpus-vectors")).is_ok());
         assert!(check_overlap(&s3("s3://b/corpus"), &s3("s3://c/corpus/v")).is_ok());
+        // A glob overlaps where it would match the output's parts.
+        let glob = |g: &str| StoreUrl::parse(input.join(g).to_str().unwrap()).unwrap();
+        assert!(check_overlap(&glob("*.parquet"), &url(&input)).is_err());
+        assert!(check_overlap(&glob("**/*.parquet"), &url(&input.join("out"))).is_err());
+        assert!(check_overlap(&glob("*/*.parquet"), &url(&input.join("out"))).is_err());
+        assert!(check_overlap(&glob("*.parquet"), &url(&input.join("out"))).is_ok());
+        assert!(check_overlap(&s3("s3://b/c/**/*.parquet"), &s3("s3://b/c/v")).is_err());
+        assert!(check_overlap(&s3("s3://b/c/*.parquet"), &s3("s3://b/c/v")).is_ok());
     }
 
     #[test]

@@ -469,7 +469,29 @@ fn finish_job(app: &App, job: ToFinish, runtime: &tokio::runtime::Runtime) {
                 }
                 std::thread::sleep(Duration::from_secs(attempt));
             }
-            match result {
+            if let Some(finished) = result.as_ref().ok().filter(|f| !f.missing.is_empty()) {
+                // Parts counted committed but gone from the output: encode them again.
+                let missing: Vec<(usize, String)> = finished
+                    .missing
+                    .iter()
+                    .map(|m| (m.shard, m.failure.part.clone()))
+                    .collect();
+                tracing::warn!(
+                    "job {}: {} part(s) missing from the output, re-queued: {}",
+                    job.id,
+                    missing.len(),
+                    missing
+                        .iter()
+                        .map(|(_, part)| part.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Err(e) = app.store.write(|db| db.requeue(&job.id, &missing)) {
+                    tracing::error!("job {}: state database: {e}", job.id);
+                }
+                return;
+            }
+            match result.map(|f| f.summary) {
                 Ok(summary) => {
                     let ok = job.failures.is_empty();
                     (

@@ -204,6 +204,11 @@ pub enum FailureCause {
         /// What could not be read, and why.
         what: String,
     },
+    /// The shard was counted committed, but its part was gone from the output at the finish.
+    MissingAtFinish {
+        /// The part's file name.
+        part: String,
+    },
 }
 
 impl std::fmt::Display for FailureCause {
@@ -220,6 +225,9 @@ impl std::fmt::Display for FailureCause {
             FailureCause::Reported { error } => f.write_str(error),
             FailureCause::Unreadable { what } => {
                 write!(f, "the service cannot read {what}")
+            }
+            FailureCause::MissingAtFinish { part } => {
+                write!(f, "the part {part} was missing from the output at the finish")
             }
         }
     }

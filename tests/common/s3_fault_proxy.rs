@@ -46,6 +46,10 @@ pub struct FaultPlan {
     pub kinds: Vec<Fault>,
     /// Fail only a request's first arrival (its retry goes through).
     pub first_arrival_only: bool,
+    /// Answer the first this-many arrivals of each create-once `PUT` (`If-None-Match: *`) with
+    /// 409 `ConditionalRequestConflict`, not forwarded: what S3 says while another conditional
+    /// write of the key is in flight, and what object_store reports as `AlreadyExists`.
+    pub conflict_creates: u64,
 }
 
 impl Default for FaultPlan {
@@ -62,6 +66,7 @@ impl Default for FaultPlan {
                 Fault::Stall,
             ],
             first_arrival_only: false,
+            conflict_creates: 0,
         }
     }
 }
@@ -73,6 +78,8 @@ struct State {
     turn: usize,
     owed_cuts: u64,
     injected: BTreeMap<Fault, u64>,
+    creates: HashMap<String, u64>,
+    conflicts: u64,
 }
 
 /// A running proxy; stops when dropped.
@@ -120,6 +127,11 @@ impl FaultProxy {
         self.state.lock().unwrap().requests
     }
 
+    /// Create-once writes answered 409.
+    pub fn conflicts(&self) -> u64 {
+        self.state.lock().unwrap().conflicts
+    }
+
     /// Faults injected, by kind.
     pub fn injected(&self) -> BTreeMap<Fault, u64> {
         self.state.lock().unwrap().injected.clone()
@@ -145,6 +157,18 @@ async fn serve(
         return Ok(());
     };
     let head = String::from_utf8_lossy(&request[..request_head_len(&request)]).into_owned();
+    if conflict(&head, plan, state) {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\
+                    <Code>ConditionalRequestConflict</Code><Message>injected by the test proxy\
+                    </Message></Error>";
+        let answer = format!(
+            "HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
     let fault = decide(&head, plan, state);
     let error_answer = |status: &str, code: &str| {
         let body = format!(
@@ -211,6 +235,27 @@ async fn serve(
 
 fn count(state: &Mutex<State>, fault: Fault) {
     *state.lock().unwrap().injected.entry(fault).or_default() += 1;
+}
+
+/// Whether this request is a create-once `PUT` to answer with 409.
+fn conflict(head: &str, plan: &FaultPlan, state: &Mutex<State>) -> bool {
+    let lower = head.to_ascii_lowercase();
+    let create = lower.starts_with("put ")
+        && lower
+            .split("\r\n")
+            .any(|l| l.replace(' ', "") == "if-none-match:*");
+    if !create || plan.conflict_creates == 0 {
+        return false;
+    }
+    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+    let mut s = state.lock().unwrap();
+    let n = s.creates.entry(target).or_default();
+    *n += 1;
+    let refuse = *n <= plan.conflict_creates;
+    if refuse {
+        s.conflicts += 1;
+    }
+    refuse
 }
 
 /// Whether (and how) this request fails: by the seeded hash of its identity and arrival.

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 pub use self::store::Store;
 pub use self::view::{ShardFilter, ToFinish};
-use super::wire::{JobKind, JobState, ShardState};
+use super::wire::{Causes, FailureCause, JobKind, JobState, ShardState};
 use crate::job::plan::EncodePlan;
 
 /// Errors of the state database.
@@ -469,6 +469,41 @@ impl Db {
             "UPDATE jobs SET state = ?1, error = ?2, finished = ?3 WHERE id = ?4 AND state != ?5",
             params![JobState::Failed, error, now(), id, JobState::Cancelled],
         )?;
+        Ok(())
+    }
+
+    /// Sends a finishing job back to running with `missing` (shard, part) counted committed but
+    /// gone from the output, to encode again, or failed for good once out of attempts.
+    pub fn requeue(&mut self, id: &str, missing: &[(usize, String)]) -> DbResult<()> {
+        let tx = self.conn.transaction()?;
+        let max: u32 = tx.query_row(
+            "SELECT max_attempts FROM jobs WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        for (shard, part) in missing {
+            let (attempts, mut causes): (u32, Causes) = tx.query_row(
+                "SELECT attempts, causes FROM shards WHERE job = ?1 AND shard = ?2",
+                params![id, *shard as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            causes.0.push(FailureCause::MissingAtFinish { part: part.clone() });
+            let next = if attempts < max {
+                ShardState::Pending
+            } else {
+                ShardState::Failed
+            };
+            tx.execute(
+                "UPDATE shards SET state = ?1, causes = ?2, lease = NULL, expires = NULL
+                 WHERE job = ?3 AND shard = ?4",
+                params![next, causes, id, *shard as i64],
+            )?;
+        }
+        tx.execute(
+            "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
+            params![JobState::Running, id, JobState::Finishing],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

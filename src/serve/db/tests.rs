@@ -340,3 +340,35 @@ fn pages_of_jobs_follow_each_other_and_ended_jobs_are_purged() {
         .unwrap();
     assert_eq!(left, 12);
 }
+
+#[test]
+fn a_part_missing_at_the_finish_is_leased_again_until_its_attempts_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("s.db")).unwrap();
+    let job = planned(&mut db, 2, 60);
+    for _ in 0..2 {
+        let grant = db.lease("w").unwrap().unwrap();
+        assert!(db.done(&grant.lease, "w", &Value::Null).unwrap().keep);
+    }
+    assert_eq!(db.next_to_finish().unwrap().unwrap().0, job);
+    // Shard 1's part is gone: leased again (attempt 2 of 2), then finished again.
+    let missing = [(1, "part-00000-000000000010.parquet".to_string())];
+    db.requeue(&job, &missing).unwrap();
+    let again = db.lease("w").unwrap().unwrap();
+    assert_eq!(again.attempt, 2);
+    assert!(db.lease("w").unwrap().is_none(), "only the missing shard");
+    assert!(db.done(&again.lease, "w", &Value::Null).unwrap().keep);
+    let (id, kind) = db.next_to_finish().unwrap().unwrap();
+    assert!(db.finishing(&id, kind).unwrap().failures.is_empty());
+    // Missing again with its attempts spent: failed for good, with the cause.
+    db.requeue(&job, &missing).unwrap();
+    assert!(db.lease("w").unwrap().is_none());
+    let (id, kind) = db.next_to_finish().unwrap().unwrap();
+    let finishing = db.finishing(&id, kind).unwrap();
+    assert_eq!(finishing.failures.len(), 1);
+    assert!(finishing.failures[0]
+        .causes
+        .last()
+        .unwrap()
+        .contains("was missing from the output at the finish"));
+}
