@@ -62,7 +62,12 @@ deploy-check: reference-env
 # The S3 tests run against SeaweedFS on 127.0.0.1 and the Slurm tests against a one-node Slurm
 # (Debian's, installed when missing: needs root, as the disk-fault tests do), started here and
 # stopped whatever the result.
+# tests/integrity.rs mounts a FUSE filesystem without hard links (fuse-zip, from Debian, when
+# we are root) to check that such an output is refused up front.
 test: reference-env lint deploy-check
+	@command -v fuse-zip > /dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get > /dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends fuse-zip > /dev/null; } || echo "fuse-zip: not installed"
 	@status=0; { s3=$$(scripts/s3-test-server.sh start) && eval "$$s3" && \
 		slurm=$$(scripts/slurm-test-cluster.sh start) && eval "$$slurm" && \
 		export SPARQ_REQUIRE_S3=1 SPARQ_REQUIRE_SLURM=1 && \

@@ -19,11 +19,17 @@ fn gpu_all_dry_run_writes_both_reports_and_the_summary() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_reference {
-        eprintln!("SKIPPED gpu_all dry run: no .venv with sentence-transformers; `make test` installs it");
+        eprintln!(
+            "SKIPPED gpu_all dry run: no .venv with sentence-transformers; `make test` installs it"
+        );
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let path = format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let run = Command::new("bash")
         .arg(root().join("bench/gpu_all.sh"))
         .env("SPARQ_BENCH_DRY", "1")
@@ -52,7 +58,10 @@ fn gpu_all_dry_run_writes_both_reports_and_the_summary() {
     // Encoder rows: encode-text and the encode sweep, ids checked by the script itself.
     let encoder = json("-cpu-dry-run.json");
     let modes: Vec<&str> = encoder.iter().filter_map(|r| r["mode"].as_str()).collect();
-    assert!(modes.contains(&"encode-text") && modes.contains(&"encode"), "{modes:?}");
+    assert!(
+        modes.contains(&"encode-text") && modes.contains(&"encode"),
+        "{modes:?}"
+    );
     for row in &encoder {
         assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["st_docs_per_s"].as_f64().unwrap() > 0.0, "{row}");
@@ -75,7 +84,10 @@ fn gpu_all_dry_run_writes_both_reports_and_the_summary() {
         "--batch-tokens sweep",
         "## One process, 3 steps",
     ] {
-        assert!(summary.contains(needle), "{needle:?} missing from gpu_all.md:\n{summary}");
+        assert!(
+            summary.contains(needle),
+            "{needle:?} missing from gpu_all.md:\n{summary}"
+        );
     }
     assert!(!summary.contains("FAILED"), "{summary}");
 }

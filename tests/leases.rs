@@ -489,6 +489,7 @@ fn a_remote_worker_runs_a_score_lease_and_keeps_its_shard_report() {
             batch_size: 32,
         },
         shard_reports: false,
+        lock_job: None,
     };
     let shard = ShardSpec {
         id: 0,
@@ -567,6 +568,7 @@ fn heartbeats_of_an_encode_lease_carry_a_progress_counter_that_moves() {
         allowed_roots: Default::default(),
         task: Default::default(),
         shard_reports: false,
+        lock_job: None,
     };
     let shard = ShardSpec {
         id: 0,

@@ -227,7 +227,10 @@ impl std::fmt::Display for FailureCause {
                 write!(f, "the service cannot read {what}")
             }
             FailureCause::MissingAtFinish { part } => {
-                write!(f, "the part {part} was missing from the output at the finish")
+                write!(
+                    f,
+                    "the part {part} was missing from the output at the finish"
+                )
             }
         }
     }

@@ -487,7 +487,9 @@ impl Db {
                 params![id, *shard as i64],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            causes.0.push(FailureCause::MissingAtFinish { part: part.clone() });
+            causes
+                .0
+                .push(FailureCause::MissingAtFinish { part: part.clone() });
             let next = if attempts < max {
                 ShardState::Pending
             } else {
