@@ -86,8 +86,10 @@ impl Recorded {
 
     /// Whether a model with this fingerprint may name the output's dimensions (any may when
     /// the output records none).
-    fn accepts(&self, fingerprint: &str) -> bool {
-        self.fingerprint.as_deref().is_none_or(|f| f == fingerprint)
+    fn accepts(&self, dir: &Path, fingerprint: &str) -> bool {
+        self.fingerprint
+            .as_deref()
+            .is_none_or(|f| crate::model::fingerprint::recognizes(dir, fingerprint, f))
     }
 }
 
@@ -166,9 +168,9 @@ fn choose(
     if let Some(given) = flag {
         let (tokenizer, ours) = open_model(given)?;
         return match recorded.fingerprint.as_deref() {
-            Some(theirs) if theirs != ours => Err(ExportError::Option(another_model(
-                output, recorded, theirs, given, &ours,
-            ))),
+            Some(theirs) if !crate::model::fingerprint::recognizes(given, &ours, theirs) => Err(
+                ExportError::Option(another_model(output, recorded, theirs, given, &ours)),
+            ),
             _ => Ok(Ok(tokenizer)),
         };
     }
@@ -180,7 +182,7 @@ fn choose(
             path.display()
         );
         match open_model(path) {
-            Ok((tokenizer, ours)) if recorded.accepts(&ours) => {
+            Ok((tokenizer, ours)) if recorded.accepts(path, &ours) => {
                 tracing::info!("using model {} (recorded in the output)", path.display());
                 return Ok(Ok(tokenizer));
             }
@@ -193,7 +195,7 @@ fn choose(
     }
     let (default, source) = default_model();
     match open_model(&default) {
-        Ok((tokenizer, ours)) if recorded.accepts(&ours) => {
+        Ok((tokenizer, ours)) if recorded.accepts(&default, &ours) => {
             let used = format!("using model {} ({source})", default.display());
             if why.is_empty() {
                 tracing::info!("{used}");

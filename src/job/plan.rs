@@ -212,6 +212,24 @@ pub fn plan_encode(
     let previous: Option<JobIdentity> = runtime
         .block_on(committer.get(JOB_FILE))?
         .and_then(|b| serde_json::from_slice(&b).ok());
+    // An output written before fingerprints covered whole files records the earlier
+    // fingerprint of the same model: it resumes as that model, under the fingerprint it records.
+    let model_root = layout
+        .as_ref()
+        .map_or(model.as_path(), |l| l.root.as_path());
+    let model_fingerprint = match &previous {
+        Some(prev)
+            if prev.model != model_fingerprint
+                && crate::model::fingerprint::recognizes(
+                    model_root,
+                    &model_fingerprint,
+                    &prev.model,
+                ) =>
+        {
+            prev.model.clone()
+        }
+        _ => model_fingerprint,
+    };
 
     // Shards: the size given, else the one the output was planned with (a resumed run cuts
     // the same parts whatever its fleet), else enough shards to keep every worker busy.
@@ -285,6 +303,11 @@ pub fn plan_encode(
             if foreign.len() > 5 { ", ..." } else { "" }
         )));
     }
+    // An output that cannot take a commit (no hard links, read-only) is refused before the
+    // lock, whose generations are committed the same way, is tried.
+    if options.claim {
+        runtime.block_on(committer.probe())?;
+    }
     // Ownership before anything else: a live job on this output is refused by name before
     // the identity is compared or anything deleted.
     let claim = match options.lock.as_ref().filter(|_| options.claim) {
@@ -310,9 +333,6 @@ pub fn plan_encode(
         .map(|(n, _)| n.clone())
         .filter(|n| is_part(n))
         .collect();
-    if options.claim {
-        runtime.block_on(committer.probe())?;
-    }
     if args.overwrite && !owned.is_empty() {
         if options.claim {
             runtime.block_on(committer.delete(&owned))?;

@@ -93,6 +93,48 @@ pub fn fingerprint_cached(dir: &Path, cache: Option<&Path>) -> Result<String, Mo
     Ok(hex::encode(hash.finalize()))
 }
 
+/// Whether `recorded`, a fingerprint an output records, names the model in `dir` whose
+/// fingerprint is `current`: equal, or the fingerprint sparq recorded before it hashed whole
+/// files ([`earlier_fingerprint`]), so outputs written then still resume, inspect and export.
+pub fn recognizes(dir: &Path, current: &str, recorded: &str) -> bool {
+    recorded == current || earlier_fingerprint(dir).is_ok_and(|f| f == recorded)
+}
+
+/// The fingerprint of sparq before whole-file hashing (kept only to recognise the outputs it
+/// wrote): SHA-256 over the name and content of every `.json` file of the folder and its module
+/// sub-folders, and the size plus the first and last 4 MiB of each `.safetensors` file.
+pub fn earlier_fingerprint(dir: &Path) -> Result<String, ModelError> {
+    use std::io::{Seek, SeekFrom};
+    const EDGE: u64 = 4 << 20;
+    let mut files = Vec::new();
+    collect(dir, dir, 0, &mut files)?;
+    files.retain(|rel| rel.ends_with(".json") || rel.ends_with(".safetensors"));
+    files.sort();
+    let mut hash = Sha256::new();
+    for rel in files {
+        let path = dir.join(&rel);
+        hash.update(rel.as_bytes());
+        let io = |e| ModelError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        if rel.ends_with(".safetensors") {
+            let mut f = std::fs::File::open(&path).map_err(io)?;
+            let size = f.metadata().map_err(io)?.len();
+            hash.update(size.to_le_bytes());
+            let mut buf = vec![0u8; EDGE.min(size) as usize];
+            f.read_exact(&mut buf).map_err(io)?;
+            hash.update(&buf);
+            f.seek(SeekFrom::Start(size - EDGE.min(size))).map_err(io)?;
+            f.read_exact(&mut buf).map_err(io)?;
+            hash.update(&buf);
+        } else {
+            hash.update(std::fs::read(&path).map_err(io)?);
+        }
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
 /// One file's cached digest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Cached {
