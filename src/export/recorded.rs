@@ -280,12 +280,14 @@ mod tests {
         assert_eq!(recorded.id_column(None), "doc_id");
         assert_eq!(recorded.id_column(Some("key")), "key");
         assert_eq!(Recorded::default().id_column(None), "id");
-        assert!(Recorded::default().accepts("anything"));
+        // A folder with no model files: only the recorded fingerprint itself is recognised.
+        let none = Path::new("/nonexistent-model-folder");
+        assert!(Recorded::default().accepts(none, "anything"));
         let recorded = Recorded {
             fingerprint: Some("f1".into()),
             ..Default::default()
         };
-        assert!(recorded.accepts("f1") && !recorded.accepts("f2"));
+        assert!(recorded.accepts(none, "f1") && !recorded.accepts(none, "f2"));
     }
 
     #[test]
