@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod events;
 pub mod fence;
+mod fenced_output;
 pub mod files;
 mod host;
 pub mod loss;
