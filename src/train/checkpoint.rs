@@ -203,10 +203,14 @@ impl Output {
                 std::fs::read(local.join(rel)).map_err(|e| io_error(&local.join(rel), e))?;
             self.put(rt, &format!("{prefix}/{}", rel.to_string_lossy()), bytes)?;
         }
-        // The marker is created once: of two writers of one step, one completes it.
+        // The marker is created once: of two writers of one step, one completes it. It names
+        // its writer, so a create whose answer was lost (its retry is told the marker exists)
+        // is recognised as this run's own.
         let (target, file) = self.at(&marker)?;
-        match rt.block_on(target.commit(file, b"complete".to_vec()))? {
+        let ours = format!("complete {}", uuid::Uuid::new_v4()).into_bytes();
+        match rt.block_on(target.commit(file, ours.clone()))? {
             crate::io::CommitOutcome::Committed => Ok(()),
+            _ if rt.block_on(target.get(file))?.as_deref() == Some(ours.as_slice()) => Ok(()),
             _ => Err(self.taken(prefix)),
         }
     }
