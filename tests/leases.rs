@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::process::{children_of, kill9};
 use common::service::sparq_cmd;
 use serde_json::{json, Value};
+use sparq::encode::settings::{EncodeSettings, RowTask};
 
 /// Answers one request: (status, JSON body or none).
 type Handler = dyn Fn(&str, &str, &Value) -> (u16, Option<Value>) + Send + Sync;
@@ -450,7 +451,6 @@ fn read_batches(path: &Path) -> Vec<arrow::array::RecordBatch> {
 
 #[test]
 fn a_remote_worker_runs_a_score_lease_and_keeps_its_shard_report() {
-    use sparq::encode::settings::{EncodeSettings, RowTask};
     use sparq::encode::shard::{Segment, ShardSpec};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in/pairs.parquet");
@@ -471,26 +471,14 @@ fn a_remote_worker_runs_a_score_lease_and_keeps_its_shard_report() {
     assert!(local.status.success(), "{}", stderr(&local));
     let part = "part-00000-000000000000.parquet";
     let output = dir.path().join("remote");
-    let settings = EncodeSettings {
-        model: model.clone(),
-        dtype: sparq::model::Dtype::F32,
-        batch_tokens: None,
-        max_active_dims: None,
-        id_column: "id".into(),
-        text_column: "text".into(),
-        keep_columns: Vec::new(),
-        query: false,
-        long_docs: Default::default(),
-        window_stride: 0,
-        output: output.display().to_string(),
-        allowed_roots: Default::default(),
-        task: RowTask::Score {
+    let settings = shard_settings(
+        model.clone(),
+        &output,
+        RowTask::Score {
             query_column: "query".into(),
             batch_size: 32,
         },
-        shard_reports: false,
-        lock_job: None,
-    };
+    );
     let shard = ShardSpec {
         id: 0,
         file: input.display().to_string(),
@@ -545,7 +533,6 @@ fn a_remote_worker_runs_a_score_lease_and_keeps_its_shard_report() {
 
 #[test]
 fn heartbeats_of_an_encode_lease_carry_a_progress_counter_that_moves() {
-    use sparq::encode::settings::EncodeSettings;
     use sparq::encode::shard::{Segment, ShardSpec};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in/a.parquet");
@@ -553,23 +540,7 @@ fn heartbeats_of_an_encode_lease_carry_a_progress_counter_that_moves() {
     let (rows, group) = (3000u64, 250u64);
     common::corpus::write_corpus(&input, 0..rows as i64, group as usize);
     let output = dir.path().join("out");
-    let settings = EncodeSettings {
-        model: common::tiny_model(),
-        dtype: sparq::model::Dtype::F32,
-        batch_tokens: None,
-        max_active_dims: None,
-        id_column: "id".into(),
-        text_column: "text".into(),
-        keep_columns: Vec::new(),
-        query: false,
-        long_docs: Default::default(),
-        window_stride: 0,
-        output: output.display().to_string(),
-        allowed_roots: Default::default(),
-        task: Default::default(),
-        shard_reports: false,
-        lock_job: None,
-    };
+    let settings = shard_settings(common::tiny_model(), &output, Default::default());
     let shard = ShardSpec {
         id: 0,
         file: input.display().to_string(),
@@ -621,4 +592,25 @@ fn heartbeats_of_an_encode_lease_carry_a_progress_counter_that_moves() {
     );
     assert!(progress.last().is_some_and(|&p| p > 0), "{progress:?}");
     assert!(output.join("part-00000-000000000000.parquet").is_file());
+}
+
+/// The settings of a one-shard lease writing `output` (f32, `id`/`text` columns).
+fn shard_settings(model: PathBuf, output: &Path, task: RowTask) -> EncodeSettings {
+    EncodeSettings {
+        model,
+        dtype: sparq::model::Dtype::F32,
+        batch_tokens: None,
+        max_active_dims: None,
+        id_column: "id".into(),
+        text_column: "text".into(),
+        keep_columns: Vec::new(),
+        query: false,
+        long_docs: Default::default(),
+        window_stride: 0,
+        output: output.display().to_string(),
+        allowed_roots: Default::default(),
+        task,
+        shard_reports: false,
+        lock_job: None,
+    }
 }
