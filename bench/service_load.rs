@@ -90,6 +90,18 @@ fn write_corpus(path: &Path, rows: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// The service's bearer token (it always requires one).
+const TOKEN: &str = "sparq-load-bench";
+
+fn bearer() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().expect("a valid header"),
+    );
+    headers
+}
+
 struct Service {
     child: Child,
     url: String,
@@ -109,7 +121,7 @@ fn start(binary: &Path, dir: &Path, root: &Path) -> Result<Service, Error> {
         .arg("--allow-root")
         .arg(dir)
         .current_dir(root)
-        .env_remove("SPARQ_TOKEN")
+        .env("SPARQ_TOKEN", TOKEN)
         .stderr(Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -142,6 +154,7 @@ fn run(
     let service = start(binary, dir.path(), root)?;
     let pid = service.child.id();
     let http = Client::builder()
+        .default_headers(bearer())
         .timeout(Duration::from_secs(600))
         .build()?;
     let spec = json!({
@@ -195,6 +208,7 @@ fn run(
         );
         threads.push(std::thread::spawn(move || {
             let http = Client::builder()
+                .default_headers(bearer())
                 .timeout(Duration::from_secs(600))
                 .build()
                 .unwrap();
@@ -242,6 +256,7 @@ fn run(
         let (lat, stop, url) = (lat.clone(), stop.clone(), service.url.clone());
         threads.push(std::thread::spawn(move || {
             let http = Client::builder()
+                .default_headers(bearer())
                 .timeout(Duration::from_secs(600))
                 .build()
                 .unwrap();

@@ -199,6 +199,7 @@ fn unauthorized_and_malformed_requests_get_clear_answers() {
     // A public address without a token is refused.
     let out = sparq_cmd(&["serve", "--listen", "0.0.0.0:0", "--state"])
         .arg(dir.path().join("x.db"))
+        .env_remove("SPARQ_TOKEN")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -519,7 +520,7 @@ fn two_hundred_jobs_submitted_at_once_each_run_exactly_once() {
         .map(|t| {
             let (url, dir) = (url.clone(), dir.path().to_path_buf());
             std::thread::spawn(move || {
-                let client = Client::new();
+                let client = http();
                 (0..50)
                     .map(|i| {
                         let spec = json!({
@@ -651,7 +652,10 @@ fn readme_several_machines_section_runs_as_written() {
 fn the_example_job_specs_pass_the_services_checks() {
     use sparq::serve::spec::{parse_spec, JobSpec, Roots};
     let repo = root().canonicalize().unwrap();
-    let roots = Roots::new(std::slice::from_ref(&repo), repo.clone(), tiny_model()).unwrap();
+    // The compose setup's bucket, as docker-compose.yml allows it.
+    let roots = Roots::new(std::slice::from_ref(&repo), repo.clone(), tiny_model())
+        .and_then(|r| r.with_s3(&["s3://sparq".to_string()]))
+        .unwrap();
     let mut kinds = Vec::new();
     for entry in std::fs::read_dir(repo.join("jobs")).unwrap() {
         let path = entry.unwrap().path();

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use common::corpus::*;
 use common::process::*;
 use common::service::*;
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
 fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
-    let r = Client::new()
+    let r = http()
         .post(format!("{url}{path}"))
         .json(body)
         .send()
@@ -25,7 +24,7 @@ fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
 }
 
 fn get_status(url: &str, path: &str) -> (u16, Value) {
-    let r = Client::new().get(format!("{url}{path}")).send().unwrap();
+    let r = http().get(format!("{url}{path}")).send().unwrap();
     let status = r.status().as_u16();
     (status, r.json().unwrap_or(Value::Null))
 }

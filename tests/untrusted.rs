@@ -115,7 +115,7 @@ fn rewrite_same_size(path: &Path, from: &[u8], to: &[u8]) {
 }
 
 fn submit(service: &Service, spec: Value) -> (u16, Value) {
-    let r = reqwest::blocking::Client::new()
+    let r = http()
         .post(format!("{}/v1/jobs", service.url))
         .json(&spec)
         .send()

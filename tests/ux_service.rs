@@ -19,7 +19,9 @@ use serde_json::Value;
 /// Starts `sparq serve` on a free port; returns it and its start-up line.
 fn serve(state: &Path) -> (Service, String) {
     let mut cmd = sparq_cmd(&["serve", "--listen", "127.0.0.1:0", "--state"]);
-    cmd.arg(state).stderr(Stdio::piped());
+    cmd.arg(state);
+    allow_test_roots(&mut cmd);
+    cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines
@@ -121,7 +123,7 @@ fn serve_and_worker_say_what_they_start_with() {
                 root().display(),
                 tmp.display()
             ))
-            && line.contains("no token: loopback only")
+            && line.contains("bearer token required (SPARQ_TOKEN)")
             && !line.contains("{}"),
         "{line}"
     );

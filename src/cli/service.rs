@@ -20,7 +20,7 @@ macro_rules! out {
 /// `sparq submit`: prints the job id; with `--wait`, follows it. Returns the exit code.
 pub fn submit(args: &SubmitArgs) -> Result<u8, CliError> {
     let spec = read_spec(&args.spec)?;
-    let client = Client::new(&args.coordinator.coordinator)?;
+    let client = Client::new(&args.coordinator)?;
     // A service started a moment ago (`sparq serve &`) gets a few seconds to come up. Only a
     // refused connection is retried: a request that may have arrived could queue the job twice.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -137,7 +137,7 @@ fn duration(seconds: f64) -> String {
 
 /// `sparq status`; returns the exit code.
 pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
-    let client = Client::new(&args.coordinator.coordinator)?;
+    let client = Client::new(&args.coordinator)?;
     if let (true, Some(id)) = (args.wait, &args.job) {
         return wait_for(&client, id);
     }
@@ -212,7 +212,7 @@ pub fn status(args: &StatusArgs) -> Result<u8, CliError> {
 /// `sparq cancel`: prints what it did, on stdout: the job, its state before and after, what
 /// was committed (kept) and what was still running (stopped at the workers' next heartbeat).
 pub fn cancel(args: &CancelArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.coordinator.coordinator)?;
+    let client = Client::new(&args.coordinator)?;
     // For the message only: the service cancels whatever state the job has reached by then.
     let before = client.job(&args.job, "none")?.state;
     let answer = client.call(

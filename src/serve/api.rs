@@ -111,7 +111,9 @@ fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<()> {
         .ok_or_else(|| {
             ApiError(
                 StatusCode::UNAUTHORIZED,
-                "missing bearer token: set SPARQ_TOKEN to the service's token".into(),
+                "missing bearer token: set SPARQ_TOKEN to the service's token, or name its \
+                 token file with --token-file or SPARQ_TOKEN_FILE"
+                    .into(),
             )
         })?;
     if bool::from(token_digest(given.trim()).ct_eq(expected)) {
@@ -119,7 +121,9 @@ fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<()> {
     } else {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "wrong token: set SPARQ_TOKEN to the service's token".into(),
+            "wrong token: set SPARQ_TOKEN to the service's token, or name its token file with \
+             --token-file or SPARQ_TOKEN_FILE"
+                .into(),
         ))
     }
 }

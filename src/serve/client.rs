@@ -2,14 +2,19 @@
 //! `cancel`; `cli::service` runs them), and reading job spec files.
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client as Http;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use super::token::{DEFAULT_TOKEN_FILE, TOKEN_FILE_VAR};
 use super::wire::{JobPage, JobView};
 use super::{COORDINATOR_VAR, DEFAULT_COORDINATOR, TOKEN_VAR};
+
+/// Environment variable naming a PEM CA certificate to trust (`--ca-cert`).
+pub const CA_CERT_VAR: &str = "SPARQ_CA_CERT";
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +29,9 @@ pub enum ClientError {
         /// Whether no connection was made (the request surely did not arrive).
         connect: bool,
     },
+    /// The client's settings cannot be used (URL, token file, CA certificate).
+    #[error("{0}")]
+    Settings(String),
     /// The service answered with an error.
     #[error("the coordinator answered {status}: {message}")]
     Api {
@@ -47,31 +55,88 @@ impl ClientError {
     }
 }
 
+/// Where a client's bearer token comes from.
+#[derive(Clone)]
+enum Token {
+    /// SPARQ_TOKEN.
+    Given(String),
+    /// A token file, read at the first request that finds it (a service started a moment ago
+    /// writes it before it listens).
+    File(PathBuf, Arc<OnceLock<String>>),
+    /// None (a remote coordinator without SPARQ_TOKEN or a token file).
+    Absent,
+}
+
 /// A client of one coordinator.
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    token: Token,
     http: Http,
 }
 
 impl Client {
-    /// A client of `url`, with the token from SPARQ_TOKEN.
-    pub fn new(url: &str) -> Result<Self, ClientError> {
-        let http = Http::builder()
+    /// A client of the coordinator `arg` names: its token from SPARQ_TOKEN, else the token file
+    /// (`--token-file`, or `sparq.db.token` here for a loopback coordinator); plain http only
+    /// to loopback; the CA of `--ca-cert` trusted on top of the system's.
+    pub fn new(arg: &CoordinatorArg) -> Result<Self, ClientError> {
+        let url = arg.coordinator.as_str();
+        let loopback = check_scheme(url)?;
+        let mut builder = Http::builder()
             .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: url.into(),
-                cause: e.to_string(),
-                connect: true,
-            })?;
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &arg.ca_cert {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ClientError::Settings(format!("--ca-cert {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Settings(format!(
+                        "--ca-cert {}: no PEM certificate in it: give the CA certificate that \
+                         signed the coordinator's --tls-cert, as a `-----BEGIN CERTIFICATE-----` \
+                         block",
+                        ca.display()
+                    ))
+                })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| {
+            ClientError::Settings(format!(
+                "setting up the client of {url}: {}",
+                root_cause(&e)
+            ))
+        })?;
+        let token = match std::env::var(TOKEN_VAR).ok().filter(|t| !t.is_empty()) {
+            Some(t) => Token::Given(t),
+            None => match (&arg.token_file, loopback) {
+                (Some(file), _) => Token::File(file.clone(), Arc::default()),
+                (None, true) => Token::File(DEFAULT_TOKEN_FILE.into(), Arc::default()),
+                (None, false) => Token::Absent,
+            },
+        };
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
-            token: std::env::var(TOKEN_VAR).ok().filter(|t| !t.is_empty()),
+            token,
             http,
         })
+    }
+
+    /// The bearer token to send, if one is known yet.
+    fn bearer(&self) -> Result<Option<String>, ClientError> {
+        match &self.token {
+            Token::Given(t) => Ok(Some(t.clone())),
+            Token::Absent => Ok(None),
+            Token::File(path, cached) => {
+                if let Some(t) = cached.get() {
+                    return Ok(Some(t.clone()));
+                }
+                match super::token::read(path).map_err(ClientError::Settings)? {
+                    Some(t) => Ok(Some(cached.get_or_init(|| t).clone())),
+                    None => Ok(None),
+                }
+            }
+        }
     }
 
     /// The coordinator's URL.
@@ -87,16 +152,25 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Option<Value>, ClientError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
+        if let Some(token) = self.bearer()? {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            cause: root_cause(&e),
-            connect: e.is_connect(),
+        let response = request.send().map_err(|e| {
+            let mut cause = root_cause(&e);
+            if cause.contains("certificate") {
+                cause.push_str(
+                    "; if a private CA signed the coordinator's certificate, trust it with \
+                     --ca-cert or SPARQ_CA_CERT",
+                );
+            }
+            ClientError::Unreachable {
+                url: self.base.clone(),
+                cause,
+                connect: e.is_connect(),
+            }
         })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
@@ -183,6 +257,37 @@ impl Client {
     }
 }
 
+/// Refuses a URL that is not `https://`, or `http://` to loopback (where a token sent in the
+/// clear stays on the machine). Returns whether the host is loopback.
+fn check_scheme(url: &str) -> Result<bool, ClientError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        ClientError::Settings(format!(
+            "--coordinator {url}: {e}: give a URL such as https://HOST:7070"
+        ))
+    })?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(loopback),
+        "http" if loopback => Ok(true),
+        "http" => Err(ClientError::Settings(format!(
+            "refusing plain http to the coordinator at {url}: the token and job specs would \
+             cross the network in the clear. Use https://{host}:{}: start `sparq serve` with \
+             --tls-cert and --tls-key (and give clients --ca-cert for a private CA); plain \
+             http is for a coordinator on this machine only (127.0.0.1, ::1, localhost)",
+            parsed.port_or_known_default().unwrap_or(80),
+        ))),
+        other => Err(ClientError::Settings(format!(
+            "--coordinator {url}: `{other}://` is not a coordinator URL: use https://HOST:PORT"
+        ))),
+    }
+}
+
 fn root_cause(e: &dyn std::error::Error) -> String {
     let mut cause = e.to_string();
     let mut source = e.source();
@@ -193,12 +298,20 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cause
 }
 
-/// `--coordinator`, shared by the client commands.
+/// `--coordinator` and how to trust it, shared by the client commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorArg {
-    /// The coordinator's URL.
+    /// The coordinator's URL: https://HOST:PORT, or http:// on loopback only.
     #[arg(long, env = COORDINATOR_VAR, default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
+    /// File holding the bearer token when SPARQ_TOKEN is unset (mode 0600). Default for a
+    /// loopback coordinator: `sparq.db.token` here, the file `sparq serve` writes by default.
+    #[arg(long, env = TOKEN_FILE_VAR, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust besides the system's (a private CA that signed the
+    /// coordinator's --tls-cert).
+    #[arg(long, env = CA_CERT_VAR, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Options of `sparq submit`.

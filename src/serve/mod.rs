@@ -9,6 +9,8 @@ pub(crate) mod db;
 mod keys;
 pub mod remote;
 pub mod spec;
+mod tls;
+pub mod token;
 mod train_lease;
 pub mod wire;
 
@@ -41,16 +43,27 @@ const POLL: Duration = Duration::from_millis(50);
 /// Options of `sparq serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. A non-loopback address needs SPARQ_TOKEN set.
+    /// Address to listen on. A non-loopback address needs a token named by the operator
+    /// (SPARQ_TOKEN or --token-file) and, for clients to accept it, --tls-cert/--tls-key.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
     /// SQLite file holding the queue; a restarted service resumes from it.
     #[arg(long, default_value = "sparq.db")]
     pub state: PathBuf,
-    /// Folder that job specs' local paths may use (repeatable). Default: the working directory
-    /// and the system temp directory.
-    #[arg(long = "allow-root", value_name = "PATH")]
+    /// Where job specs may point (repeatable): a local folder, or `s3://bucket/prefix` for S3
+    /// URLs. Default: the working directory, and no S3 location.
+    #[arg(long = "allow-root", value_name = "PATH|S3_URL")]
     pub allow_roots: Vec<PathBuf>,
+    /// The bearer token's file when SPARQ_TOKEN is unset: read, or made with a random token
+    /// (mode 0600) if missing. Default: the --state file's name plus `.token`.
+    #[arg(long, env = token::TOKEN_FILE_VAR, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Most jobs waiting to be planned; more submissions get 429.
     #[arg(long, default_value_t = 10_000)]
     pub max_queued: u64,
@@ -92,8 +105,11 @@ pub fn parse_retention(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A non-loopback address without a token.
-    #[error("refusing to listen on {0} without a token: set {TOKEN_VAR} (workers and `sparq submit` need the same value), or listen on 127.0.0.1")]
+    #[error("refusing to listen on {0} without a token: set {TOKEN_VAR}, or name a token file with --token-file (made with a random token if missing; workers and `sparq submit` need the same token), or listen on 127.0.0.1")]
     NoToken(SocketAddr),
+    /// The token or TLS settings cannot be used.
+    #[error("{0}")]
+    Security(String),
     /// An operating-system operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -133,30 +149,68 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
 
 /// Runs the service until SIGINT or SIGTERM.
 pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
-    let token = std::env::var(TOKEN_VAR)
+    let env_token = std::env::var(TOKEN_VAR)
         .ok()
         .filter(|t| !t.trim().is_empty());
-    if token.is_none() && !args.listen.ip().is_loopback() {
+    if env_token.is_none() && args.token_file.is_none() && !args.listen.ip().is_loopback() {
         return Err(ServeError::NoToken(args.listen));
     }
-    let base = std::env::current_dir().map_err(io("the working directory"))?;
-    let wanted = if args.allow_roots.is_empty() {
-        vec![base.clone(), std::env::temp_dir()]
-    } else {
-        args.allow_roots.clone()
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls::server_config(cert, key).map_err(ServeError::Security)?)
+        }
+        _ => None,
     };
-    let job_paths: Vec<String> = wanted
+    let base = std::env::current_dir().map_err(io("the working directory"))?;
+    // Local folders and S3 locations; `/tmp` is no default: every local user can write there.
+    let (s3_roots, local_roots): (Vec<&PathBuf>, Vec<&PathBuf>) = args
+        .allow_roots
+        .iter()
+        .partition(|r| r.to_str().is_some_and(|r| r.starts_with("s3://")));
+    let wanted: Vec<PathBuf> = if local_roots.is_empty() {
+        vec![base.clone()]
+    } else {
+        local_roots.into_iter().cloned().collect()
+    };
+    let s3_roots: Vec<String> = s3_roots
+        .iter()
+        .filter_map(|r| r.to_str().map(str::to_string))
+        .collect();
+    let mut job_paths: Vec<String> = wanted
         .iter()
         .map(|r| base.join(r).display().to_string())
         .collect();
-    let roots =
-        Roots::new(&wanted, base, crate::model::default_model_dir()).map_err(ServeError::Roots)?;
+    job_paths.extend(s3_roots.iter().cloned());
+    let roots = Roots::new(&wanted, base, crate::model::default_model_dir())
+        .and_then(|r| r.with_s3(&s3_roots))
+        .map_err(ServeError::Roots)?;
     if let Some(parent) = args.state.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(format!(
             "creating the folder of --state {}",
             args.state.display()
         )))?;
     }
+    // Always a token: SPARQ_TOKEN, or the one in the token file (made if missing), so that a
+    // service on a shared machine is not open to every local user.
+    let (token, token_note) = match env_token {
+        Some(t) => (t, format!("bearer token required ({TOKEN_VAR})")),
+        None => {
+            let file = args
+                .token_file
+                .clone()
+                .unwrap_or_else(|| token::beside_state(&args.state));
+            let t = token::read_or_create(&file).map_err(ServeError::Security)?;
+            (
+                t,
+                format!(
+                    "bearer token required: in {} (mode 0600; clients read it with \
+                     --token-file or {})",
+                    file.display(),
+                    token::TOKEN_FILE_VAR
+                ),
+            )
+        }
+    };
     let state_error = |what: String| move |source| ServeError::State { what, source };
     let new_state = !args.state.exists();
     let store = Store::open(&args.state).map_err(state_error(format!(
@@ -169,7 +223,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
     let (wake, woken) = crossbeam_channel::bounded(1);
     let app = Arc::new(App {
         store,
-        token: token.as_deref().map(api::token_digest),
+        token: Some(api::token_digest(&token)),
         roots,
         max_queued: args.max_queued,
         wake,
@@ -208,19 +262,31 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
             .local_addr()
             .map_err(io(format!("listening on {}", args.listen)))?;
         tracing::info!(
-            "serving on http://{local} (state {}; job paths under {}; {})",
+            "serving on {}://{local} (state {}; job paths under {}; {})",
+            if tls.is_some() { "https" } else { "http" },
             describe_state(&args.state, new_state, &counts),
             job_paths.join(", "),
-            if token.is_some() {
-                "bearer token required"
-            } else {
-                "no token: loopback only"
-            }
+            token_note
         );
-        axum::serve(listener, api::router(app))
+        if tls.is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                "plain http on {local}: clients refuse http:// to an address other than \
+                 loopback, so put a TLS proxy in front or start with --tls-cert/--tls-key"
+            );
+        }
+        match tls {
+            Some(config) => axum::serve(
+                tls::TlsListener::new(listener, config).map_err(io("serving"))?,
+                api::router(app),
+            )
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .map_err(io("serving"))
+            .map_err(io("serving")),
+            None => axum::serve(listener, api::router(app))
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(io("serving")),
+        }
     })?;
     tracing::info!("service stopped; queued and running jobs continue when it restarts");
     Ok(())

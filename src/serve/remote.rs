@@ -56,7 +56,7 @@ pub struct WorkerArgs {
 /// Runs the worker until `--idle-exit` or a signal.
 pub fn run_remote_worker(args: &WorkerArgs) -> Result<(), ServeError> {
     args.device.resolve()?;
-    let client = Client::new(&args.coordinator.coordinator)?;
+    let client = Client::new(&args.coordinator)?;
     let name = args.name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())

@@ -38,6 +38,35 @@ pub struct Roots {
     pub base: PathBuf,
     /// The service's default model, allowed wherever it is.
     pub default_model: PathBuf,
+    /// The S3 locations specs may use (`--allow-root s3://bucket/prefix`); none: no S3 URL.
+    pub s3: Vec<S3Root>,
+}
+
+/// An allowed S3 location: a bucket and a key prefix (whole path segments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Root {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/`; empty: the whole bucket.
+    pub prefix: String,
+}
+
+impl S3Root {
+    /// Whether `key` in `bucket` lies under this root (`a/b` is under `a`, `ab` is not).
+    fn contains(&self, bucket: &str, key: &str) -> bool {
+        bucket == self.bucket
+            && (self.prefix.is_empty()
+                || key == self.prefix
+                || key
+                    .strip_prefix(&self.prefix)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+impl std::fmt::Display for S3Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
 }
 
 impl Roots {
@@ -51,7 +80,28 @@ impl Roots {
             access,
             base,
             default_model,
+            s3: Vec::new(),
         })
+    }
+
+    /// These roots plus the S3 locations `urls` (`s3://bucket` or `s3://bucket/prefix`).
+    pub fn with_s3(mut self, urls: &[String]) -> Result<Self, String> {
+        for raw in urls {
+            let url = StoreUrl::parse(raw).map_err(|e| format!("--allow-root {raw}: {e}"))?;
+            let Location::S3 { bucket, key } = url.location else {
+                return Err(format!("--allow-root {raw}: not an s3:// URL"));
+            };
+            if has_dot_segment(&key) {
+                return Err(format!(
+                    "--allow-root {raw}: `.` and `..` are not S3 prefixes; write the prefix out"
+                ));
+            }
+            self.s3.push(S3Root {
+                bucket,
+                prefix: key.trim_matches('/').to_string(),
+            });
+        }
+        Ok(self)
     }
 
     /// Checks that `path` (absolute or relative to `base`) lies under an allowed root, by where
@@ -75,7 +125,30 @@ impl Roots {
     fn check_url(&self, key: &str, raw: &str) -> Result<String, String> {
         let url = StoreUrl::parse(raw).map_err(|e| format!("`{key}`: {e}"))?;
         match url.location {
-            Location::S3 { .. } => Ok(raw.to_string()),
+            Location::S3 {
+                bucket,
+                key: object,
+            } => {
+                let allowed = !has_dot_segment(&object)
+                    && self.s3.iter().any(|root| root.contains(&bucket, &object));
+                if allowed {
+                    return Ok(raw.to_string());
+                }
+                let roots: Vec<String> = self.s3.iter().map(|r| r.to_string()).collect();
+                Err(if roots.is_empty() {
+                    format!(
+                        "`{key}`: {raw}: this service allows no S3 location; start `sparq serve` \
+                         with --allow-root s3://{bucket}/PREFIX"
+                    )
+                } else {
+                    format!(
+                        "`{key}`: {raw} is outside the S3 locations this service allows ({}); \
+                         use one of them, or start `sparq serve` with --allow-root \
+                         s3://{bucket}/PREFIX",
+                        roots.join(", ")
+                    )
+                })
+            }
             Location::Local(_) => {
                 let local = raw.strip_prefix("file://").unwrap_or(raw);
                 let Some(wild) = local.find(['*', '?', '[']) else {
@@ -91,6 +164,12 @@ impl Roots {
             }
         }
     }
+}
+
+/// Whether an S3 key has a `.` or `..` segment (stores may resolve them; roots are literal).
+fn has_dot_segment(key: &str) -> bool {
+    key.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// A checked job: its kind and the normalised spec (local paths absolute).
@@ -319,6 +398,37 @@ mod tests {
             crate::model::default_model_dir(),
         )
         .unwrap()
+        .with_s3(&["s3://b".to_string(), "s3://c/jobs/".to_string()])
+        .unwrap()
+    }
+
+    #[test]
+    fn s3_urls_must_lie_under_an_allowed_s3_root() {
+        let r = roots();
+        let spec = |output: &str| json!({"kind": "encode", "input": "in", "output": output});
+        for ok in ["s3://b/out", "s3://c/jobs/x/y", "s3://c/jobs"] {
+            parse_spec(&spec(ok), &r).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for refused in [
+            "s3://c/jobsx/y",
+            "s3://c/other",
+            "s3://d/jobs/x",
+            "s3://c/jobs/../x",
+        ] {
+            let e = parse_spec(&spec(refused), &r).unwrap_err();
+            assert!(
+                e.contains(refused) && e.contains("--allow-root s3://"),
+                "{refused}: {e}"
+            );
+        }
+        let local_only = Roots::new(
+            std::slice::from_ref(&r.base),
+            r.base.clone(),
+            r.default_model.clone(),
+        )
+        .unwrap();
+        let e = parse_spec(&spec("s3://b/out"), &local_only).unwrap_err();
+        assert!(e.contains("allows no S3 location"), "{e}");
     }
 
     #[test]

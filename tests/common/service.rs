@@ -1,4 +1,7 @@
 //! The batch-job service in tests: `sparq serve` and `sparq worker` processes on loopback.
+//! Every sparq command gets the token [`TEST_TOKEN`] (the service always requires one), and a
+//! service started without `--allow-root` may use the repo, the temp directory (where tests
+//! keep their files) and the test S3 bucket.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -11,6 +14,19 @@ use serde_json::Value;
 use sparq::serve::api::JobView;
 
 use super::root;
+
+/// The bearer token of the services and clients the tests start.
+pub const TEST_TOKEN: &str = "sparq-test-token";
+
+/// An HTTP client sending [`TEST_TOKEN`].
+pub fn http() -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TEST_TOKEN}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
 
 /// A `sparq serve` process on a free loopback port.
 pub struct Service {
@@ -28,8 +44,15 @@ impl Service {
         Self::spawn(cmd)
     }
 
-    /// Starts a `sparq serve` command and waits for the address it prints.
+    /// Starts a `sparq serve` command (with [`allow_test_roots`]) and waits for the address it
+    /// prints.
     pub fn spawn(mut cmd: Command) -> Self {
+        allow_test_roots(&mut cmd);
+        Self::spawn_as_is(cmd)
+    }
+
+    /// Starts a `sparq serve` command as it is and waits for the address it prints.
+    pub fn spawn_as_is(mut cmd: Command) -> Self {
         cmd.stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -64,7 +87,7 @@ impl Service {
     }
 
     pub fn submit(&self, spec: &Value) -> String {
-        let r = Client::new()
+        let r = http()
             .post(format!("{}/v1/jobs", self.url))
             .json(spec)
             .send()
@@ -126,21 +149,36 @@ impl Drop for Worker {
     }
 }
 
+/// Gives a `sparq serve` command without `--allow-root` the folders tests use: the repo, the temp
+/// directory (no default of the service) and the test S3 bucket (S3 URLs need a root).
+pub fn allow_test_roots(cmd: &mut Command) {
+    if !cmd.get_args().any(|a| a == "--allow-root") {
+        cmd.arg("--allow-root")
+            .arg(root())
+            .arg("--allow-root")
+            .arg(std::env::temp_dir())
+            .arg("--allow-root")
+            .arg(format!("s3://{}", super::s3::BUCKET));
+    }
+}
+
 pub fn sparq_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sparq"));
     c.current_dir(root())
         .env_remove("SPARQ_MODEL")
-        .env_remove("SPARQ_TOKEN")
+        .env("SPARQ_TOKEN", TEST_TOKEN)
+        .env_remove("SPARQ_TOKEN_FILE")
+        .env_remove("SPARQ_CA_CERT")
         .env_remove("SPARQ_COORDINATOR")
         .args(args);
     c
 }
 
+/// A GET with `token` ([`TEST_TOKEN`] when `None`), which must succeed.
 pub fn get(url: &str, path: &str, token: Option<&str>) -> Value {
-    let mut r = Client::new().get(format!("{url}{path}"));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
+    let r = Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(token.unwrap_or(TEST_TOKEN));
     let r = r.send().unwrap();
     assert!(r.status().is_success(), "{path}: {}", r.status());
     r.json().unwrap()
