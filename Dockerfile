@@ -26,9 +26,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/sparq /usr/local/bin/sparq
 
 FROM debian:bookworm-slim
-# ca-certificates: S3 over https; curl: the healthchecks (docker-compose.yml, jobs/serve-k8s.yaml).
+# ca-certificates: S3 over https; curl: the healthchecks (docker-compose.yml, jobs/serve-k8s.yaml);
+# openssl: the coordinator's certificate made at the first start (docker-compose.yml tls-init).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl openssl \
     && rm -rf /var/lib/apt/lists/*
 # The whole venv, not only torch/lib: libtorch_cuda.so loads the nvidia-* wheels' libraries
 # through relative rpaths into site-packages. No python is needed at run time.

@@ -2,10 +2,11 @@
 """Checks sparq's deployment files without Docker, Kubernetes or Slurm; exit 0 when all pass.
 
 - docker-compose.yml against the compose JSON schema, then what the schema cannot see: services
-  named in depends_on, files in the repo, tokens, S3 credentials against the SeaweedFS identity
-  file, the job spec the submit service sends, the Dockerfile it builds;
+  named in depends_on, files in the repo, tokens, TLS (an https:// coordinator, its certificate
+  and the clients' CA in mounted volumes), S3 credentials against the SeaweedFS identity file,
+  the job spec the submit service sends (under an --allow-root s3://...), the Dockerfile;
 - jobs/*.toml: kind and repo paths (keys and types: tests/serve.rs, with the service's parser);
-- jobs/serve-k8s.yaml: object shape, Secrets, Service selector, GPU requests, probes, PVC, and
+- jobs/serve-k8s.yaml: object shape, Secrets, Service selector, GPU requests, HTTPS, probes, PVC,
   the Kubernetes schemas (strict) when kubernetes-validate is installed;
 - jobs/encode-indexed-job.yaml: an Indexed Job of `sparq encode --task-index auto` with
   --task-count = completions, per-index retries, its job file from a ConfigMap (shard_rows
@@ -211,8 +212,10 @@ class Compose:
     def __init__(self, root, doc):
         self.root, self.services = root, doc.get("services") or {}
         self.cmd = {n: argv(s.get("command")) for n, s in self.services.items()}
-        self.sparq = [n for n, s in self.services.items() if "build" in s
-                      or str(s.get("image", "")).split(":")[0].endswith("sparq")]
+        # A service of the sparq image with its own entrypoint (make-secrets) runs no sparq.
+        self.sparq = [n for n, s in self.services.items() if ("build" in s
+                      or str(s.get("image", "")).split(":")[0].endswith("sparq"))
+                      and "entrypoint" not in s]
         self.stage = []  # the runtime stage of the Dockerfile the sparq services build
 
     def env(self, name):
@@ -245,8 +248,14 @@ class Compose:
                 if bind and not (self.root / src).exists():
                     fail(f, f"services.{name}.volumes", f"{src}: no such file in the repo")
         for name in self.sparq:
-            if not self.env(name).get("SPARQ_TOKEN"):
-                fail(f, f"services.{name}.environment.SPARQ_TOKEN", "missing or empty")
+            env = self.env(name)
+            if not (env.get("SPARQ_TOKEN") or env.get("SPARQ_TOKEN_FILE")):
+                fail(f, f"services.{name}.environment.SPARQ_TOKEN", "missing or empty, and no "
+                     "SPARQ_TOKEN_FILE")
+            for var in ("SPARQ_TOKEN_FILE", "SPARQ_CA_CERT"):
+                if env.get(var) and not self.mounted(name, env[var]):
+                    fail(f, f"services.{name}.environment.{var}", f"{env[var]} is not in a "
+                         "volume the service mounts")
             if self.cmd[name][:1] and self.cmd[name][0] not in SPARQ_COMMANDS | {"inspect"}:
                 fail(f, f"services.{name}.command", f"{self.cmd[name][0]!r}: not a sparq command")
             build = self.services[name].get("build")
@@ -268,9 +277,22 @@ class Compose:
             if self.cmd[name][:1] == ["submit"]:
                 self.check_submit(name, bucket, upload)
 
+    def mounted(self, name, path):
+        """Whether `path` lies in a volume that service `name` mounts."""
+        return any(dst and PurePosixPath(dst) in PurePosixPath(path).parents
+                   for _, dst, _ in self.volumes(name))
+
     def check_coordinator(self, coord):
         f, svc, args = self.file, self.services[coord], self.cmd[coord]
         port = port_of(flag(args, "--listen", "127.0.0.1:7070"))
+        # Clients refuse plain http to anything but loopback: the coordinator serves HTTPS.
+        tls = [flag(args, "--tls-cert"), flag(args, "--tls-key")]
+        if None in tls:
+            fail(f, f"services.{coord}.command", "--tls-cert and --tls-key are needed: workers "
+                 "refuse http:// to another container")
+        for path in filter(None, tls):
+            if not self.mounted(coord, path):
+                fail(f, f"services.{coord}.command", f"{path} is not in a volume it mounts")
         test = argv((svc.get("healthcheck") or {}).get("test"))
         if f":{port}/healthz" not in " ".join(test):
             fail(f, f"services.{coord}.healthcheck", f"missing, or not a query of :{port}/healthz")
@@ -286,7 +308,7 @@ class Compose:
                 fail(f, f"services.{coord}.ports", f"{p}: publish on 127.0.0.1 only")
             if not str(p).endswith(f":{port}"):
                 fail(f, f"services.{coord}.ports", f"{p}: the --listen port is {port}")
-        want = f"http://{coord}:{port}"
+        want = f"https://{coord}:{port}"
         for name in self.sparq:
             if self.cmd[name][:1] in (["worker"], ["submit"]):
                 url = flag(self.cmd[name], "--coordinator") or self.env(name).get(
@@ -355,10 +377,17 @@ class Compose:
         spec, label = check_job_spec(self.root / repo, str(repo), self.root), str(repo)
         if spec.get("kind") != "encode":
             fail(label, "kind", f'the {name} service submits it as an encode job: "encode"')
+        serve = next((n for n in self.sparq if self.cmd[n][:1] == ["serve"]), None)
+        args = self.cmd.get(serve) or []
+        s3_roots = [a.rstrip("/") + "/" for i, a in enumerate(args[1:], 1)
+                    if args[i - 1] == "--allow-root" and a.startswith("s3://")]
         for k in ("input", "output"):
             if not str(spec.get(k, "")).startswith(f"s3://{bucket}/"):
                 fail(label, k, f"{spec.get(k)!r} is not in s3://{bucket}/, the bucket s3-init "
                      "creates")
+            if not any(str(spec.get(k, "")).startswith(r) for r in s3_roots):
+                fail(label, k, f"{spec.get(k)!r} is under no --allow-root s3://... of "
+                     f"services.{serve}: the coordinator refuses it")
         if upload and str(spec.get("input", "")).rstrip("/") != upload.rstrip("/"):
             fail(label, "input", f"{spec.get('input')!r}, but s3-init uploads to {upload}")
         for init in self.services:
@@ -472,10 +501,16 @@ def check_k8s(root):
     ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
     if port not in ports.values():
         fail(file, f"{where}.ports", f"the --listen port {port} is not a containerPort")
+    tls = flag(args, "--tls-cert") is not None and flag(args, "--tls-key") is not None
+    if not tls:
+        fail(file, f"{where}.args", "--tls-cert and --tls-key are needed: workers refuse "
+             "http:// to another pod")
     for probe in ("readinessProbe", "livenessProbe"):
         get = (c.get(probe) or {}).get("httpGet") or {}
         if get.get("path") != "/healthz" or ports.get(get.get("port"), get.get("port")) != port:
             fail(file, f"{where}.{probe}", f"should be httpGet /healthz on port {port}")
+        if tls and get.get("scheme") != "HTTPS":
+            fail(file, f"{where}.{probe}", "the coordinator serves HTTPS: scheme: HTTPS")
     state = str(PurePosixPath(flag(args, "--state", "sparq.db")).parent)
     mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
     claim = next(((v.get("persistentVolumeClaim") or {}).get("claimName")
@@ -491,7 +526,7 @@ def check_k8s(root):
     sport = (svc["spec"].get("ports") or [{}])[0]
     if ports.get(sport.get("targetPort"), sport.get("targetPort")) != port:
         fail(file, f"Service/{svc['metadata']['name']}.spec.ports", f"targetPort is not {port}")
-    want = f"http://{svc['metadata']['name']}:{sport.get('port')}"
+    want = f"https://{svc['metadata']['name']}:{sport.get('port')}"
     if str(flag(worker[1], "--coordinator")).rstrip("/") != want:
         fail(file, f"{worker[0]}.args", f"--coordinator should be {want}")
 
