@@ -76,12 +76,12 @@ enum Command {
     Decode(sparq::export::DecodeArgs),
     /// Run the batch-job service: a job queue (SQLite) and shard leases for remote workers.
     #[command(
-        after_help = "Examples:\n  sparq serve --state runs/sparq.db\n  SPARQ_TOKEN=secret sparq serve --listen 0.0.0.0:7070 --allow-root /data"
+        after_help = "Examples:\n  sparq serve --state runs/sparq.db\n  SPARQ_TOKEN=secret sparq serve --listen 0.0.0.0:7070 --tls-cert server.pem --tls-key server.key --allow-root /data"
     )]
     Serve(sparq::serve::ServeArgs),
     /// Submit a job spec (TOML) to a coordinator; prints the job id.
     #[command(
-        after_help = "Examples:\n  sparq submit jobs/encode-local.toml --wait\n  sparq submit jobs/train.toml --coordinator http://head-node:7070"
+        after_help = "Examples:\n  sparq submit jobs/encode-local.toml --wait\n  sparq submit jobs/train.toml --coordinator https://head-node:7070 --ca-cert ca.pem"
     )]
     Submit(sparq::serve::client::SubmitArgs),
     /// Show the coordinator's jobs: state, shards, rows, rate, ETA, failures.
@@ -89,12 +89,12 @@ enum Command {
     Status(sparq::serve::client::StatusArgs),
     /// Cancel a job.
     #[command(
-        after_help = "Examples:\n  sparq cancel JOB_ID\n  sparq cancel JOB_ID --coordinator http://head-node:7070"
+        after_help = "Examples:\n  sparq cancel JOB_ID\n  sparq cancel JOB_ID --coordinator https://head-node:7070"
     )]
     Cancel(sparq::serve::client::CancelArgs),
     /// Work for a coordinator: lease shards over HTTP and encode them (any number, anywhere).
     #[command(
-        after_help = "Examples:\n  sparq worker --threads 2 --name w1\n  sparq worker --device cuda:0 --coordinator http://head-node:7070 --idle-exit 600"
+        after_help = "Examples:\n  sparq worker --threads 2 --name w1\n  sparq worker --device cuda:0 --coordinator https://head-node:7070 --ca-cert ca.pem --idle-exit 600"
     )]
     Worker(sparq::serve::remote::WorkerArgs),
     /// Internal: a worker process of `encode` (speaks JSON lines on stdin/stdout).
