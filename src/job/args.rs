@@ -50,7 +50,8 @@ pub struct EncodeConfig {
         hide_default_value = true
     )]
     pub output: String,
-    /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM).
+    /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM), or a hub id
+    /// `owner/name[@revision]` (Hugging Face cache, downloaded when absent unless HF_HUB_OFFLINE=1).
     #[arg(long, env = "SPARQ_MODEL", default_value_os_t = defaults::model())]
     #[serde(default = "defaults::model")]
     pub model: PathBuf,
