@@ -370,7 +370,7 @@ fn answer(stream: TcpStream, files: &BTreeMap<String, Vec<u8>>, seen: &Mutex<Vec
             b"Invalid credentials in Authorization header",
         );
     }
-    let revisions = [format!("/main"), format!("/{COMMIT_A}")];
+    let revisions = ["/main".to_string(), format!("/{COMMIT_A}")];
     if let Some(rev) = path.strip_prefix(&format!("/api/models/{REPO}/revision")) {
         if !revisions.iter().any(|r| r == rev) {
             return send("404 Not Found", vec![], b"Revision Not Found");
