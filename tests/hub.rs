@@ -578,3 +578,30 @@ fn service_job_specs_refuse_hub_ids() {
         );
     }
 }
+
+#[test]
+fn train_starts_from_a_hub_id_in_its_config_file() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("hf/hub");
+    add_snapshot(&cache, COMMIT_A, &model_files(&tiny_model()));
+    set_ref(&cache, "main", COMMIT_A);
+    // A relative `model` in a config file is relative to the file's folder, unless it is a hub
+    // id that names no folder there.
+    let config = home.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{REPO}\"\ntrain_data = \"{}\"\noutput = \"run\"\nmax_steps = 1\n\
+             batch_size = 4\n",
+            root().join("examples/pairs/pairs.parquet").display()
+        ),
+    )
+    .unwrap();
+    let out = sparq(home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["train", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(home.path().join("run/model.safetensors").is_file());
+}
