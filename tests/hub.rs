@@ -605,3 +605,35 @@ fn train_starts_from_a_hub_id_in_its_config_file() {
     ok(&out);
     assert!(home.path().join("run/model.safetensors").is_file());
 }
+
+#[test]
+fn an_encode_job_file_names_a_hub_id() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("hf/hub");
+    add_snapshot(&cache, COMMIT_A, &model_files(&tiny_model()));
+    set_ref(&cache, "main", COMMIT_A);
+    write_corpus(&home.path().join("in/a.parquet"), 0..20, 10);
+    let job = home.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!("model = \"{REPO}\"\ninput = \"in\"\noutput = \"out\"\n"),
+    )
+    .unwrap();
+    let out = sparq(home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "encode",
+            "--threads",
+            "1",
+            "--config",
+            job.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.path().join("out/_manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["model"]["hub"]["id"], REPO);
+    assert_eq!(manifest["model"]["hub"]["revision"], COMMIT_A);
+}

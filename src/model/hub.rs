@@ -237,6 +237,14 @@ pub(crate) fn is_commit_hash(rev: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether a relative `model` read from a file whose folder is `base` is a hub id: it reads as
+/// one and names no folder there (else it is a path, relative to that folder).
+pub fn stays_hub_id(base: &Path, model: &Path) -> bool {
+    model.is_relative()
+        && !base.join(model).exists()
+        && model.to_str().and_then(HubId::parse).is_some()
+}
+
 /// A service job spec's `model` after the roots check (`checked`): a hub id that names no
 /// folder is refused, since a worker downloading whatever a submitter names would make the
 /// service's allowed roots meaningless.

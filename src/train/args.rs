@@ -528,13 +528,10 @@ fn read_config(path: &Path) -> Result<TrainArgs, TrainError> {
     let base = std::path::absolute(base).unwrap_or(base.to_path_buf());
     let rebase = |p: &Path| crate::io::access::normalise(&base.join(p));
     // A hub id (`owner/name`) stays one unless the file's folder holds such a folder.
-    let hub_id = |p: &Path| {
-        !base.join(p).exists()
-            && p.to_str()
-                .and_then(crate::model::hub::HubId::parse)
-                .is_some()
-    };
-    let model_is_hub_id = args.model.as_deref().is_some_and(hub_id);
+    let model_is_hub_id = args
+        .model
+        .as_deref()
+        .is_some_and(|m| crate::model::hub::stays_hub_id(&base, m));
     for (p, hub) in [
         (&mut args.model, model_is_hub_id),
         (&mut args.eval_beir, false),
