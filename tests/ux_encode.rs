@@ -309,16 +309,20 @@ fn a_train_config_resolves_its_paths_against_itself() {
 #[test]
 fn a_hub_id_is_named_as_one_and_the_bundled_model_is_found_next_to_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
+    // Offline, with an empty cache: nothing is downloaded (tests/hub.rs covers downloads).
     let out = sparq(tmp.path())
         .args(["encode-text", "--model", "naver/splade-v3"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env_remove("HF_HUB_CACHE")
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("Hugging Face hub id")
-            && err.contains("huggingface-cli download naver/splade-v3"),
+        err.contains("Hugging Face hub model `naver/splade-v3`")
+            && err.contains("hf download naver/splade-v3"),
         "{err}"
     );
     // From a directory without models/, the default model is still found (next to the

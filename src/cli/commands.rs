@@ -20,7 +20,11 @@ use crate::train::{run_train, TrainArgs, TrainEvent};
 /// Array tasks (`--task-index`) print their share's summary; `--plan-only` the shard count;
 /// `--finalize` the summary, or the missing parts and exit 3.
 pub fn encode(args: &EncodeArgs, given: impl Fn(&str) -> bool) -> ExitCode {
-    let config = match args.job(given) {
+    let config = match args
+        .job(given)
+        .map_err(|e| e.to_string())
+        .and_then(with_model)
+    {
         Ok(config) => config,
         Err(e) => {
             eprint_line(format_args!("sparq: error: {e}"));
@@ -120,13 +124,20 @@ fn finalize(config: &EncodeConfig, fleet: &Fleet, tasks: Option<usize>) -> ExitC
 
 /// `score`: as `encode` (the same summary, exit codes and `--plan`), for pairs.
 pub fn score(args: &ScoreArgs) -> ExitCode {
-    match args.job() {
+    match args.job().map_err(|e| e.to_string()).and_then(with_model) {
         Ok(config) => run_job(&config, &args.fleet, args.plan, None),
         Err(e) => {
             eprint_line(format_args!("sparq: error: {e}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The job with its model resolved: a hub id becomes its snapshot folder in the Hugging Face
+/// cache (downloaded when absent), once here rather than in every worker process.
+fn with_model(mut config: EncodeConfig) -> Result<EncodeConfig, String> {
+    config.model = crate::model::resolve_model(&config.model).map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 /// Runs (or with `plan`, plans) a job on this machine's workers.

@@ -50,7 +50,8 @@ pub struct EncodeConfig {
         hide_default_value = true
     )]
     pub output: String,
-    /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM).
+    /// Model folder (sentence-transformers SparseEncoder or HF *ForMaskedLM), or a hub id
+    /// `owner/name[@revision]` (Hugging Face cache, downloaded when absent unless HF_HUB_OFFLINE=1).
     #[arg(long, env = "SPARQ_MODEL", default_value_os_t = defaults::model())]
     #[serde(default = "defaults::model")]
     pub model: PathBuf,
@@ -267,7 +268,9 @@ pub fn read_job_file(path: &std::path::Path) -> Result<EncodeConfig, JobFileErro
     if local(&config.output) {
         config.output = base.join(&config.output).to_string_lossy().into_owned();
     }
-    if given_model && config.model.is_relative() {
+    // A hub id (`owner/name`) stays one unless the file's folder holds such a folder.
+    let hub_id = crate::model::hub::stays_hub_id(&base, &config.model);
+    if given_model && config.model.is_relative() && !hub_id {
         config.model = crate::io::access::normalise(&base.join(&config.model));
     }
     Ok(config)

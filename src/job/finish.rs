@@ -98,6 +98,10 @@ pub struct ManifestPart {
 pub struct ManifestModel {
     /// Its fingerprint (see `model::fingerprint`).
     pub fingerprint: String,
+    /// The hub id and commit, when the folder is a snapshot of the Hugging Face cache
+    /// (`--model owner/name[@revision]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<crate::model::hub::HubOrigin>,
     /// Its folder.
     pub path: std::path::PathBuf,
 }
@@ -210,6 +214,7 @@ pub fn finish_encode(
         model: ManifestModel {
             path: plan.model.clone(),
             fingerprint: plan.model_fingerprint.clone(),
+            hub: crate::model::hub::origin(&plan.model),
         },
         settings: plan.identity.clone(),
         rows: parts.iter().map(|p| p.rows).sum(),

@@ -8,7 +8,8 @@ use super::{DeviceSpec, Dtype, EncodeOptions, LongDocs, LongDocsMode, ModelError
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Model folder: a sentence-transformers SparseEncoder (v4/v5 or v6 layout) or a Hugging
-    /// Face BertForMaskedLM / DistilBertForMaskedLM folder.
+    /// Face BertForMaskedLM / DistilBertForMaskedLM folder; or a hub id `owner/name[@revision]`,
+    /// read from the Hugging Face cache and downloaded when absent (unless HF_HUB_OFFLINE=1).
     #[arg(long, env = "SPARQ_MODEL", default_value_os_t = crate::model::default_model_dir())]
     pub model: PathBuf,
     /// Keep only the K largest weights of each vector (default: the model's saved setting, else all).
@@ -57,7 +58,8 @@ impl ModelArgs {
             ));
         }
         tch::set_num_threads(self.threads() as i32);
-        let encoder = SpladeEncoder::load(&self.model, self.device, self.dtype)?;
+        let model = super::resolve_model(&self.model)?;
+        let encoder = SpladeEncoder::load(&model, self.device, self.dtype)?;
         let opts = EncodeOptions {
             batch_size: self.batch_size.max(1),
             max_active_dims: self.max_active_dims,

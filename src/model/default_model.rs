@@ -37,24 +37,18 @@ pub fn default_model_dir() -> PathBuf {
 }
 
 /// What to do about a model folder that does not exist: a Hugging Face hub id (`owner/name`)
-/// is named as one, since sparq never downloads; the bundled default says where it was sought.
+/// is named as one (commands that take `--model` resolve hub ids before loading, see
+/// [`super::hub`]; a path that reaches here was meant as a folder); the bundled default says
+/// where it was sought.
 pub(crate) fn missing_folder_hint(root: &Path) -> String {
     let text = root.to_string_lossy();
-    let parts: Vec<&str> = text.split('/').collect();
-    let hub_like = parts.len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && *p != "."
-                && *p != ".."
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        });
-    if hub_like {
-        let name = parts[1];
+    if let Some(id) = super::hub::HubId::parse(&text) {
+        let name = id.repo.rsplit('/').next().unwrap_or(&id.repo);
         return format!(
-            "`{text}` looks like a Hugging Face hub id, and sparq reads local folders only (it \
-             never downloads); download it first with `huggingface-cli download {text} \
-             --local-dir models/{name}` (or `hf download`), then pass --model models/{name}"
+            "`{text}` looks like a Hugging Face hub id, which this setting does not resolve; \
+             download it first with `hf download {} --local-dir models/{name}` (or \
+             `huggingface-cli download`), then pass models/{name}",
+            id.repo
         );
     }
     if default_model_candidates().iter().any(|c| c == root) {
@@ -67,8 +61,9 @@ pub(crate) fn missing_folder_hint(root: &Path) -> String {
             looked.join(", ")
         );
     }
-    "pass --model with a sentence-transformers SparseEncoder folder or a Hugging Face \
-     *ForMaskedLM folder"
+    "it is neither a folder nor a Hugging Face hub id (owner/name[@revision]); pass --model \
+     with a sentence-transformers SparseEncoder folder, a Hugging Face *ForMaskedLM folder, or \
+     a hub id"
         .into()
 }
 

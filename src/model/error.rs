@@ -13,6 +13,16 @@ pub enum ModelError {
         /// What to do (a hub id is named as one).
         hint: String,
     },
+    /// A Hugging Face hub id that cannot be resolved to a cached or downloaded snapshot.
+    #[error("Hugging Face hub model `{id}`: {detail}; {hint}")]
+    Hub {
+        /// The id as given (`owner/name[@revision]`).
+        id: String,
+        /// What went wrong.
+        detail: String,
+        /// What to do.
+        hint: String,
+    },
     /// A file the layout requires is absent.
     #[error("{path} is missing: {hint}")]
     MissingFile {

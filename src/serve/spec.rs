@@ -299,8 +299,7 @@ fn parse_encode(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, S
     for key in ["input", "output", "model"] {
         if let Some(Value::String(raw)) = map.get(key) {
             let checked = if key == "model" {
-                roots
-                    .check(key, Path::new(raw))
+                crate::model::hub::spec_model(raw, roots.check(key, Path::new(raw)))
                     .map(|p| p.display().to_string())?
             } else {
                 roots.check_url(key, raw)?
@@ -349,7 +348,10 @@ fn parse_train(mut map: Map<String, Value>, roots: &Roots) -> Result<JobSpec, St
     )?;
     for key in ["model", "eval_beir"] {
         if let Some(Value::String(raw)) = map.get(key) {
-            let p = roots.check(key, Path::new(raw))?;
+            let p = match key {
+                "model" => crate::model::hub::spec_model(raw, roots.check(key, Path::new(raw)))?,
+                _ => roots.check(key, Path::new(raw))?,
+            };
             map.insert(key.into(), Value::String(p.display().to_string()));
         }
     }

@@ -372,10 +372,13 @@ impl TrainArgs {
             document_regularizer_only: document_only,
         };
         let config = TrainConfig {
-            model: self
-                .model
-                .clone()
-                .unwrap_or_else(crate::model::default_model_dir),
+            // A hub id becomes its snapshot in the Hugging Face cache (downloaded when absent).
+            model: crate::model::resolve_model(
+                &self
+                    .model
+                    .clone()
+                    .unwrap_or_else(crate::model::default_model_dir),
+            )?,
             train_data,
             columns: self.columns.clone().unwrap_or_default(),
             output,
@@ -524,9 +527,18 @@ fn read_config(path: &Path) -> Result<TrainArgs, TrainError> {
     let base = path.parent().unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or(base.to_path_buf());
     let rebase = |p: &Path| crate::io::access::normalise(&base.join(p));
-    for p in [&mut args.model, &mut args.eval_beir].into_iter().flatten() {
-        if p.is_relative() {
-            *p = rebase(p);
+    // A hub id (`owner/name`) stays one unless the file's folder holds such a folder.
+    let model_is_hub_id = args
+        .model
+        .as_deref()
+        .is_some_and(|m| crate::model::hub::stays_hub_id(&base, m));
+    for (p, hub) in [
+        (&mut args.model, model_is_hub_id),
+        (&mut args.eval_beir, false),
+    ] {
+        match p {
+            Some(p) if p.is_relative() && !hub => *p = rebase(p),
+            _ => {}
         }
     }
     for url in [&mut args.train_data, &mut args.output]
