@@ -531,12 +531,9 @@ pub fn shards_of_file(
                     file_version: file.version.clone(),
                     first_row: first,
                     rows: *rows,
-                    // Sized to fit (a growing Vec keeps room for 4 segments, `format!` for
-                    // twice its text): a million shards hold them all at once.
+                    // Sized to fit: a growing Vec keeps room for 4 segments per shard.
                     segments: std::mem::take(segments).into_boxed_slice().into_vec(),
-                    part: super::part_name(file_index, first)
-                        .into_boxed_str()
-                        .into_string(),
+                    part: super::part_name(file_index, first),
                 });
                 *next_id += 1;
             }
