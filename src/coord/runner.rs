@@ -143,6 +143,7 @@ impl ShardRunner {
         self.committer(settings)?;
         let committer = &self.committers[&settings.output];
         let (_, model) = self.loaded.as_ref().expect("prepare() loaded the model");
+        hang_if_asked(shard, progress);
         let report = match model {
             ShardModel::Encoder(e) => {
                 encode_shard(e, settings, runtime, committer, shard, progress)
@@ -156,6 +157,43 @@ impl ShardRunner {
             libc::malloc_trim(0);
         }
         keep_report(settings, runtime, committer, shard, report?)
+    }
+}
+
+/// Test fault: the shard whose id this names hangs its worker (see [`hang_if_asked`]).
+pub const HANG_SHARD_VAR: &str = "SPARQ_TEST_HANG_SHARD";
+/// Test fault: with [`HANG_SHARD_VAR`], only the process that creates this file hangs (a
+/// respawned worker, or another one given the same environment, runs the shard).
+pub const HANG_ONCE_VAR: &str = "SPARQ_TEST_HANG_ONCE";
+
+/// A worker that hangs mid-shard while its heartbeats go on (a stuck kernel, a read that never
+/// returns) is only caught by its progress counter standing still; the tests that prove the
+/// coordinators take such a shard back need one on demand. With `SPARQ_TEST_HANG_SHARD=<id>`
+/// the worker records one unit of work on that shard (it started) and then never returns,
+/// whatever its lease says.
+fn hang_if_asked(shard: &ShardSpec, progress: &ShardProgress) {
+    let asked = std::env::var(HANG_SHARD_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if asked != Some(shard.id) {
+        return;
+    }
+    if let Some(marker) = std::env::var_os(HANG_ONCE_VAR) {
+        let first = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker);
+        if first.is_err() {
+            return;
+        }
+    }
+    tracing::warn!(
+        "shard {}: hanging on purpose ({HANG_SHARD_VAR}); heartbeats go on",
+        shard.id
+    );
+    progress.advance(1);
+    loop {
+        std::thread::park();
     }
 }
 

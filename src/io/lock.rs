@@ -281,6 +281,51 @@ impl OutputLock {
         })
     }
 
+    /// Takes the lock back for `me`'s job from an earlier process of the same job that is gone
+    /// (a restarted service, for the jobs it was running): the output stays the job's only
+    /// while no other job took it meanwhile, which is refused as [`LockError::Lost`], naming
+    /// that job. A live process of the same job keeps it (shared).
+    pub async fn retake(&self, me: &LockHolder) -> Result<Acquired, LockError> {
+        const TRIES: u32 = 8;
+        for _ in 0..TRIES {
+            let (next, reason) = match self.current().await? {
+                None => (1, None),
+                Some((_, held)) if held.job != me.job => {
+                    return Err(LockError::Lost {
+                        output: self.output.clone(),
+                        job: me.job.clone(),
+                        now: if held.released {
+                            format!("{held} took it over, and has released it since")
+                        } else {
+                            format!("it is held by {held}")
+                        },
+                    })
+                }
+                Some((_, held)) if held.is_this_process() => return Ok(Acquired::Taken),
+                Some((g, held)) if held.released => (g + 1, None),
+                Some((g, held)) => match held.gone() {
+                    Some(why) => (g + 1, Some(format!("took back from {held}: {why}"))),
+                    None => return Ok(Acquired::Shared(held)),
+                },
+            };
+            let record = LockHolder {
+                reason: reason.clone(),
+                ..me.clone()
+            };
+            if self.create(next, &record).await? {
+                if let Some(reason) = reason {
+                    tracing::info!("{}: {reason}", self.output);
+                }
+                self.prune(next).await;
+                return Ok(Acquired::Taken);
+            }
+        }
+        Err(LockError::Contended {
+            output: self.output.clone(),
+            tries: TRIES,
+        })
+    }
+
     /// Fails unless the lock names `job` (checked before every commit). Released by the same
     /// job still counts: a part of the same job is the same part, until another job takes it.
     pub async fn check(&self, job: &str) -> Result<(), LockError> {

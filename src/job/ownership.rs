@@ -119,6 +119,15 @@ pub async fn release(output: &str, roots: &AllowedRoots, job: &str, whole_job: b
     }
 }
 
+/// Takes the output a service job holds as `job` back for this process (a restarted service,
+/// for a job it was running): see [`OutputLock::retake`].
+pub async fn retake(output: &str, roots: &AllowedRoots, job: &str) -> Result<Acquired, LockError> {
+    let me = LockHolder::this_process(job, HolderKind::Service);
+    OutputLock::new(&StoreUrl::parse(output)?, roots)?
+        .retake(&me)
+        .await
+}
+
 /// Refuses a new job on an output a live job holds (a service at submission, naming it).
 pub async fn refuse_if_held(output: &str, roots: &AllowedRoots) -> Result<(), LockError> {
     OutputLock::new(&StoreUrl::parse(output)?, roots)?

@@ -240,10 +240,17 @@ pub fn plan_encode(
         (None, _) => auto_shard_rows(total_rows, options.workers, options.cpu_only),
     };
     let mut next_id = 0;
-    let shards: Vec<ShardSpec> = row_groups
-        .iter()
-        .flat_map(|(index, file, rg, _)| shards_of_file(*index, file, rg, shard_rows, &mut next_id))
-        .collect();
+    // One list, never two at once: a single file's shards are moved, not copied (a plan of a
+    // million shards is hundreds of MiB; a service plans them beside its queue).
+    let mut shards: Vec<ShardSpec> = Vec::new();
+    for (index, file, rg, _) in &row_groups {
+        let these = shards_of_file(*index, file, rg, shard_rows, &mut next_id);
+        if shards.is_empty() {
+            shards = these;
+        } else {
+            shards.extend(these);
+        }
+    }
     // The output: same job resumes, another job is refused unless --overwrite.
     let identity = JobIdentity {
         model: model_fingerprint.clone(),
@@ -511,7 +518,7 @@ pub fn shards_of_file(
     next_id: &mut usize,
 ) -> Vec<ShardSpec> {
     let shard_rows = shard_rows.max(1);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(row_groups.iter().sum::<u64>().div_ceil(shard_rows) as usize);
     let mut current: Vec<Segment> = Vec::new();
     let (mut current_rows, mut first_row, mut file_row) = (0u64, 0u64, 0u64);
     let mut close =
@@ -524,7 +531,8 @@ pub fn shards_of_file(
                     file_version: file.version.clone(),
                     first_row: first,
                     rows: *rows,
-                    segments: std::mem::take(segments),
+                    // Sized to fit: a growing Vec keeps room for 4 segments per shard.
+                    segments: std::mem::take(segments).into_boxed_slice().into_vec(),
                     part: super::part_name(file_index, first),
                 });
                 *next_id += 1;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub(crate) mod db;
 mod keys;
+mod relock;
 pub mod remote;
 pub mod spec;
 mod tls;
@@ -217,6 +218,8 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), ServeError> {
         "opening the state database {}",
         args.state.display()
     )))?;
+    // [ownership] The running jobs' outputs are theirs again before anyone is answered.
+    relock::retake_output_locks(&store, &runtime());
     let counts = store
         .read(|db| db.count_by_state())
         .map_err(state_error("reading the state database".into()))?;

@@ -12,7 +12,8 @@ mod store;
 mod tests;
 mod view;
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -132,6 +133,18 @@ UPDATE jobs SET
     attempts = (SELECT COALESCE(SUM(attempts), 0) FROM shards s WHERE s.job = jobs.id),
     retries = (SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) FROM shards s WHERE s.job = jobs.id);
 ";
+
+/// The plan's pending shard ids, sorted for lookups by binary search: as planned (in shard
+/// order) they are borrowed, not copied into a set (a million ids would be tens of MiB).
+pub(super) fn sorted_pending(plan: &EncodePlan) -> Cow<'_, [usize]> {
+    if plan.pending.is_sorted() {
+        Cow::Borrowed(&plan.pending)
+    } else {
+        let mut ids = plan.pending.clone();
+        ids.sort_unstable();
+        Cow::Owned(ids)
+    }
+}
 
 /// What `insert_job` did.
 #[derive(Debug, PartialEq)]
@@ -366,12 +379,13 @@ impl Db {
     }
 
     /// Stores a batch of a plan's shards (those committed before are skipped), with their
-    /// counts. Returns false if the job is no longer being planned.
+    /// counts; `pending` is sorted (see [`sorted_pending`]). Returns false if the job is no
+    /// longer being planned.
     pub fn add_planned_shards(
         &mut self,
         id: &str,
         shards: &[crate::encode::shard::ShardSpec],
-        pending: &HashSet<usize>,
+        pending: &[usize],
     ) -> DbResult<bool> {
         let tx = self.conn.transaction()?;
         if !Self::planning(&tx, id)? {
@@ -384,7 +398,7 @@ impl Db {
             )?;
             for s in shards {
                 let rows = i64::try_from(s.rows).unwrap_or(i64::MAX);
-                let state = if pending.contains(&s.id) {
+                let state = if pending.binary_search(&s.id).is_ok() {
                     n_pending += 1;
                     ShardState::Pending
                 } else {
@@ -435,7 +449,7 @@ impl Db {
         if !self.begin_plan(id)? {
             return Ok(());
         }
-        let pending: HashSet<usize> = plan.pending.iter().copied().collect();
+        let pending = sorted_pending(plan);
         for batch in plan.shards.chunks(PLAN_BATCH) {
             if !self.add_planned_shards(id, batch, &pending)? {
                 return Ok(()); // Cancelled meanwhile.

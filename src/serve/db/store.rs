@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use std::collections::HashSet;
-
 use super::{Db, DbResult, PLAN_BATCH};
 use crate::job::plan::EncodePlan;
 
@@ -46,7 +44,7 @@ impl Store {
         if !self.write(|db| db.begin_plan(id))? {
             return Ok(());
         }
-        let pending: HashSet<usize> = plan.pending.iter().copied().collect();
+        let pending = super::sorted_pending(plan);
         for batch in plan.shards.chunks(PLAN_BATCH) {
             if !self.write(|db| db.add_planned_shards(id, batch, &pending))? {
                 return Ok(()); // Cancelled meanwhile.

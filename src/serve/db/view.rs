@@ -8,6 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde_json::Value;
 
 use super::{now, Db, DbResult};
+use crate::encode::settings::EncodeSettings;
 use crate::encode::shard::{ShardReport, ShardSpec};
 use crate::job::plan::EncodePlan;
 use crate::job::ShardFailure;
@@ -207,6 +208,26 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// Running encode jobs and the settings of their stored plans (output, roots, the job name
+    /// their output's lock holds). A plan that cannot be read is left to the lease path, which
+    /// fails its job with that cause.
+    pub fn running_encode_jobs(&self) -> DbResult<Vec<(String, EncodeSettings)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, plan FROM jobs WHERE state = ?1 AND kind = ?2 ORDER BY seq")?;
+        let rows = stmt.query_map(params![JobState::Running, JobKind::Encode], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, plan) = row?;
+            if let Some(plan) = plan.and_then(|p| serde_json::from_str::<EncodePlan>(&p).ok()) {
+                out.push((id, plan.settings));
+            }
+        }
+        Ok(out)
     }
 
     /// Takes the next running job whose shards have all ended, for finishing (the counters
