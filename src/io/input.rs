@@ -101,25 +101,9 @@ pub async fn list_inputs(
     list_matching(url, roots, |name| name.ends_with(".parquet")).await
 }
 
-/// Lists the corpus files `url` names, as [`list_inputs`] does, except that a folder or
-/// prefix without parquet files gives its text files (`*.jsonl`, `*.tsv`, `*.csv`, plain,
-/// `.gz` or `.zst`).
-pub async fn list_corpus_inputs(
-    url: &StoreUrl,
-    roots: &AllowedRoots,
-) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), StoreError> {
-    let corpus = |name: &str| {
-        name.ends_with(".parquet") || super::text_input::text_kind(name, None).is_some()
-    };
-    let (store, mut files) = list_matching(url, roots, corpus).await?;
-    let parquet = |f: &InputFile| f.url.ends_with(".parquet");
-    if input_glob(url)?.is_none() && files.len() > 1 && files.iter().any(parquet) {
-        files.retain(parquet);
-    }
-    Ok((store, files))
-}
-
-async fn list_matching(
+/// Lists the files `url` names as [`list_inputs`] does, a folder or prefix giving those of its
+/// files whose name `listed` accepts.
+pub(crate) async fn list_matching(
     url: &StoreUrl,
     roots: &AllowedRoots,
     listed: fn(&str) -> bool,

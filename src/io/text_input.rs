@@ -7,25 +7,19 @@
 //! are parsed in [`super::text_rows`].
 
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::input::InputReader;
-use super::text_rows::{BadLine, RowBatcher, RowLayout};
-use super::StoreError;
+use object_store::ObjectStore;
 
-/// The format of a text input's lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TextFormat {
-    /// One JSON object per line (`.jsonl`, `.ndjson`, `.json`).
-    Jsonl,
-    /// Tab-separated fields, no quoting (`.tsv`, MS MARCO's `collection.tsv`).
-    Tsv,
-    /// Comma-separated fields, `"` quoting (RFC 4180) within one line (`.csv`).
-    Csv,
-}
+use super::input::{input_glob, InputFile, InputReader};
+use super::text_rows::{RowBatcher, RowLayout};
+pub use super::text_rows::{TextError, TextFormat};
+use super::url::StoreUrl;
+use super::AllowedRoots;
+use super::StoreError;
 
 /// How a text input's bytes are compressed (from the name's last extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +114,22 @@ pub fn text_kind(name: &str, format: Option<TextFormat>) -> Option<(TextFormat, 
     Some((format.or(by_name)?, compression))
 }
 
+/// Lists the corpus files `url` names, as [`super::input::list_inputs`] does, except that a folder or
+/// prefix without parquet files gives its text files (`*.jsonl`, `*.tsv`, `*.csv`, plain,
+/// `.gz` or `.zst`).
+pub async fn list_corpus_inputs(
+    url: &StoreUrl,
+    roots: &AllowedRoots,
+) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), StoreError> {
+    let corpus = |name: &str| name.ends_with(".parquet") || text_kind(name, None).is_some();
+    let (store, mut files) = super::input::list_matching(url, roots, corpus).await?;
+    let parquet = |f: &InputFile| f.url.ends_with(".parquet");
+    if input_glob(url)?.is_none() && files.len() > 1 && files.iter().any(parquet) {
+        files.retain(parquet);
+    }
+    Ok((store, files))
+}
+
 /// The byte ranges a file of `size` bytes is cut into: `shard_bytes` each (the last shorter);
 /// a compressed file is one range.
 pub fn byte_ranges(size: u64, compression: Compression, shard_bytes: u64) -> Vec<(u64, u64)> {
@@ -133,21 +143,6 @@ pub fn byte_ranges(size: u64, compression: Compression, shard_bytes: u64) -> Vec
     (0..size.div_ceil(step))
         .map(|k| (k * step, ((k + 1) * step).min(size)))
         .collect()
-}
-
-/// Everything reading a text input can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum TextError {
-    /// Reading the file failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A line cannot be parsed.
-    #[error(transparent)]
-    BadLine(#[from] BadLine),
-    /// The file cannot be read as the format says (a broken compressed stream, a missing
-    /// column).
-    #[error("{0}")]
-    Data(String),
 }
 
 /// Bytes read per request from the file, while streaming a shard.
@@ -537,6 +532,83 @@ mod tests {
         );
         assert_eq!(byte_ranges(10, Compression::Gzip, 4), vec![(0, 10)]);
         assert!(byte_ranges(0, Compression::Plain, 4).is_empty());
+    }
+
+    /// Reads every range of `bytes` cut every `step` bytes: the rows' ids, in order.
+    fn ids_by_ranges(bytes: &[u8], step: u64, compression: Compression) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let file = InputFile {
+            url: path.to_string_lossy().into_owned(),
+            path: object_store::path::Path::from_absolute_path(&path).unwrap(),
+            size: meta.len(),
+            version: Some(super::super::input::local_version(&meta)),
+        };
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+        let reader = InputReader::open(store, &file, &AllowedRoots::anywhere()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let options = TextOptions::default();
+        let wanted = ["id".to_string(), "text".to_string()];
+        let mut ids = Vec::new();
+        for (start, end) in byte_ranges(file.size, compression, step) {
+            let slice = TextSlice {
+                format: TextFormat::Jsonl,
+                compression,
+                start,
+                end,
+                options: options.clone(),
+            };
+            let read = TextShardRead {
+                reader: reader.clone(),
+                slice: &slice,
+                options: &options,
+                wanted: &wanted,
+                batch_rows: 2,
+            };
+            let layout = read.layout(&runtime).unwrap();
+            read.read(&runtime, &layout, |batch| {
+                let column = batch.column(0);
+                let strings = column
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap();
+                ids.extend(strings.iter().map(|s| s.unwrap().to_string()));
+                true
+            })
+            .unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn every_cut_of_a_file_reads_each_line_once() {
+        let mut text = String::new();
+        for i in 0..12 {
+            let body = "é日".repeat(i % 4);
+            text.push_str(&format!("{{\"id\": \"{i}\", \"text\": \"{body}\"}}"));
+            text.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+            if i == 5 {
+                text.push_str("\n  \n");
+            }
+        }
+        let bytes = text.as_bytes();
+        let want: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        // Every cut: at line starts, mid-line, inside multibyte characters, one byte per range.
+        for step in 1..=bytes.len() as u64 + 1 {
+            assert_eq!(
+                ids_by_ranges(bytes, step, Compression::Plain),
+                want,
+                "step {step}"
+            );
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(ids_by_ranges(&gz, 3, Compression::Gzip), want);
+        let zst = zstd::encode_all(bytes, 1).unwrap();
+        assert_eq!(ids_by_ranges(&zst, 3, Compression::Zstd), want);
     }
 
     #[test]

@@ -8,7 +8,36 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::text_input::{TextError, TextFormat};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// The format of a text input's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TextFormat {
+    /// One JSON object per line (`.jsonl`, `.ndjson`, `.json`).
+    Jsonl,
+    /// Tab-separated fields, no quoting (`.tsv`, MS MARCO's `collection.tsv`).
+    Tsv,
+    /// Comma-separated fields, `"` quoting (RFC 4180) within one line (`.csv`).
+    Csv,
+}
+
+/// Everything reading a text input can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    /// Reading the file failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A line cannot be parsed.
+    #[error(transparent)]
+    BadLine(#[from] BadLine),
+    /// The file cannot be read as the format says (a broken compressed stream, a missing
+    /// column).
+    #[error("{0}")]
+    Data(String),
+}
 
 /// A line that cannot be parsed, where it is and why.
 #[derive(Debug, Clone, thiserror::Error)]

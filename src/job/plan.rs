@@ -14,8 +14,8 @@ use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, REPORTS, SUCCES
 use crate::encode::columns::check_columns;
 use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
-use crate::io::input::{input_glob, list_corpus_inputs, read_footer, InputReader, GLOB_OPTIONS};
-use crate::io::text_input::{text_kind, TextOptions};
+use crate::io::input::{input_glob, read_footer, InputReader, GLOB_OPTIONS};
+use crate::io::text_input::{list_corpus_inputs, text_kind, TextOptions};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::model::{fingerprint, ModelLayout};
