@@ -306,13 +306,14 @@ fn a_corrupt_or_non_parquet_file_is_refused_before_any_output_exists() {
         "{err}"
     );
     assert!(!out_dir.exists(), "nothing is written for a refused input");
-    // A CSV given as the input is refused the same way, naming it.
-    let csv = dir.path().join("docs.csv");
-    std::fs::write(&csv, "id,text\n1,hello\n").unwrap();
-    let out = encode(&csv, &out_dir, &[]);
+    // A file that is neither parquet nor a text format sparq reads (JSON lines, TSV, CSV) is
+    // refused the same way, naming it.
+    let sheet = dir.path().join("docs.xlsx");
+    std::fs::write(&sheet, "PK\u{3}\u{4} not a corpus").unwrap();
+    let out = encode(&sheet, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("docs.csv") && stderr(&out).contains("not parquet"),
+        stderr(&out).contains("docs.xlsx") && stderr(&out).contains("not parquet"),
         "{}",
         stderr(&out)
     );

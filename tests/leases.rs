@@ -492,6 +492,7 @@ fn a_remote_worker_runs_a_score_lease_and_keeps_its_shard_report() {
             rows: 6,
         }],
         part: part.into(),
+        text: None,
     };
     let grant = json!({
         "lease": "score-lease",
@@ -556,6 +557,7 @@ fn heartbeats_of_an_encode_lease_carry_a_progress_counter_that_moves() {
             })
             .collect(),
         part: "part-00000-000000000000.parquet".into(),
+        text: None,
     };
     let grant = json!({
         "lease": "encode-lease",

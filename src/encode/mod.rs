@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod score;
 pub mod settings;
 pub mod shard;
+mod source;
 pub mod text;
 
 /// Re-exported from [`crate::types`].

@@ -9,12 +9,12 @@ use arrow::datatypes::DataType;
 use crossbeam_channel::bounded;
 
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
-use super::columns::check_columns;
 use super::settings::EncodeSettings;
 use super::shard::{RowFailure, ShardError, ShardReport, ShardSpec};
-use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
+pub(crate) use super::source::{open_shard, OpenShard};
+use super::source::{ShardSource, SourceStats};
 use crate::io::output::{output_schema, PartWriter};
-use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
+use crate::io::{CommitOutcome, Committer};
 use crate::model::encoder::InFlight;
 use crate::model::windows;
 use crate::model::{InputKind, LongDocs, SpladeEncoder};
@@ -95,20 +95,14 @@ pub fn encode_shard(
     shard: &ShardSpec,
     progress: &ShardProgress,
 ) -> Result<ShardReport, ShardError> {
-    let OpenShard {
-        file,
-        input,
-        metadata,
-        row_group_starts,
-    } = open_shard(shard, config, runtime)?;
-    let schema = metadata.schema().clone();
-    let (id_field, keep_fields, projection) = check_columns(
-        &file.url,
-        &schema,
-        &config.id_column,
-        &config.text_column,
-        &config.keep_columns,
-    )?;
+    let wanted: Vec<String> = [&config.id_column, &config.text_column]
+        .into_iter()
+        .chain(&config.keep_columns)
+        .cloned()
+        .collect();
+    let source = ShardSource::open(shard, config, runtime, &wanted)?;
+    let file = source.file().clone();
+    let (id_field, keep_fields, projection) = source.columns(config)?;
     let out_schema = output_schema(&id_field, &keep_fields);
     let route = encoder.route(if config.query {
         InputKind::Query
@@ -139,43 +133,27 @@ pub fn encode_shard(
     let id_column = config.id_column.clone();
 
     let (read_result, tok_result, model_result, write_result) = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| -> Result<(), ShardError> {
-            for seg in &shard.segments {
-                let mut next_row = row_group_starts[seg.row_group] + seg.skip;
-                let mut open = true;
-                runtime
-                    .block_on(read_row_group_range(
-                        input.clone(),
-                        &metadata,
-                        seg,
-                        &projection,
-                        READ_BATCH_ROWS,
-                        |batch| {
-                            progress.advance(batch.get_array_memory_size() as u64);
-                            let first_row = next_row;
-                            next_row += batch.num_rows() as u64;
-                            open = raw_tx
-                                .send(RawChunk {
-                                    batch,
-                                    row_group: seg.row_group,
-                                    first_row,
-                                })
-                                .is_ok();
-                            open
-                        },
-                    ))
-                    .map_err(|e| match e {
-                        StoreError::Parquet { .. } => ShardError::Data(format!(
-                            "{e} (column `{text_column}` or `{id_column}`)"
-                        )),
-                        e => ShardError::Store(e),
-                    })?;
-                if !open {
-                    break;
-                }
-            }
+        let reader = scope.spawn(|| -> Result<SourceStats, ShardError> {
+            let columns_read = format!("column `{text_column}` or `{id_column}`");
+            let stats = source.read(
+                shard,
+                runtime,
+                &projection,
+                READ_BATCH_ROWS,
+                &columns_read,
+                |batch, row_group, first_row| {
+                    progress.advance(batch.get_array_memory_size() as u64);
+                    raw_tx
+                        .send(RawChunk {
+                            batch,
+                            row_group,
+                            first_row,
+                        })
+                        .is_ok()
+                },
+            )?;
             drop(raw_tx);
-            Ok(())
+            Ok(stats)
         });
         let tokenizing = scope.spawn(|| -> Result<(u64, u64, Vec<String>), ShardError> {
             let (mut null_ids, mut nulls, mut examples) = (0u64, 0u64, Vec::new());
@@ -282,7 +260,8 @@ pub fn encode_shard(
                     .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
                 progress.advance(chunk.vectors.len() as u64);
             }
-            if rows == 0 && shard.rows > 0 {
+            // A text range may hold no line start (inside a long line): its part is empty.
+            if rows == 0 && shard.rows > 0 && shard.text.is_none() {
                 return Ok(None); // Upstream failed; its error is reported.
             }
             writer
@@ -440,18 +419,21 @@ pub fn encode_shard(
             joined(writer.join()),
         )
     });
-    read_result?;
+    let read_stats = read_result?;
     let (null_ids, nulls, examples) = tok_result?;
     model_result?;
     let bytes = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
-    if report.rows != shard.rows {
+    // A text shard's rows are known once read; a parquet shard's must be the footer's.
+    if shard.text.is_none() && report.rows != shard.rows {
         return Err(ShardError::Data(format!(
             "{}: read {} rows where the footer promises {} (truncated file?)",
             file.url, report.rows, shard.rows
         )));
     }
     // A file rewritten while it was read may still decode: its version says it changed.
-    input.check_unchanged()?;
+    source.check_unchanged()?;
+    report.skipped_lines = read_stats.text.skipped;
+    report.skipped_line_examples = read_stats.text.skipped_examples;
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
@@ -506,51 +488,4 @@ pub(crate) fn text_cells(array: &ArrayRef) -> Vec<TextCell<'_>> {
         // A column of the Null type: every text is null.
         _ => (0..array.len()).map(|_| TextCell::Null).collect(),
     }
-}
-
-/// A shard's input file, opened and its footer read.
-pub(crate) struct OpenShard {
-    /// The file as listed when the shard was planned.
-    pub file: InputFile,
-    /// The reader of its row groups.
-    pub input: InputReader,
-    /// Its parquet metadata.
-    pub metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
-    /// The first row of each row group.
-    pub row_group_starts: Vec<u64>,
-}
-
-/// Opens the input file of `shard` (the version planned: a rewritten file is refused) and
-/// reads its footer.
-pub(crate) fn open_shard(
-    shard: &ShardSpec,
-    config: &EncodeSettings,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<OpenShard, ShardError> {
-    let url = StoreUrl::parse(&shard.file)?;
-    let (store, path) = url.store()?;
-    let file = InputFile {
-        url: shard.file.clone(),
-        path,
-        size: shard.file_size,
-        version: shard.file_version.clone(),
-    };
-    let mut input = InputReader::open(store, &file, &config.allowed_roots)?;
-    let metadata = runtime.block_on(read_footer(&mut input))?.metadata;
-    let row_group_starts = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .scan(0u64, |start, rg| {
-            let s = *start;
-            *start += rg.num_rows() as u64;
-            Some(s)
-        })
-        .collect();
-    Ok(OpenShard {
-        file,
-        input,
-        metadata,
-        row_group_starts,
-    })
 }

@@ -25,14 +25,19 @@ pub struct ShardSpec {
     /// another version.
     #[serde(default)]
     pub file_version: Option<String>,
-    /// First row (within the file).
+    /// First row (within the file; 0 for a text shard, whose rows are known once read).
     pub first_row: u64,
-    /// Number of rows.
+    /// Number of rows (for a text shard, an estimate from the mean line length sampled at
+    /// planning, for progress).
     pub rows: u64,
     /// Row groups read, in order.
     pub segments: Vec<Segment>,
     /// Final name of the output part.
     pub part: String,
+    /// A text file's shard: its byte range (a plain file's lines starting in it) or the whole
+    /// compressed file, and how its lines are read (`None`: a parquet shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<crate::io::text_input::TextSlice>,
 }
 
 /// A row that could not be encoded (its output row has a null vector).
@@ -75,6 +80,12 @@ pub struct ShardReport {
     pub null_id_examples: Vec<String>,
     /// Whether another attempt had committed the part already (nothing was written).
     pub already_committed: bool,
+    /// Lines of a text input left out (`--bad-lines skip`).
+    #[serde(default)]
+    pub skipped_lines: u64,
+    /// Where the first few are and why: `file, line N, column C: what`.
+    #[serde(default)]
+    pub skipped_line_examples: Vec<String>,
 }
 
 /// Why a shard failed.

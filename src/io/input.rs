@@ -98,6 +98,16 @@ pub async fn list_inputs(
     url: &StoreUrl,
     roots: &AllowedRoots,
 ) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), StoreError> {
+    list_matching(url, roots, |name| name.ends_with(".parquet")).await
+}
+
+/// Lists the files `url` names as [`list_inputs`] does, a folder or prefix giving those of its
+/// files whose name `listed` accepts.
+pub(crate) async fn list_matching(
+    url: &StoreUrl,
+    roots: &AllowedRoots,
+    listed: fn(&str) -> bool,
+) -> Result<(Arc<dyn ObjectStore>, Vec<InputFile>), StoreError> {
     let (store, path) = url.store()?;
     let raw_key = match &url.location {
         Location::Local(p) => p.to_string_lossy().into_owned(),
@@ -105,8 +115,10 @@ pub async fn list_inputs(
     };
     let pattern = input_glob(url)?;
     let mut files = match &url.location {
-        Location::Local(local) => list_local(url, local, pattern.as_ref(), roots)?,
-        Location::S3 { .. } => list_s3(url, &store, &path, &raw_key, pattern.as_ref()).await?,
+        Location::Local(local) => list_local(url, local, pattern.as_ref(), roots, listed)?,
+        Location::S3 { .. } => {
+            list_s3(url, &store, &path, &raw_key, pattern.as_ref(), listed).await?
+        }
     };
     if files.is_empty() {
         return Err(StoreError::NoInput {
@@ -123,6 +135,7 @@ async fn list_s3(
     path: &ObjectPath,
     raw_key: &str,
     pattern: Option<&glob::Pattern>,
+    listed: fn(&str) -> bool,
 ) -> Result<Vec<InputFile>, StoreError> {
     let prefix = match pattern {
         Some(_) => ObjectPath::from(glob_base(raw_key)),
@@ -152,7 +165,7 @@ async fn list_s3(
         let name = meta.location.filename().unwrap_or("");
         let matched = match pattern {
             Some(p) => p.matches_with(meta.location.as_ref(), GLOB_OPTIONS),
-            None => name.ends_with(".parquet"),
+            None => listed(name),
         };
         if matched && !hidden(relative) {
             files.push(file_of(meta));
@@ -175,6 +188,7 @@ fn list_local(
     local: &Path,
     pattern: Option<&glob::Pattern>,
     roots: &AllowedRoots,
+    listed: fn(&str) -> bool,
 ) -> Result<Vec<InputFile>, StoreError> {
     let io = |op, path: &Path, e| StoreError::Io {
         op,
@@ -253,7 +267,7 @@ fn list_local(
             } else if path.is_file() {
                 let matched = match pattern {
                     Some(p) => p.matches_with(&path.to_string_lossy(), GLOB_OPTIONS),
-                    None => name.ends_with(".parquet"),
+                    None => listed(&name),
                 };
                 if matched {
                     add(path, &mut files)?;
@@ -538,7 +552,16 @@ impl InputReader {
         }
     }
 
-    async fn read_range(&mut self, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+    /// The file's size as listed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads `range` of the file (checked against the listed version).
+    pub(crate) async fn read_range(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
         match &self.source {
             Source::Local(file) => {
                 let mut buf = vec![0u8; (range.end - range.start) as usize];

@@ -1,4 +1,4 @@
-//! Storage: URLs (local paths and `s3://`), parquet input, parquet output and the
+//! Storage: URLs (local paths and `s3://`), parquet and text input, parquet output and the
 //! exactly-once commit protocol.
 
 pub mod access;
@@ -7,6 +7,8 @@ pub mod input;
 pub mod lock;
 pub mod output;
 pub mod retry;
+pub mod text_input;
+pub mod text_rows;
 pub mod url;
 
 pub use access::AllowedRoots;

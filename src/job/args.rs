@@ -32,9 +32,10 @@ mod defaults {
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncodeConfig {
-    /// Input parquet: a file, a folder or prefix (every *.parquet under it, skipping names that
-    /// start with `_` or `.`), a glob ('data/*.parquet'), or s3://bucket/prefix. S3 is configured
-    /// by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP.
+    /// Input parquet or text: a file, a folder or prefix (every *.parquet under it, else every
+    /// *.jsonl/*.tsv/*.csv, plain, .gz or .zst; skipping names that start with `_` or `.`), a
+    /// glob ('data/*.parquet'), or s3://bucket/prefix. S3 is configured by AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP.
     #[arg(
         long,
         required_unless_present = "job_file",
@@ -114,6 +115,22 @@ pub struct EncodeConfig {
     #[arg(long, default_value_t = defaults::lease_timeout())]
     #[serde(default = "defaults::lease_timeout")]
     pub lease_timeout: u64,
+    /// Format of text inputs whose name does not say it (by name: .jsonl/.ndjson/.json, .tsv,
+    /// .csv, each optionally .gz or .zst).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(default)]
+    pub input_format: Option<crate::io::text_input::TextFormat>,
+    /// Names of the columns of TSV/CSV inputs that have no header line, in order (MS MARCO's
+    /// collection.tsv: --columns id,text). Without it, a file's first line is its header.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// A line of a text input that cannot be parsed: `fail` fails its shard naming the file,
+    /// line and column; `skip` leaves it out and counts it (the manifest's summary says how
+    /// many and where).
+    #[arg(long, value_enum, default_value_t = crate::io::text_input::BadLines::Fail)]
+    #[serde(default)]
+    pub bad_lines: crate::io::text_input::BadLines,
     /// Encode texts, or score pairs (set by `sparq score`, not a flag or job-file key).
     #[arg(skip)]
     #[serde(skip)]
@@ -226,7 +243,10 @@ impl EncodeArgs {
             overwrite,
             shard_rows,
             max_attempts,
-            lease_timeout
+            lease_timeout,
+            input_format,
+            columns,
+            bad_lines
         );
         Ok(file)
     }

@@ -51,6 +51,12 @@ pub struct EncodeSummary {
     /// Where the first few are.
     #[serde(default)]
     pub null_id_examples: Vec<String>,
+    /// Lines of text inputs left out by `--bad-lines skip` in this run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_lines: u64,
+    /// Where the first few are and why (`file, line N, column C: what`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_line_examples: Vec<String>,
     /// S3 requests of the run (its workers' included) and those retried, when it used S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_requests: Option<S3Requests>,
@@ -80,10 +86,19 @@ pub struct Manifest {
     pub summary: EncodeSummary,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One committed part.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestPart {
-    /// First row of the source file it holds.
+    /// The byte range of a text source it holds: the lines starting in `[start, end)` (the
+    /// whole file for a compressed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<(u64, u64)>,
+    /// First row of the source file it holds (of a text file: its rows in the parts before,
+    /// counted when every part of the file is there).
     pub first_row: u64,
     /// Its file name.
     pub name: String,
@@ -197,15 +212,33 @@ pub fn finish_encode(
         .then(crate::io::retry::s3_requests)
         .filter(|r| r.requests > 0);
     // Manifest, then the success marker, last.
+    let text_rows = text_part_rows(plan, &part_files, runtime)?;
+    let mut rows_before: BTreeMap<&str, u64> = BTreeMap::new();
     let parts: Vec<ManifestPart> = plan
         .shards
         .iter()
         .filter(|s| !failed_parts.contains(s.part.as_str()))
-        .map(|s| ManifestPart {
-            name: s.part.clone(),
-            rows: s.rows,
-            source: s.file.clone(),
-            first_row: s.first_row,
+        .map(|s| match &s.text {
+            None => ManifestPart {
+                name: s.part.clone(),
+                rows: s.rows,
+                source: s.file.clone(),
+                first_row: s.first_row,
+                bytes: None,
+            },
+            Some(slice) => {
+                let rows = text_rows.get(&s.part).copied().unwrap_or(0);
+                let before = rows_before.entry(s.file.as_str()).or_insert(0);
+                let first_row = *before;
+                *before += rows;
+                ManifestPart {
+                    name: s.part.clone(),
+                    rows,
+                    source: s.file.clone(),
+                    first_row,
+                    bytes: Some((slice.start, slice.end)),
+                }
+            }
         })
         .collect();
     let manifest = Manifest {
@@ -260,6 +293,12 @@ pub fn summarize(
             }
         }
         summary.committed_shards += 1;
+        summary.skipped_lines += r.skipped_lines;
+        for e in &r.skipped_line_examples {
+            if summary.skipped_line_examples.len() < 20 {
+                summary.skipped_line_examples.push(e.clone());
+            }
+        }
     }
     let active: u64 = reports.values().map(|r| r.active_dims).sum();
     let encoded = summary.docs - summary.failed_rows - summary.null_texts;
@@ -273,6 +312,35 @@ pub fn summarize(
     summary.docs_per_s = summary.docs as f64 / summary.seconds.max(1e-9);
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
     summary
+}
+
+/// The rows of each committed part of a text shard, from its footer (a text shard's rows are
+/// known once read, and parts committed by earlier runs have no report here).
+fn text_part_rows(
+    plan: &EncodePlan,
+    parts: &[InputFile],
+    runtime: &tokio::runtime::Runtime,
+) -> Result<BTreeMap<String, u64>, JobError> {
+    let text_parts: HashSet<&str> = plan
+        .shards
+        .iter()
+        .filter(|s| s.text.is_some())
+        .map(|s| s.part.as_str())
+        .collect();
+    let output = StoreUrl::parse(&plan.settings.output)?;
+    let (store, _) = output.store()?;
+    let mut rows = BTreeMap::new();
+    for part in parts {
+        let name = part.url.rsplit('/').next().unwrap_or(&part.url);
+        if !text_parts.contains(name) {
+            continue;
+        }
+        let mut reader =
+            crate::io::input::InputReader::open(store.clone(), part, &plan.settings.allowed_roots)?;
+        let footer = runtime.block_on(crate::io::input::read_footer(&mut reader))?;
+        rows.insert(name.to_string(), footer.rows);
+    }
+    Ok(rows)
 }
 
 /// An output part as an input file (to read its id column back).

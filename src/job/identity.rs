@@ -130,6 +130,19 @@ pub struct JobIdentity {
     /// The query column of a `sparq score` output (none for `sparq encode`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_column: Option<String>,
+    /// How text inputs are read and cut (none when every input is parquet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextIdentity>,
+}
+
+/// How an output's text inputs are read and cut into shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextIdentity {
+    /// `--input-format`, `--columns`, `--bad-lines`.
+    pub options: crate::io::text_input::TextOptions,
+    /// Bytes per shard of a plain text file (`--shard-rows` × the mean line length sampled at
+    /// planning); part names are `part-<file>-<first byte>.parquet`.
+    pub shard_bytes: u64,
 }
 
 impl JobIdentity {
@@ -258,6 +271,24 @@ impl JobIdentity {
             other.shard_rows.to_string(),
             self.shard_rows.to_string(),
         );
+        let text_input = |t: &Option<TextIdentity>| match t {
+            None => "parquet only".to_string(),
+            Some(t) => format!(
+                "--input-format {}, --columns {}, --bad-lines {}, {} bytes per shard",
+                t.options
+                    .format
+                    .map_or("by name".to_string(), |f| format!("{f:?}").to_lowercase()),
+                list(&t.options.columns),
+                t.options.bad_lines,
+                t.shard_bytes
+            ),
+        };
+        check(
+            self.text == other.text,
+            "text input",
+            text_input(&other.text),
+            text_input(&self.text),
+        );
         out
     }
 }
@@ -334,6 +365,7 @@ mod tests {
             window_stride: 0,
             shard_rows: 10,
             query_column: None,
+            text: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod ownership;
 pub mod plan;
 pub mod score_args;
 pub mod tasks;
+mod text_plan;
 
 use serde::{Deserialize, Serialize};
 

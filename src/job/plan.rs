@@ -14,7 +14,8 @@ use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, REPORTS, SUCCES
 use crate::encode::columns::check_columns;
 use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
-use crate::io::input::{input_glob, list_inputs, read_footer, InputReader, GLOB_OPTIONS};
+use crate::io::input::{input_glob, read_footer, InputReader, GLOB_OPTIONS};
+use crate::io::text_input::{list_corpus_inputs, text_kind, TextOptions};
 use crate::io::url::Location;
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::model::{fingerprint, ModelLayout};
@@ -126,25 +127,60 @@ pub fn plan_encode(
     let committer = Committer::new(&output)?.confined(roots);
 
     // Plan: list, read footers, check columns, cut shards.
-    let (store, files) = runtime.block_on(list_inputs(&input, roots))?;
+    let (store, files) = runtime.block_on(list_corpus_inputs(&input, roots))?;
+    let text_options = TextOptions {
+        format: args.input_format,
+        columns: args.columns.clone(),
+        bad_lines: args.bad_lines,
+    };
+    let kinds: Vec<_> = files
+        .iter()
+        .map(|f| text_kind(&f.url, args.input_format))
+        .collect();
     let footers: Vec<_> = runtime.block_on(
-        futures::stream::iter(files.iter().map(|f| {
+        futures::stream::iter(files.iter().zip(&kinds).map(|(f, kind)| {
             let store = store.clone();
-            async move { read_footer(&mut InputReader::open(store, f, roots)?).await }
+            async move {
+                match kind {
+                    Some(_) => Ok(None),
+                    None => read_footer(&mut InputReader::open(store, f, roots)?)
+                        .await
+                        .map(Some),
+                }
+            }
         }))
         .buffered(16)
         .collect(),
     );
+    let mut text_files = Vec::new();
     let failures = Vec::new();
     let mut unreadable = Vec::new();
     let mut row_groups = Vec::new();
     let mut records = Vec::new();
     let mut types: Option<Vec<(String, String)>> = None;
-    for (index, (file, footer)) in files.iter().zip(footers).enumerate() {
-        let footer = match footer {
-            Ok(f) => f,
-            Err(e @ StoreError::Escape { .. }) => return Err(e.into()),
-            Err(e) => {
+    for (index, ((file, footer), kind)) in files.iter().zip(footers).zip(&kinds).enumerate() {
+        let footer = match (footer, kind) {
+            (_, Some((format, compression))) => {
+                match super::text_plan::plan_text_file(
+                    runtime,
+                    store.clone(),
+                    roots,
+                    args,
+                    &text_options,
+                    (index, file, *format, *compression),
+                )? {
+                    Ok((text_file, record, these)) => {
+                        super::text_plan::check_types(&mut types, file, these)?;
+                        records.push(record);
+                        text_files.push(text_file);
+                    }
+                    Err(unreadable_file) => unreadable.push(unreadable_file),
+                }
+                continue;
+            }
+            (Ok(f), None) => f.expect("a parquet file's footer"),
+            (Err(e @ StoreError::Escape { .. }), _) => return Err(e.into()),
+            (Err(e), _) => {
                 unreadable.push(e.to_string());
                 continue;
             }
@@ -172,21 +208,7 @@ pub fn plan_encode(
             .chain(&keep)
             .map(|f| (f.name().clone(), f.data_type().to_string()))
             .collect();
-        match &types {
-            None => types = Some(these),
-            Some(expected) => {
-                if let Some(((name, want), (_, got))) =
-                    expected.iter().zip(&these).find(|(a, b)| a != b)
-                {
-                    return Err(JobError::SchemaMismatch {
-                        file: file.url.clone(),
-                        column: name.clone(),
-                        expected: want.clone(),
-                        found: got.clone(),
-                    });
-                }
-            }
-        }
+        super::text_plan::check_types(&mut types, file, these)?;
         let rg: Vec<u64> = metadata
             .metadata()
             .row_groups()
@@ -196,6 +218,13 @@ pub fn plan_encode(
         row_groups.push((index, file, rg, metadata));
     }
 
+    if text_files.is_empty() && (args.input_format.is_some() || !args.columns.is_empty()) {
+        return Err(JobError::Settings(format!(
+            "--input-format and --columns are for text inputs; {} holds parquet files only: \
+             leave them out",
+            input.raw
+        )));
+    }
     // Every input file is a readable parquet file, or nothing is written.
     if !unreadable.is_empty() {
         let count = unreadable.len();
@@ -233,12 +262,21 @@ pub fn plan_encode(
 
     // Shards: the size given, else the one the output was planned with (a resumed run cuts
     // the same parts whatever its fleet), else enough shards to keep every worker busy.
-    let total_rows: u64 = records.iter().filter_map(|r| r.rows).sum();
+    let total_rows: u64 = records.iter().filter_map(|r| r.rows).sum::<u64>()
+        + text_files.iter().map(|t| t.estimated_rows()).sum::<u64>();
     let shard_rows = match (args.shard_rows, &previous) {
         (Some(rows), _) => rows,
         (None, Some(prev)) if !args.overwrite => prev.shard_rows,
         (None, _) => auto_shard_rows(total_rows, options.workers, options.cpu_only),
     };
+    let text = super::text_plan::text_identity(
+        &text_files,
+        &text_options,
+        shard_rows,
+        previous
+            .as_ref()
+            .filter(|_| args.shard_rows.is_none() && !args.overwrite),
+    );
     let mut next_id = 0;
     // One list, never two at once: a single file's shards are moved, not copied (a plan of a
     // million shards is hundreds of MiB; a service plans them beside its queue).
@@ -249,6 +287,18 @@ pub fn plan_encode(
             shards = these;
         } else {
             shards.extend(these);
+        }
+    }
+    if let Some(text) = &text {
+        shards.extend(super::text_plan::text_shards(
+            &text_files,
+            text,
+            &mut next_id,
+        ));
+        // Shards in file order, as parquet shards are (ids follow).
+        shards.sort_by_key(|s| (s.part.clone(), s.id));
+        for (id, s) in shards.iter_mut().enumerate() {
+            s.id = id;
         }
     }
     // The output: same job resumes, another job is refused unless --overwrite.
@@ -270,6 +320,7 @@ pub fn plan_encode(
             RowTask::Encode => None,
             RowTask::Score { query_column, .. } => Some(query_column.clone()),
         },
+        text,
     };
     let existing = runtime.block_on(committer.list())?;
     let owned: Vec<String> = existing
@@ -534,6 +585,7 @@ pub fn shards_of_file(
                     // Sized to fit: a growing Vec keeps room for 4 segments per shard.
                     segments: std::mem::take(segments).into_boxed_slice().into_vec(),
                     part: super::part_name(file_index, first),
+                    text: None,
                 });
                 *next_id += 1;
             }

@@ -86,6 +86,9 @@ impl ScoreArgs {
             shard_rows: self.shard_rows,
             max_attempts: self.max_attempts,
             lease_timeout: self.lease_timeout,
+            input_format: None,
+            columns: Vec::new(),
+            bad_lines: Default::default(),
             task: RowTask::Score {
                 query_column: self.query_column.clone(),
                 batch_size: self.batch_size,

@@ -17,6 +17,7 @@ fn plan(shards: usize) -> EncodePlan {
         rows: 10,
         segments: Vec::new(),
         part: format!("part-00000-{:012}.parquet", id * 10),
+        text: None,
     };
     EncodePlan {
         model: "/m".into(),
@@ -36,6 +37,7 @@ fn plan(shards: usize) -> EncodePlan {
             window_stride: 0,
             shard_rows: 10,
             query_column: None,
+            text: None,
         },
         shards: (0..shards).map(shard).collect(),
         pending: (0..shards).collect(),
