@@ -11,7 +11,8 @@ use crossbeam_channel::bounded;
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
 use super::columns::check_columns;
 use super::settings::EncodeSettings;
-use super::shard::{RowFailure, ShardError, ShardReport, ShardSpec};
+use super::shard::{part_error, RowFailure, ShardError, ShardReport, ShardSpec};
+use crate::io::id_hashes::push_hashes;
 use crate::io::input::{read_footer, read_row_group_range, InputFile, InputReader};
 use crate::io::output::{output_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer, StoreError, StoreUrl};
@@ -84,6 +85,12 @@ struct Launched<'e> {
     members: Vec<usize>,
     tokens: u64,
     inflight: InFlight<'e>,
+}
+
+/// A shard's part, built, and the hashes of its ids.
+struct PartBuilt {
+    file: crate::io::commit::PartFile,
+    ids: Vec<u128>,
 }
 
 /// Encodes one shard and commits its part.
@@ -261,9 +268,11 @@ pub fn encode_shard(
             drop(tok_tx);
             Ok((null_ids, nulls, examples))
         });
-        let writer = scope.spawn(|| -> Result<Option<Vec<u8>>, ShardError> {
-            let mut writer =
-                PartWriter::new(out_schema.clone()).map_err(|e| ShardError::Data(e.to_string()))?;
+        let writer = scope.spawn(|| -> Result<Option<PartBuilt>, ShardError> {
+            let file = committer.part_file(&shard.part)?;
+            let mut writer = PartWriter::new(out_schema.clone(), file, config.max_part_bytes())
+                .map_err(|e| part_error(shard, e))?;
+            let mut ids = Vec::new();
             let mut rows = 0;
             for chunk in enc_rx {
                 let id = chunk
@@ -277,18 +286,17 @@ pub fn encode_shard(
                     .map(|c| chunk.batch.column_by_name(c).cloned().expect("projected"))
                     .collect();
                 rows += chunk.vectors.len();
+                push_hashes(id.as_ref(), &mut ids);
                 writer
                     .write(id, &chunk.vectors, keep)
-                    .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
+                    .map_err(|e| part_error(shard, e))?;
                 progress.advance(chunk.vectors.len() as u64);
             }
             if rows == 0 && shard.rows > 0 {
                 return Ok(None); // Upstream failed; its error is reported.
             }
-            writer
-                .finish()
-                .map(Some)
-                .map_err(|e| ShardError::Data(format!("writing the part: {e}")))
+            let file = writer.finish().map_err(|e| part_error(shard, e))?;
+            Ok(Some(PartBuilt { file, ids }))
         });
         // The model stage runs here: the model is owned by this thread. Each batch is launched
         // before the previous one is waited for, so on a GPU the host packs and uploads the
@@ -443,7 +451,7 @@ pub fn encode_shard(
     read_result?;
     let (null_ids, nulls, examples) = tok_result?;
     model_result?;
-    let bytes = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
+    let built = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
     if report.rows != shard.rows {
         return Err(ShardError::Data(format!(
             "{}: read {} rows where the footer promises {} (truncated file?)",
@@ -455,8 +463,9 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let size = bytes.len() as u64;
-    let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
+    let size = built.file.len()?;
+    let outcome =
+        super::shard::commit_part(config, runtime, committer, shard, built.file, built.ids)?;
     progress.advance(size);
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)

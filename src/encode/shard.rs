@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::commit::PartFile;
+use crate::io::id_hashes;
 use crate::io::lock::LockError;
+use crate::io::output::PartError;
 use crate::io::{CommitOutcome, Committer, StoreError};
 use crate::model::ModelError;
 
@@ -134,20 +137,44 @@ impl ShardError {
 
 /// Commits a finished shard's part, once the output's lock still names the job (every worker,
 /// local or remote, commits through here): a run that lost the output to another job commits
-/// nothing more.
+/// nothing more. Beside a part it committed it commits the sorted hashes of the part's ids
+/// (`id_hashes`), which the duplicate-id check at the job's end merges instead of reading the
+/// part back; without them (a worker killed in between) that check reads the part.
 pub fn commit_part(
     config: &EncodeSettings,
     runtime: &tokio::runtime::Runtime,
     committer: &Committer,
     shard: &ShardSpec,
-    bytes: Vec<u8>,
+    part: PartFile,
+    ids: Vec<u128>,
 ) -> Result<CommitOutcome, ShardError> {
     if let Some(job) = &config.lock_job {
         let output = crate::io::StoreUrl::parse(&config.output)?;
         let lock = crate::io::lock::OutputLock::new(&output, &config.allowed_roots)?;
         runtime.block_on(lock.check(job))?;
     }
-    Ok(runtime.block_on(committer.commit(&shard.part, bytes))?)
+    let size = part.len()?;
+    let outcome = runtime.block_on(committer.commit_file(&shard.part, part))?;
+    if outcome == CommitOutcome::Committed {
+        let name = id_hashes::sidecar_name(&shard.part);
+        let bytes = id_hashes::encode(ids, size);
+        if let Err(e) = runtime.block_on(committer.commit(&name, bytes)) {
+            tracing::warn!(
+                "{e}: the duplicate-id check at the end reads {} instead",
+                shard.part
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+/// A part that could not be written, as the shard's failure: a store's error as it is (a full
+/// disk stops the job), the others naming the shard and its part.
+pub fn part_error(shard: &ShardSpec, e: PartError) -> ShardError {
+    match e {
+        PartError::Store(e) => ShardError::Store(e),
+        e => ShardError::Data(format!("shard {} ({}): {e}", shard.id, shard.part)),
+    }
 }
 
 /// ENOSPC or EDQUOT.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::duplicates::{find_duplicates, DuplicateExample};
+use super::duplicates::{find_duplicates, DuplicateExample, PartIds};
 use super::identity::JobIdentity;
 use super::plan::EncodePlan;
 use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
@@ -173,16 +173,24 @@ pub fn finish_encode(
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
     let mut summary = summarize(plan, reports, &failures, seconds);
     // Duplicate ids across the whole output (every committed part, this run's or earlier).
-    let part_files: Vec<InputFile> = plan
+    // A part's sidecar holds its ids' sorted hashes: the check merges those and reads only
+    // the parts without one.
+    let part_files: Vec<PartIds> = plan
         .shards
         .iter()
         .filter(|s| !failed_parts.contains(s.part.as_str()))
-        .filter_map(|s| Some(part_file(&output, &s.part, *sizes.get(&s.part)?)))
+        .filter_map(|s| {
+            let file = part_file(&output, &s.part, *sizes.get(&s.part)?);
+            let sidecar = crate::io::id_hashes::sidecar_name(&s.part);
+            let sidecar = sizes.contains_key(&sidecar).then_some(sidecar);
+            Some(file.map(|file| PartIds { file, sidecar }))
+        })
         .collect::<Result<_, _>>()?;
     let (store, _) = output.store()?;
     let duplicates = find_duplicates(
         runtime,
         store,
+        &committer,
         &part_files,
         &plan.identity.id_column,
         &plan.settings.allowed_roots,
