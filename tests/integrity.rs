@@ -508,7 +508,7 @@ fn duplicates_of(out: &Output) -> (serde_json::Value, serde_json::Value) {
 }
 
 /// Item 14: each committed part has its ids' sorted hashes beside it
-/// (`_reports/<part>.ids`), and the duplicate check at the finish merges those instead of
+/// (`_reports/ids-<part>.bin`), and the duplicate check at the finish merges those instead of
 /// reading the parts back: a rerun over parts whose bytes are no parquet any more (same sizes)
 /// still finishes, with the same duplicates (main reads every part's id column there, and
 /// fails on them).
@@ -523,7 +523,7 @@ fn the_duplicate_check_at_the_finish_merges_the_parts_id_runs_without_reading_th
     let names = parts(&output);
     assert_eq!(names.len(), 5, "{names:?}");
     for name in &names {
-        let sidecar = output.join("_reports").join(format!("{name}.ids"));
+        let sidecar = output.join("_reports").join(format!("ids-{name}.bin"));
         assert!(sidecar.is_file(), "{} has no id sidecar", name);
     }
     // The three parts without duplicates become same-size garbage: only a check that reads
@@ -573,7 +573,7 @@ fn duplicates_across_parts_are_found_with_and_without_id_sidecars() {
         );
     }
     let reports = output.join("_reports");
-    let sidecar = |part: &str| reports.join(format!("part-{part}.parquet.ids"));
+    let sidecar = |part: &str| reports.join(format!("ids-part-{part}.parquet.bin"));
     // One of the two parts holding the duplicates without its sidecar.
     std::fs::remove_file(sidecar("00001-000000000000")).unwrap();
     assert_eq!(duplicates_of(&encode(&input, &output, &args)), expected);

@@ -463,10 +463,9 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let size = built.file.len()?;
-    let outcome =
-        super::shard::commit_part(config, runtime, committer, shard, built.file, built.ids)?;
+    let (outcome, size) = super::shard::commit_part(config, runtime, committer, shard, built.file)?;
     progress.advance(size);
+    super::shard::commit_id_sidecar(runtime, committer, shard, outcome, size, built.ids);
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

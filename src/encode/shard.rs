@@ -137,35 +137,47 @@ impl ShardError {
 
 /// Commits a finished shard's part, once the output's lock still names the job (every worker,
 /// local or remote, commits through here): a run that lost the output to another job commits
-/// nothing more. Beside a part it committed it commits the sorted hashes of the part's ids
-/// (`id_hashes`), which the duplicate-id check at the job's end merges instead of reading the
-/// part back; without them (a worker killed in between) that check reads the part.
+/// nothing more. The part's size is returned with the outcome.
 pub fn commit_part(
     config: &EncodeSettings,
     runtime: &tokio::runtime::Runtime,
     committer: &Committer,
     shard: &ShardSpec,
     part: PartFile,
-    ids: Vec<u128>,
-) -> Result<CommitOutcome, ShardError> {
+) -> Result<(CommitOutcome, u64), ShardError> {
     if let Some(job) = &config.lock_job {
         let output = crate::io::StoreUrl::parse(&config.output)?;
         let lock = crate::io::lock::OutputLock::new(&output, &config.allowed_roots)?;
         runtime.block_on(lock.check(job))?;
     }
     let size = part.len()?;
-    let outcome = runtime.block_on(committer.commit_file(&shard.part, part))?;
-    if outcome == CommitOutcome::Committed {
-        let name = id_hashes::sidecar_name(&shard.part);
-        let bytes = id_hashes::encode(ids, size);
-        if let Err(e) = runtime.block_on(committer.commit(&name, bytes)) {
-            tracing::warn!(
-                "{e}: the duplicate-id check at the end reads {} instead",
-                shard.part
-            );
-        }
+    Ok((
+        runtime.block_on(committer.commit_file(&shard.part, part))?,
+        size,
+    ))
+}
+
+/// Beside a part this attempt committed (`size` bytes), commits the sorted hashes of its ids,
+/// which the duplicate-id check at the job's end merges instead of reading the part back.
+/// Without them (a worker killed in between, a write that failed) that check reads the part.
+pub fn commit_id_sidecar(
+    runtime: &tokio::runtime::Runtime,
+    committer: &Committer,
+    shard: &ShardSpec,
+    outcome: CommitOutcome,
+    size: u64,
+    ids: Vec<u128>,
+) {
+    if outcome != CommitOutcome::Committed {
+        return; // The attempt that committed the part writes its sidecar.
     }
-    Ok(outcome)
+    let name = id_hashes::sidecar_name(&shard.part);
+    if let Err(e) = runtime.block_on(committer.commit(&name, id_hashes::encode(ids, size))) {
+        tracing::warn!(
+            "{e}: the duplicate-id check at the end reads {} instead",
+            shard.part
+        );
+    }
 }
 
 /// A part that could not be written, as the shard's failure: a store's error as it is (a full

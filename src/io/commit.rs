@@ -535,7 +535,7 @@ fn commit_local(
         path: attempts.clone(),
         source: e,
     })?;
-    // A name in a subfolder (`_reports/<part>.ids`) has a flat attempt name.
+    // A name in a subfolder (`_reports/ids-<part>.bin`) has a flat attempt name.
     let attempt = attempts.join(format!(
         "{}.{}.tmp",
         name.replace('/', "_"),

@@ -1,5 +1,5 @@
 //! The sorted 128-bit hashes of one part's ids, committed beside the part
-//! (`_reports/<part>.ids`) so that the duplicate-id check at a job's end merges small sorted
+//! (`_reports/ids-<part>.bin`) so that the duplicate-id check at a job's end merges small sorted
 //! runs instead of reading back and sorting every part's id column.
 //!
 //! Layout (little-endian): the magic `SPQIDS01`, the hash of [`PROBE`] (a sidecar written by a
@@ -18,7 +18,7 @@ const HEADER: usize = 8 + 16 + 8 + 8;
 
 /// The sidecar of part `part` (relative to the output).
 pub fn sidecar_name(part: &str) -> String {
-    format!("_reports/{part}.ids")
+    format!("_reports/ids-{part}.bin")
 }
 
 /// A 128-bit hash of an id's text: two SipHash-1-3 passes with different prefixes. Two

@@ -3,7 +3,7 @@
 //!
 //! Each non-null id is hashed to 128 bits (its text, see `io::id_hashes`) and the hashes
 //! sorted. A part committed by this sparq has its ids' hashes beside it, sorted
-//! (`_reports/<part>.ids`, written by the worker that committed it), so the check reads those
+//! (`_reports/ids-<part>.bin`, written by the worker that committed it), so the check reads those
 //! small runs and merges them; only a part without one (older outputs, a worker killed between
 //! its two commits) has its id column read and hashed. The runs are merged in memory up to
 //! [`RUN_HASHES`] (128 MiB), beyond that spilled to temporary files and merged from there.
