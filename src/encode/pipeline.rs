@@ -463,9 +463,15 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let (outcome, size) = super::shard::commit_part(config, runtime, committer, shard, built.file)?;
-    progress.advance(size);
-    super::shard::commit_id_sidecar(runtime, committer, shard, outcome, size, built.ids);
+    let outcome = super::shard::commit_part(
+        config,
+        runtime,
+        committer,
+        shard,
+        built.file,
+        built.ids,
+        |n| progress.advance(n),
+    )?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

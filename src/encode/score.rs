@@ -130,9 +130,9 @@ pub fn score_shard(
     let part = writer.finish().map_err(|e| part_error(shard, e))?;
     // A file rewritten while it was read may still decode: its version says it changed.
     input.check_unchanged()?;
-    let (outcome, size) = super::shard::commit_part(config, runtime, committer, shard, part)?;
-    progress.advance(size);
-    super::shard::commit_id_sidecar(runtime, committer, shard, outcome, size, ids);
+    let outcome = super::shard::commit_part(config, runtime, committer, shard, part, ids, |n| {
+        progress.advance(n)
+    })?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

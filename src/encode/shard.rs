@@ -137,47 +137,32 @@ impl ShardError {
 
 /// Commits a finished shard's part, once the output's lock still names the job (every worker,
 /// local or remote, commits through here): a run that lost the output to another job commits
-/// nothing more. The part's size is returned with the outcome.
+/// nothing more. First, create-once, the sorted hashes of the part's ids (`ids`), which the
+/// duplicate-id check at the job's end merges instead of reading the part back: so a committed
+/// part always has them. One left by an attempt that died before its part holds the same ids
+/// (same rows); one recording another part size (another attempt's part won) is not used.
+/// `advance` counts work done between the writes (a slow disk is not a stalled worker).
 pub fn commit_part(
     config: &EncodeSettings,
     runtime: &tokio::runtime::Runtime,
     committer: &Committer,
     shard: &ShardSpec,
     part: PartFile,
-) -> Result<(CommitOutcome, u64), ShardError> {
+    ids: Vec<u128>,
+    advance: impl Fn(u64),
+) -> Result<CommitOutcome, ShardError> {
     if let Some(job) = &config.lock_job {
         let output = crate::io::StoreUrl::parse(&config.output)?;
         let lock = crate::io::lock::OutputLock::new(&output, &config.allowed_roots)?;
         runtime.block_on(lock.check(job))?;
     }
     let size = part.len()?;
-    Ok((
-        runtime.block_on(committer.commit_file(&shard.part, part))?,
-        size,
-    ))
-}
-
-/// Beside a part this attempt committed (`size` bytes), commits the sorted hashes of its ids,
-/// which the duplicate-id check at the job's end merges instead of reading the part back.
-/// Without them (a worker killed in between, a write that failed) that check reads the part.
-pub fn commit_id_sidecar(
-    runtime: &tokio::runtime::Runtime,
-    committer: &Committer,
-    shard: &ShardSpec,
-    outcome: CommitOutcome,
-    size: u64,
-    ids: Vec<u128>,
-) {
-    if outcome != CommitOutcome::Committed {
-        return; // The attempt that committed the part writes its sidecar.
-    }
-    let name = id_hashes::sidecar_name(&shard.part);
-    if let Err(e) = runtime.block_on(committer.commit(&name, id_hashes::encode(ids, size))) {
-        tracing::warn!(
-            "{e}: the duplicate-id check at the end reads {} instead",
-            shard.part
-        );
-    }
+    let sidecar = id_hashes::sidecar_name(&shard.part);
+    runtime.block_on(committer.commit(&sidecar, id_hashes::encode(ids, size)))?;
+    advance(1);
+    let outcome = runtime.block_on(committer.commit_file(&shard.part, part))?;
+    advance(size);
+    Ok(outcome)
 }
 
 /// A part that could not be written, as the shard's failure: a store's error as it is (a full

@@ -53,6 +53,8 @@ pub fn spill_dir() -> PathBuf {
 /// folder. Removed when dropped, so a failed shard leaves nothing behind.
 pub struct PartFile {
     file: tempfile::NamedTempFile,
+    /// What errors name: the part (local), or the temporary file (S3: the spill folder's disk).
+    named: PathBuf,
 }
 
 impl PartFile {
@@ -83,9 +85,9 @@ impl PartFile {
         self.len().map(|n| n == 0)
     }
 
-    /// Where it is.
+    /// The path a failed write names: the part's own for a local output.
     pub fn path(&self) -> &std::path::Path {
-        self.file.path()
+        &self.named
     }
 }
 
@@ -177,7 +179,7 @@ impl Committer {
 
     /// A fresh file to build the part `name` in, then [`Committer::commit_file`] it.
     pub fn part_file(&self, name: &str) -> Result<PartFile, StoreError> {
-        let (folder, op) = match &self.target {
+        let (folder, op, local) = match &self.target {
             Target::Local(dir) => {
                 self.check_local(dir, Some("_attempts"))?;
                 let attempts = dir.join("_attempts");
@@ -186,11 +188,12 @@ impl Committer {
                     path: attempts.clone(),
                     source: e,
                 })?;
-                (attempts, "writing")
+                (attempts, "writing", Some(dir.join(name)))
             }
             Target::Object(..) => (
                 spill_dir(),
                 "creating the part's temporary file (set SPARQ_SPILL_DIR to a folder with room) in",
+                None,
             ),
         };
         let file = tempfile::Builder::new()
@@ -202,7 +205,8 @@ impl Committer {
                 path: folder.clone(),
                 source: e,
             })?;
-        Ok(PartFile { file })
+        let named = local.unwrap_or_else(|| file.path().to_path_buf());
+        Ok(PartFile { file, named })
     }
 
     /// Publishes the part built in `part` as `name` unless a part of that name exists.

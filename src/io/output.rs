@@ -239,7 +239,7 @@ impl PartWriter {
     fn checked<T>(&mut self, result: Result<T, ParquetError>) -> Result<T, PartError> {
         result.map_err(|e| match self.writer.inner_mut().failed.take() {
             Some(source) => PartError::Store(StoreError::Io {
-                op: "writing the part to",
+                op: "writing",
                 path: self.file.path().to_path_buf(),
                 source,
             }),

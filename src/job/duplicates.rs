@@ -4,8 +4,8 @@
 //! Each non-null id is hashed to 128 bits (its text, see `io::id_hashes`) and the hashes
 //! sorted. A part committed by this sparq has its ids' hashes beside it, sorted
 //! (`_reports/ids-<part>.bin`, written by the worker that committed it), so the check reads those
-//! small runs and merges them; only a part without one (older outputs, a worker killed between
-//! its two commits) has its id column read and hashed. The runs are merged in memory up to
+//! small runs and merges them; only a part without one that fits it (older outputs) has its id
+//! column read and hashed. The runs are merged in memory up to
 //! [`RUN_HASHES`] (128 MiB), beyond that spilled to temporary files and merged from there.
 //! Equal neighbours are duplicates. A second pass, only when there are some, reads the id
 //! column of the parts holding the first few (by their runs) for their text. The runs go to
