@@ -488,3 +488,159 @@ fn weights_changed_in_the_middle_are_another_model_and_the_resume_is_refused() {
         .to_string_lossy()
         .starts_with('.')));
 }
+
+/// Ids 0..30 in `a.parquet`, 20..40 in `b.parquet`, shards of 10 rows: ids 20..30 twice, in
+/// `part-00000-000000000020` and `part-00001-000000000000`; the other three parts hold none.
+fn overlapping_corpus(dir: &Path) -> std::path::PathBuf {
+    write_corpus(&dir.join("in/a.parquet"), 0..30, 10);
+    write_corpus(&dir.join("in/b.parquet"), 20..40, 10);
+    dir.join("in")
+}
+
+/// The duplicate-id count and examples of a run's summary.
+fn duplicates_of(out: &Output) -> (serde_json::Value, serde_json::Value) {
+    assert!(out.status.success(), "{}", stderr(out));
+    let sum = summary(out);
+    (
+        sum["duplicate_ids"].clone(),
+        sum["duplicate_examples"].clone(),
+    )
+}
+
+/// Item 14: each committed part has its ids' sorted hashes beside it
+/// (`_reports/ids-<part>.bin`), and the duplicate check at the finish merges those instead of
+/// reading the parts back: a rerun over parts whose bytes are no parquet any more (same sizes)
+/// still finishes, with the same duplicates (main reads every part's id column there, and
+/// fails on them).
+#[test]
+fn the_duplicate_check_at_the_finish_merges_the_parts_id_runs_without_reading_them_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = overlapping_corpus(tmp.path());
+    let output = tmp.path().join("out");
+    let first = encode(&input, &output, &["--shard-rows", "10"]);
+    let (count, examples) = duplicates_of(&first);
+    assert_eq!(count, 10);
+    let names = parts(&output);
+    assert_eq!(names.len(), 5, "{names:?}");
+    for name in &names {
+        let sidecar = output.join("_reports").join(format!("ids-{name}.bin"));
+        assert!(sidecar.is_file(), "{} has no id sidecar", name);
+    }
+    // The three parts without duplicates become same-size garbage: only a check that reads
+    // them notices.
+    let holding = [
+        "part-00000-000000000020.parquet",
+        "part-00001-000000000000.parquet",
+    ];
+    for name in names.iter().filter(|n| !holding.contains(&n.as_str())) {
+        let path = output.join(name);
+        let size = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![0u8; size]).unwrap();
+    }
+    let rerun = encode(&input, &output, &["--shard-rows", "10"]);
+    assert_eq!(duplicates_of(&rerun), (count, examples));
+    assert!(output.join("_SUCCESS").is_file());
+}
+
+/// Item 14: duplicates across parts are found whether every part has its id sidecar, some do,
+/// or none (an output of an earlier sparq), and one that does not fit its part (another
+/// part's) is not used: same count, same examples every time.
+#[test]
+fn duplicates_across_parts_are_found_with_and_without_id_sidecars() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = overlapping_corpus(tmp.path());
+    let output = tmp.path().join("out");
+    let args = ["--shard-rows", "10"];
+    let expected = duplicates_of(&encode(&input, &output, &args));
+    assert_eq!(expected.0, 10);
+    let examples = expected.1.as_array().unwrap();
+    assert_eq!(examples.len(), 5);
+    for e in examples {
+        let parts: Vec<&str> = e["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                "part-00000-000000000020.parquet",
+                "part-00001-000000000000.parquet"
+            ],
+            "{e}"
+        );
+    }
+    let reports = output.join("_reports");
+    let sidecar = |part: &str| reports.join(format!("ids-part-{part}.parquet.bin"));
+    // One of the two parts holding the duplicates without its sidecar.
+    std::fs::remove_file(sidecar("00001-000000000000")).unwrap();
+    assert_eq!(duplicates_of(&encode(&input, &output, &args)), expected);
+    // Another part's sidecar in its place: not its part's, so not used.
+    std::fs::copy(sidecar("00000-000000000000"), sidecar("00001-000000000000")).unwrap();
+    assert_eq!(duplicates_of(&encode(&input, &output, &args)), expected);
+    // None at all.
+    std::fs::remove_dir_all(&reports).unwrap();
+    assert_eq!(duplicates_of(&encode(&input, &output, &args)), expected);
+}
+
+/// Item 10: `--max-part-bytes` cuts a new output into shards whose parts cannot pass it (the
+/// vocabulary's every entry counted), and a part that passes it all the same (an output
+/// resumed with the shard size it was planned with) fails its shard, naming the part and the
+/// flag, and is not committed.
+#[test]
+fn max_part_bytes_cuts_smaller_shards_and_a_part_past_it_fails_its_shard_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in/a.parquet");
+    write_corpus(&input, 0..500, 50);
+    let output = tmp.path().join("out");
+    let plan_only = |extra: &[&str]| -> String {
+        let mut args = vec!["--plan-only"];
+        args.extend_from_slice(extra);
+        let out = encode(&input, &output, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // 250 rows per shard by default on a CPU.
+    assert_eq!(plan_only(&[]), "2");
+    // The tiny model's 30,522 entries × 8 bytes per row: 10 rows fit 2.5 MB, not 11.
+    assert_eq!(plan_only(&["--max-part-bytes", "2500000"]), "50");
+    assert_eq!(
+        plan_only(&["--max-part-bytes", "2500000", "--max-active-dims", "8"]),
+        "2"
+    );
+    let out = encode(&input, &output, &["--max-part-bytes", "1000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--max-part-bytes 1000 is outside"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Task 0 of 2 commits the first 250-row part under the default cap.
+    let shards = ["--shard-rows", "250"];
+    let task = [&shards[..], &["--task-index", "0", "--task-count", "2"]].concat();
+    let out = encode(&input, &output, &task);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = output.join("part-00000-000000000000.parquet");
+    let size = std::fs::metadata(&first).unwrap().len();
+    assert!(size > 65536, "a 250-row part of {size} bytes");
+    // The resumed job keeps 250-row shards; its second part passes a 64 KiB cap.
+    let out = encode(
+        &input,
+        &output,
+        &[&shards[..], &["--max-part-bytes", "65536"]].concat(),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("part-00000-000000000250.parquet") && err.contains("--max-part-bytes 65536"),
+        "{err}"
+    );
+    assert_eq!(parts(&output), ["part-00000-000000000000.parquet"]);
+    assert!(!output.join("_SUCCESS").exists());
+    // Nothing of the refused part is left behind.
+    let attempts = std::fs::read_dir(output.join("_attempts")).map_or(0, |d| d.count());
+    assert_eq!(attempts, 0);
+}

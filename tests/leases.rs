@@ -614,5 +614,6 @@ fn shard_settings(model: PathBuf, output: &Path, task: RowTask) -> EncodeSetting
         task,
         shard_reports: false,
         lock_job: None,
+        max_part_bytes: None,
     }
 }

@@ -10,9 +10,10 @@ use crossbeam_channel::bounded;
 
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
 use super::settings::EncodeSettings;
-use super::shard::{RowFailure, ShardError, ShardReport, ShardSpec};
+use super::shard::{part_error, RowFailure, ShardError, ShardReport, ShardSpec};
 pub(crate) use super::source::{open_shard, OpenShard};
 use super::source::{ShardSource, SourceStats};
+use crate::io::id_hashes::push_hashes;
 use crate::io::output::{output_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer};
 use crate::model::encoder::InFlight;
@@ -84,6 +85,12 @@ struct Launched<'e> {
     members: Vec<usize>,
     tokens: u64,
     inflight: InFlight<'e>,
+}
+
+/// A shard's part, built, and the hashes of its ids.
+struct PartBuilt {
+    file: crate::io::commit::PartFile,
+    ids: Vec<u128>,
 }
 
 /// Encodes one shard and commits its part.
@@ -239,9 +246,11 @@ pub fn encode_shard(
             drop(tok_tx);
             Ok((null_ids, nulls, examples))
         });
-        let writer = scope.spawn(|| -> Result<Option<Vec<u8>>, ShardError> {
-            let mut writer =
-                PartWriter::new(out_schema.clone()).map_err(|e| ShardError::Data(e.to_string()))?;
+        let writer = scope.spawn(|| -> Result<Option<PartBuilt>, ShardError> {
+            let file = committer.part_file(&shard.part)?;
+            let mut writer = PartWriter::new(out_schema.clone(), file, config.max_part_bytes())
+                .map_err(|e| part_error(shard, e))?;
+            let mut ids = Vec::new();
             let mut rows = 0;
             for chunk in enc_rx {
                 let id = chunk
@@ -255,19 +264,18 @@ pub fn encode_shard(
                     .map(|c| chunk.batch.column_by_name(c).cloned().expect("projected"))
                     .collect();
                 rows += chunk.vectors.len();
+                push_hashes(id.as_ref(), &mut ids);
                 writer
                     .write(id, &chunk.vectors, keep)
-                    .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
+                    .map_err(|e| part_error(shard, e))?;
                 progress.advance(chunk.vectors.len() as u64);
             }
             // A text range may hold no line start (inside a long line): its part is empty.
             if rows == 0 && shard.rows > 0 && shard.text.is_none() {
                 return Ok(None); // Upstream failed; its error is reported.
             }
-            writer
-                .finish()
-                .map(Some)
-                .map_err(|e| ShardError::Data(format!("writing the part: {e}")))
+            let file = writer.finish().map_err(|e| part_error(shard, e))?;
+            Ok(Some(PartBuilt { file, ids }))
         });
         // The model stage runs here: the model is owned by this thread. Each batch is launched
         // before the previous one is waited for, so on a GPU the host packs and uploads the
@@ -422,7 +430,7 @@ pub fn encode_shard(
     let read_stats = read_result?;
     let (null_ids, nulls, examples) = tok_result?;
     model_result?;
-    let bytes = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
+    let built = write_result?.ok_or_else(|| ShardError::Data("no rows were written".into()))?;
     // A text shard's rows are known once read; a parquet shard's must be the footer's.
     if shard.text.is_none() && report.rows != shard.rows {
         return Err(ShardError::Data(format!(
@@ -437,9 +445,15 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
-    let size = bytes.len() as u64;
-    let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
-    progress.advance(size);
+    let outcome = super::shard::commit_part(
+        config,
+        runtime,
+        committer,
+        shard,
+        built.file,
+        built.ids,
+        |n| progress.advance(n),
+    )?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

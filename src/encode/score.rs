@@ -11,7 +11,8 @@ use arrow::datatypes::DataType;
 use super::columns::check_columns;
 use super::pipeline::{open_shard, text_cells, OpenShard, ShardProgress, TextCell};
 use super::settings::{EncodeSettings, RowTask};
-use super::shard::{ShardError, ShardReport, ShardSpec};
+use super::shard::{part_error, ShardError, ShardReport, ShardSpec};
+use crate::io::id_hashes::push_hashes;
 use crate::io::input::read_row_group_range;
 use crate::io::output::{score_schema, PartWriter};
 use crate::io::{CommitOutcome, Committer, StoreError};
@@ -57,8 +58,10 @@ pub fn score_shard(
     let (_, _, query_projection) =
         check_columns(&file.url, &schema, &config.id_column, query_column, &[])?;
     projection.push(query_projection[1]);
-    let mut writer = PartWriter::new(score_schema(&id_field))
-        .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
+    let part = committer.part_file(&shard.part)?;
+    let mut writer = PartWriter::new(score_schema(&id_field), part, config.max_part_bytes())
+        .map_err(|e| part_error(shard, e))?;
+    let mut ids = Vec::new();
     let mut report = ShardReport {
         shard: shard.id,
         ..Default::default()
@@ -87,9 +90,10 @@ pub fn score_shard(
                     columns.score_batch(model, *batch_size, &batch, first_row, &mut report)
                 };
                 match scored.and_then(|columns| {
+                    push_hashes(columns[0].as_ref(), &mut ids);
                     writer
                         .write_columns(columns)
-                        .map_err(|e| ShardError::Data(format!("writing the part: {e}")))
+                        .map_err(|e| part_error(shard, e))
                 }) {
                     Ok(()) => {
                         progress
@@ -123,12 +127,12 @@ pub fn score_shard(
             file.url, report.rows, shard.rows
         )));
     }
-    let bytes = writer
-        .finish()
-        .map_err(|e| ShardError::Data(format!("writing the part: {e}")))?;
+    let part = writer.finish().map_err(|e| part_error(shard, e))?;
     // A file rewritten while it was read may still decode: its version says it changed.
     input.check_unchanged()?;
-    let outcome = super::shard::commit_part(config, runtime, committer, shard, bytes)?;
+    let outcome = super::shard::commit_part(config, runtime, committer, shard, part, ids, |n| {
+        progress.advance(n)
+    })?;
     report.already_committed = outcome == CommitOutcome::AlreadyCommitted;
     Ok(report)
 }

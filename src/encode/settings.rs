@@ -65,12 +65,22 @@ pub struct EncodeSettings {
     /// The job the output's lock must name at every commit (`None`: unchecked).
     #[serde(default)]
     pub lock_job: Option<String>,
+    /// A part may grow to this many bytes (`None`: the default, 1 GiB); a larger one fails
+    /// its shard.
+    #[serde(default)]
+    pub max_part_bytes: Option<u64>,
 }
 
 impl EncodeSettings {
     /// How long texts are encoded.
     pub fn long_docs(&self) -> LongDocs {
         LongDocs::new(self.long_docs, self.window_stride)
+    }
+
+    /// The most bytes a part may have.
+    pub fn max_part_bytes(&self) -> u64 {
+        self.max_part_bytes
+            .unwrap_or(crate::io::output::DEFAULT_MAX_PART_BYTES)
     }
 }
 

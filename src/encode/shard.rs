@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::commit::PartFile;
+use crate::io::id_hashes;
 use crate::io::lock::LockError;
+use crate::io::output::PartError;
 use crate::io::{CommitOutcome, Committer, StoreError};
 use crate::model::ModelError;
 
@@ -145,20 +148,41 @@ impl ShardError {
 
 /// Commits a finished shard's part, once the output's lock still names the job (every worker,
 /// local or remote, commits through here): a run that lost the output to another job commits
-/// nothing more.
+/// nothing more. First, create-once, the sorted hashes of the part's ids (`ids`), which the
+/// duplicate-id check at the job's end merges instead of reading the part back: so a committed
+/// part always has them. One left by an attempt that died before its part holds the same ids
+/// (same rows); one recording another part size (another attempt's part won) is not used.
+/// `advance` counts work done between the writes (a slow disk is not a stalled worker).
 pub fn commit_part(
     config: &EncodeSettings,
     runtime: &tokio::runtime::Runtime,
     committer: &Committer,
     shard: &ShardSpec,
-    bytes: Vec<u8>,
+    part: PartFile,
+    ids: Vec<u128>,
+    advance: impl Fn(u64),
 ) -> Result<CommitOutcome, ShardError> {
     if let Some(job) = &config.lock_job {
         let output = crate::io::StoreUrl::parse(&config.output)?;
         let lock = crate::io::lock::OutputLock::new(&output, &config.allowed_roots)?;
         runtime.block_on(lock.check(job))?;
     }
-    Ok(runtime.block_on(committer.commit(&shard.part, bytes))?)
+    let size = part.len()?;
+    let sidecar = id_hashes::sidecar_name(&shard.part);
+    runtime.block_on(committer.commit(&sidecar, id_hashes::encode(ids, size)))?;
+    advance(1);
+    let outcome = runtime.block_on(committer.commit_file(&shard.part, part))?;
+    advance(size);
+    Ok(outcome)
+}
+
+/// A part that could not be written, as the shard's failure: a store's error as it is (a full
+/// disk stops the job), the others naming the shard and its part.
+pub fn part_error(shard: &ShardSpec, e: PartError) -> ShardError {
+    match e {
+        PartError::Store(e) => ShardError::Store(e),
+        e => ShardError::Data(format!("shard {} ({}): {e}", shard.id, shard.part)),
+    }
 }
 
 /// ENOSPC or EDQUOT.

@@ -3,9 +3,11 @@
 //!
 //! - Local disk: the attempt is `_attempts/<part>.<uuid>.tmp`, fsynced, then hard-linked to
 //!   the final name (`link(2)` fails if the name exists, so a second attempt cannot replace
-//!   a committed part), then the attempt is unlinked.
+//!   a committed part), then the attempt is unlinked. A part is written straight into its
+//!   attempt file as it is built ([`Committer::part_file`]), so memory stays flat.
 //! - S3: one `PUT` is atomic (an object is visible whole or not at all), so the attempt is the
-//!   worker's in-memory part; it is published with `PutMode::Create` (`If-None-Match: *`):
+//!   worker's part, built in a file in the spill folder and sent from it (mapped, not read into
+//!   memory); it is published with `PutMode::Create` (`If-None-Match: *`):
 //!   the first attempt wins, later ones get `AlreadyExists`. A refusal counts as committed
 //!   only when the object is then found (S3 also answers 409 while another conditional write
 //!   is in flight, and that write may fail); otherwise the write is tried again.
@@ -30,6 +32,64 @@ const CONFLICT_WAITS: [std::time::Duration; 4] = [
     std::time::Duration::from_secs(2),
     std::time::Duration::ZERO,
 ];
+
+/// The most one S3 `PUT` may carry (5 GiB): a larger part could only be a multipart upload,
+/// which is not create-once.
+pub const SINGLE_PUT_LIMIT: u64 = 5 << 30;
+
+/// The variable naming the folder for temporary files: S3 parts as they are built, and the
+/// sorted runs of the duplicate-id check.
+pub const SPILL_DIR_ENV: &str = "SPARQ_SPILL_DIR";
+
+/// Where temporary files go: `$SPARQ_SPILL_DIR`, else the system's temporary folder.
+pub fn spill_dir() -> PathBuf {
+    std::env::var_os(SPILL_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// A part written to a file before its commit (memory stays flat however large it grows):
+/// in a local output's `_attempts/` (the commit links this very file), for S3 in the spill
+/// folder. Removed when dropped, so a failed shard leaves nothing behind.
+pub struct PartFile {
+    file: tempfile::NamedTempFile,
+    /// What errors name: the part (local), or the temporary file (S3: the spill folder's disk).
+    named: PathBuf,
+}
+
+impl PartFile {
+    /// A second handle on the file, to write it.
+    pub fn writer(&self) -> Result<std::fs::File, StoreError> {
+        self.file.as_file().try_clone().map_err(|e| StoreError::Io {
+            op: "opening",
+            path: self.file.path().to_path_buf(),
+            source: e,
+        })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        self.file
+            .as_file()
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StoreError::Io {
+                op: "reading the size of",
+                path: self.file.path().to_path_buf(),
+                source: e,
+            })
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// The path a failed write names: the part's own for a local output.
+    pub fn path(&self) -> &std::path::Path {
+        &self.named
+    }
+}
 
 /// Result of committing a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +157,9 @@ impl Committer {
         match &self.target {
             Target::Local(dir) => {
                 self.check_local(dir, Some("_attempts"))?;
+                if let Some((sub, _)) = name.rsplit_once('/') {
+                    self.check_local(dir, Some(sub))?;
+                }
                 let dir = dir.clone();
                 let name = name.to_string();
                 tokio::task::spawn_blocking(move || commit_local(&dir, &name, &bytes))
@@ -107,53 +170,147 @@ impl Committer {
                         source: std::io::Error::other(e),
                     })?
             }
-            Target::Object(store, prefix) => {
-                let path = prefix.clone().join(name);
-                let payload = PutPayload::from(Bytes::from(bytes));
-                let mut refused = Vec::new();
-                for wait in CONFLICT_WAITS {
-                    let opts = PutOptions {
-                        mode: PutMode::Create,
-                        ..Default::default()
-                    };
-                    let error = match store.put_opts(&path, payload.clone(), opts).await {
-                        Ok(_) => return Ok(CommitOutcome::Committed),
-                        Err(
-                            e @ (object_store::Error::AlreadyExists { .. }
-                            | object_store::Error::Precondition { .. }),
-                        ) => e,
-                        Err(e) => {
-                            return Err(StoreError::object("committing", self.url.join(name), e))
-                        }
-                    };
-                    // A 409 also means "another conditional write is in flight" (which may
-                    // yet fail): only an object that is there makes the part committed.
-                    match store.head(&path).await {
-                        Ok(_) => return Ok(CommitOutcome::AlreadyCommitted),
-                        Err(object_store::Error::NotFound { .. }) => refused.push(error),
-                        Err(e) => {
-                            return Err(StoreError::object(
-                                "looking up the refused part",
-                                self.url.join(name),
-                                e,
-                            ))
-                        }
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                Err(StoreError::Object {
-                    op: "committing",
-                    location: self.url.join(name),
-                    detail: format!(
-                        "the store refused the create-once write {} times as if the part existed \
-                         ({}), yet it is not there: the shard is not counted committed; it is \
-                         retried, and a rerun encodes it again",
-                        refused.len(),
-                        refused.last().map_or(String::new(), |e| e.to_string())
-                    ),
-                })
+            Target::Object(..) => {
+                self.commit_object(name, PutPayload::from(Bytes::from(bytes)))
+                    .await
             }
         }
+    }
+
+    /// A fresh file to build the part `name` in, then [`Committer::commit_file`] it.
+    pub fn part_file(&self, name: &str) -> Result<PartFile, StoreError> {
+        let (folder, op, local) = match &self.target {
+            Target::Local(dir) => {
+                self.check_local(dir, Some("_attempts"))?;
+                let attempts = dir.join("_attempts");
+                std::fs::create_dir_all(&attempts).map_err(|e| StoreError::Io {
+                    op: "creating",
+                    path: attempts.clone(),
+                    source: e,
+                })?;
+                (attempts, "writing", Some(dir.join(name)))
+            }
+            Target::Object(..) => (
+                spill_dir(),
+                "creating the part's temporary file (set SPARQ_SPILL_DIR to a folder with room) in",
+                None,
+            ),
+        };
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{}.", name.replace('/', "_")))
+            .suffix(".tmp")
+            .tempfile_in(&folder)
+            .map_err(|e| StoreError::Io {
+                op,
+                path: folder.clone(),
+                source: e,
+            })?;
+        let named = local.unwrap_or_else(|| file.path().to_path_buf());
+        Ok(PartFile { file, named })
+    }
+
+    /// Publishes the part built in `part` as `name` unless a part of that name exists.
+    pub async fn commit_file(
+        &self,
+        name: &str,
+        part: PartFile,
+    ) -> Result<CommitOutcome, StoreError> {
+        match &self.target {
+            Target::Local(dir) => {
+                self.check_local(dir, Some("_attempts"))?;
+                let dir = dir.clone();
+                let name = name.to_string();
+                tokio::task::spawn_blocking(move || link_local(&dir, &name, part))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        op: "committing",
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Target::Object(..) => {
+                let size = part.len()?;
+                if size > SINGLE_PUT_LIMIT {
+                    return Err(StoreError::Object {
+                        op: "committing",
+                        location: self.url.join(name),
+                        detail: format!(
+                            "the part is {size} bytes, more than the {SINGLE_PUT_LIMIT} one S3 \
+                             PUT can carry: lower --max-part-bytes (or --shard-rows)"
+                        ),
+                    });
+                }
+                let payload = if size == 0 {
+                    PutPayload::new()
+                } else {
+                    // SAFETY: the file is this process's own temporary file, not yet published:
+                    // nothing else writes or truncates it while it is mapped.
+                    let map = unsafe { memmap2::Mmap::map(part.file.as_file()) }.map_err(|e| {
+                        StoreError::Io {
+                            op: "mapping",
+                            path: part.file.path().to_path_buf(),
+                            source: e,
+                        }
+                    })?;
+                    PutPayload::from(Bytes::from_owner(map))
+                };
+                let outcome = self.commit_object(name, payload).await;
+                drop(part);
+                outcome
+            }
+        }
+    }
+
+    /// Publishes `payload` as the object `name` with a create-once write.
+    async fn commit_object(
+        &self,
+        name: &str,
+        payload: PutPayload,
+    ) -> Result<CommitOutcome, StoreError> {
+        let Target::Object(store, prefix) = &self.target else {
+            unreachable!("called for object stores only")
+        };
+        let path = object_path(prefix, name);
+        let mut refused = Vec::new();
+        for wait in CONFLICT_WAITS {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let error = match store.put_opts(&path, payload.clone(), opts).await {
+                Ok(_) => return Ok(CommitOutcome::Committed),
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => e,
+                Err(e) => return Err(StoreError::object("committing", self.url.join(name), e)),
+            };
+            // A 409 also means "another conditional write is in flight" (which may
+            // yet fail): only an object that is there makes the part committed.
+            match store.head(&path).await {
+                Ok(_) => return Ok(CommitOutcome::AlreadyCommitted),
+                Err(object_store::Error::NotFound { .. }) => refused.push(error),
+                Err(e) => {
+                    return Err(StoreError::object(
+                        "looking up the refused part",
+                        self.url.join(name),
+                        e,
+                    ))
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
+        Err(StoreError::Object {
+            op: "committing",
+            location: self.url.join(name),
+            detail: format!(
+                "the store refused the create-once write {} times as if the part existed \
+                 ({}), yet it is not there: the shard is not counted committed; it is \
+                 retried, and a rerun encodes it again",
+                refused.len(),
+                refused.last().map_or(String::new(), |e| e.to_string())
+            ),
+        })
     }
 
     /// Writes a marker or manifest object (replacing any previous one).
@@ -382,7 +539,12 @@ fn commit_local(
         path: attempts.clone(),
         source: e,
     })?;
-    let attempt = attempts.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
+    // A name in a subfolder (`_reports/ids-<part>.bin`) has a flat attempt name.
+    let attempt = attempts.join(format!(
+        "{}.{}.tmp",
+        name.replace('/', "_"),
+        uuid::Uuid::new_v4()
+    ));
     let final_path = dir.join(name);
     // Name the part, not its attempt file (removed again on failure).
     write_synced(&attempt, bytes).map_err(|e| match e {
@@ -393,22 +555,63 @@ fn commit_local(
         },
         e => e,
     })?;
-    let outcome = match std::fs::hard_link(&attempt, &final_path) {
-        Ok(()) => CommitOutcome::Committed,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => CommitOutcome::AlreadyCommitted,
-        Err(e) => {
-            let _ = std::fs::remove_file(&attempt);
-            return Err(StoreError::Io {
-                op: "committing",
-                path: final_path,
-                source: e,
-            });
-        }
-    };
+    let outcome = link_once(&attempt, &final_path);
     let _ = std::fs::remove_file(&attempt);
-    // The part's name is durable before the shard is reported committed (also when another
-    // attempt linked it: that one may have died before its own sync).
-    sync_dir(dir)?;
+    finish_link(&final_path, outcome)
+}
+
+/// Commits the part built in `part` (a file in `dir/_attempts`) by linking it as `name`.
+fn link_local(
+    dir: &std::path::Path,
+    name: &str,
+    part: PartFile,
+) -> Result<CommitOutcome, StoreError> {
+    let final_path = dir.join(name);
+    part.file.as_file().sync_all().map_err(|e| StoreError::Io {
+        op: "writing",
+        path: final_path.clone(),
+        source: e,
+    })?;
+    let outcome = link_once(part.file.path(), &final_path);
+    drop(part);
+    finish_link(&final_path, outcome)
+}
+
+/// Links `attempt` as `final_path` unless that exists (its folder created first).
+fn link_once(
+    attempt: &std::path::Path,
+    final_path: &std::path::Path,
+) -> Result<CommitOutcome, StoreError> {
+    if let Some(folder) = final_path.parent() {
+        std::fs::create_dir_all(folder).map_err(|e| StoreError::Io {
+            op: "creating",
+            path: folder.to_path_buf(),
+            source: e,
+        })?;
+    }
+    match std::fs::hard_link(attempt, final_path) {
+        Ok(()) => Ok(CommitOutcome::Committed),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(CommitOutcome::AlreadyCommitted)
+        }
+        Err(e) => Err(StoreError::Io {
+            op: "committing",
+            path: final_path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// The part's name is durable before the shard is reported committed (also when another
+/// attempt linked it: that one may have died before its own sync).
+fn finish_link(
+    final_path: &std::path::Path,
+    outcome: Result<CommitOutcome, StoreError>,
+) -> Result<CommitOutcome, StoreError> {
+    let outcome = outcome?;
+    if let Some(folder) = final_path.parent() {
+        sync_dir(folder)?;
+    }
     Ok(outcome)
 }
 

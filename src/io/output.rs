@@ -1,5 +1,6 @@
 //! Parquet output: the `sparse: list<struct<id: uint32, weight: float32>>` column and the
-//! in-memory writer of one shard's part file.
+//! writer of one shard's part file, built in a file (row groups written out as they fill, so
+//! memory stays flat however large the shard) and refused past the job's part-size cap.
 
 use std::sync::Arc;
 
@@ -10,8 +11,11 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 
+use super::commit::PartFile;
+use super::StoreError;
 use crate::encode::SparseVector;
 
 /// Name of the output vector column.
@@ -114,22 +118,85 @@ pub fn read_sparse(array: &dyn Array) -> Option<Vec<Option<SparseVector>>> {
     )
 }
 
-/// Writes one shard's rows into an in-memory parquet file, committed whole when complete.
+/// Encoded bytes a row group may buffer before it is written out to the part's file.
+const FLUSH_BYTES: usize = 32 << 20;
+
+/// The default `--max-part-bytes`: 1 GiB, well under the 5 GiB of one S3 `PUT`.
+pub const DEFAULT_MAX_PART_BYTES: u64 = 1 << 30;
+
+/// Why a part could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    /// The parquet encoder failed.
+    #[error("writing the part: {0}")]
+    Parquet(#[from] ParquetError),
+    /// Writing its file failed (a full disk, say).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The part grew past the job's cap.
+    #[error(
+        "the part reached {bytes} bytes, past --max-part-bytes {max}: nothing was committed. \
+         Rerun with a larger --max-part-bytes, or re-encode into a new output with a smaller \
+         --shard-rows (a resumed output keeps the shard size it was planned with)"
+    )]
+    TooLarge {
+        /// Bytes written so far.
+        bytes: u64,
+        /// The cap.
+        max: u64,
+    },
+}
+
+/// The part's file, remembering the last write error (the encoder reports it as its own).
+struct FileSink {
+    file: std::fs::File,
+    failed: Option<std::io::Error>,
+}
+
+impl std::io::Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).inspect_err(|e| {
+            self.failed = Some(copy_error(e));
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn copy_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Writes one shard's rows into a parquet file, committed whole when complete.
 pub struct PartWriter {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<FileSink>,
     schema: SchemaRef,
+    file: PartFile,
+    max_bytes: u64,
 }
 
 impl PartWriter {
-    /// A writer for `schema` (snappy compression: every reader supports it).
-    pub fn new(schema: SchemaRef) -> Result<Self, parquet::errors::ParquetError> {
+    /// A writer for `schema` into `file` (snappy compression: every reader supports it), that
+    /// refuses to grow past `max_bytes`.
+    pub fn new(schema: SchemaRef, file: PartFile, max_bytes: u64) -> Result<Self, PartError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(64 * 1024))
             .build();
+        let sink = FileSink {
+            file: file.writer()?,
+            failed: None,
+        };
         Ok(Self {
-            writer: ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?,
+            writer: ArrowWriter::try_new(sink, schema.clone(), Some(props))?,
             schema,
+            file,
+            max_bytes,
         })
     }
 
@@ -139,24 +206,58 @@ impl PartWriter {
         id: ArrayRef,
         vectors: &[Option<SparseVector>],
         keep: Vec<ArrayRef>,
-    ) -> Result<(), parquet::errors::ParquetError> {
+    ) -> Result<(), PartError> {
         let mut columns = vec![id, sparse_array(vectors)];
         columns.extend(keep);
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)
+        self.write_columns(columns)
     }
 
     /// Appends rows given as whole columns, in the schema's order.
-    pub fn write_columns(
-        &mut self,
-        columns: Vec<ArrayRef>,
-    ) -> Result<(), parquet::errors::ParquetError> {
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)
+    pub fn write_columns(&mut self, columns: Vec<ArrayRef>) -> Result<(), PartError> {
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(ParquetError::from)?;
+        let written = self.writer.write(&batch).and_then(|()| {
+            // A row group that has buffered enough is written out now, whatever its rows.
+            if self.writer.in_progress_size() >= FLUSH_BYTES {
+                self.writer.flush()
+            } else {
+                Ok(())
+            }
+        });
+        self.checked(written)?;
+        let bytes = (self.writer.bytes_written() + self.writer.in_progress_size()) as u64;
+        if bytes > self.max_bytes {
+            return Err(PartError::TooLarge {
+                bytes,
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
     }
 
-    /// Finishes the file and returns its bytes.
-    pub fn finish(self) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-        self.writer.into_inner()
+    /// An encoder error, or the file's own error where writing the file failed.
+    fn checked<T>(&mut self, result: Result<T, ParquetError>) -> Result<T, PartError> {
+        result.map_err(|e| match self.writer.inner_mut().failed.take() {
+            Some(source) => PartError::Store(StoreError::Io {
+                op: "writing",
+                path: self.file.path().to_path_buf(),
+                source,
+            }),
+            None => PartError::Parquet(e),
+        })
+    }
+
+    /// Finishes the file (its footer written) and returns it, to be committed.
+    pub fn finish(mut self) -> Result<PartFile, PartError> {
+        let finished = self.writer.finish().map(|_| ());
+        self.checked(finished)?;
+        let bytes = self.writer.bytes_written() as u64;
+        if bytes > self.max_bytes {
+            return Err(PartError::TooLarge {
+                bytes,
+                max: self.max_bytes,
+            });
+        }
+        Ok(self.file)
     }
 }

@@ -106,6 +106,13 @@ pub struct EncodeConfig {
     #[arg(long)]
     #[serde(default)]
     pub shard_rows: Option<u64>,
+    /// Most bytes per part file (default 1 GiB; one S3 PUT carries at most 5 GiB). New outputs
+    /// get shards small enough that a part stays under it however full its vectors are (every
+    /// entry the top-k or the vocabulary allows); a part that would still pass it fails its
+    /// shard instead of being committed.
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default)]
+    pub max_part_bytes: Option<u64>,
     /// Attempts per shard before it is reported failed.
     #[arg(long, default_value_t = defaults::max_attempts())]
     #[serde(default = "defaults::max_attempts")]
@@ -242,6 +249,7 @@ impl EncodeArgs {
             window_stride,
             overwrite,
             shard_rows,
+            max_part_bytes,
             max_attempts,
             lease_timeout,
             input_format,

@@ -1,37 +1,31 @@
 //! Ids that occur more than once in a whole output, across files and shards, in bounded
 //! memory.
 //!
-//! Every part's id column is read (nothing else), each non-null id hashed to 128 bits, and the
-//! hashes sorted: in memory up to [`RUN_HASHES`] (128 MiB), beyond that in sorted runs spilled
-//! to temporary files and merged. Equal neighbours are duplicates. A second pass over the id
-//! columns, only when there are some, finds the text and the part of a few examples. Two
-//! different ids share a 128-bit hash with probability about n²/2¹²⁹: never, in practice.
-//! The runs go to `$SPARQ_SPILL_DIR` when set (a disk with room: a billion ids spill 16 GB),
-//! else the system's temporary folder.
+//! Each non-null id is hashed to 128 bits (its text, see `io::id_hashes`) and the hashes
+//! sorted. A part committed by this sparq has its ids' hashes beside it, sorted
+//! (`_reports/ids-<part>.bin`, written by the worker that committed it), so the check reads those
+//! small runs and merges them; only a part without one that fits it (older outputs) has its id
+//! column read and hashed. The runs are merged in memory up to
+//! [`RUN_HASHES`] (128 MiB), beyond that spilled to temporary files and merged from there.
+//! Equal neighbours are duplicates. A second pass, only when there are some, reads the id
+//! column of the parts holding the first few (by their runs) for their text. The runs go to
+//! `$SPARQ_SPILL_DIR` when set (a disk with room: a billion ids spill 16 GB), else the
+//! system's temporary folder.
 
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
-use arrow::array::Array;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::ObjectStore;
 
+use crate::io::id_hashes::{self, for_each_id_text};
 use crate::io::input::{read_column, read_footer, InputFile, InputReader};
-use crate::io::{AllowedRoots, StoreError};
+use crate::io::{AllowedRoots, Committer, StoreError};
+
+pub use crate::io::commit::spill_dir;
 
 /// Hashes sorted in memory before a run is spilled (16 bytes each).
 const RUN_HASHES: usize = 8 << 20;
-/// The variable naming the folder sorted runs of id hashes spill to.
-pub const SPILL_DIR_ENV: &str = "SPARQ_SPILL_DIR";
-
-/// Where sorted runs spill: `$SPARQ_SPILL_DIR`, else the system's temporary folder.
-pub fn spill_dir() -> std::path::PathBuf {
-    std::env::var_os(SPILL_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(std::env::temp_dir, std::path::PathBuf::from)
-}
 
 /// Examples named in the report.
 const EXAMPLES: usize = 5;
@@ -54,27 +48,61 @@ pub struct DuplicateExample {
     pub parts: Vec<String>,
 }
 
-/// Finds the duplicate ids of `files` (output parts) in column `id_column`.
+/// A committed part: its file, and the name of its ids' sidecar where the output holds one.
+pub struct PartIds {
+    /// The part.
+    pub file: InputFile,
+    /// Its sidecar (relative to the output).
+    pub sidecar: Option<String>,
+}
+
+/// Finds the duplicate ids of `parts` (an output's, written through `committer`) in column
+/// `id_column`.
 pub fn find_duplicates(
     runtime: &tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
-    files: &[InputFile],
+    committer: &Committer,
+    parts: &[PartIds],
     id_column: &str,
     roots: &AllowedRoots,
 ) -> Result<Duplicates, StoreError> {
     let mut sorter = RunSorter::new(spill_dir());
-    for_each_id(runtime, &store, files, id_column, roots, |_, _, hash| {
-        sorter.push(hash)
-    })?;
+    let mut with_run = vec![false; parts.len()];
+    for (part, has_run) in parts.iter().zip(&mut with_run) {
+        match read_run(runtime, committer, part)? {
+            Some(run) => {
+                *has_run = true;
+                sorter.push_sorted(&run)?;
+            }
+            None => for_each_id(
+                runtime,
+                &store,
+                std::slice::from_ref(&part.file),
+                id_column,
+                roots,
+                |_, _, hash| sorter.push(hash),
+            )?,
+        }
+    }
     let (rows, duplicated) = sorter.count_duplicates(EXAMPLES)?;
     if rows == 0 {
         return Ok(Duplicates::default());
+    }
+    // The parts holding an example, in order: those with a run only where it holds one.
+    let mut holding = Vec::new();
+    for (part, &has_run) in parts.iter().zip(&with_run) {
+        let holds = !has_run
+            || read_run(runtime, committer, part)?
+                .is_some_and(|run| duplicated.iter().any(|h| run.binary_search(h).is_ok()));
+        if holds {
+            holding.push(part.file.clone());
+        }
     }
     let mut where_: BTreeMap<u128, DuplicateExample> = BTreeMap::new();
     for_each_id(
         runtime,
         &store,
-        files,
+        &holding,
         id_column,
         roots,
         |part, id, hash| {
@@ -95,6 +123,31 @@ pub fn find_duplicates(
         rows,
         examples: where_.into_values().collect(),
     })
+}
+
+/// The sorted id hashes of `part` from its sidecar, `None` where it has none that fits it.
+fn read_run(
+    runtime: &tokio::runtime::Runtime,
+    committer: &Committer,
+    part: &PartIds,
+) -> Result<Option<Vec<u128>>, StoreError> {
+    let Some(name) = &part.sidecar else {
+        return Ok(None);
+    };
+    let Some(bytes) = runtime.block_on(committer.get(name))? else {
+        return Ok(None);
+    };
+    match id_hashes::decode(&bytes, part.file.size) {
+        Ok(run) => Ok(Some(run)),
+        Err(why) => {
+            tracing::warn!(
+                "{}: {why}; the duplicate-id check reads {} instead",
+                committer.url().join(name),
+                part.file.url
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Calls `each(part name, id text, hash)` for every non-null id of every file.
@@ -120,21 +173,15 @@ fn for_each_id(
             column,
             8192,
             |batch| {
-                let ids = batch.column(0);
-                let Ok(f) = ArrayFormatter::try_new(ids.as_ref(), &FormatOptions::default()) else {
-                    return true;
-                };
-                for i in 0..ids.len() {
-                    if ids.is_null(i) {
-                        continue;
+                for_each_id_text(batch.column(0).as_ref(), |text, hash| {
+                    match each(&part, text, hash) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
                     }
-                    let text = f.value(i).to_string();
-                    if let Err(e) = each(&part, &text, hash128(&text)) {
-                        failed = Some(e);
-                        return false;
-                    }
-                }
-                true
+                })
             },
         ))?;
         if let Some(e) = failed.take() {
@@ -142,17 +189,6 @@ fn for_each_id(
         }
     }
     Ok(())
-}
-
-/// A 128-bit hash of an id's text: two SipHash-1-3 passes with different prefixes.
-fn hash128(text: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut h = std::hash::DefaultHasher::new();
-        salt.hash(&mut h);
-        text.hash(&mut h);
-        h.finish() as u128
-    };
-    (half(0) << 64) | half(1)
 }
 
 /// Sorts hashes in bounded memory: sorted runs, spilled to temporary files in `dir` when
@@ -180,8 +216,18 @@ impl RunSorter {
         Ok(())
     }
 
+    /// Adds a sorted run (a part's sidecar): runs side by side are merged when sorted.
+    fn push_sorted(&mut self, run: &[u128]) -> Result<(), StoreError> {
+        self.current.extend_from_slice(run);
+        if self.current.len() >= RUN_HASHES {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
     fn spill(&mut self) -> Result<(), StoreError> {
-        self.current.sort_unstable();
+        // The stable sort finds the sorted runs already there and merges them.
+        self.current.sort();
         let dir = self.dir.clone();
         let io = |e| StoreError::Io {
             op: "spilling id hashes (set SPARQ_SPILL_DIR to a folder with room) to",
@@ -214,7 +260,7 @@ impl RunSorter {
             previous = Some(h);
         };
         if self.runs.is_empty() {
-            self.current.sort_unstable();
+            self.current.sort();
             self.current.iter().for_each(|&h| see(h));
             return Ok((rows, found));
         }

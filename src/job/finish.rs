@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::duplicates::{find_duplicates, DuplicateExample};
+use super::duplicates::{find_duplicates, DuplicateExample, PartIds};
 use super::identity::JobIdentity;
 use super::plan::EncodePlan;
 use super::{JobError, ShardFailure, MANIFEST, SUCCESS};
@@ -192,16 +192,24 @@ pub fn finish_encode(
     let failed_parts: HashSet<&str> = failures.iter().map(|f| f.part.as_str()).collect();
     let mut summary = summarize(plan, reports, &failures, seconds);
     // Duplicate ids across the whole output (every committed part, this run's or earlier).
-    let part_files: Vec<InputFile> = plan
+    // A part's sidecar holds its ids' sorted hashes: the check merges those and reads only
+    // the parts without one.
+    let part_files: Vec<PartIds> = plan
         .shards
         .iter()
         .filter(|s| !failed_parts.contains(s.part.as_str()))
-        .filter_map(|s| Some(part_file(&output, &s.part, *sizes.get(&s.part)?)))
+        .filter_map(|s| {
+            let file = part_file(&output, &s.part, *sizes.get(&s.part)?);
+            let sidecar = crate::io::id_hashes::sidecar_name(&s.part);
+            let sidecar = sizes.contains_key(&sidecar).then_some(sidecar);
+            Some(file.map(|file| PartIds { file, sidecar }))
+        })
         .collect::<Result<_, _>>()?;
     let (store, _) = output.store()?;
     let duplicates = find_duplicates(
         runtime,
         store,
+        &committer,
         &part_files,
         &plan.identity.id_column,
         &plan.settings.allowed_roots,
@@ -318,7 +326,7 @@ pub fn summarize(
 /// known once read, and parts committed by earlier runs have no report here).
 fn text_part_rows(
     plan: &EncodePlan,
-    parts: &[InputFile],
+    parts: &[PartIds],
     runtime: &tokio::runtime::Runtime,
 ) -> Result<BTreeMap<String, u64>, JobError> {
     let text_parts: HashSet<&str> = plan
@@ -330,7 +338,7 @@ fn text_part_rows(
     let output = StoreUrl::parse(&plan.settings.output)?;
     let (store, _) = output.store()?;
     let mut rows = BTreeMap::new();
-    for part in parts {
+    for part in parts.iter().map(|p| &p.file) {
         let name = part.url.rsplit('/').next().unwrap_or(&part.url);
         if !text_parts.contains(name) {
             continue;

@@ -7,6 +7,7 @@ pub(crate) mod duplicates;
 pub mod finish;
 pub mod identity;
 pub mod ownership;
+pub mod part_size;
 pub mod plan;
 pub mod score_args;
 pub mod tasks;

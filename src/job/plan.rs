@@ -264,10 +264,17 @@ pub fn plan_encode(
     // the same parts whatever its fleet), else enough shards to keep every worker busy.
     let total_rows: u64 = records.iter().filter_map(|r| r.rows).sum::<u64>()
         + text_files.iter().map(|t| t.estimated_rows()).sum::<u64>();
+    // A new size is capped so that no part passes --max-part-bytes (see `part_size`).
+    let capped = |rows| super::part_size::capped_shard_rows(rows, args, &records, layout.as_ref());
     let shard_rows = match (args.shard_rows, &previous) {
-        (Some(rows), _) => rows,
+        (Some(rows), Some(prev)) if !args.overwrite && prev.shard_rows == rows => rows,
+        (Some(rows), _) => capped(rows),
         (None, Some(prev)) if !args.overwrite => prev.shard_rows,
-        (None, _) => auto_shard_rows(total_rows, options.workers, options.cpu_only),
+        (None, _) => capped(auto_shard_rows(
+            total_rows,
+            options.workers,
+            options.cpu_only,
+        )),
     };
     let text = super::text_plan::text_identity(
         &text_files,
@@ -557,6 +564,7 @@ fn settings(
         task: args.task.clone(),
         shard_reports: false,
         lock_job: None,
+        max_part_bytes: args.max_part_bytes,
     }
 }
 
@@ -617,6 +625,7 @@ pub fn shards_of_file(
 
 /// Checks the numeric settings of an encode job: each within the range a run can mean.
 pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
+    super::part_size::validate(args)?;
     let ranges: [(&str, Option<u64>, u64, u64); 5] = [
         (
             "--batch-tokens",

@@ -84,6 +84,7 @@ impl ScoreArgs {
             window_stride: 0,
             overwrite: self.overwrite,
             shard_rows: self.shard_rows,
+            max_part_bytes: None,
             max_attempts: self.max_attempts,
             lease_timeout: self.lease_timeout,
             input_format: None,

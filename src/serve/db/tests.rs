@@ -59,6 +59,7 @@ fn plan(shards: usize) -> EncodePlan {
             task: Default::default(),
             shard_reports: false,
             lock_job: None,
+            max_part_bytes: None,
         },
     }
 }
