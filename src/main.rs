@@ -35,7 +35,7 @@ enum Command {
     /// Encode parquet or text corpora (JSON lines, TSV, CSV; plain, .gz or .zst; local or S3) with
     /// worker processes, exactly once, resumable.
     #[command(
-        after_help = "Examples:\n  sparq encode --input examples/corpus --output runs/vectors --workers 2\n  sparq encode --input corpus.jsonl.gz --output runs/vectors --id-column _id\n  sparq encode --input collection.tsv --columns id,text --output runs/msmarco\n  sparq encode --input 's3://corpus/raw/*.parquet' --output s3://corpus/splade/ --devices cuda:0,cuda:1\n  sparq encode --config job.toml --plan      # what would run, nothing written"
+        after_help = "Examples:\n  sparq encode --input corpus.jsonl.gz --output runs/vectors --id-column _id --workers 2\n  sparq encode --input 's3://corpus/raw/*.parquet' --output s3://corpus/splade/ --devices cuda:0,cuda:1\n  sparq encode --config job.toml --plan      # what would run, nothing written"
     )]
     Encode(sparq::job::args::EncodeArgs),
     /// Score (query, text) pairs of parquet files with a cross-encoder, as encode runs: worker

@@ -543,7 +543,7 @@ fn an_unreachable_hub_says_so() {
 
 #[test]
 fn service_job_specs_refuse_hub_ids() {
-    use common::service::{sparq_cmd, Service};
+    use common::service::{http, sparq_cmd, Service};
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = sparq_cmd(&["serve", "--listen", "127.0.0.1:0", "--allow-root"]);
     cmd.arg(dir.path())
@@ -564,7 +564,7 @@ fn service_job_specs_refuse_hub_ids() {
         } else {
             "input"
         });
-        let r = reqwest::blocking::Client::new()
+        let r = http()
             .post(format!("{}/v1/jobs", service.url))
             .json(&spec)
             .send()

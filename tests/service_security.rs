@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::corpus::*;
@@ -44,25 +43,6 @@ fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     (paths.0, paths.1, paths.2)
-}
-
-/// Starts `cmd` (a `sparq serve`) and returns it with its start-up line.
-fn serve_with_line(mut cmd: Command) -> (Service, String) {
-    cmd.stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("serving on"))
-        .expect("the service printed its address");
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    let url = line
-        .strip_prefix("sparq: serving on ")
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    (Service { child, url }, line)
 }
 
 /// A request with `token` (none when `None`): status and JSON body.
@@ -205,7 +185,7 @@ fn without_sparq_token_the_service_makes_a_private_token_file_and_requires_it() 
     let mut cmd = sparq_cmd(&["serve", "--listen", "127.0.0.1:0"]);
     cmd.current_dir(dir.path()).env_remove("SPARQ_TOKEN");
     allow_test_roots(&mut cmd);
-    let (service, line) = serve_with_line(cmd);
+    let (service, line) = Service::spawn_with_line(cmd);
     let file = dir.path().join("sparq.db.token");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", file.display());
@@ -253,7 +233,7 @@ fn without_sparq_token_the_service_makes_a_private_token_file_and_requires_it() 
     let mut cmd = sparq_cmd(&["serve", "--listen", "127.0.0.1:0"]);
     cmd.current_dir(dir.path()).env_remove("SPARQ_TOKEN");
     allow_test_roots(&mut cmd);
-    let (service, _) = serve_with_line(cmd);
+    let (service, _) = Service::spawn_with_line(cmd);
     let (code, _) = request(&service.url, "GET", "/v1/jobs", Some(&token), &Value::Null);
     assert_eq!(code, 200);
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -21,22 +20,7 @@ fn serve(state: &Path) -> (Service, String) {
     let mut cmd = sparq_cmd(&["serve", "--listen", "127.0.0.1:0", "--state"]);
     cmd.arg(state);
     allow_test_roots(&mut cmd);
-    cmd.stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("serving on"))
-        .expect("the service printed its address");
-    // Keep reading, so the service never blocks on a full pipe.
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    let url = line
-        .strip_prefix("sparq: serving on ")
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    (Service { child, url }, line)
+    Service::spawn_with_line(cmd)
 }
 
 fn stderr(out: &Output) -> String {

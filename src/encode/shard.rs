@@ -38,9 +38,10 @@ pub struct ShardSpec {
     /// Final name of the output part.
     pub part: String,
     /// A text file's shard: its byte range (a plain file's lines starting in it) or the whole
-    /// compressed file, and how its lines are read (`None`: a parquet shard).
+    /// compressed file, and how its lines are read (`None`: a parquet shard). Boxed: a plan of
+    /// a million parquet shards holds a million `None`s, 8 bytes each instead of 48.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<crate::io::text_input::TextSlice>,
+    pub text: Option<Box<crate::io::text_input::TextSlice>>,
 }
 
 /// A row that could not be encoded (its output row has a null vector).

@@ -115,7 +115,7 @@ impl ShardSource {
         Ok(ShardSource::Text {
             file,
             input,
-            slice: slice.clone(),
+            slice: (**slice).clone(),
             layout,
         })
     }

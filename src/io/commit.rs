@@ -164,11 +164,7 @@ impl Committer {
                 let name = name.to_string();
                 tokio::task::spawn_blocking(move || commit_local(&dir, &name, &bytes))
                     .await
-                    .map_err(|e| StoreError::Io {
-                        op: "committing",
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(e),
-                    })?
+                    .map_err(commit_task_failed)?
             }
             Target::Object(..) => {
                 self.commit_object(name, PutPayload::from(Bytes::from(bytes)))
@@ -222,11 +218,7 @@ impl Committer {
                 let name = name.to_string();
                 tokio::task::spawn_blocking(move || link_local(&dir, &name, part))
                     .await
-                    .map_err(|e| StoreError::Io {
-                        op: "committing",
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(e),
-                    })?
+                    .map_err(commit_task_failed)?
             }
             Target::Object(..) => {
                 let size = part.len()?;
@@ -683,6 +675,15 @@ fn list_local(
         }
     }
     Ok(())
+}
+
+/// A local commit's blocking task that panicked or was cancelled.
+fn commit_task_failed(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        op: "committing",
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    }
 }
 
 #[cfg(test)]

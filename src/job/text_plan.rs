@@ -187,13 +187,13 @@ pub(crate) fn text_shards(
                 rows: ((end - start) as f64 / f.mean_line_bytes.max(1.0)).ceil() as u64,
                 segments: Vec::new(),
                 part: super::part_name(f.index, start),
-                text: Some(TextSlice {
+                text: Some(Box::new(TextSlice {
                     format: f.format,
                     compression: f.compression,
                     start,
                     end,
                     options: text.options.clone(),
-                }),
+                })),
             });
             *next_id += 1;
         }

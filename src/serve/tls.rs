@@ -42,7 +42,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
             key.display()
         )
     })?;
-    let config = ServerConfig::builder()
+    // The provider is named: two are built in (aws-lc-rs for reqwest, ring for hf-hub's ureq),
+    // and with two rustls will not choose one by itself.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .map_err(|e| {

@@ -77,6 +77,26 @@ impl Service {
         Self { child, url }
     }
 
+    /// Starts a `sparq serve` command as it is and returns it with its start-up line (the
+    /// rest of its stderr is read and dropped, so it never blocks on a full pipe).
+    pub fn spawn_with_line(mut cmd: Command) -> (Self, String) {
+        cmd.stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("serving on"))
+            .expect("the service printed its address");
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        let url = line
+            .strip_prefix("sparq: serving on ")
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_string();
+        (Self { child, url }, line)
+    }
+
     pub fn port(&self) -> &str {
         self.url.rsplit(':').next().unwrap()
     }
