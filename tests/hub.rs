@@ -58,20 +58,8 @@ fn encode_text(mut cmd: Command, model: &str) -> Output {
         .iter()
         .map(|t| serde_json::to_string(t).unwrap() + "\n")
         .collect();
-    let mut child = cmd
-        .args(["encode-text", "--threads", "1", "--model", model])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(texts.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cmd.args(["encode-text", "--threads", "1", "--model", model]);
+    common::process::output_with_stdin(cmd, texts.as_bytes())
 }
 
 /// The stdout of a run that must succeed.

@@ -178,13 +178,7 @@ impl Committer {
         let (folder, op, local) = match &self.target {
             Target::Local(dir) => {
                 self.check_local(dir, Some("_attempts"))?;
-                let attempts = dir.join("_attempts");
-                std::fs::create_dir_all(&attempts).map_err(|e| StoreError::Io {
-                    op: "creating",
-                    path: attempts.clone(),
-                    source: e,
-                })?;
-                (attempts, "writing", Some(dir.join(name)))
+                (attempts_dir(dir)?, "writing", Some(dir.join(name)))
             }
             Target::Object(..) => (
                 spill_dir(),
@@ -520,17 +514,23 @@ fn object_path(prefix: &ObjectPath, name: &str) -> ObjectPath {
         .fold(prefix.clone(), |path, part| path.join(part))
 }
 
-fn commit_local(
-    dir: &std::path::Path,
-    name: &str,
-    bytes: &[u8],
-) -> Result<CommitOutcome, StoreError> {
+/// The output's `_attempts/` folder, created when missing: parts are built and linked from it.
+fn attempts_dir(dir: &std::path::Path) -> Result<PathBuf, StoreError> {
     let attempts = dir.join("_attempts");
     std::fs::create_dir_all(&attempts).map_err(|e| StoreError::Io {
         op: "creating",
         path: attempts.clone(),
         source: e,
     })?;
+    Ok(attempts)
+}
+
+fn commit_local(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<CommitOutcome, StoreError> {
+    let attempts = attempts_dir(dir)?;
     // A name in a subfolder (`_reports/ids-<part>.bin`) has a flat attempt name.
     let attempt = attempts.join(format!(
         "{}.{}.tmp",

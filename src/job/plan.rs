@@ -303,7 +303,7 @@ pub fn plan_encode(
             &mut next_id,
         ));
         // Shards in file order, as parquet shards are (ids follow).
-        shards.sort_by_key(|s| (s.part.clone(), s.id));
+        shards.sort_by(|a, b| (&a.part, a.id).cmp(&(&b.part, b.id)));
         for (id, s) in shards.iter_mut().enumerate() {
             s.id = id;
         }

@@ -36,15 +36,21 @@ pub fn kill9(pid: u32) {
 }
 
 /// Runs the sparq binary from the repository root (without `SPARQ_MODEL`, so the bundled
-/// model is the default) with `stdin` fed from a thread, so a run that stops reading early
-/// cannot block the test on a full pipe.
+/// model is the default) with `stdin` fed to it, see [`output_with_stdin`].
 pub fn run_sparq(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
-        .args(args)
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sparq"));
+    cmd.args(args)
         .current_dir(super::root())
-        .env_remove("SPARQ_MODEL")
+        .env_remove("SPARQ_MODEL");
+    output_with_stdin(cmd, stdin)
+}
+
+/// Runs `cmd` with `stdin` fed from a thread, so a run that stops reading early cannot block
+/// the test on a full pipe; its output (exit code, stdout, stderr).
+pub fn output_with_stdin(mut cmd: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
