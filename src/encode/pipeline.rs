@@ -11,7 +11,6 @@ use crossbeam_channel::bounded;
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
 use super::settings::EncodeSettings;
 use super::shard::{part_error, RowFailure, ShardError, ShardReport, ShardSpec};
-pub(crate) use super::source::{open_shard, OpenShard};
 use super::source::{ShardSource, SourceStats};
 use crate::io::id_hashes::push_hashes;
 use crate::io::output::{output_schema, PartWriter};
