@@ -13,6 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use super::EvalError;
+use crate::encode::columns::with_title;
 
 /// Queries, corpus and relevance judgements of one dataset.
 #[derive(Debug, Clone, Default)]
@@ -169,10 +170,8 @@ fn read_jsonl_texts(path: &Path, title: bool) -> Result<Vec<(String, String)>, E
             Some(Value::Null) | None => String::new(),
             Some(other) => return Err(malformed(format!("`text` is {other}, not a string"))),
         };
-        let full = match v.get("title").and_then(Value::as_str) {
-            Some(t) if title && !t.is_empty() => format!("{t} {body}"),
-            _ => body,
-        };
+        let title = v.get("title").and_then(Value::as_str).filter(|_| title);
+        let full = with_title(title, &body).into_owned();
         if !full.is_empty() {
             out.push((id, full));
         }
@@ -318,10 +317,7 @@ fn read_parquet_texts(files: &[PathBuf], title: bool) -> Result<Vec<(String, Str
             };
             for ((id, text), t) in ids.into_iter().zip(texts).zip(titles) {
                 let body = text.unwrap_or_default();
-                let full = match t {
-                    Some(t) if !t.is_empty() => format!("{t} {body}"),
-                    _ => body,
-                };
+                let full = with_title(t.as_deref(), &body).into_owned();
                 if let (Some(id), false) = (id, full.is_empty()) {
                     out.push((id, full));
                 }

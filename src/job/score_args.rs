@@ -91,6 +91,7 @@ impl ScoreArgs {
             max_active_dims: None,
             dtype: Some(crate::types::Dtype::F32),
             keep_columns: Vec::new(),
+            title_column: None,
             query: false,
             long_docs: Default::default(),
             window_stride: 0,

@@ -70,6 +70,7 @@ pub(crate) fn plan_text_file(
     let wanted: Vec<String> = [&args.id_column, &args.text_column]
         .into_iter()
         .chain(query_column)
+        .chain(&args.title_column)
         .chain(&args.keep_columns)
         .cloned()
         .collect();
