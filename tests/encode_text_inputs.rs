@@ -453,13 +453,17 @@ fn title_column_encodes_title_space_text_as_a_pre_joined_parquet_does() {
     assert!(out.status.success(), "{}", stderr(&out));
     let want = read_output(&base);
 
-    let column = |f: &dyn Fn(&(String, Option<String>, String)) -> Option<String>| -> ArrayRef {
-        Arc::new(rows.iter().map(f).collect::<StringArray>())
-    };
+    let column = |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
     let batch = RecordBatch::try_from_iter([
-        ("id", column(&|r| Some(r.0.clone()))),
-        ("title", column(&|r| r.1.clone())),
-        ("text", column(&|r| Some(r.2.clone()))),
+        (
+            "id",
+            column(rows.iter().map(|r| Some(r.0.clone())).collect()),
+        ),
+        ("title", column(rows.iter().map(|r| r.1.clone()).collect())),
+        (
+            "text",
+            column(rows.iter().map(|r| Some(r.2.clone())).collect()),
+        ),
     ])
     .unwrap();
     let parquet = dir.path().join("corpus.parquet");
