@@ -411,3 +411,99 @@ fn a_jsonl_gz_corpus_on_s3_is_read_by_ranges_as_a_local_one() {
         assert_same_bits(name, &read_output(&out_dir), &want);
     }
 }
+
+/// BEIR rows: id, title (empty for every third, null for every fifth), text.
+fn titled_rows() -> Vec<(String, Option<String>, String)> {
+    rows()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, text))| {
+            let title = match i {
+                _ if i % 5 == 4 => None,
+                _ if i % 3 == 0 => Some(String::new()),
+                _ => Some(format!(
+                    "Title {i}: {}",
+                    text_for(i as i64 + 100).unwrap_or_default()
+                )),
+            };
+            (id, title, text)
+        })
+        .collect()
+}
+
+#[test]
+fn title_column_encodes_title_space_text_as_a_pre_joined_parquet_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = titled_rows();
+    // The reference: the texts joined beforehand, as BEIR joins them.
+    let joined: Vec<(String, String)> = rows
+        .iter()
+        .map(|(id, title, text)| {
+            let text = match title.as_deref() {
+                Some(t) if !t.is_empty() => format!("{t} {text}"),
+                _ => text.clone(),
+            };
+            (id.clone(), text)
+        })
+        .collect();
+    let pre_joined = dir.path().join("joined.parquet");
+    write_parquet(&pre_joined, &joined);
+    let base = dir.path().join("out-joined");
+    let out = encode(pre_joined.to_str().unwrap(), &base, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = read_output(&base);
+
+    let column = |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+    let batch = RecordBatch::try_from_iter([
+        (
+            "id",
+            column(rows.iter().map(|r| Some(r.0.clone())).collect()),
+        ),
+        ("title", column(rows.iter().map(|r| r.1.clone()).collect())),
+        (
+            "text",
+            column(rows.iter().map(|r| Some(r.2.clone())).collect()),
+        ),
+    ])
+    .unwrap();
+    let parquet = dir.path().join("corpus.parquet");
+    write_batch(&parquet, batch, 7);
+    let mut jsonl = Vec::new();
+    for (id, title, text) in &rows {
+        let line = serde_json::json!({"id": id, "title": title, "text": text});
+        writeln!(jsonl, "{line}").unwrap();
+    }
+    let jsonl_path = dir.path().join("corpus.jsonl");
+    std::fs::write(&jsonl_path, &jsonl).unwrap();
+    let titled = ["--title-column", "title"];
+    for (name, input) in [("parquet", &parquet), ("jsonl", &jsonl_path)] {
+        let out_dir = dir.path().join(format!("out-{name}"));
+        let out = encode(input.to_str().unwrap(), &out_dir, &titled);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_same_bits(name, &read_output(&out_dir), &want);
+        let m = manifest(&out_dir);
+        assert_eq!(m["settings"]["title_column"], "title", "{name}: {m}");
+
+        // Resuming without the title is another output: refused, naming the setting.
+        let again = encode(input.to_str().unwrap(), &out_dir, &[]);
+        assert_eq!(again.status.code(), Some(1), "{name}: {}", stderr(&again));
+        assert!(
+            stderr(&again).contains("--title-column: was `title`, now none"),
+            "{name}: {}",
+            stderr(&again)
+        );
+    }
+
+    // A title column that is not there stops before any work.
+    let out = encode(
+        parquet.to_str().unwrap(),
+        &dir.path().join("out-missing"),
+        &["--title-column", "heading"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no column `heading`") && stderr(&out).contains("--title-column"),
+        "{}",
+        stderr(&out)
+    );
+}

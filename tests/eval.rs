@@ -293,3 +293,34 @@ fn bad_datasets_fail_with_file_and_line() {
     let err = eval_err(&d);
     assert!(err.contains("test.tsv") && err.contains("--split"), "{err}");
 }
+
+#[test]
+fn a_compressed_beir_folder_gives_the_reference_metrics() {
+    use std::io::Write;
+    let want = reference("eval-beir-small.json");
+    let fixture = root().join("tests/fixtures/beir-small");
+    let read = |name: &str| std::fs::read(fixture.join(name)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // corpus.jsonl.gz, queries.jsonl.zst and qrels/test.tsv.gz, as users compress them.
+    let folder = dir.path().join("beir-small");
+    std::fs::create_dir_all(folder.join("qrels")).unwrap();
+    let gzip = |bytes: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    };
+    std::fs::write(folder.join("corpus.jsonl.gz"), gzip(&read("corpus.jsonl"))).unwrap();
+    std::fs::write(
+        folder.join("queries.jsonl.zst"),
+        zstd::encode_all(&read("queries.jsonl")[..], 3).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("qrels/test.tsv.gz"),
+        gzip(&read("qrels/test.tsv")),
+    )
+    .unwrap();
+    let lines = json_lines(&sparq(&["eval", "--beir", folder.to_str().unwrap()]));
+    assert_eq!(lines.len(), 1);
+    assert_metrics("beir compressed", &lines[0], &want, 1e-4);
+}

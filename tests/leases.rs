@@ -606,6 +606,7 @@ fn shard_settings(model: PathBuf, output: &Path, task: RowTask) -> EncodeSetting
         id_column: "id".into(),
         text_column: "text".into(),
         keep_columns: Vec::new(),
+        title_column: None,
         query: false,
         long_docs: Default::default(),
         window_stride: 0,

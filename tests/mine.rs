@@ -622,3 +622,121 @@ fn mining_from_and_to_s3_writes_the_parts_of_a_local_run_byte_for_byte() {
         "no _SUCCESS on S3"
     );
 }
+
+/// The string columns of a parquet fixture: names, then rows.
+fn fixture_rows(name: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let file = std::fs::File::open(fixture(name)).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let names = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = Vec::new();
+    for batch in reader.build().unwrap() {
+        let batch = batch.unwrap();
+        for r in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| c.as_string::<i32>().value(r).to_string())
+                    .collect(),
+            );
+        }
+    }
+    (names, rows)
+}
+
+#[test]
+fn a_text_dataset_and_corpus_mine_as_the_parquet_ones() {
+    use std::io::Write;
+    let reference = reference();
+    let expected = reference
+        .combinations
+        .iter()
+        .find(|c| c["name"] == "corpus-triplet")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pair_names, pairs) = fixture_rows("pairs.parquet");
+    let (_, corpus) = fixture_rows("corpus.parquet");
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut csv = pair_names.join(",").into_bytes();
+    csv.push(b'\n');
+    for row in &pairs {
+        let fields: Vec<String> = row.iter().map(|s| quote(s)).collect();
+        writeln!(csv, "{}", fields.join(",")).unwrap();
+    }
+    let mut jsonl = Vec::new();
+    for row in &pairs {
+        let object: serde_json::Map<String, Value> = pair_names
+            .iter()
+            .zip(row)
+            .map(|(n, v)| (n.clone(), json!(v)))
+            .collect();
+        writeln!(jsonl, "{}", Value::Object(object)).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&jsonl).unwrap();
+    let corpus_jsonl: Vec<u8> = corpus
+        .iter()
+        .flat_map(|r| format!("{}\n", json!({"text": r[0]})).into_bytes())
+        .collect();
+    let files = [
+        ("pairs.csv", csv),
+        ("pairs.jsonl.gz", gz.finish().unwrap()),
+        (
+            "corpus.jsonl.zst",
+            zstd::encode_all(&corpus_jsonl[..], 3).unwrap(),
+        ),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(tmp.path().join(name), bytes).unwrap();
+    }
+    let text_corpus = tmp.path().join("corpus.jsonl.zst").display().to_string();
+    let named = ["--anchor-column", "query", "--positive-column", "answer"];
+    for (dataset, extra) in [("pairs.csv", &[][..]), ("pairs.jsonl.gz", &named[..])] {
+        let out = tmp.path().join(format!("out-{dataset}"));
+        let mut args: Vec<String> = vec![
+            "mine".into(),
+            "--dataset".into(),
+            tmp.path().join(dataset).display().to_string(),
+            "--output".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(stored_vectors());
+        // The reference's options, the corpus as JSON lines instead of parquet.
+        args.extend(options(&expected["options"]).into_iter().map(|a| {
+            if a == fixture("corpus.parquet") {
+                text_corpus.clone()
+            } else {
+                a
+            }
+        }));
+        assert!(args.contains(&text_corpus));
+        let run = mine(&args);
+        assert!(
+            run.status.success(),
+            "{dataset}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_matches(dataset, &read_output(&out, &reference.texts), expected);
+    }
+
+    // JSON lines name their fields: a positional default is refused, naming the option.
+    let run = mine(&[
+        "mine".into(),
+        "--dataset".into(),
+        tmp.path().join("pairs.jsonl.gz").display().to_string(),
+        "--output".into(),
+        tmp.path().join("out-unnamed").display().to_string(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("pairs.jsonl.gz") && err.contains("--anchor-column"),
+        "{err}"
+    );
+}

@@ -540,3 +540,212 @@ fn bad_input_is_refused_naming_file_row_and_column() {
         stderr(&out)
     );
 }
+
+// Text inputs: the pairs as JSON lines (plain, gzip, zstd), TSV and CSV.
+
+/// A score output's rows by string id: the score's bits (each id once).
+fn read_scores_by_id(dir: &Path) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+            continue;
+        }
+        let file = std::fs::File::open(dir.join(&name)).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch["id"].as_any().downcast_ref::<StringArray>().unwrap();
+            let scores = batch["score"]
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                let id = ids.value(i).to_string();
+                let bits = scores.value(i).to_bits();
+                assert!(out.insert(id.clone(), bits).is_none(), "{id} written twice");
+            }
+        }
+    }
+    out
+}
+
+/// The reference pairs twice over (40 rows, ids `p-N`), a quote and a comma in some.
+fn text_pairs() -> Vec<(String, String, String)> {
+    let refs = references();
+    (0..40)
+        .map(|i| {
+            let r = &refs[i % refs.len()];
+            let text = if i % 7 == 3 {
+                format!("{}, she said \"twice\"", r.text)
+            } else {
+                r.text.clone()
+            };
+            (format!("p-{i}"), r.query.clone(), text)
+        })
+        .collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn manifest(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("_manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn text_pairs_score_as_the_same_rows_in_parquet_bit_for_bit() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = text_pairs();
+    let column = |f: fn(&(String, String, String)) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("id", column(|r| &r.0)),
+        ("query", column(|r| &r.1)),
+        ("text", column(|r| &r.2)),
+    ])
+    .unwrap();
+    let parquet = dir.path().join("pairs.parquet");
+    write_batch(&parquet, batch, 7);
+    // One pair per forward pass: every score is computed alone, whatever the shards.
+    let flags = ["--batch-size", "1", "--shard-rows", "3"];
+    let base = dir.path().join("out-parquet");
+    let out = score(&parquet, &base, &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = read_scores_by_id(&base);
+    assert_eq!(want.len(), rows.len());
+
+    let mut jsonl = Vec::new();
+    for (id, query, text) in &rows {
+        let line = serde_json::json!({"id": id, "query": query, "text": text, "label": 1});
+        writeln!(jsonl, "{line}").unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&jsonl).unwrap();
+    let tsv: Vec<u8> = rows
+        .iter()
+        .flat_map(|(id, q, t)| format!("{q}\t{id}\t{t}\n").into_bytes())
+        .collect();
+    let mut csv = b"text,id,query\n".to_vec();
+    for (id, q, t) in &rows {
+        writeln!(csv, "{},{id},{}", csv_field(t), csv_field(q)).unwrap();
+    }
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        ("pairs.jsonl", jsonl.clone(), vec![]),
+        ("pairs.jsonl.gz", gz.finish().unwrap(), vec![]),
+        (
+            "pairs.jsonl.zst",
+            zstd::encode_all(&jsonl[..], 3).unwrap(),
+            vec![],
+        ),
+        ("pairs.tsv", tsv, vec!["--columns", "query,id,text"]),
+        ("pairs.csv", csv, vec![]),
+    ];
+    for (name, bytes, extra) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let out_dir = dir.path().join(format!("out-{name}"));
+        let mut args = flags.to_vec();
+        args.extend(extra);
+        args.extend(["--workers", "2"]);
+        let out = score(&path, &out_dir, &args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(read_scores_by_id(&out_dir), want, "{name}: other scores");
+        // Row identity: each part's byte range, tiling the file.
+        let m = manifest(&out_dir);
+        assert_eq!(m["rows"], rows.len() as u64, "{name}");
+        let parts = m["files"].as_array().unwrap();
+        let mut next_byte = 0;
+        for p in parts {
+            assert_eq!(p["bytes"][0], next_byte, "{name}: ranges tile the file");
+            next_byte = p["bytes"][1].as_u64().unwrap();
+        }
+        assert_eq!(next_byte, bytes.len() as u64, "{name}");
+        let compressed = name.ends_with(".gz") || name.ends_with(".zst");
+        assert_eq!(
+            parts.len() == 1,
+            compressed,
+            "{name}: {} parts",
+            parts.len()
+        );
+    }
+}
+
+#[test]
+fn a_bad_pair_line_names_file_line_and_column_or_is_skipped_and_counted() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = text_pairs();
+    let mut jsonl = Vec::new();
+    for (k, (id, query, text)) in rows[..12].iter().enumerate() {
+        if k == 9 {
+            writeln!(
+                jsonl,
+                r#"{{"id": "{id}", "query": "{query}", "text": "open}}"#
+            )
+            .unwrap();
+        } else {
+            let line = serde_json::json!({"id": id, "query": query, "text": text});
+            writeln!(jsonl, "{line}").unwrap();
+        }
+    }
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(&path, &jsonl).unwrap();
+    let out = score(&path, &dir.path().join("out"), &["--shard-rows", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}, line 10, column", path.display()))
+            && err.contains("--bad-lines skip"),
+        "{err}"
+    );
+
+    let out_dir = dir.path().join("out-skip");
+    let out = score(
+        &path,
+        &out_dir,
+        &["--shard-rows", "3", "--bad-lines", "skip"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&out_dir);
+    assert_eq!(m["summary"]["skipped_lines"], 1, "{m}");
+    let example = m["summary"]["skipped_line_examples"][0].as_str().unwrap();
+    assert!(example.contains("bad.jsonl, line 10, column"), "{example}");
+    let got = read_scores_by_id(&out_dir);
+    assert_eq!(got.len(), 11);
+    assert!(!got.contains_key("p-9") && got.contains_key("p-10"));
+
+    // A null query is named by the row's id (a text shard cannot count rows from the file's
+    // start); a TSV without the query column is refused before any work.
+    let path = dir.path().join("null.jsonl");
+    std::fs::write(
+        &path,
+        "{\"id\": \"a\", \"query\": \"q\", \"text\": \"t\"}\n{\"id\": \"b\", \"query\": null, \"text\": \"t\"}\n",
+    )
+    .unwrap();
+    let out = score(&path, &dir.path().join("out-null"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("null.jsonl, the row with id `b`, column `query`: null"),
+        "{}",
+        stderr(&out)
+    );
+    let path = dir.path().join("two.tsv");
+    std::fs::write(&path, "id\ttext\na\tt\n").unwrap();
+    let out = score(&path, &dir.path().join("out-tsv"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no column `query`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("out-tsv").join("_SUCCESS").exists());
+}

@@ -1,13 +1,24 @@
 //! The columns a job reads: the id, the text and the kept columns, checked against each file's
 //! schema before any work.
 
+use std::borrow::Cow;
+
 use arrow::datatypes::{DataType, Field, SchemaRef};
+
+/// A document's text with its title before it, as BEIR builds corpus texts (`title + " " +
+/// text`) and `sparq eval --title` does: the text alone when the title is missing or empty.
+pub fn with_title<'a>(title: Option<&str>, text: &'a str) -> Cow<'a, str> {
+    match title {
+        Some(t) if !t.is_empty() => Cow::Owned(format!("{t} {text}")),
+        _ => Cow::Borrowed(text),
+    }
+}
 
 /// A column that is missing or of the wrong kind.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ColumnError {
     /// A required column is missing.
-    #[error("{file}: no column `{column}` (columns: {}); pick the column with --id-column / --text-column / --keep-columns (sparq score: --query-column)", available.join(", "))]
+    #[error("{file}: no column `{column}` (columns: {}); pick the column with --id-column / --text-column / --keep-columns / --title-column (sparq score: --query-column)", available.join(", "))]
     Missing {
         /// The file.
         file: String,

@@ -9,9 +9,9 @@ use arrow::datatypes::DataType;
 use crossbeam_channel::bounded;
 
 use super::batcher::{TokenBudgetBatcher, CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS};
+use super::columns::{check_columns, with_title};
 use super::settings::EncodeSettings;
 use super::shard::{part_error, RowFailure, ShardError, ShardReport, ShardSpec};
-pub(crate) use super::source::{open_shard, OpenShard};
 use super::source::{ShardSource, SourceStats};
 use crate::io::id_hashes::push_hashes;
 use crate::io::output::{output_schema, PartWriter};
@@ -104,12 +104,20 @@ pub fn encode_shard(
 ) -> Result<ShardReport, ShardError> {
     let wanted: Vec<String> = [&config.id_column, &config.text_column]
         .into_iter()
+        .chain(&config.title_column)
         .chain(&config.keep_columns)
         .cloned()
         .collect();
     let source = ShardSource::open(shard, config, runtime, &wanted)?;
     let file = source.file().clone();
-    let (id_field, keep_fields, projection) = source.columns(config)?;
+    let (id_field, keep_fields, mut projection) = source.columns(config)?;
+    if let Some(title) = &config.title_column {
+        let (_, _, title_projection) =
+            check_columns(&file.url, &source.schema(), &config.id_column, title, &[])?;
+        if !projection.contains(&title_projection[1]) {
+            projection.push(title_projection[1]);
+        }
+    }
     let out_schema = output_schema(&id_field, &keep_fields);
     let route = encoder.route(if config.query {
         InputKind::Query
@@ -202,6 +210,11 @@ pub fn encode_shard(
                         })?,
                     _ => texts,
                 };
+                let titles = match &config.title_column {
+                    Some(title) => Some(string_column(&raw.batch, title, &file.url)?),
+                    None => None,
+                };
+                let titles = titles.as_ref().map(text_cells);
                 let cells = text_cells(&texts);
                 let mut strings = Vec::new();
                 let mut tokens: Vec<Result<Option<Vec<Vec<u32>>>, RowFailure>> =
@@ -209,7 +222,21 @@ pub fn encode_shard(
                 for (i, cell) in cells.into_iter().enumerate() {
                     match cell {
                         TextCell::Text(t) => {
-                            strings.push(format!("{prompt}{t}"));
+                            let title = match titles.as_ref().map(|titles| &titles[i]) {
+                                Some(TextCell::Text(title)) => Some(*title),
+                                Some(TextCell::Invalid(reason)) => {
+                                    tokens.push(Err(RowFailure {
+                                        file: file.url.clone(),
+                                        row_group: raw.row_group,
+                                        row: raw.first_row + i as u64,
+                                        column: config.title_column.clone().unwrap_or_default(),
+                                        reason: reason.clone(),
+                                    }));
+                                    continue;
+                                }
+                                Some(TextCell::Null) | None => None,
+                            };
+                            strings.push(format!("{prompt}{}", with_title(title, t)));
                             tokens.push(Ok(Some(Vec::new())));
                         }
                         TextCell::Null => {
@@ -478,6 +505,18 @@ pub(crate) enum TextCell<'a> {
     Text(&'a str),
     Null,
     Invalid(String),
+}
+
+/// The string column `name` of a batch read from `file`, a dictionary decoded to its values.
+fn string_column(batch: &RecordBatch, name: &str, file: &str) -> Result<ArrayRef, ShardError> {
+    let column = batch.column_by_name(name).cloned().ok_or_else(|| {
+        ShardError::Data(format!("{file}: column `{name}` missing from a row group"))
+    })?;
+    match column.data_type() {
+        DataType::Dictionary(_, values) => arrow::compute::cast(&column, values)
+            .map_err(|e| ShardError::Data(format!("{file}: column `{name}`: {e}"))),
+        _ => Ok(column),
+    }
 }
 
 /// The cells of a string or binary column (binary must hold UTF-8).

@@ -9,13 +9,13 @@ use arrow::array::{Array, ArrayRef, Float32Array, RecordBatch};
 use arrow::datatypes::DataType;
 
 use super::columns::check_columns;
-use super::pipeline::{open_shard, text_cells, OpenShard, ShardProgress, TextCell};
+use super::pipeline::{text_cells, ShardProgress, TextCell};
 use super::settings::{EncodeSettings, RowTask};
 use super::shard::{part_error, ShardError, ShardReport, ShardSpec};
+use super::source::ShardSource;
 use crate::io::id_hashes::push_hashes;
-use crate::io::input::read_row_group_range;
 use crate::io::output::{score_schema, PartWriter};
-use crate::io::{CommitOutcome, Committer, StoreError};
+use crate::io::{CommitOutcome, Committer};
 use crate::model::cross_encoder::CrossEncoder;
 
 /// Rows per record batch read (and scored together, `batch_size` pairs per forward pass).
@@ -41,13 +41,10 @@ pub fn score_shard(
             "a score worker was given an encode job".into(),
         ));
     };
-    let OpenShard {
-        file,
-        input,
-        metadata,
-        row_group_starts,
-    } = open_shard(shard, config, runtime)?;
-    let schema = metadata.schema().clone();
+    let wanted = [&config.id_column, &config.text_column, query_column].map(String::clone);
+    let source = ShardSource::open(shard, config, runtime, &wanted)?;
+    let file = source.file().clone();
+    let schema = source.schema();
     let (id_field, _, mut projection) = check_columns(
         &file.url,
         &schema,
@@ -68,68 +65,64 @@ pub fn score_shard(
     };
     let columns = PairColumns {
         file: &file.url,
+        text_input: shard.text.is_some(),
         id: &config.id_column,
         query: query_column,
         text: &config.text_column,
     };
-    for seg in &shard.segments {
-        let mut next_row = row_group_starts[seg.row_group] + seg.skip;
-        let mut failure: Option<ShardError> = None;
-        let read = runtime.block_on(read_row_group_range(
-            input.clone(),
-            &metadata,
-            seg,
-            &projection,
-            READ_BATCH_ROWS,
-            |batch| {
-                let first_row = next_row;
-                next_row += batch.num_rows() as u64;
-                let scored = if progress.cancel.load(Ordering::Relaxed) {
-                    Err(ShardError::Abandoned)
-                } else {
-                    columns.score_batch(model, *batch_size, &batch, first_row, &mut report)
-                };
-                match scored.and_then(|columns| {
-                    push_hashes(columns[0].as_ref(), &mut ids);
-                    writer
-                        .write_columns(columns)
-                        .map_err(|e| part_error(shard, e))
-                }) {
-                    Ok(()) => {
-                        progress
-                            .rows
-                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                        progress.tokens.store(report.tokens, Ordering::Relaxed);
-                        progress.advance(batch.num_rows() as u64);
-                        true
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
+    let mut failure: Option<ShardError> = None;
+    let columns_read = format!(
+        "column `{}`, `{query_column}` or `{}`",
+        config.text_column, config.id_column
+    );
+    let read = source.read(
+        shard,
+        runtime,
+        &projection,
+        READ_BATCH_ROWS,
+        &columns_read,
+        |batch, _, first_row| {
+            let rows = batch.num_rows() as u64;
+            let scored = if progress.cancel.load(Ordering::Relaxed) {
+                Err(ShardError::Abandoned)
+            } else {
+                columns.score_batch(model, *batch_size, &batch, first_row, &mut report)
+            };
+            match scored.and_then(|columns| {
+                push_hashes(columns[0].as_ref(), &mut ids);
+                writer
+                    .write_columns(columns)
+                    .map_err(|e| part_error(shard, e))
+            }) {
+                Ok(()) => {
+                    progress.rows.fetch_add(rows, Ordering::Relaxed);
+                    progress.tokens.store(report.tokens, Ordering::Relaxed);
+                    progress.advance(rows);
+                    true
                 }
-            },
-        ));
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        read.map_err(|e| match e {
-            StoreError::Parquet { .. } => ShardError::Data(format!(
-                "{e} (column `{}`, `{query_column}` or `{}`)",
-                config.text_column, config.id_column
-            )),
-            e => ShardError::Store(e),
-        })?;
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    if let Some(e) = failure {
+        return Err(e);
     }
-    if report.rows != shard.rows {
+    let read = read?;
+    // A text shard's rows are known once read; a parquet shard's must be the footer's.
+    if shard.text.is_none() && report.rows != shard.rows {
         return Err(ShardError::Data(format!(
             "{}: read {} rows where the footer promises {} (truncated file?)",
             file.url, report.rows, shard.rows
         )));
     }
+    report.skipped_lines = read.text.skipped;
+    report.skipped_line_examples = read.text.skipped_examples;
     let part = writer.finish().map_err(|e| part_error(shard, e))?;
     // A file rewritten while it was read may still decode: its version says it changed.
-    input.check_unchanged()?;
+    source.check_unchanged()?;
     let outcome = super::shard::commit_part(config, runtime, committer, shard, part, ids, |n| {
         progress.advance(n)
     })?;
@@ -140,6 +133,8 @@ pub fn score_shard(
 /// The columns a score job reads from one file.
 struct PairColumns<'a> {
     file: &'a str,
+    /// Rows of a text shard count from its range's start: a row is named by its id there.
+    text_input: bool,
     id: &'a str,
     query: &'a str,
     text: &'a str,
@@ -159,19 +154,17 @@ impl PairColumns<'_> {
         for i in (0..ids.len()).filter(|&i| ids.is_null(i)) {
             report.null_ids += 1;
             if report.null_id_examples.len() < LISTED_NULL_IDS {
-                report.null_id_examples.push(format!(
-                    "{}, row {}",
-                    self.file,
-                    first_row + i as u64
-                ));
+                report
+                    .null_id_examples
+                    .push(self.row_name(&ids, first_row, i));
             }
         }
         let (queries, texts) = (
             self.column(batch, self.query)?,
             self.column(batch, self.text)?,
         );
-        let queries = self.strings(&queries, self.query, first_row)?;
-        let texts = self.strings(&texts, self.text, first_row)?;
+        let queries = self.strings(&queries, &ids, self.query, first_row)?;
+        let texts = self.strings(&texts, &ids, self.text, first_row)?;
         let pairs: Vec<(&str, &str)> = queries.into_iter().zip(texts).collect();
         let (scores, tokens) = model.predict_counting_tokens(&pairs, batch_size)?;
         report.rows += scores.len() as u64;
@@ -196,31 +189,41 @@ impl PairColumns<'_> {
         }
     }
 
+    /// `file, row N` (a parquet file's row), or `file, the row with id X` (a text file's rows
+    /// are counted from its shard's range, which a user cannot place).
+    fn row_name(&self, ids: &ArrayRef, first_row: u64, i: usize) -> String {
+        if !self.text_input {
+            return format!("{}, row {}", self.file, first_row + i as u64);
+        }
+        match text_cells(ids).get(i) {
+            Some(TextCell::Text(id)) => format!("{}, the row with id `{id}`", self.file),
+            _ => format!("{}, a row with no id", self.file),
+        }
+    }
+
     /// Every cell of the string column `name`; a null or invalid one fails the shard, naming
     /// the file, the row and the column.
     fn strings<'b>(
         &self,
         column: &'b ArrayRef,
+        ids: &ArrayRef,
         name: &str,
         first_row: u64,
     ) -> Result<Vec<&'b str>, ShardError> {
         text_cells(column)
             .into_iter()
             .enumerate()
-            .map(|(i, cell)| {
-                let row = first_row + i as u64;
-                match cell {
-                    TextCell::Text(t) => Ok(t),
-                    TextCell::Null => Err(ShardError::Data(format!(
-                        "{}, row {row}, column `{name}`: null; every row needs a query and a \
-                         text to score: fill it or drop the row",
-                        self.file
-                    ))),
-                    TextCell::Invalid(reason) => Err(ShardError::Data(format!(
-                        "{}, row {row}, column `{name}`: {reason}",
-                        self.file
-                    ))),
-                }
+            .map(|(i, cell)| match cell {
+                TextCell::Text(t) => Ok(t),
+                TextCell::Null => Err(ShardError::Data(format!(
+                    "{}, column `{name}`: null; every row needs a query and a text to score: \
+                     fill it or drop the row",
+                    self.row_name(ids, first_row, i)
+                ))),
+                TextCell::Invalid(reason) => Err(ShardError::Data(format!(
+                    "{}, column `{name}`: {reason}",
+                    self.row_name(ids, first_row, i)
+                ))),
             })
             .collect()
     }

@@ -42,6 +42,9 @@ pub struct EncodeSettings {
     pub text_column: String,
     /// Pass-through columns.
     pub keep_columns: Vec<String>,
+    /// Column whose text goes before the text, joined by a space (`--title-column`).
+    #[serde(default)]
+    pub title_column: Option<String>,
     /// Encode as queries.
     pub query: bool,
     /// Texts past the model's maximum length: truncated or windowed.

@@ -13,6 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use super::EvalError;
+use crate::encode::columns::with_title;
 
 /// Queries, corpus and relevance judgements of one dataset.
 #[derive(Debug, Clone, Default)]
@@ -47,14 +48,19 @@ impl IrDataset {
         let name = dir
             .file_name()
             .map_or("dataset".into(), |n| n.to_string_lossy().into_owned());
-        let (corpus, queries, qrels) = if dir.join("corpus.jsonl").is_file() {
-            let qrels_path = dir.join("qrels").join(format!("{split}.tsv"));
-            if !qrels_path.is_file() {
-                return Err(EvalError::MissingFile { path: qrels_path, hint: "BEIR judgements: a TSV with a header `query-id corpus-id score` (pick the file with --split)".into() });
-            }
+        let (corpus, queries, qrels) = if let Some(corpus) =
+            compressed_or_plain(dir, "corpus.jsonl")
+        {
+            let qrels = dir.join("qrels").join(format!("{split}.tsv"));
+            let Some(qrels_path) = compressed_or_plain(&dir.join("qrels"), &format!("{split}.tsv"))
+            else {
+                return Err(EvalError::MissingFile { path: qrels, hint: "BEIR judgements: a TSV with a header `query-id corpus-id score` (pick the file with --split)".into() });
+            };
+            let queries = compressed_or_plain(dir, "queries.jsonl")
+                .unwrap_or_else(|| dir.join("queries.jsonl"));
             (
-                read_jsonl_texts(&dir.join("corpus.jsonl"), title)?,
-                read_jsonl_texts(&dir.join("queries.jsonl"), false)?,
+                read_jsonl_texts(&corpus, title)?,
+                read_jsonl_texts(&queries, false)?,
                 read_qrels_tsv(&qrels_path)?,
             )
         } else {
@@ -139,6 +145,32 @@ fn id_string(v: &Value) -> Option<String> {
     }
 }
 
+/// `dir/name`, or the first of `name.gz` and `name.zst` there (as BEIR archives unpack or users
+/// compress them).
+fn compressed_or_plain(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["", ".gz", ".zst"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}{ext}")))
+        .find(|p| p.is_file())
+}
+
+/// The text of a file, decompressed when its name ends in `.gz` or `.zst`.
+fn read_text(path: &Path) -> Result<String, EvalError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let name = path.to_string_lossy();
+    let mut text = String::new();
+    let read = if name.ends_with(".gz") {
+        flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)
+    } else if name.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(file).and_then(|mut d| d.read_to_string(&mut text))
+    } else {
+        std::io::BufReader::new(file).read_to_string(&mut text)
+    };
+    read.map_err(io(path))?;
+    Ok(text)
+}
+
 /// `{"_id", "text"[, "title"]}` lines; empty texts dropped.
 fn read_jsonl_texts(path: &Path, title: bool) -> Result<Vec<(String, String)>, EvalError> {
     if !path.is_file() {
@@ -147,7 +179,7 @@ fn read_jsonl_texts(path: &Path, title: bool) -> Result<Vec<(String, String)>, E
             hint: "JSON lines with `_id` and `text`".into(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = read_text(path)?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -169,10 +201,8 @@ fn read_jsonl_texts(path: &Path, title: bool) -> Result<Vec<(String, String)>, E
             Some(Value::Null) | None => String::new(),
             Some(other) => return Err(malformed(format!("`text` is {other}, not a string"))),
         };
-        let full = match v.get("title").and_then(Value::as_str) {
-            Some(t) if title && !t.is_empty() => format!("{t} {body}"),
-            _ => body,
-        };
+        let title = v.get("title").and_then(Value::as_str).filter(|_| title);
+        let full = with_title(title, &body).into_owned();
         if !full.is_empty() {
             out.push((id, full));
         }
@@ -182,7 +212,7 @@ fn read_jsonl_texts(path: &Path, title: bool) -> Result<Vec<(String, String)>, E
 
 /// `query-id corpus-id score` TSV with a header; judgements with score > 0 are relevant.
 fn read_qrels_tsv(path: &Path) -> Result<Vec<(String, String)>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = read_text(path)?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if n == 0 || line.trim().is_empty() {
@@ -318,10 +348,7 @@ fn read_parquet_texts(files: &[PathBuf], title: bool) -> Result<Vec<(String, Str
             };
             for ((id, text), t) in ids.into_iter().zip(texts).zip(titles) {
                 let body = text.unwrap_or_default();
-                let full = match t {
-                    Some(t) if !t.is_empty() => format!("{t} {body}"),
-                    _ => body,
-                };
+                let full = with_title(t.as_deref(), &body).into_owned();
                 if let (Some(id), false) = (id, full.is_empty()) {
                     out.push((id, full));
                 }

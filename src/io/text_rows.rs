@@ -144,6 +144,11 @@ impl RowLayout {
         })
     }
 
+    /// The file's column names (TSV/CSV: its header or `--columns`; none for JSON lines).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The batches' schema: every wanted column, a nullable string.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

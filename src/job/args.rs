@@ -81,6 +81,12 @@ pub struct EncodeConfig {
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
     pub keep_columns: Vec<String>,
+    /// Column whose text goes before each row's text (BEIR corpora: --title-column title): the
+    /// text encoded is `title + " " + text`, or the text alone where the title is empty or
+    /// null (as BEIR and `sparq eval --title` build documents).
+    #[arg(long, value_name = "COLUMN")]
+    #[serde(default)]
+    pub title_column: Option<String>,
     /// Encode texts as queries (the model's query prompt) instead of documents.
     #[arg(long)]
     #[serde(default)]
@@ -244,6 +250,7 @@ impl EncodeArgs {
             max_active_dims,
             dtype,
             keep_columns,
+            title_column,
             query,
             long_docs,
             window_stride,

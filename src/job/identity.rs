@@ -113,6 +113,9 @@ pub struct JobIdentity {
     pub text_column: String,
     /// Kept columns.
     pub keep_columns: Vec<String>,
+    /// Column whose text goes before the text (`--title-column`; none: the text alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title_column: Option<String>,
     /// Top-k.
     pub max_active_dims: Option<usize>,
     /// Precision.
@@ -223,6 +226,13 @@ impl JobIdentity {
             "--keep-columns",
             list(&other.keep_columns),
             list(&self.keep_columns),
+        );
+        let title = |c: &Option<String>| c.as_deref().map_or("none".to_string(), text);
+        check(
+            self.title_column == other.title_column,
+            "--title-column",
+            title(&other.title_column),
+            title(&self.title_column),
         );
         check(
             self.max_active_dims == other.max_active_dims,
@@ -358,6 +368,7 @@ mod tests {
             id_column: "id".into(),
             text_column: "text".into(),
             keep_columns: vec![],
+            title_column: None,
             max_active_dims: None,
             dtype: Dtype::F32,
             query: false,

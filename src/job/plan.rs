@@ -204,6 +204,9 @@ pub fn plan_encode(
         if let RowTask::Score { query_column, .. } = &args.task {
             check_columns(&file.url, schema, &args.id_column, query_column, &[])?;
         }
+        if let Some(title) = &args.title_column {
+            check_columns(&file.url, schema, &args.id_column, title, &[])?;
+        }
         let these: Vec<(String, String)> = std::iter::once(&id)
             .chain(&keep)
             .map(|f| (f.name().clone(), f.data_type().to_string()))
@@ -317,6 +320,7 @@ pub fn plan_encode(
         id_column: args.id_column.clone(),
         text_column: args.text_column.clone(),
         keep_columns: args.keep_columns.clone(),
+        title_column: args.title_column.clone(),
         max_active_dims: args.max_active_dims,
         dtype,
         query: args.query,
@@ -556,6 +560,7 @@ fn settings(
         id_column: args.id_column.clone(),
         text_column: args.text_column.clone(),
         keep_columns: args.keep_columns.clone(),
+        title_column: args.title_column.clone(),
         query: args.query,
         long_docs: args.long_docs,
         window_stride: args.window_stride,
@@ -626,6 +631,19 @@ pub fn shards_of_file(
 /// Checks the numeric settings of an encode job: each within the range a run can mean.
 pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
     super::part_size::validate(args)?;
+    if let Some(title) = &args.title_column {
+        if *title == args.text_column || *title == args.id_column {
+            return Err(JobError::Settings(format!(
+                "--title-column `{title}` is the id or text column: name the column holding \
+                 the titles (BEIR corpora: --title-column title)"
+            )));
+        }
+        if !matches!(args.task, RowTask::Encode) {
+            return Err(JobError::Settings(
+                "--title-column is for sparq encode: join the titles into the text column".into(),
+            ));
+        }
+    }
     let ranges: [(&str, Option<u64>, u64, u64); 5] = [
         (
             "--batch-tokens",

@@ -17,7 +17,8 @@ pub struct ScoreArgs {
     /// config_sentence_transformers.json sets another).
     #[arg(long)]
     pub model: PathBuf,
-    /// Input parquet: a file, a folder or prefix (every *.parquet under it), a glob, or
+    /// Input parquet or text, as `sparq encode` takes it: a file, a folder or prefix (every
+    /// *.parquet under it, else every *.jsonl/*.tsv/*.csv, plain, .gz or .zst), a glob, or
     /// s3://bucket/prefix (S3 configured as for `sparq encode`).
     #[arg(long)]
     pub input: String,
@@ -52,6 +53,17 @@ pub struct ScoreArgs {
     /// Print the plan (input files, shards, rows, what is committed) and write nothing.
     #[arg(long)]
     pub plan: bool,
+    /// Format of text inputs whose name does not say it (as `sparq encode`).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<crate::io::text_input::TextFormat>,
+    /// Names of the columns of TSV/CSV inputs without a header line, in order (e.g. --columns
+    /// id,query,text). Without it, a file's first line is its header.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub columns: Vec<String>,
+    /// A line of a text input that cannot be parsed: `fail` fails its shard naming the file,
+    /// line and column; `skip` leaves it out and counts it in the manifest.
+    #[arg(long, value_enum, default_value_t = crate::io::text_input::BadLines::Fail)]
+    pub bad_lines: crate::io::text_input::BadLines,
     /// The workers.
     #[command(flatten)]
     pub fleet: Fleet,
@@ -79,6 +91,7 @@ impl ScoreArgs {
             max_active_dims: None,
             dtype: Some(crate::types::Dtype::F32),
             keep_columns: Vec::new(),
+            title_column: None,
             query: false,
             long_docs: Default::default(),
             window_stride: 0,
@@ -87,9 +100,9 @@ impl ScoreArgs {
             max_part_bytes: None,
             max_attempts: self.max_attempts,
             lease_timeout: self.lease_timeout,
-            input_format: None,
-            columns: Vec::new(),
-            bad_lines: Default::default(),
+            input_format: self.input_format,
+            columns: self.columns.clone(),
+            bad_lines: self.bad_lines,
             task: RowTask::Score {
                 query_column: self.query_column.clone(),
                 batch_size: self.batch_size,

@@ -51,13 +51,6 @@ pub(crate) fn plan_text_file(
     options: &TextOptions,
     (index, file, format, compression): (usize, &InputFile, TextFormat, Compression),
 ) -> Result<Result<(TextFile, InputRecord, ColumnTypes), String>, JobError> {
-    if let RowTask::Score { .. } = args.task {
-        return Err(JobError::Settings(format!(
-            "{}: sparq score reads parquet input; convert the text file to parquet (or encode \
-             it with sparq encode)",
-            file.url
-        )));
-    }
     if format == TextFormat::Jsonl && !options.columns.is_empty() {
         return Err(JobError::Settings(format!(
             "--columns names the columns of TSV/CSV files, but {} is JSON lines: its fields are \
@@ -70,8 +63,14 @@ pub(crate) fn plan_text_file(
         Err(e @ StoreError::Escape { .. }) => return Err(e.into()),
         Err(e) => return Ok(Err(e.to_string())),
     };
+    let query_column = match &args.task {
+        RowTask::Score { query_column, .. } => Some(query_column),
+        RowTask::Encode => None,
+    };
     let wanted: Vec<String> = [&args.id_column, &args.text_column]
         .into_iter()
+        .chain(query_column)
+        .chain(&args.title_column)
         .chain(&args.keep_columns)
         .cloned()
         .collect();

@@ -21,7 +21,8 @@ pub struct MineArgs {
     /// Model, device and batching (queries through the query route, documents through the
     /// document route, scores by dot product).
     pub model: ModelArgs,
-    /// The (anchor, positive) pairs: parquet (local or s3://; a file, folder, prefix or glob).
+    /// The (anchor, positive) pairs: parquet, or JSON lines / TSV / CSV with a header (plain,
+    /// .gz or .zst) as `sparq encode` reads them (local or s3://; a file, folder, prefix or glob).
     /// A query given in several rows has all those positives; duplicate rows count once.
     #[arg(long)]
     pub dataset: String,
@@ -31,7 +32,7 @@ pub struct MineArgs {
     /// Column of the positives (default: the dataset's second column).
     #[arg(long)]
     pub positive_column: Option<String>,
-    /// Extra candidate documents: parquet with a text column. The candidates are this corpus
+    /// Extra candidate documents: parquet (or text, as --dataset) with a text column. The candidates are this corpus
     /// followed by the dataset's positives, de-duplicated (first occurrence kept). Default:
     /// the positives alone.
     #[arg(long)]

@@ -9,7 +9,11 @@ use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::MineError;
-use crate::io::input::{list_inputs, read_whole};
+use crate::io::input::{read_whole, InputFile, InputReader};
+use crate::io::text_input::{
+    list_corpus_inputs, text_kind, Compression, TextError, TextFormat, TextOptions, TextShardRead,
+    TextSlice,
+};
 use crate::io::{AllowedRoots, StoreUrl};
 
 /// Queries, their positives and the candidate corpus.
@@ -88,8 +92,10 @@ impl MiningData {
 }
 
 /// Reads the text columns `wanted` of every parquet file at `url` (a file, folder, prefix or
-/// glob); `None` entries take the file's first, second, ... column, as ST does when no name is
-/// given. Errors name the file, column and row and say which option picks the column.
+/// glob; without parquet files, its JSON lines, TSV or CSV files, plain, .gz or .zst, as
+/// `sparq encode` reads them); `None` entries take the file's first, second, ... column, as ST
+/// does when no name is given. Errors name the file, column and row (a text file's line) and
+/// say which option picks the column.
 pub fn read_text_columns(
     runtime: &tokio::runtime::Runtime,
     url: &str,
@@ -97,9 +103,36 @@ pub fn read_text_columns(
     roots: &AllowedRoots,
 ) -> Result<TextColumns, MineError> {
     let root = StoreUrl::parse(url)?;
-    let (store, files) = runtime.block_on(list_inputs(&root, roots))?;
+    let (store, files) = runtime.block_on(list_corpus_inputs(&root, roots))?;
     let mut out: Option<TextColumns> = None;
     for file in files {
+        if let Some((format, compression)) = text_kind(&file.url, None) {
+            let read = read_text_file(
+                runtime,
+                store.clone(),
+                &file,
+                roots,
+                (format, compression),
+                wanted,
+            )?;
+            let data = out.get_or_insert_with(|| TextColumns {
+                names: read.names.clone(),
+                columns: vec![Vec::new(); read.names.len()],
+            });
+            if data.names != read.names {
+                return Err(MineError::Data {
+                    file: file.url.clone(),
+                    detail: format!(
+                        "its columns {:?} differ from the earlier files' {:?}: give files of one schema",
+                        read.names, data.names
+                    ),
+                });
+            }
+            for (all, these) in data.columns.iter_mut().zip(read.columns) {
+                all.extend(these);
+            }
+            continue;
+        }
         let bytes = runtime.block_on(read_whole(store.clone(), &file, roots))?;
         let bad = |detail: String| MineError::Data {
             file: file.url.clone(),
@@ -187,7 +220,7 @@ pub fn read_text_columns(
     }
     let data = out.ok_or_else(|| MineError::Data {
         file: url.to_string(),
-        detail: "no parquet files".into(),
+        detail: "no parquet, JSON lines, TSV or CSV files".into(),
     })?;
     if data.columns.first().is_none_or(Vec::is_empty) {
         return Err(MineError::Data {
@@ -196,6 +229,116 @@ pub fn read_text_columns(
         });
     }
     Ok(data)
+}
+
+/// Reads the columns `wanted` of one text file, whole (mining holds every text anyway): TSV/CSV
+/// columns by their header's names or positions, JSON lines fields by name.
+fn read_text_file(
+    runtime: &tokio::runtime::Runtime,
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    file: &InputFile,
+    roots: &AllowedRoots,
+    (format, compression): (TextFormat, Compression),
+    wanted: &[(Option<&str>, &str)],
+) -> Result<TextColumns, MineError> {
+    let bad = |detail: String| MineError::Data {
+        file: file.url.clone(),
+        detail,
+    };
+    let text_error = |e: TextError| match e {
+        TextError::Store(e) => MineError::Store(e),
+        TextError::BadLine(line) => MineError::Options(format!(
+            "{}. Fix the line (or pick the columns with --anchor-column / --positive-column / \
+             --corpus-column)",
+            line.short()
+        )),
+        TextError::Data(detail) => MineError::Options(detail),
+    };
+    let reader = InputReader::open(store, file, roots)?;
+    let options = TextOptions::default();
+    let slice = TextSlice {
+        format,
+        compression,
+        start: 0,
+        end: file.size,
+        options: options.clone(),
+    };
+    let read = |wanted| TextShardRead {
+        reader: reader.clone(),
+        slice: &slice,
+        options: &options,
+        wanted,
+        batch_rows: 1024,
+    };
+    // The header's names, for columns given by position.
+    let header = read(&[])
+        .layout(runtime)
+        .map_err(text_error)?
+        .names()
+        .to_vec();
+    let mut names = Vec::new();
+    for (position, (name, option)) in wanted.iter().enumerate() {
+        let name = match name {
+            Some(name) if format == TextFormat::Jsonl || header.iter().any(|h| h == name) => {
+                name.to_string()
+            }
+            Some(name) => {
+                return Err(bad(format!(
+                    "no column `{name}` (columns: {}); pick it with {option}",
+                    header.join(", ")
+                )))
+            }
+            None if format == TextFormat::Jsonl => {
+                return Err(bad(format!(
+                    "JSON lines name their fields: name the field with {option}"
+                )))
+            }
+            None => header.get(position).cloned().ok_or_else(|| {
+                bad(format!(
+                    "has {} column(s) ({}) but column {} is needed; name it with {option}",
+                    header.len(),
+                    header.join(", "),
+                    position + 1
+                ))
+            })?,
+        };
+        names.push(name);
+    }
+    let shard = read(&names[..]);
+    let layout = shard.layout(runtime).map_err(text_error)?;
+    let mut columns = vec![Vec::new(); names.len()];
+    let mut failure = None;
+    let mut row = 0usize;
+    shard
+        .read(runtime, &layout, |batch| {
+            for (c, name) in names.iter().enumerate() {
+                let array = batch
+                    .column_by_name(name)
+                    .expect("a wanted column")
+                    .as_string::<i32>();
+                for (i, text) in array.iter().enumerate() {
+                    match text {
+                        Some(text) => columns[c].push(text.to_string()),
+                        None => {
+                            let option = wanted[c].1;
+                            failure = Some(bad(format!(
+                                "row {} column `{name}` is null; drop or fill such rows (or \
+                                 pick another column with {option})",
+                                row + i
+                            )));
+                            return false;
+                        }
+                    }
+                }
+            }
+            row += batch.num_rows();
+            true
+        })
+        .map_err(text_error)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(TextColumns { names, columns })
 }
 
 #[cfg(test)]
