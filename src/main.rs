@@ -41,7 +41,7 @@ enum Command {
     /// Score (query, text) pairs of parquet files with a cross-encoder, as encode runs: worker
     /// processes, exactly once, resumable.
     #[command(
-        after_help = "Examples:\n  sparq score --model models/my-cross-encoder --input pairs.parquet --output runs/scores\n  sparq score --model ce --input 's3://data/pairs/*.parquet' --output s3://data/scores/ --workers 4\n  sparq score --model ce --input pairs --output scores --query-column question --text-column passage --id-column pair_id"
+        after_help = "Examples:\n  sparq score --model models/my-cross-encoder --input pairs.parquet --output runs/scores\n  sparq score --model ce --input 's3://data/pairs/*.parquet' --output s3://data/scores/ --workers 4\n  sparq score --model ce --input pairs.tsv.gz --columns id,query,text --output scores"
     )]
     Score(sparq::job::score_args::ScoreArgs),
     /// Retrieval metrics of a model on BEIR / NanoBEIR datasets, as sentence-transformers computes them.
