@@ -17,6 +17,9 @@ const BEIR: &str = "tests/fixtures/beir-small";
 /// (id, weight) pairs by row id.
 type Vectors = BTreeMap<String, Vec<(u32, f32)>>;
 
+/// A stored weight from the f32 one (`None`: the entry is dropped).
+type Convert = Box<dyn Fn(f32) -> Option<f32>>;
+
 fn sparq(args: &[&str]) -> Output {
     Command::new(SPARQ)
         .current_dir(common::root())
@@ -148,7 +151,7 @@ fn every_weight_type_stores_the_f32_weights_converted_and_every_reader_reads_it(
     let exact = exported(&f32_out, &[]);
     assert_eq!(exact.len(), 28);
     let f32_ndcg = ndcg(&f32_out);
-    let cases: [(&str, &[&str], Box<dyn Fn(f32) -> Option<f32>>); 4] = [
+    let cases: [(&str, &[&str], Convert); 4] = [
         (
             "f16",
             &["--weight-type", "f16"],

@@ -57,12 +57,6 @@ pub struct EncodeSummary {
     /// Where the first few are and why (`file, line N, column C: what`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_line_examples: Vec<String>,
-    /// Sparse entries stored by this run (after `--prune`).
-    #[serde(default)]
-    pub entries: u64,
-    /// u8 weights of this run past 255 × scale, stored as 255.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub clamped_weights: u64,
     /// S3 requests of the run (its workers' included) and those retried, when it used S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_requests: Option<S3Requests>,
@@ -282,11 +276,13 @@ pub fn finish_encode(
         .collect();
     let rows: u64 = parts.iter().map(|p| p.rows).sum();
     let bytes: u64 = parts.iter().filter_map(|p| sizes.get(&p.name)).sum();
-    if summary.clamped_weights > 0 {
+    // Entries and clamped weights of the rows this run encoded (earlier runs' reports are gone).
+    let entries: u64 = reports.values().map(|r| r.entries).sum();
+    let clamped: u64 = reports.values().map(|r| r.clamped_weights).sum();
+    if clamped > 0 {
         tracing::warn!(
-            "{} weight(s) were past 255 × --weight-scale {} and were stored as 255: rerun into a \
-             new output with a larger --weight-scale to keep them apart",
-            summary.clamped_weights,
+            "{clamped} weight(s) were past 255 × --weight-scale {} and were stored as 255: rerun \
+             into a new output with a larger --weight-scale to keep them apart",
             plan.identity.weight_scale.unwrap_or_default()
         );
     }
@@ -297,10 +293,10 @@ pub fn finish_encode(
         } else {
             0.0
         },
-        clamped_weights: summary.clamped_weights,
+        clamped_weights: clamped,
         codec: crate::io::output::PART_CODEC.to_string(),
         entries_per_doc: if summary.docs > 0 {
-            summary.entries as f64 / summary.docs as f64
+            entries as f64 / summary.docs as f64
         } else {
             0.0
         },
@@ -362,8 +358,6 @@ pub fn summarize(
             }
         }
         summary.committed_shards += 1;
-        summary.entries += r.entries;
-        summary.clamped_weights += r.clamped_weights;
         summary.skipped_lines += r.skipped_lines;
         for e in &r.skipped_line_examples {
             if summary.skipped_line_examples.len() < 20 {
