@@ -616,5 +616,6 @@ fn shard_settings(model: PathBuf, output: &Path, task: RowTask) -> EncodeSetting
         shard_reports: false,
         lock_job: None,
         max_part_bytes: None,
+        vectors: Default::default(),
     }
 }

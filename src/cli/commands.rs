@@ -297,6 +297,13 @@ pub fn inspect(args: &InspectArgs) -> Result<(), CliError> {
         r.null_vectors, r.empty_vectors
     ))?;
     print_line(format_args!("  schema: {}", r.schema))?;
+    match r.weight_scale {
+        Some(scale) => print_line(format_args!(
+            "  weights: {} (weight = q × {scale})",
+            r.weight_type
+        ))?,
+        None => print_line(format_args!("  weights: {}", r.weight_type))?,
+    }
     let d = &r.active_dims;
     print_line(format_args!(
         "  active dims: mean {:.1}, p50 {}, p99 {}, max {}",

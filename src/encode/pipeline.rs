@@ -91,6 +91,7 @@ struct Launched<'e> {
 struct PartBuilt {
     file: crate::io::commit::PartFile,
     ids: Vec<u128>,
+    counts: crate::io::output::EntryCounts,
 }
 
 /// Encodes one shard and commits its part.
@@ -118,7 +119,7 @@ pub fn encode_shard(
             projection.push(title_projection[1]);
         }
     }
-    let out_schema = output_schema(&id_field, &keep_fields);
+    let out_schema = output_schema(&id_field, &keep_fields, &config.vectors);
     let route = encoder.route(if config.query {
         InputKind::Query
     } else {
@@ -275,8 +276,13 @@ pub fn encode_shard(
         });
         let writer = scope.spawn(|| -> Result<Option<PartBuilt>, ShardError> {
             let file = committer.part_file(&shard.part)?;
-            let mut writer = PartWriter::new(out_schema.clone(), file, config.max_part_bytes())
-                .map_err(|e| part_error(shard, e))?;
+            let mut writer = PartWriter::new(
+                out_schema.clone(),
+                file,
+                config.max_part_bytes(),
+                config.vectors,
+            )
+            .map_err(|e| part_error(shard, e))?;
             let mut ids = Vec::new();
             let mut rows = 0;
             for chunk in enc_rx {
@@ -301,8 +307,9 @@ pub fn encode_shard(
             if rows == 0 && shard.rows > 0 && shard.text.is_none() {
                 return Ok(None); // Upstream failed; its error is reported.
             }
+            let counts = writer.counts();
             let file = writer.finish().map_err(|e| part_error(shard, e))?;
-            Ok(Some(PartBuilt { file, ids }))
+            Ok(Some(PartBuilt { file, ids, counts }))
         });
         // The model stage runs here: the model is owned by this thread. Each batch is launched
         // before the previous one is waited for, so on a GPU the host packs and uploads the
@@ -472,6 +479,8 @@ pub fn encode_shard(
     report.null_ids = null_ids;
     report.null_id_examples = examples;
     report.null_texts = nulls;
+    report.entries = built.counts.entries;
+    report.clamped_weights = built.counts.clamped;
     let outcome = super::shard::commit_part(
         config,
         runtime,

@@ -56,8 +56,13 @@ pub fn score_shard(
         check_columns(&file.url, &schema, &config.id_column, query_column, &[])?;
     projection.push(query_projection[1]);
     let part = committer.part_file(&shard.part)?;
-    let mut writer = PartWriter::new(score_schema(&id_field), part, config.max_part_bytes())
-        .map_err(|e| part_error(shard, e))?;
+    let mut writer = PartWriter::new(
+        score_schema(&id_field),
+        part,
+        config.max_part_bytes(),
+        Default::default(),
+    )
+    .map_err(|e| part_error(shard, e))?;
     let mut ids = Vec::new();
     let mut report = ShardReport {
         shard: shard.id,

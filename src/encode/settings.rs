@@ -68,6 +68,9 @@ pub struct EncodeSettings {
     /// The job the output's lock must name at every commit (`None`: unchecked).
     #[serde(default)]
     pub lock_job: Option<String>,
+    /// How vectors are stored: pruned, then converted to the output's weight type.
+    #[serde(default)]
+    pub vectors: crate::io::compact::VectorFormat,
     /// A part may grow to this many bytes (`None`: the default, 1 GiB); a larger one fails
     /// its shard.
     #[serde(default)]

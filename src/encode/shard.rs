@@ -70,6 +70,12 @@ pub struct ShardReport {
     pub tokens: u64,
     /// Sum of active dims over rows.
     pub active_dims: u64,
+    /// Entries stored (after `--prune` and the weight type's zeros).
+    #[serde(default)]
+    pub entries: u64,
+    /// u8 weights past 255 × scale, stored as 255.
+    #[serde(default)]
+    pub clamped_weights: u64,
     /// Rows whose text was null (empty vectors).
     pub null_texts: u64,
     /// Rows that failed (null vectors), with the first few causes.

@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::encode::SparseVector;
+use crate::io::compact::Prune;
 
 /// An export format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -26,13 +27,15 @@ impl Format {
     }
 }
 
-/// Top-k, minimum weight and quantization, applied in that order.
+/// Top-k, minimum weight, pruning and quantization, applied in that order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VectorFilter {
     /// Keep the k largest weights (ties: smaller id first).
     pub top_k: Option<usize>,
     /// Drop weights below this.
     pub min_weight: Option<f32>,
+    /// `--prune`, as encode applies it.
+    pub prune: Option<Prune>,
     /// Integer weights `round(w × factor)`, zeros dropped.
     pub quantize: Option<f64>,
 }
@@ -72,6 +75,11 @@ impl VectorFilter {
             }
         }
         pairs.sort_by_key(|p| p.0);
+        if let Some(prune) = &self.prune {
+            let (indices, values) = pairs.into_iter().unzip();
+            let kept = prune.apply(SparseVector { indices, values });
+            pairs = kept.indices.into_iter().zip(kept.values).collect();
+        }
         pairs
             .into_iter()
             .filter_map(|(i, w)| match self.quantize {
@@ -176,6 +184,7 @@ mod tests {
         let f = VectorFilter {
             top_k: Some(3),
             min_weight: None,
+            prune: None,
             quantize: Some(100.0),
         };
         // Top 3 by weight (ties by id): 2, 7, 1; ids ascending; quantized.
@@ -190,6 +199,7 @@ mod tests {
         let f = VectorFilter {
             top_k: None,
             min_weight: Some(0.5),
+            prune: None,
             quantize: None,
         };
         assert_eq!(f.apply(&x).len(), 4);

@@ -72,6 +72,10 @@ pub struct ExportArgs {
     /// Drop weights below W.
     #[arg(long, value_name = "W")]
     pub min_weight: Option<f32>,
+    /// Prune each vector (after --top-k and --min-weight): top-k:N, mass:A or ratio:R, as
+    /// `sparq encode --prune` does.
+    #[arg(long, value_name = "top-k:N|mass:A|ratio:R")]
+    pub prune: Option<crate::io::compact::Prune>,
     /// gzip the output files (.jsonl.gz).
     #[arg(long)]
     pub gzip: bool,

@@ -16,7 +16,7 @@ use super::recorded::{tokenizer_for, tokenizer_if_any, Recorded};
 use super::ExportError;
 use crate::encode::SparseVector;
 use crate::io::input::{list_inputs, InputFile};
-use crate::io::output::{read_sparse, SPARSE_COLUMN};
+use crate::io::output::{read_sparse, weight_format, SPARSE_COLUMN};
 use crate::io::{AllowedRoots, Committer, StoreError, StoreUrl};
 use crate::job::finish::Manifest;
 use crate::job::{MANIFEST, SUCCESS};
@@ -105,8 +105,9 @@ pub fn for_each_row(
             .and_then(|c| read_sparse(c.as_ref()))
             .ok_or_else(|| {
                 bad(format!(
-                    "no `{SPARSE_COLUMN}` column of list<struct<id: uint32, weight: float32>>: \
-                     not a sparq encode output"
+                    "no `{SPARSE_COLUMN}` column of list<struct<id: uint32, weight>> (weight \
+                     float32, float16, or uint8 with its `sparq.weight_scale`): not a sparq \
+                     encode output"
                 ))
             })?;
         let ids = batch.column_by_name(id_column).ok_or_else(|| {
@@ -208,6 +209,12 @@ pub struct InspectReport {
     pub rows: u64,
     /// The parts' schema, `name: type, ...`.
     pub schema: String,
+    /// u8 only: weight ≈ q × scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_scale: Option<f32>,
+    /// How weights are stored: f32, f16, bf16 or u8.
+    #[serde(default)]
+    pub weight_type: crate::io::compact::WeightType,
     /// The most frequent dimensions.
     pub top_tokens_by_document_frequency: Vec<TopToken>,
     /// The output inspected.
@@ -252,12 +259,18 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, ExportError> {
     let mut dims_hist: Vec<u64> = Vec::new();
     let mut df: Vec<u64> = Vec::new();
     let mut schema = String::new();
+    let mut weights_as = None;
     for file in &files {
         if schema.is_empty() {
             let bytes = runtime
                 .block_on(async { store.get(&file.path).await?.bytes().await })
                 .map_err(|e| ExportError::Input(format!("{}: {e}", file.url)))?;
             if let Ok(b) = ParquetRecordBatchReaderBuilder::try_new(bytes) {
+                weights_as = b
+                    .schema()
+                    .field_with_name(SPARSE_COLUMN)
+                    .ok()
+                    .and_then(|f| weight_format(f.data_type()));
                 schema = b
                     .schema()
                     .fields()
@@ -315,6 +328,8 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, ExportError> {
         null_vectors: nulls,
         empty_vectors: empty,
         schema,
+        weight_type: weights_as.map(|w| w.0).unwrap_or_default(),
+        weight_scale: weights_as.and_then(|w| w.1),
         bytes,
         bytes_per_row: if rows > 0 {
             bytes as f64 / rows as f64

@@ -285,6 +285,7 @@ pub fn run_export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     let filter = VectorFilter {
         top_k: args.top_k,
         min_weight: args.min_weight,
+        prune: args.prune,
         quantize,
     };
     let (store, files) = output_parts(&runtime, &args.input, args.allow_incomplete)?;

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod commit;
+pub mod compact;
 pub mod id_hashes;
 pub mod input;
 pub mod lock;

@@ -73,6 +73,24 @@ pub struct EncodeConfig {
     #[arg(long, value_name = "K")]
     #[serde(default)]
     pub max_active_dims: Option<usize>,
+    /// How the output stores weights: f32 (exact), f16 (Arrow Float16), bf16 (float32 rounded
+    /// to bfloat16, low bytes zero; every reader sees float32), or u8 (q = round(w / scale)
+    /// capped at 255, weight ≈ q × scale, q = 0 dropped; the scale is in the field metadata and
+    /// the manifest).
+    #[arg(long, value_enum, default_value_t = crate::io::compact::WeightType::F32)]
+    #[serde(default)]
+    pub weight_type: crate::io::compact::WeightType,
+    /// With `--weight-type u8`: the weight one step stands for [default: 0.02, so 255 steps reach
+    /// 5.1]. Weights past 255 × S are stored as 255, counted in the manifest and warned about.
+    #[arg(long, value_name = "S")]
+    #[serde(default)]
+    pub weight_scale: Option<f32>,
+    /// Prune each finished vector before it is stored: top-k:N keeps the N largest weights;
+    /// mass:A the largest until their sum reaches A × the total; ratio:R drops weights below
+    /// R × the largest (OpenSearch's prune types). Unlike --max-active-dims, after the model.
+    #[arg(long, value_name = "top-k:N|mass:A|ratio:R")]
+    #[serde(default)]
+    pub prune: Option<crate::io::compact::Prune>,
     /// Precision: f32 or bf16. Default: f32 when every device is a CPU, else bf16.
     #[arg(long)]
     #[serde(default)]
@@ -248,6 +266,9 @@ impl EncodeArgs {
             text_column,
             batch_tokens,
             max_active_dims,
+            weight_type,
+            weight_scale,
+            prune,
             dtype,
             keep_columns,
             title_column,
@@ -361,5 +382,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("shard_rowz"), "{err}");
+    }
+
+    #[test]
+    fn compact_output_flags_and_spec_keys_mean_the_same_job() {
+        use crate::io::compact::{Prune, WeightType};
+        let cli = Cli::parse_from([
+            "x",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--weight-type",
+            "u8",
+            "--weight-scale",
+            "0.05",
+            "--prune",
+            "mass:0.9",
+        ]);
+        let spec: EncodeConfig = toml::from_str(
+            "input = \"in\"\noutput = \"out\"\nweight_type = \"u8\"\nweight_scale = 0.05\n\
+             prune = \"mass:0.9\"\n",
+        )
+        .unwrap();
+        let mut from_flags = cli.args.config;
+        from_flags.model = spec.model.clone();
+        assert_eq!(from_flags, spec);
+        assert_eq!(spec.weight_type, WeightType::U8);
+        assert_eq!(spec.prune, Some(Prune::Mass(0.9)));
+        // A service spec travels as JSON: the settings survive the trip.
+        let back: EncodeConfig =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let err = toml::from_str::<EncodeConfig>(
+            "input = \"in\"\noutput = \"out\"\nprune = \"mass:2\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mass 2 is outside"), "{err}");
     }
 }

@@ -84,6 +84,31 @@ pub struct Manifest {
     pub sparq_version: String,
     /// The last run's summary.
     pub summary: EncodeSummary,
+    /// How the vectors are stored, and what they cost (none in manifests of sparq ≤ 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<ManifestVectors>,
+}
+
+/// How an output's vectors are stored and their size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestVectors {
+    /// Bytes of the committed parts.
+    pub bytes: u64,
+    /// `bytes` / `rows` of the manifest.
+    pub bytes_per_doc: f64,
+    /// u8 weights past 255 × scale, stored as 255, in the rows this run encoded.
+    pub clamped_weights: u64,
+    /// The parts' parquet compression.
+    pub codec: String,
+    /// Mean sparse entries per row this run encoded (after `--prune`).
+    pub entries_per_doc: f64,
+    /// `--prune` (none: every weight kept).
+    pub prune: Option<String>,
+    /// The weight type: f32, f16, bf16 or u8.
+    pub weight_type: crate::io::compact::WeightType,
+    /// u8 only: weight ≈ q × scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_scale: Option<f32>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -249,6 +274,36 @@ pub fn finish_encode(
             }
         })
         .collect();
+    let rows: u64 = parts.iter().map(|p| p.rows).sum();
+    let bytes: u64 = parts.iter().filter_map(|p| sizes.get(&p.name)).sum();
+    // Entries and clamped weights of the rows this run encoded (earlier runs' reports are gone).
+    let entries: u64 = reports.values().map(|r| r.entries).sum();
+    let clamped: u64 = reports.values().map(|r| r.clamped_weights).sum();
+    if clamped > 0 {
+        tracing::warn!(
+            "{clamped} weight(s) were past 255 × --weight-scale {} and were stored as 255: rerun \
+             into a new output with a larger --weight-scale to keep them apart",
+            plan.identity.weight_scale.unwrap_or_default()
+        );
+    }
+    let vectors = ManifestVectors {
+        bytes,
+        bytes_per_doc: if rows > 0 {
+            bytes as f64 / rows as f64
+        } else {
+            0.0
+        },
+        clamped_weights: clamped,
+        codec: crate::io::output::PART_CODEC.to_string(),
+        entries_per_doc: if summary.docs > 0 {
+            entries as f64 / summary.docs as f64
+        } else {
+            0.0
+        },
+        prune: plan.identity.prune.map(|p| p.to_string()),
+        weight_type: plan.identity.weight_type,
+        weight_scale: plan.identity.weight_scale,
+    };
     let manifest = Manifest {
         sparq_version: env!("CARGO_PKG_VERSION").into(),
         complete: failures.is_empty(),
@@ -258,7 +313,7 @@ pub fn finish_encode(
             hub: crate::model::hub::origin(&plan.model),
         },
         settings: plan.identity.clone(),
-        rows: parts.iter().map(|p| p.rows).sum(),
+        rows,
         files: parts,
         failed_shards: failures.clone(),
         failed_rows: reports
@@ -266,6 +321,8 @@ pub fn finish_encode(
             .flat_map(|r| r.failures.iter().cloned())
             .collect(),
         summary: summary.clone(),
+        // A score output holds no vectors.
+        vectors: plan.identity.query_column.is_none().then_some(vectors),
     };
     runtime.block_on(committer.put(
         MANIFEST,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::compact::{Prune, VectorFormat, WeightType};
 use crate::model::LongDocsMode;
 use crate::types::Dtype;
 
@@ -120,6 +121,15 @@ pub struct JobIdentity {
     pub max_active_dims: Option<usize>,
     /// Precision.
     pub dtype: Dtype,
+    /// How weights are stored (`--weight-type`; outputs made before it was recorded: f32).
+    #[serde(default, skip_serializing_if = "WeightType::is_f32")]
+    pub weight_type: WeightType,
+    /// The u8 scale: weight ≈ q × scale (`--weight-scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_scale: Option<f32>,
+    /// `--prune` applied to each vector before it is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Prune>,
     /// Queries or documents.
     pub query: bool,
     /// Long texts truncated or windowed (outputs made before this was recorded truncated).
@@ -149,6 +159,15 @@ pub struct TextIdentity {
 }
 
 impl JobIdentity {
+    /// How the output's vectors are stored.
+    pub fn vector_format(&self) -> VectorFormat {
+        VectorFormat {
+            weight_type: self.weight_type,
+            scale: self.weight_scale.unwrap_or(0.0),
+            prune: self.prune,
+        }
+    }
+
     /// The job these settings make, as the output's lock names it: a digest of everything
     /// [`JobIdentity::differences`] compares, so a rerun (or another task of an array) with the
     /// same settings is the same job and shares the output.
@@ -239,6 +258,26 @@ impl JobIdentity {
             "--max-active-dims",
             top(other.max_active_dims),
             top(self.max_active_dims),
+        );
+        check(
+            self.weight_type == other.weight_type,
+            "--weight-type",
+            other.weight_type.to_string(),
+            self.weight_type.to_string(),
+        );
+        let scale = |s: Option<f32>| s.map_or("none".to_string(), |s| s.to_string());
+        check(
+            self.weight_scale == other.weight_scale,
+            "--weight-scale",
+            scale(other.weight_scale),
+            scale(self.weight_scale),
+        );
+        let prune = |p: Option<Prune>| p.map_or("none".to_string(), |p| p.to_string());
+        check(
+            self.prune == other.prune,
+            "--prune",
+            prune(other.prune),
+            prune(self.prune),
         );
         check(
             self.dtype == other.dtype,
@@ -370,6 +409,9 @@ mod tests {
             keep_columns: vec![],
             title_column: None,
             max_active_dims: None,
+            weight_type: Default::default(),
+            weight_scale: None,
+            prune: None,
             dtype: Dtype::F32,
             query: false,
             long_docs: Default::default(),

@@ -14,6 +14,7 @@ use super::{is_part, JobError, ShardFailure, JOB_FILE, MANIFEST, REPORTS, SUCCES
 use crate::encode::columns::check_columns;
 use crate::encode::settings::{EncodeSettings, RowTask};
 use crate::encode::shard::{Segment, ShardSpec};
+use crate::io::compact::{VectorFormat, WeightType};
 use crate::io::input::{input_glob, read_footer, InputReader, GLOB_OPTIONS};
 use crate::io::text_input::{list_corpus_inputs, text_kind, TextOptions};
 use crate::io::url::Location;
@@ -322,6 +323,9 @@ pub fn plan_encode(
         keep_columns: args.keep_columns.clone(),
         title_column: args.title_column.clone(),
         max_active_dims: args.max_active_dims,
+        weight_type: args.weight_type,
+        weight_scale: weight_scale(args),
+        prune: args.prune,
         dtype,
         query: args.query,
         long_docs: args.long_docs,
@@ -570,7 +574,20 @@ fn settings(
         shard_reports: false,
         lock_job: None,
         max_part_bytes: args.max_part_bytes,
+        vectors: VectorFormat {
+            weight_type: args.weight_type,
+            scale: weight_scale(args).unwrap_or(0.0),
+            prune: args.prune,
+        },
     }
+}
+
+/// The u8 scale of the job (`--weight-scale`, else the default); none for the other types.
+fn weight_scale(args: &EncodeConfig) -> Option<f32> {
+    (args.weight_type == WeightType::U8).then(|| {
+        args.weight_scale
+            .unwrap_or(crate::io::compact::DEFAULT_WEIGHT_SCALE)
+    })
 }
 
 /// Splits one file with the given row-group sizes into shards of at most `shard_rows` rows.
@@ -642,6 +659,21 @@ pub fn validate(args: &EncodeConfig) -> Result<(), JobError> {
             return Err(JobError::Settings(
                 "--title-column is for sparq encode: join the titles into the text column".into(),
             ));
+        }
+    }
+    if let Some(s) = args.weight_scale {
+        if args.weight_type != WeightType::U8 {
+            return Err(JobError::Settings(format!(
+                "--weight-scale {s} applies to --weight-type u8 only (this job stores {}): \
+                 drop it, or add --weight-type u8",
+                args.weight_type
+            )));
+        }
+        if !(s.is_finite() && s > 0.0) {
+            return Err(JobError::Settings(format!(
+                "--weight-scale {s} must be a positive number (the weight one u8 step stands \
+                 for, e.g. 0.02)"
+            )));
         }
     }
     let ranges: [(&str, Option<u64>, u64, u64); 5] = [
