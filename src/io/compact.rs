@@ -47,8 +47,9 @@ impl fmt::Display for WeightType {
 }
 
 /// The default `--weight-scale` of `--weight-type u8`: q = 255 means 255 × 0.02 = 5.1. Measured
-/// on the bundled model (fixtures and `bench/make_corpus.py`'s corpus): its largest document
-/// weight is about 3.5, so nothing clamps, and the step (0.02) keeps nDCG@10 (bench/RESULTS.md).
+/// on the bundled model over `bench/make_corpus.py`'s 100k-document corpus: its largest
+/// document weight is 2.72, so nothing clamps, and the step (0.02) keeps nDCG@10 within 1%
+/// (bench/RESULTS.md, "Compact outputs").
 pub const DEFAULT_WEIGHT_SCALE: f32 = 0.02;
 
 /// Key of the weight field's metadata holding the u8 scale.
